@@ -1,0 +1,63 @@
+"""Command-line entry point: one sub-command per module, errors as one line and exit status 2.
+
+Each command module exposes ``add_parser(subparsers)``, which registers its sub-command and sets
+``func`` on the parsed namespace to a callable ``(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from collections.abc import Sequence
+
+from ttgraph.errors import TTGraphError
+
+# The sub-commands, in the order ``ttgraph --help`` lists them.
+COMMAND_MODULES: tuple[str, ...] = (
+    "ttgraph.commands.inspect",
+    "ttgraph.commands.compress",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors exit 2 with our one-line format instead of a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"ttgraph: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ttgraph", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except TTGraphError as err:
+        if args.debug:
+            traceback.print_exc()
+        sys.stderr.write(f"ttgraph: error: {err.one_line()}\n")
+        return 2
+    except BrokenPipeError:  # e.g. `ttgraph inspect M | head`: the reader left, which is fine
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        sys.stderr.write("ttgraph: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

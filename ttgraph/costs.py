@@ -1,0 +1,62 @@
+"""Multiply-accumulate counts of a model's compute nodes, read from its tensor shapes.
+
+Used for the share of model MACs a layer holds and to check that the MACs the report claims for a
+rewritten layer are the MACs its emitted Conv/MatMul nodes really do. Unknown batch dims count as 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import onnx
+
+from ttgraph.shapes import Shape
+
+COUNTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def _dims(shape: Shape | None) -> list[int] | None:
+    """Static dims with an unknown leading (batch) dim taken as 1; None if anything else is unknown."""
+    if shape is None:
+        return None
+    dims = list(shape)
+    if dims and dims[0] is None:
+        dims[0] = 1
+    return None if any(d is None for d in dims) else [int(d) for d in dims]  # type: ignore[arg-type]
+
+
+def node_macs(node: onnx.NodeProto, shapes: dict[str, Shape]) -> int | None:
+    """MACs of one Conv/ConvTranspose/MatMul/Gemm node, or None when a shape it needs is unknown."""
+    ins = [_dims(shapes.get(name)) if name else None for name in node.input]
+    outs = [_dims(shapes.get(name)) for name in node.output]
+    if node.op_type == "Conv":
+        w, y = ins[1], outs[0]
+        return None if w is None or y is None else math.prod(y) * math.prod(w[1:])
+    if node.op_type == "ConvTranspose":
+        x, w = ins[0], ins[1]
+        return None if x is None or w is None else math.prod(x) * math.prod(w[1:])
+    if node.op_type == "MatMul":
+        a, y = ins[0], outs[0]
+        if a is None or y is None:
+            return None
+        return math.prod(y) * a[-1]
+    if node.op_type == "Gemm":
+        a, y = ins[0], outs[0]
+        if a is None or y is None:
+            return None
+        trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+        return math.prod(y) * (a[0] if trans_a else a[-1])
+    return None
+
+
+def model_macs(model: onnx.ModelProto, shapes: dict[str, Shape]) -> tuple[int, int]:
+    """Total MACs of the main graph's counted ops, and how many of them had unknown shapes."""
+    total, unknown = 0, 0
+    for node in model.graph.node:
+        if node.op_type in COUNTED_OPS:
+            macs = node_macs(node, shapes)
+            if macs is None:
+                unknown += 1
+            else:
+                total += macs
+    return total, unknown

@@ -1,0 +1,31 @@
+"""The one error type ttgraph raises for bad input, so every surface reports it the same way.
+
+The CLI prints it as a single line, ``ttgraph: error: <file>: <what> (<node>)``, and exits with
+status 2; library callers catch :class:`TTGraphError` and read its fields.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class TTGraphError(Exception):
+    """A problem with what the user gave us: a file, a model, a node, an option.
+
+    ``source`` names the file (or option) at fault, ``what`` says what was expected and what
+    was found, ``node`` optionally names the graph node involved.
+    """
+
+    def __init__(self, source: str | os.PathLike[str] | None, what: str, node: str | None = None):
+        self.source = os.fspath(source) if source is not None else None
+        self.what = what
+        self.node = node
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        text = self.what
+        if self.source:
+            text = f"{self.source}: {text}"
+        if self.node:
+            text = f"{text} ({self.node})"
+        return " ".join(text.split())

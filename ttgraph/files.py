@@ -1,0 +1,56 @@
+"""Output files are written atomically and never over the input: a crash leaves the old file or none."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ttgraph.errors import TTGraphError
+
+
+def check_output_path(path: str | os.PathLike[str], inputs: tuple[str | os.PathLike[str], ...] = ()) -> Path:
+    """Fail early, before any work, if ``path`` cannot be written or would overwrite one of ``inputs``."""
+    target = Path(path)
+    for source in inputs:
+        if _same_file(Path(source), target):
+            raise TTGraphError(target, "output path is the input model; choose another output file")
+    parent = target.parent
+    if not parent.is_dir():
+        raise TTGraphError(target, f"output directory {os.fspath(parent)!r} does not exist")
+    if target.is_dir():
+        raise TTGraphError(target, "output path is a directory")
+    if not os.access(parent, os.W_OK):
+        raise TTGraphError(target, f"output directory {os.fspath(parent)!r} is not writable")
+    return target
+
+
+@contextmanager
+def staging_dir(target: Path) -> Iterator[Path]:
+    """A temporary folder beside ``target`` (same file system, so ``os.replace`` is atomic), removed after."""
+    try:
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+            yield Path(tmp)
+    except OSError as err:
+        raise TTGraphError(target, f"cannot write: {err.strerror or err}") from err
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    target = check_output_path(path)
+    with staging_dir(target) as tmp:
+        staged = tmp / target.name
+        staged.write_bytes(data)
+        os.replace(staged, target)
+    return target
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False

@@ -1,0 +1,77 @@
+"""Static shapes of every tensor in a model, so costs (MACs) can be counted exactly.
+
+ONNX shape inference (with data propagation) resolves most graphs once the inputs are fixed; when it
+leaves a tensor we need unresolved and every input is static, one onnxruntime run on zeros reads the
+real shapes instead.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+
+from ttgraph.model_io import PROTOBUF_LIMIT, graph_inputs, input_dims
+
+Shape = tuple[int | None, ...]
+
+
+def _value_shapes(values: Iterable[onnx.ValueInfoProto]) -> dict[str, Shape]:
+    out: dict[str, Shape] = {}
+    for v in values:
+        if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape"):
+            out[v.name] = tuple(input_dims(v))
+    return out
+
+
+def is_static(shape: Shape | None) -> bool:
+    return shape is not None and all(d is not None for d in shape)
+
+
+def infer_shapes(model: onnx.ModelProto, wanted: Iterable[str] = ()) -> dict[str, Shape]:
+    """Shapes of the model's tensors (None for unknown dims); ``wanted`` tensors get the onnxruntime fallback."""
+    shapes: dict[str, Shape] = {}
+    if model.ByteSize() < PROTOBUF_LIMIT:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        except Exception:  # inference is best effort: a model onnxruntime runs may still confuse it
+            inferred = model
+    else:
+        inferred = model
+    g = inferred.graph
+    shapes.update(_value_shapes([*g.input, *g.value_info, *g.output]))
+    for init in g.initializer:
+        shapes[init.name] = tuple(init.dims)
+    missing = [t for t in wanted if not is_static(shapes.get(t))]
+    if missing:
+        shapes.update(_probe_with_onnxruntime(model, missing))
+    return shapes
+
+
+def _probe_with_onnxruntime(model: onnx.ModelProto, tensors: list[str]) -> dict[str, Shape]:
+    """Run the model once on zeros with ``tensors`` exposed as outputs and read their shapes."""
+    import onnxruntime as ort
+
+    inputs = graph_inputs(model)
+    dims = {i.name: input_dims(i) for i in inputs}
+    if not all(is_static(tuple(d)) for d in dims.values()) or model.ByteSize() >= PROTOBUF_LIMIT:
+        return {}
+    probe = copy.deepcopy(model)
+    have = {o.name for o in probe.graph.output}
+    for name in tensors:
+        if name not in have:
+            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    feeds = {}
+    for i in inputs:
+        elem = i.type.tensor_type.elem_type
+        feeds[i.name] = np.zeros(dims[i.name], dtype=onnx.helper.tensor_dtype_to_np_dtype(elem))
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        values = session.run(tensors, feeds)
+    except Exception:
+        return {}
+    return {name: tuple(int(d) for d in np.shape(v)) for name, v in zip(tensors, values, strict=True)}
