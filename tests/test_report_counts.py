@@ -1,0 +1,49 @@
+"""The report's params and MACs are what the emitted graph really holds and computes."""
+
+from __future__ import annotations
+
+import math
+
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import ttgraph
+from tests.conftest import DET_SHAPE, conv_model
+from ttgraph.costs import node_macs
+from ttgraph.shapes import infer_shapes
+
+
+def emitted_costs(model: onnx.ModelProto, label: str, shapes) -> tuple[int, int]:
+    """Float weights read and MACs done by the nodes the rewrite emitted for one conv."""
+    floats = {t.name: t for t in model.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    params, macs = 0, 0
+    for node in model.graph.node:
+        if not node.name.startswith(f"{label}/tt/"):
+            continue
+        params += sum(math.prod(floats[i].dims) for i in node.input if i in floats)
+        if node.op_type in ("Conv", "MatMul"):
+            macs += node_macs(node, shapes)
+    return params, macs
+
+
+@pytest.mark.parametrize(("d", "rule"), [(1, {"rank_ratio": 0.25}), (2, {"rank": 8}), (3, {"rank_ratio": 0.5}), (4, {"rank": 4})])
+def test_reduced_rank_report_matches_the_emitted_detector_graph(det_path, d, rule):
+    result = ttgraph.compress(det_path, cores=d, input_shapes={"x": DET_SHAPE}, **rule)
+    assert len(result.report.layers) == 42
+    shapes = infer_shapes(result.model)
+    for layer in result.report.layers:
+        params, macs = emitted_costs(result.model, layer.name, shapes)
+        assert (layer.params_after, layer.macs_after) == (params, macs), layer.name
+    totals = result.report.totals
+    assert totals["params_after"] == sum(layer.params_after for layer in result.report.layers)
+    assert totals["macs_ratio"] == pytest.approx(totals["macs_after"] / totals["macs_before"])
+
+
+def test_report_before_counts_are_the_original_convs():
+    model = conv_model(24, 36, stride=2, hw=(16, 16))
+    layer = ttgraph.compress(model, cores=2, rank=3).report.layers[0]
+    weight = numpy_helper.to_array(model.graph.initializer[0])
+    assert layer.params_before == weight.size + 36
+    assert layer.macs_before == 36 * 24 * 8 * 8  # stride 2: 8×8 output positions
+    assert 0 < layer.weight_error < 1  # rank 3 of a random 36×24 matrix: lossy, not useless

@@ -1,0 +1,121 @@
+"""At full rank the TT rewrite is exact: the rewritten model reproduces the original's outputs in onnxruntime."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import pytest
+
+import ttgraph
+from tests.conftest import CLS_SHAPE, DET_SHAPE, cls_input, conv_model, det_input, feed_for, photo, sha256, text_line
+from ttgraph.verify import compare_outputs, session
+
+DET_PHOTOS = ["astronaut", "page"]
+LINES = ["Tensor Train cores 1x1", "deployment on phones 42", "ONNX graph rewrite ok"]
+
+
+def assert_exact(errors, tol=1e-4):
+    for e in errors:
+        assert e.max_rel <= tol, e
+
+
+def new_nodes(model: onnx.ModelProto, label: str) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.name.startswith(f"{label}/tt/")]
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4])
+def test_full_rank_rewrite_reproduces_detector_outputs(det_path, d):
+    before = sha256(det_path)
+    result = ttgraph.compress(det_path, cores=d, rank_ratio=1.0, input_shapes={"x": DET_SHAPE})
+    assert len(result.report.layers) == 42
+    assert max(layer.cores for layer in result.report.layers) == d
+    errors = result.verify([{"x": det_input(photo(name))} for name in DET_PHOTOS])
+    assert_exact(errors)
+    assert sha256(det_path) == before
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4])
+def test_full_rank_rewrite_reproduces_classifier_outputs_on_rendered_lines(cls_path, d):
+    result = ttgraph.compress(cls_path, cores=d, rank_ratio=1.0, input_shapes={"x": CLS_SHAPE})
+    assert len(result.report.layers) == 41
+    feeds = [{"x": cls_input(text_line(t, i, rotate=i % 2 == 1))} for i, t in enumerate(LINES)]
+    assert_exact(result.verify(feeds))
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"stride": 2},
+        {"stride": 3, "bias": False},
+        {"dilation": 2},
+        {"auto_pad": "SAME_UPPER", "stride": 2},
+        {"weight_as_constant_node": True},
+        {"spatial_rank": 1},
+        {"spatial_rank": 3, "stride": 2},
+        {"opset": 11},
+    ],
+)
+def test_full_rank_rewrite_of_synthetic_pointwise_convs_is_exact(d, kwargs):
+    model = conv_model(24, 36, **kwargs)
+    result = ttgraph.compress(model, cores=d, rank_ratio=1.0)
+    shape = [1, 24, 9, 10, 4][: 2 + kwargs.get("spatial_rank", 2)]
+    assert_exact(compare_outputs(model, result.model, [feed_for(model, shape)]), 1e-5)
+    assert result.report.layers[0].cores == d
+
+
+def test_dynamic_batch_and_spatial_dims_are_kept_and_run_at_any_size():
+    model = conv_model(24, 36, hw=("h", "w"), batch="n", stride=2)
+    result = ttgraph.compress(model, cores=3, rank_ratio=1.0)
+    assert result.report.layers[0].macs_before is None
+    out_x = [d.dim_param for d in result.model.graph.input[0].type.tensor_type.shape.dim]
+    assert out_x[0] == "n" and out_x[2:] == ["h", "w"]
+    for shape in ([1, 24, 7, 5], [3, 24, 16, 12]):
+        assert_exact(compare_outputs(model, result.model, [feed_for(model, shape)]), 1e-5)
+
+
+def test_prime_channel_counts_fall_back_to_lowrank_with_a_note():
+    model = conv_model(13, 17)
+    result = ttgraph.compress(model, cores=3, rank_ratio=1.0)
+    layer = result.report.layers[0]
+    assert (layer.format, layer.cores) == ("lowrank", 1)
+    assert "cannot both split into 3 modes" in layer.note
+    assert_exact(compare_outputs(model, result.model, [feed_for(model, [1, 13, 9, 10])]), 1e-5)
+
+
+def test_opset_9_strided_layers_use_lowrank_instead_of_a_strided_slice():
+    model = conv_model(24, 36, stride=2, opset=9)
+    result = ttgraph.compress(model, cores=2, rank_ratio=1.0)
+    assert result.report.layers[0].cores == 1
+    assert_exact(compare_outputs(model, result.model, [feed_for(model, [1, 24, 9, 10])]), 1e-5)
+
+
+@pytest.mark.parametrize("d", [1, 2, 4])
+def test_rewritten_graph_is_plain_onnx_that_passes_the_full_checker(d):
+    model = conv_model(48, 96, stride=2)
+    result = ttgraph.compress(model, cores=d, rank=6)
+    onnx.checker.check_model(result.model, full_check=True)
+    onnx.shape_inference.infer_shapes(result.model, strict_mode=True)
+    ops = {n.op_type for n in result.model.graph.node}
+    assert not ops & {"Einsum", "Transpose"}
+    assert ops <= {"Conv", "MatMul", "Reshape", "Slice", "Add", "Relu"}
+    assert {n.name for n in result.model.graph.node} - {"relu"} == {n.name for n in new_nodes(result.model, "conv")}
+    assert ("Conv" in ops) == (d == 1)
+
+
+def test_compress_never_mutates_a_model_given_in_memory():
+    model = conv_model(16, 16)
+    snapshot = copy.deepcopy(model)
+    ttgraph.compress(model, cores=2, rank=2)
+    assert model == snapshot
+
+
+def test_reduced_rank_output_is_close_to_but_not_equal_to_the_original():
+    model = conv_model(32, 32)
+    full = ttgraph.compress(model, cores=2, rank_ratio=1.0).model
+    low = ttgraph.compress(model, cores=2, rank=2).model
+    feed = feed_for(model, [1, 32, 9, 10])
+    ref, a, b = (session(m).run(None, feed)[0] for m in (model, full, low))
+    assert np.abs(a - ref).max() < 1e-4 < np.abs(b - ref).max()
