@@ -89,13 +89,21 @@ class _Emitter:
             self._emit_matmuls(x, y)
 
     def _emit_convs(self, x: gs.Tensor, y: gs.Tensor) -> None:
-        first, second = (step_matrix(c, s.side) for c, s in zip(
-            self.rewrite.cores, contraction_steps(format_of(self.rewrite.cores), (0, 1)), strict=True))
+        first, second = (
+            step_matrix(c, s.side)
+            for c, s in zip(
+                self.rewrite.cores, contraction_steps(format_of(self.rewrite.cores), (0, 1)), strict=True
+            )
+        )
         ones = [1] * self.conv.spatial_rank
         w0 = first.reshape(*first.shape, *ones).astype(self.dtype)
         w1 = second.reshape(*second.shape, *ones).astype(self.dtype)
-        hidden = self.node("Conv", "conv0", [x, self.const("conv0.w", w0)],
-                           {"kernel_shape": ones, "strides": list(self.conv.strides)})
+        hidden = self.node(
+            "Conv",
+            "conv0",
+            [x, self.const("conv0.w", w0)],
+            {"kernel_shape": ones, "strides": list(self.conv.strides)},
+        )
         inputs = [hidden, self.const("conv1.w", w1)]
         if self.conv.bias is not None:
             inputs.append(self.const("conv1.b", self.conv.bias))
@@ -125,7 +133,9 @@ class _Emitter:
         axes = list(range(2, 2 + rank))
         steps = list(self.conv.strides)
         if self.opset < 10:  # Slice took attributes and had no steps before opset 10
-            raise ValueError(f"{self.conv.label}: strided 1×1 rewrite needs opset ≥ 10, model has {self.opset}")
+            raise ValueError(
+                f"{self.conv.label}: strided 1×1 rewrite needs opset ≥ 10, model has {self.opset}"
+            )
         inputs = [
             data,
             self.const("stride.starts", np.zeros(rank, np.int64)),
@@ -142,7 +152,9 @@ class _Emitter:
             return self.const("out.shape", np.array(shape, np.int64))
         rank = self.conv.spatial_rank
         dims = self.node("Shape", "in_shape", [sliced])
-        batch = self.node("Gather", "batch", [dims, self.const("batch.idx", np.array([0], np.int64))], {"axis": 0})
+        batch = self.node(
+            "Gather", "batch", [dims, self.const("batch.idx", np.array([0], np.int64))], {"axis": 0}
+        )
         spatial_idx = np.arange(2, 2 + rank, dtype=np.int64)
         spatial = self.node("Gather", "spatial", [dims, self.const("spatial.idx", spatial_idx)], {"axis": 0})
         cout = self.const("cout", np.array([self.conv.cout], np.int64))

@@ -104,8 +104,12 @@ def conv_model(
     ks = [kernel] * spatial_rank
     w = rng.standard_normal((cout, cin // group, *ks)).astype(np.float32)
     spatial = list(hw)[:spatial_rank] if spatial_rank <= 2 else [*hw, 4]
-    attrs = {"kernel_shape": ks, "strides": [stride] * spatial_rank, "dilations": [dilation] * spatial_rank,
-             "group": group}
+    attrs = {
+        "kernel_shape": ks,
+        "strides": [stride] * spatial_rank,
+        "dilations": [dilation] * spatial_rank,
+        "group": group,
+    }
     if auto_pad:
         attrs["auto_pad"] = auto_pad
     else:
@@ -122,9 +126,17 @@ def conv_model(
     if bias:
         inits.append(numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b"))
         conv_inputs.append("b")
-    nodes += [helper.make_node("Conv", conv_inputs, ["c"], name="conv", **attrs),
-              helper.make_node("Relu", ["c"], ["y"], name="relu")]
-    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * (2 + spatial_rank))], inits)
+    nodes += [
+        helper.make_node("Conv", conv_inputs, ["c"], name="conv", **attrs),
+        helper.make_node("Relu", ["c"], ["y"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * (2 + spatial_rank))],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     onnx.checker.check_model(model)

@@ -22,7 +22,9 @@ def test_finds_all_42_pointwise_convs_in_the_ppocr_detector(det_path):
     assert len(report.layers) == 42
     assert len(report.skipped) == 62 - 42
     assert all(s.reason for s in report.skipped)
-    assert report.pointwise_macs and report.model_macs and 0.3 < report.pointwise_macs / report.model_macs < 0.45
+    assert (
+        report.pointwise_macs and report.model_macs and 0.3 < report.pointwise_macs / report.model_macs < 0.45
+    )
 
 
 def test_finds_all_41_pointwise_convs_in_the_direction_classifier(cls_path):
@@ -69,10 +71,16 @@ def test_other_convs_are_skipped_with_their_reason(kwargs, reason):
 
 def _two_convs_sharing_one_weight() -> onnx.ModelProto:
     w = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w")
-    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="c1"), helper.make_node("Conv", ["a", "w"], ["y"], name="c2")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["a"], name="c1"),
+        helper.make_node("Conv", ["a", "w"], ["y"], name="c2"),
+    ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)], [w],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)],
+        [w],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
@@ -89,12 +97,17 @@ def test_conv_inside_an_if_branch_is_reported_not_rewritten():
     cond = numpy_helper.from_array(np.array(True), "cond")
     node = helper.make_node("If", ["cond"], ["y"], name="if0", then_branch=branch, else_branch=branch)
     graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 9, 10])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)], [cond],
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 9, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)],
+        [cond],
     )
     found = find(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert found.candidates == []
-    assert len(found.skipped) == 2 and all("inside a subgraph of If node 'if0'" in s.reason for s in found.skipped)
+    assert len(found.skipped) == 2 and all(
+        "inside a subgraph of If node 'if0'" in s.reason for s in found.skipped
+    )
 
 
 def test_inspect_without_fixed_shapes_reports_unknown_macs(det_path):

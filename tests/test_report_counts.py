@@ -16,7 +16,11 @@ from ttgraph.shapes import infer_shapes
 
 def emitted_costs(model: onnx.ModelProto, label: str, shapes) -> tuple[int, int]:
     """Float weights read and MACs done by the nodes the rewrite emitted for one conv."""
-    floats = {t.name: t for t in model.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    floats = {
+        t.name: t
+        for t in model.graph.initializer
+        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    }
     params, macs = 0, 0
     for node in model.graph.node:
         if not node.name.startswith(f"{label}/tt/"):
@@ -27,7 +31,9 @@ def emitted_costs(model: onnx.ModelProto, label: str, shapes) -> tuple[int, int]
     return params, macs
 
 
-@pytest.mark.parametrize(("d", "rule"), [(1, {"rank_ratio": 0.25}), (2, {"rank": 8}), (3, {"rank_ratio": 0.5}), (4, {"rank": 4})])
+@pytest.mark.parametrize(
+    ("d", "rule"), [(1, {"rank_ratio": 0.25}), (2, {"rank": 8}), (3, {"rank_ratio": 0.5}), (4, {"rank": 4})]
+)
 def test_reduced_rank_report_matches_the_emitted_detector_graph(det_path, d, rule):
     result = ttgraph.compress(det_path, cores=d, input_shapes={"x": DET_SHAPE}, **rule)
     assert len(result.report.layers) == 42

@@ -9,7 +9,17 @@ import onnx
 import pytest
 
 import ttgraph
-from tests.conftest import CLS_SHAPE, DET_SHAPE, cls_input, conv_model, det_input, feed_for, photo, sha256, text_line
+from tests.conftest import (
+    CLS_SHAPE,
+    DET_SHAPE,
+    cls_input,
+    conv_model,
+    det_input,
+    feed_for,
+    photo,
+    sha256,
+    text_line,
+)
 from ttgraph.verify import compare_outputs, session
 
 DET_PHOTOS = ["astronaut", "page"]
@@ -101,7 +111,9 @@ def test_rewritten_graph_is_plain_onnx_that_passes_the_full_checker(d):
     ops = {n.op_type for n in result.model.graph.node}
     assert not ops & {"Einsum", "Transpose"}
     assert ops <= {"Conv", "MatMul", "Reshape", "Slice", "Add", "Relu"}
-    assert {n.name for n in result.model.graph.node} - {"relu"} == {n.name for n in new_nodes(result.model, "conv")}
+    assert {n.name for n in result.model.graph.node} - {"relu"} == {
+        n.name for n in new_nodes(result.model, "conv")
+    }
     assert ("Conv" in ops) == (d == 1)
 
 

@@ -24,6 +24,7 @@ from ttgraph.tt import (
 
 def interval_orders(d: int):
     """Every order that grows a contiguous interval of cores (what the NCHW emitter supports)."""
+
     def grow(lo, hi, acc):
         if len(acc) == d:
             yield tuple(acc)
@@ -42,7 +43,9 @@ def contract_like_the_emitter(cores, x, order):
     fmt = format_of(cores)
     data = x
     for step in contraction_steps(fmt, order):
-        data = np.matmul(step_matrix(cores[step.core], step.side), data.reshape(x.shape[0], step.left, step.contracted, -1))
+        data = np.matmul(
+            step_matrix(cores[step.core], step.side), data.reshape(x.shape[0], step.left, step.contracted, -1)
+        )
     return data.reshape(x.shape[0], fmt.cout, -1)
 
 
@@ -88,7 +91,9 @@ def test_split_modes_multiplies_back_and_uses_factors_of_at_least_two(channels, 
     split = split_modes(channels, d)
     divisors = [f for f in range(2, channels + 1) if channels % f == 0]
     brute = (
-        [c for c in itertools.product(divisors, repeat=d) if math.prod(c) == channels] if d > 1 else [(channels,)]
+        [c for c in itertools.product(divisors, repeat=d) if math.prod(c) == channels]
+        if d > 1
+        else [(channels,)]
     )
     if not brute:
         assert split is None
@@ -123,7 +128,9 @@ def test_every_interval_order_computes_the_same_product_as_the_dense_weight(d):
     x = rng.standard_normal((2, 36, 5))
     expected = np.einsum("oc,ncp->nop", tt_reconstruct(cores), x)
     for order in interval_orders(used.num_cores):
-        np.testing.assert_allclose(contract_like_the_emitter(cores, x, order), expected, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(
+            contract_like_the_emitter(cores, x, order), expected, rtol=1e-10, atol=1e-10
+        )
 
 
 def test_step_macs_are_the_sizes_of_the_matrix_products():

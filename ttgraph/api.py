@@ -84,15 +84,24 @@ def inspect(model: ModelSource, input_shapes: InputShapes | None = None) -> Insp
     known = total if total > 0 else None
     layers = [
         CandidateInfo(
-            c.label, c.cin, c.cout, list(c.strides),
-            None if c.input_shape is None else list(c.input_shape), c.params, c.macs,
+            c.label,
+            c.cin,
+            c.cout,
+            list(c.strides),
+            None if c.input_shape is None else list(c.input_shape),
+            c.params,
+            c.macs,
             None if c.macs is None or not known else c.macs / known,
         )
         for c in found.candidates
     ]
     pw_macs = [c.macs for c in found.candidates]
     return InspectReport(
-        source_name(model), layers, found.skipped, known, unknown,
+        source_name(model),
+        layers,
+        found.skipped,
+        known,
+        unknown,
         None if any(m is None for m in pw_macs) else sum(m for m in pw_macs if m is not None),
         sum(c.params for c in found.candidates),
     )
@@ -182,7 +191,9 @@ def choose_format(
         fmt = tt_format(conv.cout, conv.cin, d)
         if fmt is not None:
             if d != cores:
-                note = f"Cout={conv.cout}, Cin={conv.cin} cannot both split into {cores} modes ≥ 2; used d={d}"
+                note = (
+                    f"Cout={conv.cout}, Cin={conv.cin} cannot both split into {cores} modes ≥ 2; used d={d}"
+                )
             break
     assert fmt is not None  # d = 1 always exists
     if rank is not None or rank_ratio is not None:
@@ -246,14 +257,19 @@ def compress(
     report = CompressionReport(
         model=name,
         options={
-            "cores": cores, "rank": rank, "rank_ratio": rank_ratio, "tolerance": tolerance,
+            "cores": cores,
+            "rank": rank,
+            "rank_ratio": rank_ratio,
+            "tolerance": tolerance,
             "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
         },
         layers=reports,
         skipped=found.skipped,
         totals=_totals(reports),
     )
-    result = CompressionResult(rewritten, report, model if not isinstance(model, onnx.ModelProto) else original)
+    result = CompressionResult(
+        rewritten, report, model if not isinstance(model, onnx.ModelProto) else original
+    )
     if verify_feeds is not None:
         errors = compare_outputs(original, rewritten, verify_feeds)
         report.verification = {"outputs": [e.to_dict() for e in errors]}
@@ -266,12 +282,22 @@ def _layer_report(
     pixels = conv.pixels
     bias = 0 if conv.bias is None else conv.bias.size
     return LayerReport(
-        name=conv.label, cin=conv.cin, cout=conv.cout, stride=list(conv.strides),
-        format="lowrank" if fmt.is_lowrank else "tt", cores=fmt.d,
-        modes_in=list(fmt.modes_in), modes_out=list(fmt.modes_out), ranks=list(fmt.ranks), order=list(order),
-        params_before=conv.params, params_after=fmt.params() + bias,
-        macs_before=conv.macs, macs_after=None if pixels is None else contraction_macs(fmt, pixels, order),
-        weight_error=relative_error(conv.weight, tt_reconstruct(factors)), note=note,
+        name=conv.label,
+        cin=conv.cin,
+        cout=conv.cout,
+        stride=list(conv.strides),
+        format="lowrank" if fmt.is_lowrank else "tt",
+        cores=fmt.d,
+        modes_in=list(fmt.modes_in),
+        modes_out=list(fmt.modes_out),
+        ranks=list(fmt.ranks),
+        order=list(order),
+        params_before=conv.params,
+        params_after=fmt.params() + bias,
+        macs_before=conv.macs,
+        macs_after=None if pixels is None else contraction_macs(fmt, pixels, order),
+        weight_error=relative_error(conv.weight, tt_reconstruct(factors)),
+        note=note,
     )
 
 

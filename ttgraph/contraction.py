@@ -70,11 +70,17 @@ def contraction_steps(fmt: TTFormat, order: Sequence[int] | None = None) -> list
     m, n, r = fmt.modes_out, fmt.modes_in, fmt.ranks
     steps: list[ContractionStep] = []
     lo = hi = order[0]
-    steps.append(ContractionStep(lo, "first", math.prod(n[:lo]), n[lo], r[lo] * m[lo] * r[lo + 1], math.prod(n[lo + 1 :])))
+    steps.append(
+        ContractionStep(
+            lo, "first", math.prod(n[:lo]), n[lo], r[lo] * m[lo] * r[lo + 1], math.prod(n[lo + 1 :])
+        )
+    )
     for k in order[1:]:
         if k == hi + 1:
             left = math.prod(n[:lo]) * r[lo] * math.prod(m[lo : hi + 1])
-            steps.append(ContractionStep(k, "right", left, r[k] * n[k], m[k] * r[k + 1], math.prod(n[k + 1 :])))
+            steps.append(
+                ContractionStep(k, "right", left, r[k] * n[k], m[k] * r[k + 1], math.prod(n[k + 1 :]))
+            )
             hi = k
         elif k == lo - 1:
             right = math.prod(m[lo : hi + 1]) * r[hi + 1] * math.prod(n[hi + 1 :])

@@ -22,8 +22,13 @@ def check_output_path(path: str | os.PathLike[str], inputs: tuple[str | os.PathL
         raise TTGraphError(target, f"output directory {os.fspath(parent)!r} does not exist")
     if target.is_dir():
         raise TTGraphError(target, "output path is a directory")
-    if not os.access(parent, os.W_OK):
-        raise TTGraphError(target, f"output directory {os.fspath(parent)!r} is not writable")
+    try:  # os.access says yes to root everywhere; only a real file tells whether we can write here
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{target.name}.probe."):
+            pass
+    except OSError as err:
+        raise TTGraphError(
+            target, f"output directory {os.fspath(parent)!r} is not writable ({err.strerror})"
+        ) from err
     return target
 
 

@@ -89,12 +89,14 @@ def _load_path(path: Path) -> onnx.ModelProto:
         raise TTGraphError(path, f"cannot read: {err.strerror or err}") from err
     model = _parse(data, os.fspath(path))
     if any(
-        t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(model)
+        t.data_location == onnx.TensorProto.EXTERNAL
+        for t in onnx.external_data_helper._get_all_tensors(model)
     ):
         try:
             onnx.external_data_helper.load_external_data_for_model(model, os.fspath(path.parent))
-        except (OSError, ValueError) as err:
-            raise TTGraphError(path, f"cannot load external data: {err}") from err
+        except Exception as err:  # OSError, ValueError or onnx's ValidationError for a missing/escaping file
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise TTGraphError(path, f"cannot load external data: {first}") from err
     return model
 
 
@@ -105,9 +107,14 @@ def _parse(data: bytes, name: str) -> onnx.ModelProto:
     try:
         model.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as err:
-        raise TTGraphError(name, f"not an ONNX model: protobuf parse failed ({err})") from err
+        reason = str(err).split(": ")[-1] or type(err).__name__
+        raise TTGraphError(
+            name, f"cannot parse as an ONNX model (truncated, corrupt or another format): {reason}"
+        ) from err
     if not model.HasField("graph") or not model.opset_import:
-        raise TTGraphError(name, "not an ONNX model: no graph or no opset_import (truncated or another format?)")
+        raise TTGraphError(
+            name, "not an ONNX model: it has no graph or no opset_import (truncated or another format?)"
+        )
     return model
 
 
@@ -157,7 +164,8 @@ def set_input_shapes(model: onnx.ModelProto, shapes: InputShapes, name: str = "<
         for axis, (have, want) in enumerate(zip(current, dims, strict=True)):
             if have is not None and have != want:
                 raise TTGraphError(
-                    name, f"input {input_name!r} has fixed size {have} on axis {axis}, --input-shape gives {want}"
+                    name,
+                    f"input {input_name!r} has fixed size {have} on axis {axis}, --input-shape gives {want}",
                 )
         shape = value.type.tensor_type.shape
         for dim, want in zip(shape.dim, dims, strict=True):
@@ -166,7 +174,9 @@ def set_input_shapes(model: onnx.ModelProto, shapes: InputShapes, name: str = "<
     del model.graph.value_info[:]
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *, source: ModelSource | None = None) -> Path:
+def save_model(
+    model: onnx.ModelProto, path: str | os.PathLike[str], *, source: ModelSource | None = None
+) -> Path:
     """Write ``model`` to ``path`` atomically; weights go to ``<name>.data`` beside it when over 2 GB.
 
     Refuses to overwrite ``source`` (the file the model came from). Nothing is left behind on failure.
@@ -179,8 +189,12 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *, source: 
     with staging_dir(target) as tmp:
         staged = tmp / target.name
         onnx.save_model(  # on a copy: external-data saving rewrites the tensors it is given
-            copy.deepcopy(model), staged, save_as_external_data=True, all_tensors_to_one_file=True,
-            location=data_name, size_threshold=_EXTERNAL_THRESHOLD,
+            copy.deepcopy(model),
+            staged,
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_name,
+            size_threshold=_EXTERNAL_THRESHOLD,
         )
         os.replace(tmp / data_name, target.parent / data_name)
         os.replace(staged, target)

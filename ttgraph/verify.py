@@ -41,7 +41,9 @@ def session(model: onnx.ModelProto, threads: int | None = None):  # -> onnxrunti
     try:
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises several unrelated types
-        raise TTGraphError(model.graph.name or "<model>", f"onnxruntime cannot load the model: {err}") from err
+        raise TTGraphError(
+            model.graph.name or "<model>", f"onnxruntime cannot load the model: {err}"
+        ) from err
 
 
 def random_feed(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
@@ -57,7 +59,9 @@ def random_feed(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
     return feed
 
 
-def compare_outputs(original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds: Iterable[Feed]) -> list[OutputError]:
+def compare_outputs(
+    original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds: Iterable[Feed]
+) -> list[OutputError]:
     """Run both models on every feed; per output, the error of the rewritten against the original."""
     a, b = session(original), session(rewritten)
     names = [o.name for o in a.get_outputs()]
@@ -78,7 +82,9 @@ def compare_outputs(original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds
             name,
             max_abs[name],
             max_abs[name] / peak[name] if peak[name] > 0 else max_abs[name],
-            float(np.sqrt(diff_sq[name] / ref_sq[name])) if ref_sq[name] > 0 else float(np.sqrt(diff_sq[name])),
+            float(np.sqrt(diff_sq[name] / ref_sq[name]))
+            if ref_sq[name] > 0
+            else float(np.sqrt(diff_sq[name])),
         )
         for name in names
     ]

@@ -8,7 +8,10 @@ from collections.abc import Sequence
 
 def add_input_shape_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--input-shape", action="append", metavar="NAME=D1,D2,...", default=[],
+        "--input-shape",
+        action="append",
+        metavar="NAME=D1,D2,...",
+        default=[],
         help="fix an input's shape (repeatable), e.g. x=1,3,640,640",
     )
 

@@ -19,12 +19,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_input_shape_option(p)
     rule = p.add_mutually_exclusive_group(required=True)
     rule.add_argument("--rank", type=int, help="cap every TT bond rank at R")
-    rule.add_argument("--rank-ratio", type=float, help="fraction of full rank in (0, 1]; 1.0 is an exact rewrite")
-    rule.add_argument("--tolerance", type=float, help="smallest ranks with relative weight error ≤ E (TT-SVD)")
+    rule.add_argument(
+        "--rank-ratio", type=float, help="fraction of full rank in (0, 1]; 1.0 is an exact rewrite"
+    )
+    rule.add_argument(
+        "--tolerance", type=float, help="smallest ranks with relative weight error ≤ E (TT-SVD)"
+    )
     p.add_argument("--cores", type=int, default=1, help="TT order d: 1 = low-rank (two 1×1 convs), 2..8 = TT")
     p.add_argument("--layer", action="append", default=None, help="rewrite only this conv (repeatable)")
     p.add_argument("--report", help="write the JSON report here")
-    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison on a random input")
+    p.add_argument(
+        "--no-verify", action="store_true", help="skip the onnxruntime comparison on a random input"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     p.set_defaults(func=run)
 
@@ -36,8 +42,14 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.report, (args.model,))
     shapes = parse_input_shapes(args.input_shape)
     result = compress(
-        args.model, cores=args.cores, rank=args.rank, rank_ratio=args.rank_ratio, tolerance=args.tolerance,
-        input_shapes=shapes, layers=args.layer, progress=not args.quiet,
+        args.model,
+        cores=args.cores,
+        rank=args.rank,
+        rank_ratio=args.rank_ratio,
+        tolerance=args.tolerance,
+        input_shapes=shapes,
+        layers=args.layer,
+        progress=not args.quiet,
     )
     if not args.no_verify:
         try:
@@ -58,12 +70,21 @@ def run(args: argparse.Namespace) -> int:
 
 def render(report: CompressionReport) -> str:
     rows = [
-        [layer.name, f"{layer.cout}×{layer.cin}", layer.format, str(layer.cores),
-         ",".join(map(str, layer.ranks[1:-1])), f"{human(layer.params_before)}→{human(layer.params_after)}",
-         f"{human(layer.macs_before)}→{human(layer.macs_after)}", f"{layer.weight_error:.2e}"]
+        [
+            layer.name,
+            f"{layer.cout}×{layer.cin}",
+            layer.format,
+            str(layer.cores),
+            ",".join(map(str, layer.ranks[1:-1])),
+            f"{human(layer.params_before)}→{human(layer.params_after)}",
+            f"{human(layer.macs_before)}→{human(layer.macs_after)}",
+            f"{layer.weight_error:.2e}",
+        ]
         for layer in report.layers
     ]
-    lines = [format_table(["layer", "Cout×Cin", "format", "d", "ranks", "params", "MACs", "weight err"], rows)]
+    lines = [
+        format_table(["layer", "Cout×Cin", "format", "d", "ranks", "params", "MACs", "weight err"], rows)
+    ]
     t = report.totals
     lines.append("")
     line = f"{t['layers_rewritten']} layers rewritten; 1×1 params {human(t['params_before'])}→{human(t['params_after'])}"

@@ -1,0 +1,178 @@
+"""The command line as a user meets it: the main jobs, and one clear line plus exit 2 for every bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import helper
+
+from tests.conftest import conv_model, sha256
+
+
+def ttgraph_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ttgraph", *map(str, args)], capture_output=True, text=True, timeout=600
+    )
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode == 2, proc
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("ttgraph: error: "), lines[0]
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture
+def small_model(tmp_path: Path) -> Path:
+    path = tmp_path / "small.onnx"
+    onnx.save_model(conv_model(24, 36, hw=(8, 8)), path)
+    return path
+
+
+def test_inspect_json_lists_layers_and_skipped(det_path):
+    proc = ttgraph_cli("inspect", det_path, "--input-shape", "x=1,3,640,640", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert len(data["layers"]) == 42 and len(data["skipped"]) == 20
+    first = data["layers"][0]
+    assert {"name", "cin", "cout", "stride", "macs", "macs_share", "params"} <= set(first)
+    assert data["pointwise_macs"] == sum(layer["macs"] for layer in data["layers"])
+
+
+def test_inspect_table_names_the_skip_reasons(det_path):
+    proc = ttgraph_cli("inspect", det_path, "--input-shape", "x=1,3,640,640")
+    assert proc.returncode == 0, proc.stderr
+    assert "42 rewritable 1×1 convs, 20 convs skipped" in proc.stdout
+    assert "kernel 3×3 depthwise is not 1×1" in proc.stdout
+
+
+def test_compress_writes_model_and_report_and_leaves_the_input_alone(small_model, tmp_path):
+    before = sha256(small_model)
+    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    proc = ttgraph_cli("compress", small_model, "-o", out, "--cores", "2", "--rank", "4", "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    data = json.loads(report.read_text())
+    layer = data["layers"][0]
+    assert (layer["name"], layer["format"], layer["cores"], layer["ranks"]) == ("conv", "tt", 2, [1, 4, 1])
+    assert {
+        "params_before",
+        "params_after",
+        "macs_before",
+        "macs_after",
+        "weight_error",
+        "modes_in",
+        "modes_out",
+    } <= set(layer)
+    assert data["verification"]["outputs"][0]["name"] == "y"
+    assert sha256(small_model) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx", "report.json", "small.onnx"]
+
+
+def test_full_rank_compress_from_the_cli_verifies_exact(small_model, tmp_path):
+    out = tmp_path / "full.onnx"
+    proc = ttgraph_cli("compress", small_model, "-o", out, "--cores", "3", "--rank-ratio", "1.0", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"wrote {out}"
+
+
+def _bad_files(tmp_path: Path, det_path: Path) -> dict[str, tuple[Path, str]]:
+    png = tmp_path / "photo.onnx"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    js = tmp_path / "config.onnx"
+    js.write_text('{"model": "not really"}')
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(det_path.read_bytes()[: 1 << 20])
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    invalid = tmp_path / "invalid.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["missing"], ["y"])],
+        "g",
+        [],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    invalid.write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    )
+    return {
+        "png": (png, "cannot parse as an ONNX model"),
+        "json": (js, "cannot parse as an ONNX model"),
+        "truncated": (truncated, "cannot parse as an ONNX model (truncated"),
+        "empty": (empty, "empty file"),
+        "checker": (invalid, "fails onnx.checker"),
+    }
+
+
+@pytest.mark.parametrize("case", ["png", "json", "truncated", "empty", "checker"])
+@pytest.mark.parametrize("command", ["inspect", "compress"])
+def test_bad_model_files_give_one_line_and_exit_2(tmp_path, det_path, case, command):
+    path, message = _bad_files(tmp_path, det_path)[case]
+    before = sha256(path)
+    out = tmp_path / "out.onnx"
+    extra = ["-o", out, "--rank", "2"] if command == "compress" else []
+    assert_clean_error(ttgraph_cli(command, path, *extra), str(path), message)
+    assert sha256(path) == before
+    assert not out.exists()
+
+
+def test_missing_file(tmp_path):
+    missing = tmp_path / "nope.onnx"
+    assert_clean_error(ttgraph_cli("inspect", missing), str(missing), "no such file")
+
+
+def test_unknown_input_name_in_input_shape(small_model, tmp_path):
+    out = tmp_path / "out.onnx"
+    proc = ttgraph_cli("compress", small_model, "-o", out, "--rank", "2", "--input-shape", "image=1,3,8,8")
+    assert_clean_error(proc, str(small_model), "unknown input 'image'", "inputs: x")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("spec", ["x", "x=1,a,3", "x=1,0,8,8", "=1,2"])
+def test_malformed_input_shape(small_model, spec):
+    assert_clean_error(ttgraph_cli("inspect", small_model, "--input-shape", spec), "--input-shape", spec)
+
+
+def test_output_path_equal_to_input_is_refused(small_model):
+    before = sha256(small_model)
+    assert_clean_error(
+        ttgraph_cli("compress", small_model, "-o", small_model, "--rank", "2"), "output path is the input"
+    )
+    assert sha256(small_model) == before
+
+
+@pytest.mark.parametrize("where", ["missing_dir", "parent_is_a_file", "proc"])
+def test_unwritable_output_location_is_refused_before_any_work(small_model, tmp_path, where):
+    out = {
+        "missing_dir": tmp_path / "no" / "such" / "dir" / "out.onnx",
+        "parent_is_a_file": small_model / "out.onnx",
+        "proc": Path("/proc/ttgraph-out.onnx"),
+    }[where]
+    before = sha256(small_model)
+    assert_clean_error(ttgraph_cli("compress", small_model, "-o", out, "--rank", "2"), str(out))
+    assert sha256(small_model) == before
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.onnx"]
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    missing = tmp_path / "nope.onnx"
+    proc = ttgraph_cli("--debug", "inspect", missing)
+    assert proc.returncode == 2 and "Traceback" in proc.stderr and "no such file" in proc.stderr
+
+
+def test_bad_rank_options_are_one_line_errors(small_model, tmp_path):
+    out = tmp_path / "o.onnx"
+    assert_clean_error(ttgraph_cli("compress", small_model, "-o", out, "--rank-ratio", "1.5"), "rank ratio")
+    assert_clean_error(
+        ttgraph_cli("compress", small_model, "-o", out, "--rank", "2", "--cores", "9"), "cores"
+    )
+    assert_clean_error(ttgraph_cli("compress", small_model, "-o", out), "--rank")

@@ -1,0 +1,101 @@
+"""Model I/O: every source form loads the same model, external data works both ways, writes are atomic."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import ttgraph
+from tests.conftest import conv_model, feed_for, sha256
+from ttgraph import model_io
+from ttgraph.errors import TTGraphError
+from ttgraph.verify import compare_outputs
+
+
+def test_path_bytes_and_proto_load_the_same_model(tmp_path):
+    model = conv_model(8, 8)
+    path = tmp_path / "m.onnx"
+    onnx.save_model(model, path)
+    loaded = [model_io.load_model(path), model_io.load_model(path.read_bytes()), model_io.load_model(model)]
+    assert all(m == model for m in loaded)
+    assert loaded[2] is not model
+
+
+def test_external_data_model_loads_compresses_and_saves(tmp_path):
+    model = conv_model(64, 64, hw=(6, 6))
+    src = tmp_path / "src" / "ext.onnx"
+    src.parent.mkdir()
+    onnx.save_model(
+        copy.deepcopy(model), src, save_as_external_data=True, location="ext.weights", size_threshold=0
+    )
+    before = {p.name: sha256(p) for p in src.parent.iterdir()}
+    result = ttgraph.compress(src, cores=2, rank_ratio=1.0)
+    out = tmp_path / "out.onnx"
+    result.save(out)
+    reloaded = onnx.load(out)
+    errors = compare_outputs(model, reloaded, [feed_for(model, [1, 64, 6, 6])])
+    assert errors[0].max_rel < 1e-5
+    assert {p.name: sha256(p) for p in src.parent.iterdir()} == before
+
+
+def test_missing_external_data_file_is_a_clear_error(tmp_path):
+    src = tmp_path / "ext.onnx"
+    onnx.save_model(conv_model(16, 16), src, save_as_external_data=True, location="w.bin", size_threshold=0)
+    (tmp_path / "w.bin").unlink()
+    with pytest.raises(TTGraphError, match="cannot load external data"):
+        model_io.load_model(src)
+
+
+def test_models_over_the_protobuf_limit_are_saved_with_external_data(tmp_path, monkeypatch):
+    # Exercise the > 2 GB branch on a small model by lowering the limit; the files written are real.
+    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 1000)
+    model = conv_model(64, 64)
+    out = tmp_path / "big.onnx"
+    model_io.save_model(model, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    assert out.stat().st_size < 1000
+    reloaded = onnx.load(out)
+    for a, b in zip(reloaded.graph.initializer, model.graph.initializer, strict=True):
+        assert (a.name, numpy_helper.to_array(a).tolist()) == (b.name, numpy_helper.to_array(b).tolist())
+    assert (
+        model.graph.initializer[0].data_location == onnx.TensorProto.DEFAULT
+    )  # the caller's model untouched
+
+
+def test_save_replaces_atomically_and_leaves_no_temporary_files(tmp_path):
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"old")
+    model_io.save_model(conv_model(8, 8), out)
+    assert onnx.load(out) == conv_model(8, 8)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_input_shapes_fix_dynamic_dims_and_reject_conflicts():
+    model = conv_model(8, 8, hw=("h", "w"), batch="n")
+    fixed = model_io.load_model(model, {"x": [2, 8, 5, 7]})
+    assert model_io.input_dims(fixed.graph.input[0]) == [2, 8, 5, 7]
+    with pytest.raises(TTGraphError, match="fixed size 8 on axis 1"):
+        model_io.load_model(model, {"x": [1, 3, 5, 7]})
+    with pytest.raises(TTGraphError, match="rank 4"):
+        model_io.load_model(model, {"x": [1, 8, 5]})
+
+
+def test_result_save_refuses_to_overwrite_its_source(tmp_path):
+    src = tmp_path / "m.onnx"
+    onnx.save_model(conv_model(8, 8), src)
+    before = sha256(src)
+    result = ttgraph.compress(src, rank=2)
+    with pytest.raises(TTGraphError, match="output path is the input"):
+        result.save(src)
+    with pytest.raises(TTGraphError, match="output path is the input"):
+        result.save(tmp_path / "ok.onnx", report_path=src)
+    assert sha256(src) == before
+    assert not (tmp_path / "ok.onnx").exists()
+    os.chdir(tmp_path)
+    with pytest.raises(TTGraphError, match="output path is the input"):
+        result.save(Path("m.onnx"))

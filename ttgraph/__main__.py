@@ -1,0 +1,5 @@
+"""``python -m ttgraph`` is the ``ttgraph`` command."""
+
+from ttgraph.cli import main
+
+raise SystemExit(main())
