@@ -87,7 +87,8 @@ def render(report: CompressionReport) -> str:
     ]
     t = report.totals
     lines.append("")
-    line = f"{t['layers_rewritten']} layers rewritten; 1×1 params {human(t['params_before'])}→{human(t['params_after'])}"
+    params = f"{human(t['params_before'])}→{human(t['params_after'])}"
+    line = f"{t['layers_rewritten']} layers rewritten; 1×1 params {params}"
     if "params_ratio" in t:
         line += f" ({t['params_ratio']:.3f}×)"
     if "macs_ratio" in t:
