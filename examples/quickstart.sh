@@ -5,5 +5,5 @@ set -euo pipefail
 model=$(python -m ttgraph.examples det)
 mkdir -p out
 ttgraph inspect "$model" --input-shape x=1,3,640,640
-ttgraph compress "$model" -o out/det.tt.onnx --input-shape x=1,3,640,640 --cores 2 --rank-ratio 0.5 \
+ttgraph compress "$model" -o out/det.tt.onnx --input-shape x=1,3,640,640 --cores 1 --rank-ratio 0.25 \
   --report out/det.tt.json

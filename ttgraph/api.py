@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from passes.find_pointwise import FindPointwiseConvs, FoundConvs, PointwiseConv, SkippedConv
 from passes.rewrite_tt import LayerRewrite, RewriteAsTT
-from ttgraph.contraction import contraction_macs, default_order
+from ttgraph.contraction import contraction_macs, left_to_right, planned_order
 from ttgraph.costs import model_macs
 from ttgraph.errors import TTGraphError
 from ttgraph.files import check_output_path, write_atomic
@@ -128,6 +128,8 @@ class LayerReport:
     params_after: int
     macs_before: int | None
     macs_after: int | None
+    macs_left_to_right: int | None  # what the naive order would cost; macs_after uses the planned order
+    pixels: int | None
     weight_error: float
     note: str | None = None
 
@@ -210,6 +212,7 @@ def compress(
     tolerance: float | None = None,
     input_shapes: InputShapes | None = None,
     layers: Sequence[str] | None = None,
+    plan_cost: str = "flops",
     verify_feeds: Iterable[Feed] | None = None,
     progress: bool = False,
 ) -> CompressionResult:
@@ -217,7 +220,8 @@ def compress(
 
     Exactly one rank rule: ``rank`` caps every bond rank, ``rank_ratio`` in (0, 1] scales the full ranks
     (1.0 is an exact rewrite), ``tolerance`` picks the smallest ranks with relative weight error ≤ it.
-    ``layers`` restricts the rewrite to the named convs. ``verify_feeds`` are inputs on which the result is
+    ``layers`` restricts the rewrite to the named convs. Each layer is contracted in the order the DP planner
+    finds cheapest under ``plan_cost`` ("flops" or "roofline"). ``verify_feeds`` are inputs on which the result is
     compared with the original in onnxruntime (the report's ``verification``).
 
     >>> result = compress("model.onnx", cores=2, rank_ratio=0.5)  # doctest: +SKIP
@@ -236,6 +240,7 @@ def compress(
     name = source_name(model)
     original = load_model(model, input_shapes)
     graph, found, shapes = _analyse(original)
+    _skip_our_own_factors(found, provenance(original))
     candidates = found.candidates
     if layers is not None:
         known = {c.label for c in candidates}
@@ -248,11 +253,12 @@ def compress(
     for conv in tqdm(candidates, desc="decompose", unit="layer", disable=not progress, leave=False):
         fmt, note = choose_format(conv, cores, rank=rank, rank_ratio=rank_ratio, opset=opset)
         factors, used = tt_svd(conv.weight, fmt, tolerance=tolerance)
-        order = default_order(used)
+        order = planned_order(used, conv.pixels or 1, plan_cost)
         rewrites.append(LayerRewrite(conv, factors, order))
         reports.append(_layer_report(conv, used, order, factors, note))
     RewriteAsTT(rewrites)(graph)
     rewritten = _export(graph, original)
+    _record_provenance(rewritten, reports)
     check_model(rewritten, f"{name} (rewritten)")
     report = CompressionReport(
         model=name,
@@ -276,6 +282,16 @@ def compress(
     return result
 
 
+def _skip_our_own_factors(found: FoundConvs, meta: dict[str, Any] | None) -> None:
+    """Compressing a compressed model leaves the factors ttgraph wrote alone (they are 1×1 convs too)."""
+    if not meta:
+        return
+    prefixes = tuple(f"{layer['name']}/tt/" for layer in meta.get("layers", []))
+    ours = [c for c in found.candidates if c.node.name.startswith(prefixes)]
+    found.candidates = [c for c in found.candidates if c not in ours]
+    found.skipped.extend(SkippedConv(c.label, "Conv", "already a TT factor written by ttgraph") for c in ours)
+
+
 def _layer_report(
     conv: PointwiseConv, fmt: TTFormat, order: tuple[int, ...], factors: list[np.ndarray], note: str | None
 ) -> LayerReport:
@@ -296,6 +312,8 @@ def _layer_report(
         params_after=fmt.params() + bias,
         macs_before=conv.macs,
         macs_after=None if pixels is None else contraction_macs(fmt, pixels, order),
+        macs_left_to_right=None if pixels is None else contraction_macs(fmt, pixels, left_to_right(fmt.num_cores)),
+        pixels=pixels,
         weight_error=relative_error(conv.weight, tt_reconstruct(factors)),
         note=note,
     )
@@ -314,6 +332,30 @@ def _totals(layers: list[LayerReport]) -> dict[str, Any]:
     if totals["macs_before"]:
         totals["macs_ratio"] = totals["macs_after"] / totals["macs_before"]
     return totals
+
+
+PROVENANCE_KEY = "ttgraph"
+
+
+def _record_provenance(model: onnx.ModelProto, layers: list[LayerReport]) -> None:
+    """Write each rewritten layer's format into the model's metadata, so ``ttgraph plan MODEL`` can read
+    it back and a second ``compress`` knows the model is already compressed."""
+    from ttgraph import __version__
+
+    keys = ("name", "format", "modes_in", "modes_out", "ranks", "order", "pixels")
+    value = {"version": __version__, "layers": [{k: getattr(layer, k) for k in keys} for layer in layers]}
+    kept = [p for p in model.metadata_props if p.key != PROVENANCE_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=PROVENANCE_KEY, value=json.dumps(value, separators=(",", ":")))
+
+
+def provenance(model: onnx.ModelProto) -> dict[str, Any] | None:
+    """The ttgraph metadata of a compressed model, or None for a model ttgraph did not write."""
+    for prop in model.metadata_props:
+        if prop.key == PROVENANCE_KEY:
+            return json.loads(prop.value)
+    return None
 
 
 def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:

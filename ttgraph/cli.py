@@ -18,6 +18,7 @@ from ttgraph.errors import TTGraphError
 COMMAND_MODULES: tuple[str, ...] = (
     "ttgraph.commands.inspect",
     "ttgraph.commands.compress",
+    "ttgraph.commands.plan",
 )
 
 

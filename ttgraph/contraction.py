@@ -10,8 +10,8 @@ step is a Reshape to ``[N, left, contracted, right]`` followed by a MatMul with 
 - extend right with core k = hi+1: contracted ``(r_{k-1}, n_k)``; out ``(m_k, r_k)``
 - extend left with core k = lo-1: contracted ``(n_k, r_k)``; out ``(r_{k-1}, m_k)``
 
-The order is a choice: :func:`default_order` is the fixed left-to-right order, which the DP planner
-replaces with the cheapest one.
+The order is a choice: :func:`planned_order` asks the DP planner (:mod:`ttgraph.planner`) for the
+cheapest transpose-free one; :func:`left_to_right` is the naive reference.
 """
 
 from __future__ import annotations
@@ -52,9 +52,23 @@ def left_to_right(d: int) -> tuple[int, ...]:
     return tuple(range(d))
 
 
-def default_order(fmt: TTFormat) -> tuple[int, ...]:
-    """The order the rewrite uses when none is given (left to right; the planner supplies better ones)."""
-    return left_to_right(fmt.num_cores)
+def planned_order(fmt: TTFormat, pixels: int = 1, cost: str = "flops") -> tuple[int, ...]:
+    """The cheapest order the NCHW emitter can run (DP planner, transpose-free, no offline core merges,
+    so the parameter count stays the format's). Low-rank is always V then U: it is emitted as two Convs.
+
+    >>> planned_order(TTFormat((64, 2), (2, 64), (1, 4, 1)), pixels=100)
+    (1, 0)
+    """
+    if fmt.is_lowrank:
+        return (0, 1)
+    from ttgraph.planner import plan_layer
+
+    plan = plan_layer(
+        fmt.modes_in, fmt.modes_out, fmt.ranks, pixels=max(1, pixels), cost=cost,
+        allow_offline_merges=False, transpose_free_only=True,
+    )
+    assert plan.order is not None and all(len(g) == 1 for g in plan.groups or ())
+    return tuple(plan.groups[i][0] for i in plan.order)  # type: ignore[index]
 
 
 def contraction_steps(fmt: TTFormat, order: Sequence[int] | None = None) -> list[ContractionStep]:
@@ -63,7 +77,7 @@ def contraction_steps(fmt: TTFormat, order: Sequence[int] | None = None) -> list
     >>> [s.macs(1) for s in contraction_steps(TTFormat.lowrank(64, 32, 8))]
     [256, 512]
     """
-    order = tuple(default_order(fmt) if order is None else order)
+    order = tuple(left_to_right(fmt.num_cores) if order is None else order)
     d = fmt.num_cores
     if sorted(order) != list(range(d)):
         raise ValueError(f"order {order} is not a permutation of the {d} cores")

@@ -1,0 +1,91 @@
+"""The rewrite emits the order the DP planner chose, and its MACs are the plan's cost."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+import ttgraph
+from tests.conftest import DET_SHAPE, conv_model, feed_for
+from ttgraph.api import provenance
+from ttgraph.planner import left_to_right_plan, plan_layer
+from ttgraph.verify import compare_outputs
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ttgraph", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def det_tt(det_path):
+    return ttgraph.compress(det_path, cores=3, rank=8, input_shapes={"x": DET_SHAPE})
+
+
+def test_every_layer_costs_what_its_plan_costs(det_tt):
+    tt_layers = [layer for layer in det_tt.report.layers if layer.format == "tt"]
+    assert tt_layers
+    for layer in tt_layers:
+        plan = plan_layer(layer.modes_in, layer.modes_out, layer.ranks, pixels=layer.pixels,
+                          allow_offline_merges=False, transpose_free_only=True)
+        assert layer.macs_after == plan.total_cost, layer.name
+        assert layer.macs_left_to_right == left_to_right_plan(
+            layer.modes_in, layer.modes_out, layer.ranks, pixels=layer.pixels).total_cost
+        assert layer.macs_after <= layer.macs_left_to_right
+
+
+def test_planner_changes_the_order_where_it_pays(det_tt):
+    reordered = [layer for layer in det_tt.report.layers if layer.order != sorted(layer.order)]
+    assert reordered, "the detector at d=3 rank 8 has layers whose best order is not left to right"
+    assert all(layer.macs_after < layer.macs_left_to_right for layer in reordered)
+
+
+def test_a_reordered_layer_is_still_exact_at_full_rank():
+    # whatever order the planner picks for this layer, the emitted graph must compute the same product
+    model = conv_model(64, 128, hw=(6, 6))
+    result = ttgraph.compress(model, cores=2, rank_ratio=1.0)
+    layer = result.report.layers[0]
+    assert compare_outputs(model, result.model, [feed_for(model, [1, 64, 6, 6])])[0].max_rel < 1e-5
+    assert layer.macs_after <= layer.macs_left_to_right
+
+
+def test_compressed_model_records_its_layers_and_plan_reads_them(det_tt, tmp_path):
+    path = tmp_path / "det.tt.onnx"
+    det_tt.save(path)
+    meta = provenance(onnx.load(path))
+    assert [m["name"] for m in meta["layers"]] == [layer.name for layer in det_tt.report.layers]
+    proc = cli("plan", path, "--json")
+    assert proc.returncode == 0, proc.stderr
+    planned = {p["name"]: p for p in json.loads(proc.stdout)["layers"]}
+    for layer in det_tt.report.layers:
+        if layer.format == "tt":
+            assert planned[layer.name]["total_cost"] == layer.macs_after
+            assert planned[layer.name]["emitted_order"] == layer.order
+
+
+def test_plan_cli_single_layer_json():
+    proc = cli("plan", "--cin", "384", "--cout", "384", "--modes-in", "8,48", "--modes-out", "48,8",
+               "--ranks", "8", "--hw", "80x80", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["dense_cost"] == 384 * 384 * 6400
+    assert data["order"] == [1, 0]
+    assert data["left_to_right_cost"] >= 2 * data["total_cost"]
+    assert data["graph"]["nodes"] == 4
+
+
+def test_plan_cli_rejects_inconsistent_modes():
+    proc = cli("plan", "--cin", "100", "--cout", "384", "--modes-in", "8,48", "--modes-out", "48,8", "--ranks", "8")
+    assert proc.returncode == 2 and proc.stderr.startswith("ttgraph: error: --modes-in")
+
+
+def test_compressing_a_lowrank_model_again_leaves_its_factors_alone(tmp_path):
+    model = conv_model(32, 32)
+    once = ttgraph.compress(model, cores=1, rank=4)
+    twice = ttgraph.compress(once.model, cores=1, rank=2)
+    assert twice.report.layers == []
+    assert [s.reason for s in twice.report.skipped] == ["already a TT factor written by ttgraph"] * 2
+    assert len(twice.model.graph.node) == len(once.model.graph.node)

@@ -1,0 +1,110 @@
+"""``ttgraph plan``: the cheapest contraction order of one TT layer, or of every TT layer of a compressed model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ttgraph.api import provenance
+from ttgraph.commands.common import format_table, human
+from ttgraph.errors import TTGraphError
+from ttgraph.model_io import load_model
+from ttgraph.planner import ContractionPlan, format_plan, left_to_right_plan, plan_layer, plan_to_dict
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="DP-plan the contraction order of TT layers", description=__doc__)
+    p.add_argument("model", nargs="?", help="a model written by `ttgraph compress` (plans all its TT layers)")
+    p.add_argument("--cin", type=int, help="input channels of one layer")
+    p.add_argument("--cout", type=int, help="output channels of one layer")
+    p.add_argument("--modes-in", type=_ints, help="split of Cin, e.g. 16,24")
+    p.add_argument("--modes-out", type=_ints, help="split of Cout, e.g. 16,24")
+    p.add_argument("--ranks", type=_ints, help="one inner rank for all bonds, the d−1 inner ranks, or all d+1")
+    p.add_argument("--hw", default="1x1", help="spatial size HxW of the layer's output (default 1x1)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--cost", default="flops", choices=["flops", "roofline", "measured"], help="cost model")
+    p.add_argument("--merges", action="store_true", help="allow offline core-core merges (changes params)")
+    p.add_argument("--any-layout", action="store_true", help="allow orders that need a Transpose on NCHW data")
+    p.add_argument("--json", action="store_true", help="print JSON (total_cost in MACs under --cost flops)")
+    p.set_defaults(func=run)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _pixels(args: argparse.Namespace) -> int:
+    try:
+        h, w = (int(v) for v in args.hw.lower().split("x"))
+    except ValueError:
+        raise TTGraphError("--hw", f"expected HxW such as 80x80, got {args.hw!r}") from None
+    return args.batch * h * w
+
+
+def _plan(args: argparse.Namespace, modes_in, modes_out, ranks, pixels: int) -> tuple[ContractionPlan, ContractionPlan]:
+    plan = plan_layer(
+        modes_in, modes_out, ranks, pixels=pixels, cost=args.cost,
+        allow_offline_merges=args.merges, transpose_free_only=not args.any_layout,
+    )
+    return plan, left_to_right_plan(modes_in, modes_out, ranks, pixels=pixels, cost=args.cost)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.model:
+        return _run_model(args)
+    if not (args.modes_in and args.modes_out and args.ranks):
+        raise TTGraphError("plan", "give a compressed MODEL, or --modes-in, --modes-out and --ranks")
+    if args.cin is not None and args.cin != _prod(args.modes_in):
+        raise TTGraphError("--modes-in", f"multiply to {_prod(args.modes_in)}, but --cin is {args.cin}")
+    if args.cout is not None and args.cout != _prod(args.modes_out):
+        raise TTGraphError("--modes-out", f"multiply to {_prod(args.modes_out)}, but --cout is {args.cout}")
+    if len(args.modes_in) != len(args.modes_out):
+        raise TTGraphError("--modes-in", "--modes-in and --modes-out need the same number of modes")
+    ranks = args.ranks[0] if len(args.ranks) == 1 else args.ranks
+    plan, naive = _plan(args, args.modes_in, args.modes_out, ranks, _pixels(args))
+    if args.json:
+        data = plan_to_dict(plan)
+        data["left_to_right_cost"] = naive.total_cost
+        print(json.dumps(data, indent=2))
+    else:
+        print(format_plan(plan))
+        print(f"left-to-right order: {naive.total_cost:,.0f} ({naive.total_cost / plan.total_cost:.2f}× the plan)")
+    return 0
+
+
+def _run_model(args: argparse.Namespace) -> int:
+    model = load_model(args.model)
+    meta = provenance(model)
+    if meta is None:
+        raise TTGraphError(args.model, "no ttgraph metadata: plan works on models written by `ttgraph compress`")
+    rows, out = [], []
+    for layer in meta["layers"]:
+        if layer["format"] != "tt":
+            continue
+        pixels = layer["pixels"] or 1
+        plan, naive = _plan(args, layer["modes_in"], layer["modes_out"], layer["ranks"], pixels)
+        emitted = [plan.groups[i][0] for i in plan.order] if plan.order and plan.groups else None
+        rows.append([layer["name"], "×".join(map(str, layer["modes_out"])), "×".join(map(str, layer["modes_in"])),
+                     ",".join(map(str, layer["ranks"][1:-1])), ",".join(map(str, layer["order"])),
+                     ",".join(map(str, emitted)) if emitted else "-", human(plan.total_cost), human(naive.total_cost)])
+        out.append({"name": layer["name"], "emitted_order": layer["order"], **plan_to_dict(plan),
+                    "left_to_right_cost": naive.total_cost})
+    if args.json:
+        print(json.dumps({"model": args.model, "layers": out}, indent=2))
+    else:
+        header = ["layer", "modes out", "modes in", "ranks", "emitted", "planned", "cost", "left-to-right"]
+        print(format_table(header, rows) if rows else "no TT (d ≥ 2) layers in this model")
+    return 0
+
+
+def _prod(values: list[int]) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out
