@@ -1,10 +1,9 @@
 """How long the DP contraction planner takes on realistic layers, and what its plans save.
 
-Plans every 1x1 conv of the rapidocr PP-OCRv4 detector (42 layers, shapes read once from
-``ch_PP-OCRv4_det_infer.onnx`` at 640x640 input and listed below) as TT layers with d = 2..4 cores
-and ranks 4..32, under each cost model, then d = 8 layers. With ``--ort`` it also times, in
+Compresses the rapidocr PP-OCRv4 detector (640x640) with d = 2..4 cores at rank 8 and plans every
+TT layer of the result under each cost model, then d = 8 layers. With ``--ort`` it also times, in
 onnxruntime, the planned order against the left-to-right order of one layer (both emitted as the
-NCHW Reshape/MatMul chain, runs alternated A/B). Prints numbers; asserts nothing.
+NCHW Reshape/MatMul chain by ttgraph's rewrite pass, runs alternated A/B). Prints numbers; asserts nothing.
 
     python benchmarks/plan_speed.py [--ort]
 """
@@ -16,50 +15,7 @@ import math
 import statistics
 import time
 
-from ttgraph.planner import ContractionPlan, left_to_right_plan, plan_layer
-
-# (cin, cout, H, W) of the 42 pointwise convs of ch_PP-OCRv4_det_infer.onnx for a 1x3x640x640 input.
-DETECTOR_1X1 = [
-    (16, 32, 320, 320), (32, 48, 160, 160), (48, 48, 160, 160), (48, 96, 80, 80), (96, 96, 80, 80),
-    (96, 192, 40, 40), (192, 192, 40, 40), (192, 192, 40, 40), (192, 192, 40, 40), (192, 192, 40, 40),
-    (192, 48, 1, 1), (48, 192, 1, 1), (192, 384, 20, 20), (384, 96, 1, 1), (96, 384, 1, 1),
-    (384, 384, 20, 20), (384, 384, 20, 20), (384, 384, 20, 20), (48, 12, 160, 160), (96, 18, 80, 80),
-    (192, 42, 40, 40), (384, 360, 20, 20), (360, 96, 20, 20), (96, 24, 1, 1), (24, 96, 1, 1),
-    (42, 96, 40, 40), (96, 24, 1, 1), (24, 96, 1, 1), (18, 96, 80, 80), (96, 24, 1, 1), (24, 96, 1, 1),
-    (12, 96, 160, 160), (96, 24, 1, 1), (24, 96, 1, 1), (24, 6, 1, 1), (6, 24, 1, 1), (24, 6, 1, 1),
-    (6, 24, 1, 1), (24, 6, 1, 1), (6, 24, 1, 1), (24, 6, 1, 1), (6, 24, 1, 1),
-]  # fmt: skip
-
-
-def prime_factors(n: int) -> list[int]:
-    out, p = [], 2
-    while p * p <= n:
-        while n % p == 0:
-            out.append(p)
-            n //= p
-        p += 1
-    return out + ([n] if n > 1 else [])
-
-
-def balanced_modes(n: int, d: int) -> tuple[int, ...]:
-    """Split n into d factors as even as possible (largest prime first into the smallest bin)."""
-    bins = [1] * d
-    for p in sorted(prime_factors(n), reverse=True):
-        bins[bins.index(min(bins))] *= p
-    return tuple(sorted(bins))
-
-
-def detector_layers() -> list[tuple[tuple[int, ...], tuple[int, ...], int, int]]:
-    """One TT format per detector layer: d cycles 2, 3, 4 (fewer when a channel count has fewer
-    prime factors), inner ranks cycle 4, 8, 16, 32."""
-    layers = []
-    for i, (cin, cout, h, w) in enumerate(DETECTOR_1X1):
-        d = min(2 + i % 3, len(prime_factors(cin)), len(prime_factors(cout)))
-        d = max(d, 1)
-        modes_in = balanced_modes(cin, d)
-        modes_out = balanced_modes(cout, d)
-        layers.append((modes_in, modes_out, (4, 8, 16, 32)[i % 4], h * w))
-    return layers
+from ttgraph.planner import left_to_right_plan, plan_layer
 
 
 def time_calls(fn, repeats: int = 5) -> float:
@@ -73,44 +29,33 @@ def time_calls(fn, repeats: int = 5) -> float:
 
 
 def bench_detector() -> None:
-    layers = detector_layers()
-    print(f"rapidocr PP-OCRv4 detector: {len(layers)} pointwise layers as TT layers (d = 2..4, ranks 4..32)")
-    variants = {
-        "flops": {},
-        "flops, transpose-free only": {"transpose_free_only": True},
-        "flops, no offline merges": {"allow_offline_merges": False},
-        "flops, merges charged": {"offline_merge_cost": "charged"},
-        "roofline": {"cost": "roofline"},
-    }
-    for label, kwargs in variants.items():
-        per_layer = [
-            time_calls(lambda a=layer, k=kwargs: plan_layer(*a[:3], pixels=a[3], **k)) for layer in layers
-        ]
+    """Compress the real detector (d = 2..4, rank 8), then plan every TT layer it holds, as `ttgraph plan` does."""
+    import ttgraph
+    from ttgraph.examples import example_model, example_shape
+
+    for d in (2, 3, 4):
+        result = ttgraph.compress(example_model("det"), cores=d, rank=8, input_shapes={"x": list(example_shape("det"))})
+        layers = [layer for layer in result.report.layers if layer.format == "tt"]
+        variants = {
+            "flops": {},
+            "flops, transpose-free, no merges": {"transpose_free_only": True, "allow_offline_merges": False},
+            "roofline": {"cost": "roofline"},
+        }
+        for label, kwargs in variants.items():
+            per_layer = [
+                time_calls(lambda a=layer, k=kwargs: plan_layer(a.modes_in, a.modes_out, a.ranks, pixels=a.pixels, **k))
+                for layer in layers
+            ]
+            print(
+                f"detector d={d}: planning all {len(layers)} TT layers ({label}) {sum(per_layer) * 1e3:7.2f} ms, "
+                f"slowest layer {max(per_layer) * 1e3:6.2f} ms"
+            )
+        planned = sum(layer.macs_after for layer in layers)
+        naive = sum(layer.macs_left_to_right for layer in layers)
         print(
-            f"  {label:28s} all layers {sum(per_layer) * 1e3:7.2f} ms   "
-            f"max {max(per_layer) * 1e3:6.2f} ms   median {statistics.median(per_layer) * 1e3:6.3f} ms"
+            f"detector d={d}: emitted MACs {planned / 1e6:,.1f} M with planned orders, "
+            f"{naive / 1e6:,.1f} M left to right"
         )
-    # The order effect alone (no offline merges, transpose-free), on the layers whose TT format has
-    # fewer parameters than the dense weight (an allocator would not pick the others).
-    planned_macs = l2r_macs = dense_macs = 0
-    better = compressing = 0
-    for modes_in, modes_out, rank, pixels in layers:
-        kwargs = {"pixels": pixels, "transpose_free_only": True, "allow_offline_merges": False}
-        plan = plan_layer(modes_in, modes_out, rank, **kwargs)
-        if plan.tt_params >= math.prod(modes_in) * math.prod(modes_out):
-            continue
-        compressing += 1
-        l2r = left_to_right_plan(modes_in, modes_out, rank, pixels=pixels)
-        planned_macs += plan.total_cost
-        l2r_macs += l2r.total_cost
-        dense_macs += plan.dense_cost
-        better += plan.total_cost < l2r.total_cost
-    print(
-        f"  MACs of the {compressing} compressing layers, orders without merges: "
-        f"planned {planned_macs / 1e6:,.1f} M, "
-        f"left-to-right {l2r_macs / 1e6:,.1f} M, dense {dense_macs / 1e6:,.1f} M; "
-        f"planned order cheaper on {better}/{compressing}"
-    )
 
 
 def bench_eight_cores() -> None:
@@ -127,9 +72,7 @@ def bench_eight_cores() -> None:
             ("charged", {"offline_merge_cost": "charged"}),
             ("roofline", {"cost": "roofline"}),
         ]:
-            seconds = time_calls(
-                lambda a=(modes_in, modes_out, ranks), k=kwargs: plan_layer(*a, pixels=6400, **k)
-            )
+            seconds = time_calls(lambda a=(modes_in, modes_out, ranks), k=kwargs: plan_layer(*a, pixels=6400, **k))
             plan = plan_layer(modes_in, modes_out, ranks, pixels=6400, **kwargs)
             shape = f"{'x'.join(map(str, modes_in)):>15s} -> {'x'.join(map(str, modes_out)):<15s}"
             print(
@@ -139,56 +82,33 @@ def bench_eight_cores() -> None:
             )
 
 
-def emit_onnx(plan: ContractionPlan, batch: int, h: int, w: int, seed: int = 0):
-    """The NCHW Reshape/MatMul chain of a transpose-free plan as an ONNX model (random cores)."""
+def emit_onnx(modes_in, modes_out, rank: int, order, h: int, w: int, seed: int = 0):
+    """One 1×1 conv rewritten by ttgraph's own passes as random TT cores contracted in ``order``."""
     import numpy as np
+    import onnx_graphsurgeon as gs
     from onnx import TensorProto, helper, numpy_helper
 
+    from passes import FindPointwiseConvs, LayerRewrite, RewriteAsTT
+    from ttgraph.tt import TTFormat
+
+    cin, cout = math.prod(modes_in), math.prod(modes_out)
+    fmt = TTFormat(tuple(modes_out), tuple(modes_in), (1, *[rank] * (len(modes_in) - 1), 1))
     rng = np.random.default_rng(seed)
-    d, r = len(plan.modes_in), plan.ranks
-    cores = [
-        rng.standard_normal((r[k], plan.modes_out[k], plan.modes_in[k], r[k + 1])).astype(np.float32) / 4
-        for k in range(d)
-    ]
-    merged = []
-    for group in plan.groups or ():
-        acc = cores[group[0]]
-        for k in group[1:]:
-            a, m1, n1, _ = acc.shape
-            _, m2, n2, c = cores[k].shape
-            acc = np.einsum("aijb,bklc->aikjlc", acc, cores[k]).reshape(a, m1 * m2, n1 * n2, c)
-        merged.append(acc)
-    nodes, inits, data, lo, hi = [], [], "x", None, None
-    for i, (gi, step) in enumerate(zip(plan.order or (), plan.runtime_steps, strict=True)):
-        left, out, contracted, right = step.shape
-        ra, m, n, rb = merged[gi].shape
-        if lo is None:
-            matrix = merged[gi].transpose(0, 1, 3, 2).reshape(ra * m * rb, n)
-            lo = hi = gi
-        elif gi == hi + 1:
-            matrix = merged[gi].transpose(1, 3, 0, 2).reshape(m * rb, ra * n)
-            hi = gi
-        else:
-            matrix = merged[gi].reshape(ra * m, n * rb)
-            lo = gi
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(matrix), f"w{i}"))
-        inits.append(numpy_helper.from_array(np.array([batch, left, contracted, right // batch]), f"s{i}"))
-        nodes.append(helper.make_node("Reshape", [data, f"s{i}"], [f"r{i}"]))
-        nodes.append(helper.make_node("MatMul", [f"w{i}", f"r{i}"], [f"m{i}"]))
-        data = f"m{i}"
-    cout = math.prod(plan.modes_out)
-    inits.append(numpy_helper.from_array(np.array([batch, cout, h, w]), "s_out"))
-    nodes.append(helper.make_node("Reshape", [data, "s_out"], ["y"]))
+    cores = [rng.standard_normal(shape) / 4 for shape in fmt.core_shapes()]
+    weight = numpy_helper.from_array(np.zeros((cout, cin, 1, 1), np.float32), "w")
     graph = helper.make_graph(
-        nodes,
-        "tt",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, math.prod(plan.modes_in), h, w])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, cout, h, w])],
-        initializer=inits,
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, h, w])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, h, w])],
+        [weight],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    return model
+    ir = gs.import_onnx(model)
+    conv = FindPointwiseConvs({"y": (1, cout, h, w)})(ir).candidates[0]
+    RewriteAsTT([LayerRewrite(conv, cores, tuple(order))])(ir)
+    return gs.export_onnx(ir)
 
 
 def bench_onnxruntime(rounds: int = 30) -> None:
@@ -196,12 +116,13 @@ def bench_onnxruntime(rounds: int = 30) -> None:
     import onnxruntime as ort
 
     modes_in, modes_out, rank, h, w = (8, 48), (48, 8), 8, 80, 80
-    planned = plan_layer(modes_in, modes_out, rank, pixels=h * w)
+    planned = plan_layer(modes_in, modes_out, rank, pixels=h * w, transpose_free_only=True, allow_offline_merges=False)
     l2r = left_to_right_plan(modes_in, modes_out, rank, pixels=h * w)
     x = np.random.default_rng(1).standard_normal((1, math.prod(modes_in), h, w)).astype(np.float32)
     sessions = {}
     for label, plan in (("planned", planned), ("left-to-right", l2r)):
-        model = emit_onnx(plan, 1, h, w)
+        order = [plan.groups[i][0] for i in plan.order]
+        model = emit_onnx(modes_in, modes_out, rank, order, h, w)
         sessions[label] = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     outs = [s.run(None, {"x": x})[0] for s in sessions.values()]
     err = float(np.abs(outs[0] - outs[1]).max() / np.abs(outs[1]).max())
@@ -223,9 +144,7 @@ def bench_onnxruntime(rounds: int = 30) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--ort", action="store_true", help="also time planned vs left-to-right in onnxruntime"
-    )
+    parser.add_argument("--ort", action="store_true", help="also time planned vs left-to-right in onnxruntime")
     args = parser.parse_args()
     bench_detector()
     bench_eight_cores()
