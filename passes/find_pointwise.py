@@ -146,6 +146,9 @@ class FindPointwiseConvs:
         if weight.ndim < 3:
             return skip(f"weight has rank {weight.ndim}, a Conv weight needs rank ≥ 3")
         kernel = tuple(int(k) for k in weight.shape[2:])
+        declared = node.attrs.get("kernel_shape")
+        if declared is not None and tuple(int(k) for k in declared) != kernel:
+            return skip(f"kernel_shape attribute {list(declared)} disagrees with the weight's kernel {list(kernel)}")
         group = int(node.attrs.get("group", 1))
         kernel_text = "×".join(map(str, kernel))
         if any(k != 1 for k in kernel):

@@ -69,7 +69,7 @@ def _probe_with_onnxruntime(model: onnx.ModelProto, tensors: list[str]) -> dict[
         feeds[i.name] = np.zeros(dims[i.name], dtype=onnx.helper.tensor_dtype_to_np_dtype(elem))
     try:
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # errors reach the user as our one line, not as ORT log spam
         session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
         values = session.run(tensors, feeds)
     except Exception:

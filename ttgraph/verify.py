@@ -30,20 +30,19 @@ class OutputError:
         return asdict(self)
 
 
-def session(model: onnx.ModelProto, threads: int | None = None):  # -> onnxruntime.InferenceSession
+def session(model: onnx.ModelProto, threads: int | None = None, name: str = "<model>"):  # -> ort.InferenceSession
     """An onnxruntime CPU session for an in-memory model; a model it rejects is a one-line error."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors reach the user as our one line, not as ORT log spam
     if threads:
         options.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises several unrelated types
-        raise TTGraphError(
-            model.graph.name or "<model>", f"onnxruntime cannot load the model: {err}"
-        ) from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TTGraphError(name, f"onnxruntime cannot load the model: {first}") from err
 
 
 def random_feed(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
@@ -59,18 +58,30 @@ def random_feed(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
     return feed
 
 
+def _run(sess, names: list[str], feed: Feed, source: str) -> list[np.ndarray]:
+    try:
+        return sess.run(names, dict(feed))
+    except Exception as err:  # onnxruntime's own error types; the message names the node
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TTGraphError(source, f"onnxruntime failed to run the model: {first}") from err
+
+
 def compare_outputs(
-    original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds: Iterable[Feed]
+    original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds: Iterable[Feed], source: str = "<model>"
 ) -> list[OutputError]:
-    """Run both models on every feed; per output, the error of the rewritten against the original."""
-    a, b = session(original), session(rewritten)
+    """Run both models on every feed; per output, the error of the rewritten against the original.
+
+    ``source`` names the original model in error messages.
+    """
+    a, b = session(original, name=source), session(rewritten, name=f"{source} (rewritten)")
     names = [o.name for o in a.get_outputs()]
     max_abs = dict.fromkeys(names, 0.0)
     peak = dict.fromkeys(names, 0.0)
     diff_sq = dict.fromkeys(names, 0.0)
     ref_sq = dict.fromkeys(names, 0.0)
     for feed in feeds:
-        for name, ref, got in zip(names, a.run(names, dict(feed)), b.run(names, dict(feed)), strict=True):
+        refs, gots = _run(a, names, feed, source), _run(b, names, feed, f"{source} (rewritten)")
+        for name, ref, got in zip(names, refs, gots, strict=True):
             ref = np.asarray(ref, np.float64)
             diff = np.abs(ref - np.asarray(got, np.float64))
             max_abs[name] = max(max_abs[name], float(diff.max(initial=0.0)))

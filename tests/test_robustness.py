@@ -1,0 +1,239 @@
+"""Any ONNX model in, a correct model, a correct skip with its reason, or one clear error out.
+
+The corpus is generated here (no binary blobs in the repo). Every case states its expected outcome.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import ttgraph
+from tests.conftest import conv_model, feed_for, sha256
+from ttgraph.verify import compare_outputs
+
+
+def cli(*args) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ttgraph", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+
+
+def model_of(nodes, inputs, outputs, inits=(), opset=17, ir=8) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = ir
+    return model
+
+
+def vi(name, shape, dtype=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def weight(name, cout, cin, seed=0, dtype=np.float32):
+    return numpy_helper.from_array(np.random.default_rng(seed).standard_normal((cout, cin, 1, 1)).astype(dtype), name)
+
+
+# ------------------------------------------------------------------------------------- corrupt files
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_bit_flipped_models_never_crash_and_never_change_the_input(tmp_path, cls_path, seed):
+    data = bytearray(cls_path.read_bytes())
+    rng = np.random.default_rng(seed)
+    for pos in rng.integers(0, len(data), size=1 + seed % 4):
+        data[pos] ^= 1 << int(rng.integers(0, 8))
+    path = tmp_path / "flipped.onnx"
+    path.write_bytes(bytes(data))
+    before = sha256(path)
+    out = tmp_path / "out.onnx"
+    proc = cli("compress", path, "-o", out, "--rank-ratio", "0.5", "--input-shape", "x=1,3,48,192", "--quiet")
+    assert proc.returncode in (0, 2), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    if proc.returncode == 2:
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"ttgraph: error: {path}") or "(rewritten)" in lines[0]
+        assert not out.exists()
+    else:
+        onnx.checker.check_model(onnx.load(out))
+    assert sha256(path) == before
+
+
+# ------------------------------------------------------------------------------------- opsets, dtypes
+
+
+@pytest.mark.parametrize("opset", range(7, 22))
+def test_every_opset_from_7_to_21_is_rewritten_exactly(opset):
+    ir = 3 if opset < 8 else (4 if opset < 9 else (5 if opset < 10 else (6 if opset < 11 else 7)))
+    model = conv_model(24, 36, stride=2, opset=opset)
+    model.ir_version = ir
+    if ir < 4:  # IR 3 lists every initializer among the graph inputs
+        model.graph.input.extend(
+            helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in model.graph.initializer
+        )
+    onnx.checker.check_model(model)
+    result = ttgraph.compress(model, cores=2, rank_ratio=1.0)
+    layer = result.report.layers[0]
+    assert layer.cores == (2 if opset >= 10 else 1)  # strided MatMul chains need Slice-10
+    assert result.model.opset_import[0].version == opset and result.model.ir_version == ir
+    assert compare_outputs(model, result.model, [feed_for(model, [1, 24, 9, 10])])[0].max_rel < 1e-5
+
+
+def test_fp16_weights_are_computed_in_float64_and_written_back_as_fp16():
+    model = model_of(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")],
+        [vi("x", [1, 8, 5, 5], TensorProto.FLOAT16)],
+        [vi("y", [1, 16, 5, 5], TensorProto.FLOAT16)],
+        [weight("w", 16, 8, dtype=np.float16)],
+    )
+    result = ttgraph.compress(model, cores=2, rank_ratio=1.0)
+    floats = {t.data_type for t in result.model.graph.initializer if t.data_type != TensorProto.INT64}
+    assert floats == {TensorProto.FLOAT16}
+    x = {"x": np.random.default_rng(1).standard_normal((1, 8, 5, 5)).astype(np.float16)}
+    assert compare_outputs(model, result.model, [x])[0].max_rel < 5e-3  # fp16 rounding of the factors
+
+
+def test_bf16_weights_are_skipped_with_a_reason():
+    w = np.ones((16, 8, 1, 1), np.float32)
+    wt = helper.make_tensor("w", TensorProto.BFLOAT16, w.shape, w.flatten().tolist())
+    model = model_of(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")],
+        [vi("x", [1, 8, 5, 5], TensorProto.BFLOAT16)],
+        [vi("y", [1, 16, 5, 5], TensorProto.BFLOAT16)],
+        [wt],
+    )
+    result = ttgraph.compress(model, rank=2)
+    assert result.report.layers == []
+    assert "bfloat16" in result.report.skipped[0].reason
+
+
+def test_qlinearconv_and_qdq_convs_are_skipped_with_reasons():
+    q = [
+        numpy_helper.from_array(np.array(v, dt), n)
+        for n, v, dt in [
+            ("xs", 0.1, np.float32),
+            ("xz", 0, np.uint8),
+            ("ws", 0.1, np.float32),
+            ("wz", 0, np.int8),
+            ("ys", 0.1, np.float32),
+            ("yz", 0, np.uint8),
+        ]
+    ]
+    wq = numpy_helper.from_array(np.ones((8, 8, 1, 1), np.int8), "wq")
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node("QLinearConv", ["xq", "xs", "xz", "wq", "ws", "wz", "ys", "yz"], ["yq"], name="qconv"),
+        helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["a"]),
+        helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wdq"]),
+        helper.make_node("Conv", ["a", "wdq"], ["y"], name="qdq_conv"),
+    ]
+    model = model_of(nodes, [vi("x", [1, 8, 4, 4])], [vi("y", [1, 8, 4, 4])], [*q, wq])
+    onnx.checker.check_model(model)
+    report = ttgraph.inspect(model)
+    reasons = {s.label: s.reason for s in report.skipped}
+    assert report.layers == []
+    assert "quantized convolution (QLinearConv)" in reasons["qconv"]
+    assert "quantized (QDQ: DequantizeLinear)" in reasons["qdq_conv"]
+
+
+# ------------------------------------------------------------------------------------- graph shapes
+
+
+def test_conv_inside_a_loop_body_is_reported_and_the_main_graph_still_rewritten():
+    body_conv = conv_model(4, 4).graph
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), *body_conv.node],
+        "body",
+        [vi("i", [], TensorProto.INT64), vi("cond_in", [], TensorProto.BOOL)],
+        [vi("cond_out", [], TensorProto.BOOL), vi("y", [1, 4, 9, 10])],
+        list(body_conv.initializer),
+    )
+    nodes = [
+        helper.make_node("Loop", ["n", "keep_going"], ["scan_y"], name="loop", body=body),
+        helper.make_node("Conv", ["x", "w2"], ["z"], name="outer"),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(2, np.int64), "n"),
+        numpy_helper.from_array(np.array(True), "keep_going"),
+        weight("w2", 6, 4),
+    ]
+    model = model_of(nodes, [vi("x", [1, 4, 9, 10])], [vi("scan_y", [2, 1, 4, 9, 10]), vi("z", [1, 6, 9, 10])], inits)
+    result = ttgraph.compress(model, rank_ratio=1.0)
+    assert [layer.name for layer in result.report.layers] == ["outer"]
+    assert any("inside a subgraph of Loop node 'loop'" in s.reason for s in result.report.skipped)
+    onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_multiple_inputs_outputs_duplicate_and_empty_names_and_a_conv_output_that_is_a_graph_output():
+    nodes = [
+        helper.make_node("Conv", ["x1", "w1"], ["a"], name="dup"),
+        helper.make_node("Conv", ["x2", "w2"], ["b"], name="dup"),
+        helper.make_node("Conv", ["a", "w3"], ["c"], name=""),
+        helper.make_node("Add", ["b", "c"], ["y"], name="add"),
+    ]
+    inits = [weight("w1", 12, 8, 1), weight("w2", 12, 6, 2), weight("w3", 12, 12, 3)]
+    model = model_of(
+        nodes, [vi("x1", [2, 8, 5, 5]), vi("x2", [2, 6, 5, 5])], [vi("y", [2, 12, 5, 5]), vi("a", [2, 12, 5, 5])], inits
+    )
+    onnx.checker.check_model(model)
+    result = ttgraph.compress(model, cores=2, rank_ratio=1.0)
+    labels = [layer.name for layer in result.report.layers]
+    assert labels == ["dup", "dup#1", "Conv@c"]
+    names = [n.name for n in result.model.graph.node]
+    assert len(names) == len(set(names))
+    assert [o.name for o in result.model.graph.output] == ["y", "a"]
+    rng = np.random.default_rng(5)
+    feed = {
+        "x1": rng.standard_normal((2, 8, 5, 5)).astype(np.float32),
+        "x2": rng.standard_normal((2, 6, 5, 5)).astype(np.float32),
+    }
+    unique = onnx.ModelProto()  # onnxruntime refuses duplicate node names, so the reference gets unique ones
+    unique.CopyFrom(model)
+    for k, node in enumerate(unique.graph.node):
+        node.name = f"n{k}"
+    errors = compare_outputs(unique, result.model, [feed])
+    assert [e.name for e in errors] == ["y", "a"] and all(e.max_rel < 1e-5 for e in errors)
+
+
+def test_compress_is_deterministic_byte_for_byte(tmp_path):
+    model = conv_model(48, 96, stride=2)
+    paths = []
+    for k in range(2):
+        result = ttgraph.compress(model, cores=3, rank=5)
+        out, report = tmp_path / f"m{k}.onnx", tmp_path / f"r{k}.json"
+        result.save(out, report_path=report)
+        paths.append((out, report))
+    assert paths[0][0].read_bytes() == paths[1][0].read_bytes()
+    assert paths[0][1].read_bytes() == paths[1][1].read_bytes()
+
+
+def test_kill_during_save_leaves_the_old_file_or_nothing(tmp_path):
+    out = tmp_path / "big.onnx"
+    out.write_bytes(b"previous content")
+    script = (
+        "import numpy as np, onnx\n"
+        "from onnx import helper, numpy_helper\n"
+        "from ttgraph.model_io import save_model\n"
+        "w = numpy_helper.from_array(np.ones((8192, 8192, 1, 1), np.float32), 'w')\n"
+        "g = helper.make_graph([helper.make_node('Conv', ['x', 'w'], ['y'])], 'g',\n"
+        "    [helper.make_tensor_value_info('x', 1, [1, 8192, 1, 1])],\n"
+        "    [helper.make_tensor_value_info('y', 1, [1, 8192, 1, 1])], [w])\n"
+        "m = helper.make_model(g)\n"
+        "print('ready', flush=True)\n"
+        f"save_model(m, {str(out)!r})\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    import time
+
+    time.sleep(0.3)  # mid-write of 256 MB
+    proc.kill()
+    proc.wait()
+    content = out.read_bytes()
+    assert content == b"previous content" or onnx.load_model_from_string(content).graph.node[0].op_type == "Conv"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["big.onnx"]
