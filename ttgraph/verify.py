@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import os
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
@@ -9,7 +12,7 @@ import numpy as np
 import onnx
 
 from ttgraph.errors import TTGraphError
-from ttgraph.model_io import graph_inputs, input_dims
+from ttgraph.model_io import PROTOBUF_LIMIT, graph_inputs, input_dims
 
 Feed = Mapping[str, np.ndarray]
 
@@ -39,7 +42,12 @@ def session(model: onnx.ModelProto, threads: int | None = None, name: str = "<mo
     if threads:
         options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        if model.ByteSize() < PROTOBUF_LIMIT:
+            return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        with tempfile.TemporaryDirectory() as tmp:  # over 2 GB: onnxruntime needs a file with external data
+            path = os.path.join(tmp, "model.onnx")
+            onnx.save_model(copy.deepcopy(model), path, save_as_external_data=True, location="model.data")
+            return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises several unrelated types
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TTGraphError(name, f"onnxruntime cannot load the model: {first}") from err
