@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from passes.find_pointwise import FindPointwiseConvs, FoundConvs, PointwiseConv, SkippedConv
 from passes.rewrite_tt import LayerRewrite, RewriteAsTT
 from ttgraph.contraction import contraction_macs, left_to_right, planned_order
-from ttgraph.costs import model_macs
+from ttgraph.costs import COUNTED_OPS, model_macs
 from ttgraph.errors import TTGraphError
 from ttgraph.files import check_output_path, write_atomic
 from ttgraph.model_io import InputShapes, ModelSource, check_model, load_model, save_model, source_name
@@ -32,12 +32,13 @@ from ttgraph.verify import Feed, OutputError, compare_outputs
 MAX_CORES = 8
 
 
-def _conv_tensors(model: onnx.ModelProto) -> list[str]:
-    return [name for n in model.graph.node if n.op_type == "Conv" for name in (n.input[0], n.output[0])]
+def _compute_tensors(model: onnx.ModelProto) -> list[str]:
+    """Inputs and outputs of the nodes whose MACs we count: their shapes must be known."""
+    return [name for n in model.graph.node if n.op_type in COUNTED_OPS for name in (*n.input[:1], *n.output[:1])]
 
 
 def _analyse(model: onnx.ModelProto) -> tuple[gs.Graph, FoundConvs, dict[str, Shape]]:
-    shapes = infer_shapes(model, wanted=_conv_tensors(model))
+    shapes = infer_shapes(model, wanted=_compute_tensors(model))
     graph = gs.import_onnx(model)
     return graph, FindPointwiseConvs(shapes)(graph), shapes
 
@@ -175,7 +176,7 @@ class CompressionResult:
         if self.source is None:
             raise TTGraphError(None, "this result does not hold its original model")
         original = load_model(self.source, self.report.options.get("input_shapes") or None)
-        return compare_outputs(original, self.model, feeds)
+        return compare_outputs(original, self.model, feeds, source_name(self.source))
 
 
 def choose_format(
@@ -277,7 +278,7 @@ def compress(
         rewritten, report, model if not isinstance(model, onnx.ModelProto) else original
     )
     if verify_feeds is not None:
-        errors = compare_outputs(original, rewritten, verify_feeds)
+        errors = compare_outputs(original, rewritten, verify_feeds, name)
         report.verification = {"outputs": [e.to_dict() for e in errors]}
     return result
 
@@ -364,4 +365,9 @@ def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     model = onnx.ModelProto()
     model.CopyFrom(original)
     model.graph.CopyFrom(exported.graph)
+    if model.ir_version < 4:  # before IR 4 every initializer must also be a graph input
+        listed = {i.name for i in model.graph.input}
+        for init in model.graph.initializer:
+            if init.name not in listed:
+                model.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims))
     return model
