@@ -20,6 +20,7 @@ __all__ = [
     "TTFormat",
     "TTGraphError",
     "compare_outputs",
+    "compile",
     "compress",
     "inspect",
     "load_model",
@@ -29,3 +30,13 @@ __all__ = [
     "tt_svd",
 ]
 __version__ = "0.1.0"
+
+
+def compile(model, target, output, input_shapes=None, tune: int = 0, tune_db=None):  # noqa: A001
+    """Compile a model with Apache TVM for a named target preset (see ``ttgraph compile --list-targets``).
+
+    A thin door to :func:`targets.compile_model`, imported here on use so ttgraph works without TVM.
+    """
+    from targets.compile import compile_model
+
+    return compile_model(model, target, output, input_shapes, tune=tune, tune_db=tune_db)

@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ttgraph.commands.inspect",
     "ttgraph.commands.compress",
     "ttgraph.commands.plan",
+    "targets.cli",  # compile, bench (TVM is imported only when they run)
 )
 
 

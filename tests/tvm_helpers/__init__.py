@@ -4,6 +4,7 @@ map of random noise is ~1e-5 everywhere, which makes relative errors meaningless
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -21,6 +22,23 @@ def need_tool(name: str) -> None:
     """Skip when a cross tool is missing, unless CI asked for everything (TTGRAPH_REQUIRE_CROSS=1)."""
     if shutil.which(name) is None and not REQUIRE_CROSS:
         pytest.skip(f"{name} not on PATH (run .ci/install-tvm-cross.sh)")
+
+
+def record(model: str, target: str, **facts: object) -> None:
+    """Append one row of the model × target table to ``$TTGRAPH_TVM_REPORT`` (JSON lines), if set."""
+    path = os.environ.get("TTGRAPH_TVM_REPORT")
+    print(f"[tvm] {model} x {target}: {facts}")
+    if path:
+        with open(path, "a") as fh:
+            fh.write(json.dumps({"model": model, "target": target, **facts}) + "\n")
+
+
+def compressed(example: str, shape: list[int], **options: object) -> onnx.ModelProto:
+    """A wheel-shipped example model with its 1×1 convs rewritten by ttgraph (the thing we compile)."""
+    import ttgraph
+    from ttgraph.examples import example_model
+
+    return ttgraph.compress(example_model(example), input_shapes={"x": shape}, **options).model
 
 
 def pointwise_model(cin: int = 16, cout: int = 32, hw: int = 16, seed: int = 0) -> onnx.ModelProto:
@@ -68,8 +86,13 @@ def resize_model(opset: int = 11) -> onnx.ModelProto:
         helper.make_node("Slice", ["s", "axis0", "start", "axis0"], ["nc"], name="slice_nc"),
         helper.make_node("Concat", ["nc", "hw2"], ["sizes"], name="sizes", axis=0),
         helper.make_node(
-            "Resize", ["c", "empty", "empty", "sizes"], ["r"], name="resize", mode="nearest",
-            coordinate_transformation_mode="asymmetric", nearest_mode="floor",
+            "Resize",
+            ["c", "empty", "empty", "sizes"],
+            ["r"],
+            name="resize",
+            mode="nearest",
+            coordinate_transformation_mode="asymmetric",
+            nearest_mode="floor",
         ),
         helper.make_node("ReduceMean", ["r"], ["m"], name="mean", axes=[1], keepdims=1),
         helper.make_node("Squeeze", ["m"], ["y"], name="squeeze", axes=[1]),
@@ -78,7 +101,7 @@ def resize_model(opset: int = 11) -> onnx.ModelProto:
         nodes,
         "resize",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, "h", "w"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "h2", "w2"])],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
@@ -112,8 +135,9 @@ def text_image(lines: list[str], width: int, height: int, seed: int = 0) -> np.n
 
 def det_input(size: int = 320) -> np.ndarray:
     """PP-OCR detector input: a page of text, BGR, ImageNet mean/std, NCHW float32."""
-    img = text_image(["Tensor-Train cores", "compile with TVM", "ARM phones 2024", "rapid OCR detector"],
-                     size, size, seed=1)
+    img = text_image(
+        ["Tensor-Train cores", "compile with TVM", "ARM phones 2024", "rapid OCR detector"], size, size, seed=1
+    )
     x = np.asarray(img, np.float32)[:, :, ::-1] / 255.0
     x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)

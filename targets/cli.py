@@ -1,0 +1,165 @@
+"""The ``compile`` and ``bench`` sub-commands of the ``ttgraph`` CLI.
+
+``add_parser(subparsers)`` registers both (the main CLI's convention); ``add_compile_parser`` and
+``add_bench_parser`` register one each. Each sets ``func`` to a ``(args) -> int`` runner; problems the
+user can fix are raised as :class:`~ttgraph.errors.TTGraphError` (printed as one line, exit 2).
+
+    ttgraph compile det.onnx --target arm64-linux -o det.so --input-shape x=1,3,640,640
+    ttgraph compile --list-targets
+    ttgraph bench det.onnx --target arm64-linux --rpc 192.168.1.20:9090 --input-shape x=1,3,640,640
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ttgraph.errors import TTGraphError
+from ttgraph.model_io import parse_input_shapes
+
+from .presets import format_targets, resolve_target
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``compile`` and ``bench``."""
+    add_compile_parser(subparsers)
+    add_bench_parser(subparsers)
+
+
+def add_compile_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "compile",
+        help="compile an ONNX model with TVM for a target preset",
+        description="Compile an ONNX model with Apache TVM into a library for a target preset "
+        "(see --list-targets) or a TVM target dict given as JSON.",
+    )
+    p.add_argument("model", nargs="?", help="ONNX model file")
+    p.add_argument("--target", "-t", default="x86_64", help="preset name or TVM target JSON (default: x86_64)")
+    p.add_argument("-o", "--output", help="library to write (default: ./<model name>.<target>.so or .tar)")
+    _add_shape_option(p)
+    p.add_argument("--tune", type=int, default=0, metavar="N", help="MetaSchedule trials before building (0: none)")
+    p.add_argument(
+        "--tune-db", metavar="DIR", help="tuning database folder, reused across runs (default ~/.cache/ttgraph/tune-db)"
+    )
+    p.add_argument("--list-targets", action="store_true", help="list the target presets and exit")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run_compile)
+    return p
+
+
+def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "bench",
+        help="build, run and time a model on a remote device over TVM RPC",
+        description="Build MODEL for the target, upload it to a TVM RPC server (directly or through a "
+        "tracker), time it with time_evaluator and compare its outputs with onnxruntime on this machine.",
+    )
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("--target", "-t", required=True, help="preset name or TVM target JSON")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--rpc", metavar="HOST:PORT", help="address of a TVM RPC server")
+    where.add_argument("--tracker", metavar="HOST:PORT", help="address of a TVM RPC tracker (with --key)")
+    p.add_argument("--key", help="device key registered with the tracker")
+    _add_shape_option(p)
+    p.add_argument("--inputs", metavar="NPZ", help="input values (.npz keyed by input name; default: random)")
+    p.add_argument("--number", type=int, default=10, help="runs averaged per timing (default 10)")
+    p.add_argument("--repeat", type=int, default=3, help="timings taken (default 3)")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="max relative error accepted (default 1e-3)")
+    p.add_argument("-o", "--output", help="also keep the built library at this path (.so)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run_bench)
+    return p
+
+
+def _add_shape_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME=D1,D2,...",
+        help="fix an input's shape, e.g. x=1,3,640,640 (repeatable)",
+    )
+
+
+def _log_to_stderr() -> None:
+    logger = logging.getLogger("ttgraph.targets")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("ttgraph: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _default_output(model: str, target: str) -> Path:
+    preset = resolve_target(target)
+    label = preset.name if preset.name != "custom" else "custom"
+    return Path(f"{Path(model).stem}.{label}{preset.export_format}")
+
+
+def run_compile(args: argparse.Namespace) -> int:
+    if args.list_targets:
+        print(format_targets())
+        return 0
+    if not args.model:
+        raise TTGraphError("compile", "expected a MODEL to compile (or --list-targets)")
+    from .compile import compile_model
+
+    _log_to_stderr()
+    output = Path(args.output) if args.output else _default_output(args.model, args.target)
+    result = compile_model(
+        args.model,
+        args.target,
+        output,
+        input_shapes=parse_input_shapes(args.input_shape) or None,
+        tune=args.tune,
+        tune_db=args.tune_db,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.summary())
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from .rpc import bench
+
+    _log_to_stderr()
+    if args.tracker and not args.key:
+        raise TTGraphError("--tracker", "needs --key KEY (the device key the RPC servers registered)")
+    if args.number < 1 or args.repeat < 1:
+        raise TTGraphError("--number", "--number and --repeat must be at least 1")
+    inputs = _load_inputs(args.inputs) if args.inputs else None
+    result = bench(
+        args.model,
+        args.target,
+        rpc=args.rpc,
+        tracker=args.tracker,
+        key=args.key,
+        input_shapes=parse_input_shapes(args.input_shape) or None,
+        inputs=inputs,
+        number=args.number,
+        repeat=args.repeat,
+        tolerance=args.tolerance,
+        library=args.output,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.summary())
+    return 0 if result.ok else 1
+
+
+def _load_inputs(path: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError) as err:
+        raise TTGraphError(path, f"cannot read inputs: expected an .npz keyed by input name ({err})") from err

@@ -1,0 +1,410 @@
+"""ONNX model → TVM Relax → a library for a target preset, written atomically.
+
+>>> from targets import compile_model
+>>> result = compile_model("det.onnx", "arm64-linux", "det.a64.so", {"x": [1, 3, 640, 640]})  # doctest: +SKIP
+>>> result.output.name, round(result.build_seconds)  # doctest: +SKIP
+('det.a64.so', 14)
+
+What is written, per preset kind:
+
+- host (``x86_64``): a ``.so`` linked by the host C++ compiler; :func:`targets.run.run_library` runs it.
+- cross (``arm64-linux``, ``armv7-linux``): a ``.so`` linked by the Debian cross ``g++``.
+- Android (``arm64-android*``, ``armv7-android``): a ``.tar`` of object files (``lib0.o``, ``devc.o``)
+  to link into an app with the NDK; or, with ``$TVM_NDK_CC`` set to the NDK's clang++, a ``.so``
+  (what TVM RPC on a phone loads).
+- CUDA (``cuda-sm*``): a ``.so`` whose device part is CUDA *source*, compiled at load time on the GPU
+  machine. When ``nvcc`` is on PATH the source is also compiled to a fatbin here, as a check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ttgraph.errors import TTGraphError
+from ttgraph.files import check_output_path
+from ttgraph.model_io import ModelSource, source_name
+
+from .frontend import PreparedModel, prepare_for_tvm
+from .presets import TargetPreset, resolve_target
+
+log = logging.getLogger("ttgraph.targets")
+
+# nvcc flags TVM itself uses for its generated kernels (tvm.support.nvcc).
+_NVCC_FLAGS = [
+    "-O3",
+    "-U__CUDA_NO_HALF_OPERATORS__",
+    "-U__CUDA_NO_HALF_CONVERSIONS__",
+    "-U__CUDA_NO_BFLOAT16_OPERATORS__",
+    "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
+    "-U__CUDA_NO_BFLOAT162_OPERATORS__",
+    "-U__CUDA_NO_BFLOAT162_CONVERSIONS__",
+    "--expt-relaxed-constexpr",
+    "--expt-extended-lambda",
+    "--use_fast_math",
+]
+
+
+@dataclass
+class CompileResult:
+    """What :func:`compile_model` built, for logs, reports and the run/bench helpers."""
+
+    output: Path
+    target: str  # preset name, or "custom" for a JSON target
+    target_dict: dict[str, Any]
+    export_format: str
+    input_shapes: dict[str, list[int]]
+    input_dtypes: dict[str, str]
+    output_names: list[str]
+    frontend_steps: list[str]
+    prepare_seconds: float
+    build_seconds: float  # import + (tuning) + relax.build
+    export_seconds: float
+    tuned_tasks: int = 0
+    reused_tasks: int = 0
+    tune_trials: int = 0
+    tune_db: Path | None = None
+    cuda_source: str | None = field(default=None, repr=False)
+    cuda_fatbin_bytes: int | None = None  # size of the offline nvcc check's fatbin; None: not checked
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.input_shapes)
+
+    def summary(self) -> str:
+        """One line for the CLI."""
+        size = self.output.stat().st_size if self.output.exists() else 0
+        extra = ""
+        if self.tune_trials:
+            extra += f", tuned {self.tuned_tasks} tasks ({self.reused_tasks} reused) in {self.tune_trials} trials"
+        if self.cuda_fatbin_bytes is not None:
+            extra += f", nvcc fatbin check ok ({self.cuda_fatbin_bytes} bytes)"
+        elif self.cuda_source is not None:
+            extra += ", CUDA source not checked (no nvcc on PATH)"
+        shapes = " ".join(f"{k}={'x'.join(map(str, v))}" for k, v in self.input_shapes.items())
+        return (
+            f"wrote {self.output} ({size / 1e6:.1f} MB, {self.target}) from {shapes}: "
+            f"prepare {self.prepare_seconds:.1f}s, build {self.build_seconds:.1f}s, "
+            f"export {self.export_seconds:.1f}s{extra}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["output"] = os.fspath(self.output)
+        data["tune_db"] = os.fspath(self.tune_db) if self.tune_db else None
+        data.pop("cuda_source")
+        return data
+
+
+def compile_model(
+    model: ModelSource,
+    target: str | Mapping[str, Any],
+    output: str | os.PathLike[str],
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    tune: int = 0,
+    tune_db: str | os.PathLike[str] | None = None,
+) -> CompileResult:
+    """Compile ``model`` for ``target`` (preset name, JSON text or dict) into the library ``output``.
+
+    ``input_shapes`` fixes dynamic input dims (``{"x": [1, 3, 640, 640]}``). ``tune`` > 0 runs that many
+    MetaSchedule trials first, with records kept in ``tune_db/<target>/`` (default
+    ``~/.cache/ttgraph/tune-db``); ``tune=0`` with a ``tune_db`` applies the records already there.
+    Raises :class:`TTGraphError` for anything the user can fix: unknown target, wrong output suffix,
+    missing cross compiler, a model TVM cannot import.
+    """
+    preset = resolve_target(target)
+    out = _check_output(preset, output, model)
+    linker = _check_linker(preset, out)
+    if tune < 0:
+        raise TTGraphError("--tune", f"expected a number of trials >= 0, got {tune}")
+    if tune and not (preset.runs_here or preset.is_cuda):
+        raise TTGraphError(
+            "--tune",
+            f"tuning measures candidates on this machine, which cannot run {preset.name} code; "
+            "tune on the device's own target or apply existing records with --tune-db",
+        )
+    db_root = Path(tune_db) if tune_db is not None else (_default_tune_db() if tune else None)
+    # MetaSchedule looks records up by workload only, not by target: a CPU schedule found for a CUDA
+    # build would break it. So each target keeps its records in its own sub-folder.
+    db_dir = db_root / _target_key(preset) if db_root is not None else None
+    if db_dir is not None and not tune and not db_dir.is_dir():
+        raise TTGraphError(db_dir, "no tuning records for this target here (give --tune N to create them)")
+
+    tvm = _import_tvm()
+    tvm_target = make_target(preset, for_tuning=db_dir is not None)
+    if tune and preset.is_cuda and not tvm.cuda(0).exist:
+        raise TTGraphError("--tune", f"tuning for {preset.name} measures on a GPU, and this machine has none")
+
+    log.info("preparing %s for %s", source_name(model), preset.name)
+    start = time.perf_counter()
+    prepared = prepare_for_tvm(model, input_shapes)
+    prepare_s = time.perf_counter() - start
+    name = source_name(model)
+
+    log.info("building (%s)", "; ".join(prepared.steps) or "model already static")
+    start = time.perf_counter()
+    mod = import_relax(prepared, name)
+    stats = None
+    try:
+        if tune:
+            from .tune import tune as run_tuning
+
+            stats = run_tuning(mod, tvm_target, tune, db_dir)
+        if db_dir is not None:
+            from .tune import build_with_database
+
+            executable = build_with_database(mod, tvm_target, db_dir)
+        else:
+            executable = tvm.relax.build(mod, target=tvm_target)
+    except TTGraphError:
+        raise
+    except Exception as err:  # TVM raises TVMError/ValueError/InternalError from C++ passes
+        raise TTGraphError(name, f"TVM could not build it for {preset.name}: {_first_line(err)}") from err
+    build_s = time.perf_counter() - start
+
+    cuda_source = _cuda_source(executable) if preset.is_cuda else None
+    if preset.is_cuda and not cuda_source:
+        raise TTGraphError(name, f"the {preset.name} build holds no CUDA kernels (everything fell back to the host)")
+
+    start = time.perf_counter()
+    fatbin = None
+    if cuda_source and shutil.which("nvcc"):
+        fatbin = check_cuda_source(cuda_source, str(preset.target.get("arch", "sm_80")), out)
+    _export(executable, out, linker, preset)
+    export_s = time.perf_counter() - start
+
+    result = CompileResult(
+        output=out,
+        target=preset.name,
+        target_dict=json.loads(preset.target_json()),
+        export_format=out.suffix,
+        input_shapes=prepared.input_shapes,
+        input_dtypes=prepared.input_dtypes,
+        output_names=prepared.output_names,
+        frontend_steps=prepared.steps,
+        prepare_seconds=prepare_s,
+        build_seconds=build_s,
+        export_seconds=export_s,
+        tuned_tasks=stats.tuned if stats else 0,
+        reused_tasks=stats.reused if stats else 0,
+        tune_trials=tune,
+        tune_db=db_dir,
+        cuda_source=cuda_source,
+        cuda_fatbin_bytes=fatbin,
+    )
+    log.debug("%s", result.summary())
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def _check_output(preset: TargetPreset, output: str | os.PathLike[str], model: ModelSource) -> Path:
+    out = Path(output)
+    allowed = {preset.export_format}
+    if preset.ndk:
+        allowed.add(".so")  # linked by the NDK compiler in $TVM_NDK_CC
+    if out.suffix not in allowed:
+        hint = (
+            "a .tar of objects to link with the Android NDK (or .so with $TVM_NDK_CC set)"
+            if preset.ndk
+            else f"a {preset.export_format} library"
+        )
+        raise TTGraphError(out, f"target {preset.name} exports {hint}; name the output *{preset.export_format}")
+    inputs = (model,) if isinstance(model, str | os.PathLike) else ()
+    return check_output_path(out, inputs)
+
+
+def _check_linker(preset: TargetPreset, out: Path) -> str | None:
+    """The C++ driver that links the library (None for a .tar); a clear error when it is missing."""
+    if out.suffix == ".tar":
+        return None
+    if preset.ndk:
+        ndk_cc = os.environ.get("TVM_NDK_CC")
+        if not ndk_cc or not shutil.which(ndk_cc):
+            raise TTGraphError(
+                out,
+                f"a .so for {preset.name} must be linked by the Android NDK: set TVM_NDK_CC to its clang++ "
+                "(e.g. .../toolchains/llvm/prebuilt/linux-x86_64/bin/aarch64-linux-android28-clang++), "
+                "or export a .tar",
+            )
+        return ndk_cc
+    if preset.cross_compiler:
+        if not shutil.which(preset.cross_compiler):
+            package = preset.cross_package or preset.cross_compiler
+            raise TTGraphError(
+                preset.name,
+                f"cross compiler {preset.cross_compiler!r} not found on PATH; "
+                f"install the Debian package {package} (apt-get install {package})",
+            )
+        return preset.cross_compiler
+    host = os.environ.get("CXX") or os.environ.get("CC") or "g++"
+    if not shutil.which(host.split()[0]):
+        raise TTGraphError(
+            preset.name, f"C++ compiler {host!r} not found on PATH to link the library (apt-get install g++)"
+        )
+    return None  # TVM's default: $CXX or g++
+
+
+def _import_tvm() -> Any:
+    try:
+        import tvm
+        from tvm import relax  # noqa: F401
+    except ImportError as err:
+        raise TTGraphError("tvm", f"Apache TVM is not installed ({err}); pip install 'ttgraph[tvm]'") from err
+    return tvm
+
+
+def make_target(preset: TargetPreset, *, for_tuning: bool = False) -> Any:
+    """The ``tvm.target.Target`` of a preset; TVM's complaint about a bad JSON target as one line.
+
+    MetaSchedule needs a CPU target's ``num-cores``; tuning and building from a database use the
+    same target (records are keyed by it), with this machine's physical core count when unset.
+    """
+    tvm = _import_tvm()
+    spec = dict(preset.target)
+    if for_tuning and spec.get("kind") == "llvm" and "num-cores" not in spec:
+        spec["num-cores"] = _physical_cores()
+    try:
+        return tvm.target.Target(spec)
+    except Exception as err:  # ValueError / TVMError from the target parser
+        raise TTGraphError("--target", f"TVM rejects the target {preset.target_json()}: {_first_line(err)}") from err
+
+
+def import_relax(prepared: PreparedModel, name: str) -> Any:
+    """``from_onnx`` on a prepared model; importer failures name the ONNX op that failed."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed), _quiet_warnings():
+            return from_onnx(
+                prepared.model,
+                shape_dict=prepared.input_shapes,
+                dtype_dict=prepared.input_dtypes,
+                keep_params_in_input=False,
+            )
+    except Exception as err:  # the importer raises whatever its converters raise
+        match = re.search(r"Error converting operator (\w+)", printed.getvalue())
+        raise TTGraphError(
+            name, f"TVM's ONNX importer failed: {_first_line(err)}", node=match.group(1) if match else None
+        ) from err
+
+
+@contextlib.contextmanager
+def _quiet_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def _export(executable: Any, out: Path, linker: str | None, preset: TargetPreset) -> None:
+    """Write the library through a temporary file beside ``out`` and an atomic rename."""
+    kwargs: dict[str, Any] = {}
+    if linker and preset.ndk:
+        from tvm.support import ndk
+
+        kwargs["fcompile"] = ndk.create_shared
+    elif linker:
+        from tvm.support import cc
+
+        kwargs["fcompile"] = cc.cross_compiler(linker)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with tempfile.TemporaryDirectory(prefix="ttgraph-export-") as workspace:
+            executable.export_library(os.fspath(tmp), workspace_dir=workspace, **kwargs)
+        os.replace(tmp, out)
+    except OSError as err:
+        raise TTGraphError(out, f"cannot write the library: {err.strerror or err}") from err
+    except Exception as err:  # linker failures come back as RuntimeError with the compiler output
+        raise TTGraphError(out, f"linking the {preset.name} library failed: {_first_line(err)}") from err
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _cuda_source(executable: Any) -> str | None:
+    """The CUDA C source of the kernels inside a built executable, or None."""
+    seen: list[Any] = [executable.mod]
+    while seen:
+        module = seen.pop()
+        if module.kind == "cuda":
+            return module.inspect_source("")
+        seen.extend(module.imports)
+    return None
+
+
+def check_cuda_source(source: str, arch: str, where: str | os.PathLike[str] = "cuda") -> int:
+    """Compile TVM's CUDA source with ``nvcc`` to a fatbin (a check only); returns its size in bytes.
+
+    Runs nvcc directly rather than through ``tvm.support.nvcc``: importing that module registers a
+    process-wide callback that makes every later CUDA build in the process compile (with NVRTC) at
+    build time.
+    """
+    nvcc = shutil.which("nvcc")
+    if not nvcc:
+        raise TTGraphError("nvcc", "not found on PATH")
+    suffix = arch.removeprefix("sm_")
+    with tempfile.TemporaryDirectory(prefix="ttgraph-nvcc-") as tmp:
+        src, fatbin = Path(tmp, "kernels.cu"), Path(tmp, "kernels.fatbin")
+        src.write_text(source)
+        cmd = [nvcc, "--fatbin", "-gencode", f"arch=compute_{suffix},code=sm_{suffix}", *_NVCC_FLAGS]
+        proc = subprocess.run([*cmd, "-o", str(fatbin), str(src)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            detail = (proc.stderr or proc.stdout).strip().splitlines()
+            raise TTGraphError(
+                where,
+                f"nvcc could not compile the generated CUDA source for {arch}: "
+                f"{detail[0] if detail else proc.returncode}",
+            )
+        return fatbin.stat().st_size
+
+
+def _physical_cores() -> int:
+    try:
+        import psutil
+
+        return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    except ImportError:
+        return int(os.cpu_count() or 1)
+
+
+def _target_key(preset: TargetPreset) -> str:
+    """A folder name for a target: the preset name, or a digest of a custom target's JSON."""
+    if preset.name != "custom":
+        return preset.name
+    return "custom-" + hashlib.sha1(preset.target_json().encode()).hexdigest()[:12]
+
+
+def _default_tune_db() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base, "ttgraph", "tune-db")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    # TVM errors often end with the useful line after a C++ backtrace.
+    for line in reversed(lines):
+        if "Error" in line or "error" in line:
+            return line.strip()
+    return lines[0].strip() if lines else type(err).__name__

@@ -1,0 +1,191 @@
+"""MetaSchedule tuning for a compiled model: a bounded number of trials, records kept in a database folder.
+
+The Relax module is legalized and fused *before* tasks are extracted (on the raw imported module
+MetaSchedule finds only the element-wise ops, none of the convolutions), with exactly the passes
+``compile_relax`` applies when it reads the database back, so the records match at build time.
+
+The database folder is reused across runs: a task (one fused TIR function of one shape) that already
+has a record is not tuned again, so a second run of the same model, or of a model with TT cores of
+equal shape, spends its trials only on what is new. Records are looked up by workload alone, not by
+target, so a folder must hold one target's records (``compile_model`` uses a sub-folder per target).
+Measuring runs the candidates on this machine: tuning needs a target this machine executes (the host
+CPU, or CUDA on a machine with a GPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ttgraph.errors import TTGraphError
+
+log = logging.getLogger("ttgraph.targets")
+
+#: Per-candidate limits. Building a candidate takes seconds; a slow one is dropped, not waited for.
+BUILD_TIMEOUT_S = 120.0
+RUN_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class TuneStats:
+    """What a tuning run did."""
+
+    tasks: int  # fused functions in the model
+    reused: int  # of those, already in the database
+    tuned: int  # of those, given trials in this run
+    trials: int  # the trial budget of this run
+    database: Path
+
+
+def fuse_passes(target: Any) -> list[Any]:
+    """The passes that turn an imported module into the fused TIR functions MetaSchedule tunes.
+
+    The same list, in the same order, as ``tvm.s_tir.meta_schedule.relax_integration.compile_relax``
+    runs before ``MetaScheduleApplyDatabase``.
+    """
+    from tvm import relax
+    from tvm.relax import pipeline as relax_pipeline
+
+    try:
+        dispatch = list(relax_pipeline.library_dispatch_passes(target))
+    except (ValueError, AttributeError):
+        dispatch = []
+    return [
+        *dispatch,
+        relax.transform.LegalizeOps(enable_warning=False),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
+
+
+def _candidate_build(mod: Any, target: Any, _params: Any) -> Any:
+    """Builder worker: compile one candidate without importing the tensor-intrinsic tables.
+
+    MetaSchedule's default builder imports ``tvm.s_tir.tensor_intrin`` in every worker, which costs
+    tens of seconds on a small machine; CPU candidates without tensorized intrinsics do not need it.
+    """
+    from tvm.driver import build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return build(mod, target=target)
+
+
+def load_tensor_intrinsics(target: Any) -> None:
+    """Register the tensor intrinsics MetaSchedule may use for ``target``, and only those.
+
+    ``TuneContext`` imports the whole ``tvm.s_tir.tensor_intrin`` package, whose CUDA, ROCm and Hexagon
+    tables take ~45 s to build on a 2-core machine, on every tuning run, CPU or not. When the package is
+    not loaded yet, a bare package entry (same path, so submodules still import normally) stands in for
+    it and only the submodules for this target kind are imported. Any failure falls back to the full
+    import. Pinned to TVM 0.27, where this layout was checked.
+    """
+    import importlib
+    import sys
+    import types
+
+    name = "tvm.s_tir.tensor_intrin"
+    kind = str(target.kind.name)
+    wanted = {"llvm": ["x86", "arm_cpu"], "cuda": ["cuda"]}.get(kind)
+    installed = False
+    try:
+        if wanted is None:
+            raise LookupError(f"no intrinsic list for target kind {kind}")
+        if name not in sys.modules:
+            import tvm.s_tir
+
+            spec = importlib.util.find_spec(name)
+            if spec is None or not spec.submodule_search_locations:
+                raise LookupError(name)
+            package = types.ModuleType(name)
+            package.__path__ = list(spec.submodule_search_locations)
+            package.__spec__ = spec
+            package.__package__ = name
+            sys.modules[name] = package
+            tvm.s_tir.tensor_intrin = package
+            installed = True
+        for sub in wanted:
+            importlib.import_module(f"{name}.{sub}")
+    except Exception as err:  # unknown kind or another layout: pay for the full import
+        log.debug("tensor intrinsics: full import (%s)", err)
+        if installed:
+            del sys.modules[name]
+        importlib.import_module(name)
+
+
+def open_database(db_dir: str | os.PathLike[str]) -> Any:
+    """The JSON database kept in ``db_dir`` (created if missing)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    folder = Path(db_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TTGraphError(folder, f"cannot create the tuning database folder: {err.strerror or err}") from err
+    if not os.access(folder, os.W_OK):
+        raise TTGraphError(folder, "tuning database folder is not writable")
+    return ms.database.JSONDatabase(work_dir=str(folder))
+
+
+def _has_record(database: Any, mod: Any) -> bool:
+    if not database.has_workload(mod):
+        return False
+    return len(database.get_top_k(database.commit_workload(mod), 1)) > 0
+
+
+def tune(mod: Any, target: Any, trials: int, db_dir: str | os.PathLike[str], *, seed: int = 0) -> TuneStats:
+    """Tune the fused functions of ``mod`` for ``target`` with at most ``trials`` measured candidates."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    if trials <= 0:
+        raise TTGraphError("--tune", f"expected a positive number of trials, got {trials}")
+    database = open_database(db_dir)
+    with target:
+        fused = tvm.transform.Sequential(fuse_passes(target))(mod)
+    tasks = ms.relax_integration.extract_tasks(fused, target)
+    todo = [t for t in tasks if not _has_record(database, t.dispatched[0])]
+    stats = TuneStats(len(tasks), len(tasks) - len(todo), len(todo), trials, Path(db_dir))
+    log.info("tuning: %d tasks, %d already in %s, %d trials", stats.tasks, stats.reused, db_dir, trials)
+    if not todo:
+        return stats
+    try:
+        import xgboost  # noqa: F401
+
+        cost_model, strategy = "xgb", "evolutionary"
+    except ImportError:
+        # Without a learned cost model, evolving candidates against random scores only costs time:
+        # sample schedules instead.
+        cost_model, strategy = "random", "replay-trace"
+    load_tensor_intrinsics(target)
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        todo, work_dir=str(db_dir), strategy=strategy, seed=seed
+    )
+    workers = max(1, os.cpu_count() or 1)
+    ms.tune.tune_tasks(
+        tasks=contexts,
+        task_weights=weights,
+        work_dir=str(db_dir),
+        max_trials_global=trials,
+        num_trials_per_iter=max(1, min(64, trials // len(todo))),  # every task gets a first round
+        builder=ms.builder.LocalBuilder(max_workers=workers, timeout_sec=BUILD_TIMEOUT_S, f_build=_candidate_build),
+        runner=ms.runner.LocalRunner(
+            timeout_sec=RUN_TIMEOUT_S,
+            evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20),
+        ),
+        database=database,
+        cost_model=cost_model,
+    )
+    return stats
+
+
+def build_with_database(mod: Any, target: Any, db_dir: str | os.PathLike[str]) -> Any:
+    """``relax.build`` with the tuned schedules of ``db_dir`` applied (untuned functions stay default)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.relax_integration.compile_relax(open_database(db_dir), mod, target, params=None)

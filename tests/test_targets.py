@@ -1,0 +1,133 @@
+"""Compile real third-party models with TVM for this machine and check them against onnxruntime.
+
+The rapidocr detector, direction classifier and recognizer are Paddle exports with dynamic dims,
+Constant-node weights and run-time shape arithmetic; the last two fail TVM's raw ONNX import. The
+front end must make all three compile, and the library must reproduce onnxruntime on real inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from tvm_helpers import compressed, det_input, line_input, pointwise_model, record, resize_model
+
+from targets.cli import add_parser
+from targets.compile import compile_model
+from targets.frontend import prepare_for_tvm
+from targets.run import onnxruntime_outputs, relative_errors, run_library
+from ttgraph.errors import TTGraphError
+from ttgraph.examples import example_model
+
+pytestmark = pytest.mark.tvm
+
+X86_TOLERANCE = 1e-4
+
+# name → (model source, feed). Any ONNX model can be added here (e.g. a TT-compressed detector).
+X86_CASES: dict[str, Callable[[], tuple[object, dict[str, np.ndarray]]]] = {
+    # 320×320 keeps CI time down; the detector is fully convolutional.
+    "det": lambda: (example_model("det"), {"x": det_input(320)}),
+    "cls": lambda: (example_model("cls"), {"x": line_input("Hello ttgraph 42", 192, rotate=True)}),
+    "rec": lambda: (example_model("rec"), {"x": line_input("Tensor Train 2024", 320)}),
+    # TT-compressed models, checked against onnxruntime on the compressed ONNX: low-rank Conv pairs (d = 1)
+    # and Reshape/MatMul chains (d = 2, ranks from a weight tolerance that keeps the detector's map alive).
+    "det-tt1": lambda: (compressed("det", [1, 3, 320, 320], cores=1, rank_ratio=0.5), {"x": det_input(320)}),
+    "det-tt2": lambda: (compressed("det", [1, 3, 320, 320], cores=2, tolerance=0.1), {"x": det_input(320)}),
+    "cls-tt2": lambda: (
+        compressed("cls", [1, 3, 48, 192], cores=2, rank_ratio=0.5),
+        {"x": line_input("Hello ttgraph 42", 192, rotate=True)},
+    ),
+    "rec-tt1": lambda: (
+        compressed("rec", [1, 3, 48, 320], cores=1, rank_ratio=0.5),
+        {"x": line_input("Tensor Train 2024", 320)},
+    ),
+}
+
+
+def compile_and_compare(name: str, model: object, feed: dict[str, np.ndarray], out: Path, tolerance: float):
+    """Build for x86_64, run here, compare with onnxruntime on the original model; returns errors."""
+    shapes = {k: list(v.shape) for k, v in feed.items()}
+    start = time.perf_counter()
+    result = compile_model(model, "x86_64", out, shapes)
+    build_s = time.perf_counter() - start
+    got = run_library(out, feed, names=result.input_names)
+    errors = relative_errors(onnxruntime_outputs(model, feed), got)
+    record(name, "x86_64", built=True, ran=True, error=max(errors), build_s=build_s)
+    assert max(errors) <= tolerance, f"{name}: relative errors {errors} exceed {tolerance}"
+    return result, errors
+
+
+@pytest.mark.parametrize("case", list(X86_CASES))
+def test_x86_library_matches_onnxruntime(case, tmp_path):
+    model, feed = X86_CASES[case]()
+    result, _ = compile_and_compare(case, model, feed, tmp_path / f"{case}.so", X86_TOLERANCE)
+    assert result.output.is_file() and result.export_format == ".so"
+    assert any(step.startswith("onnxslim") for step in result.frontend_steps)
+
+
+def test_front_end_makes_an_exporter_style_model_importable(tmp_path):
+    """Opset 11, dynamic H×W, Resize with empty roi/scales and run-time sizes, Squeeze with attribute axes."""
+    model = resize_model(opset=11)
+    feed = {"x": np.random.default_rng(0).standard_normal((1, 2, 6, 5)).astype(np.float32)}
+    with pytest.raises(TTGraphError, match=r"dynamic dims \[1,2,\?,\?\].*--input-shape x=1,2,H,W"):
+        prepare_for_tvm(model)
+    prepared = prepare_for_tvm(model, {"x": [1, 2, 6, 5]})
+    assert "upgraded opset 11 -> 13" in prepared.steps
+    assert any("Resize" in step for step in prepared.steps)
+    resize = next(n for n in prepared.model.graph.node if n.op_type == "Resize")
+    assert list(resize.input)[1:3] == ["", ""]  # empty roi and scales dropped, sizes kept
+    onnx.checker.check_model(prepared.model)
+    compile_and_compare("resize-opset11", model, feed, tmp_path / "resize.so", X86_TOLERANCE)
+
+
+def test_unimportable_model_is_one_line_and_leaves_the_old_output(tmp_path):
+    model = pointwise_model()
+    model.graph.node[1].op_type = "Mish2"  # not an ONNX op: onnxslim keeps it, TVM's importer refuses it
+    out = tmp_path / "m.so"
+    out.write_bytes(b"old library")
+    with pytest.raises(TTGraphError) as info:
+        compile_model(model, "x86_64", out)
+    assert "\n" not in info.value.one_line()
+    assert out.read_bytes() == b"old library"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.so"]  # no temporary files left
+
+
+def test_target_tvm_rejects_is_a_one_line_error(tmp_path):
+    with pytest.raises(TTGraphError, match="TVM rejects the target"):
+        compile_model(pointwise_model(), '{"kind": "no-such-kind"}', tmp_path / "m.so")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compile_cli_writes_the_library(tmp_path, capsys):
+    model_path = tmp_path / "pw.onnx"
+    onnx.save(pointwise_model(), model_path)
+    parser = argparse.ArgumentParser(prog="ttgraph")
+    add_parser(parser.add_subparsers(dest="command"))
+    out = tmp_path / "pw.so"
+    args = parser.parse_args(
+        ["compile", str(model_path), "--target", "x86_64", "-o", str(out), "--input-shape", "x=1,16,16,16"]
+    )
+    assert args.func(args) == 0
+    assert out.is_file() and f"wrote {out}" in capsys.readouterr().out
+
+
+def test_tuning_is_bounded_and_reuses_its_database(tmp_path):
+    model = pointwise_model()
+    feed = {"x": np.random.default_rng(0).standard_normal((1, 16, 16, 16)).astype(np.float32)}
+    db = tmp_path / "db"
+    first = compile_model(model, "x86_64", tmp_path / "a.so", tune=4, tune_db=db)
+    assert (first.tuned_tasks, first.reused_tasks) == (2, 0)  # conv2d and conv2d+add+relu
+    records = (db / "x86_64" / "database_tuning_record.json").read_text().splitlines()
+    assert 2 <= len(records) <= 4  # the trial budget bounds the measurements
+    start = time.perf_counter()
+    second = compile_model(model, "x86_64", tmp_path / "b.so", tune=4, tune_db=db)
+    assert (second.tuned_tasks, second.reused_tasks) == (0, 2)
+    assert time.perf_counter() - start < 30
+    ref = onnxruntime_outputs(model, feed)
+    for lib in ("a.so", "b.so"):
+        assert max(relative_errors(ref, run_library(tmp_path / lib, feed))) <= X86_TOLERANCE

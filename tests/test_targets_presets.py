@@ -1,0 +1,127 @@
+"""Target presets, JSON targets and the compile/bench CLI's input checks: none of this needs TVM."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+from tvm_helpers import pointwise_model
+
+from targets.cli import add_parser
+from targets.compile import compile_model
+from targets.presets import PRESETS, list_targets, resolve_target
+from ttgraph.errors import TTGraphError
+
+EXPECTED = {
+    "x86_64": (".so", None),
+    "arm64-linux": (".so", "aarch64-linux-gnu-g++"),
+    "arm64-android": (".tar", None),
+    "arm64-android-a76": (".tar", None),
+    "armv7-android": (".tar", None),
+    "armv7-linux": (".so", "arm-linux-gnueabihf-g++"),
+    "cuda-sm75": (".so", None),
+    "cuda-sm80": (".so", None),
+    "cuda-sm90": (".so", None),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ttgraph")
+    add_parser(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_every_preset_has_a_description_a_target_dict_and_an_export_format():
+    assert [p.name for p in list_targets()] == list(EXPECTED)
+    for preset in list_targets():
+        fmt, cross = EXPECTED[preset.name]
+        assert preset.description and "\n" not in preset.description
+        assert preset.export_format == fmt
+        assert preset.cross_compiler == cross
+        assert json.loads(preset.target_json())["kind"] in ("llvm", "cuda")
+    assert PRESETS["armv7-linux"].target["mfloat-abi"] == "hard"
+    assert "+dotprod" in PRESETS["arm64-android-a76"].target["mattr"]
+    assert PRESETS["cuda-sm90"].target["host"] == {"kind": "llvm"}
+    assert PRESETS["arm64-linux"].cross_package == "g++-aarch64-linux-gnu"
+    assert PRESETS["armv7-linux"].cross_package == "g++-arm-linux-gnueabihf"
+
+
+def test_json_target_dict_gets_its_linker_and_format_from_kind_and_triple():
+    a64 = resolve_target('{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}')
+    assert (a64.name, a64.export_format, a64.cross_compiler) == ("custom", ".so", "aarch64-linux-gnu-g++")
+    android = resolve_target({"kind": "llvm", "mtriple": "aarch64-linux-android", "mcpu": "cortex-x1"})
+    assert android.export_format == ".tar" and android.ndk
+    cuda = resolve_target('{"kind": "cuda", "arch": "sm_86", "host": {"kind": "llvm"}}')
+    assert cuda.is_cuda and cuda.export_format == ".so"
+    assert resolve_target("host").name == "x86_64"
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("arm64-iphone", "unknown target preset 'arm64-iphone'"),
+        ('{"kind": "llvm", "mtriple": }', "malformed JSON target"),
+        ('["llvm"]', "unknown target preset"),
+        ('{"mtriple": "aarch64-linux-gnu"}', 'needs a string "kind"'),
+    ],
+)
+def test_bad_target_is_a_one_line_error(spec, message):
+    with pytest.raises(TTGraphError) as info:
+        resolve_target(spec)
+    assert message in str(info.value)
+    assert info.value.source == "--target"
+    assert "\n" not in info.value.one_line()
+
+
+def test_missing_cross_compiler_names_the_debian_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no cross compiler (nor anything else) on PATH
+    model = pointwise_model()
+    for preset, package in (("arm64-linux", "g++-aarch64-linux-gnu"), ("armv7-linux", "g++-arm-linux-gnueabihf")):
+        with pytest.raises(TTGraphError) as info:
+            compile_model(model, preset, tmp_path / "m.so")
+        assert package in str(info.value) and info.value.source == preset
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_suffix_must_match_the_targets_export_format(tmp_path, monkeypatch):
+    model = pointwise_model()
+    with pytest.raises(TTGraphError, match=r"exports a \.tar of objects"):
+        compile_model(model, "arm64-android", tmp_path / "m.zip")
+    monkeypatch.delenv("TVM_NDK_CC", raising=False)
+    with pytest.raises(TTGraphError, match="TVM_NDK_CC"):
+        compile_model(model, "arm64-android", tmp_path / "m.so")
+    with pytest.raises(TTGraphError, match=r"name the output \*\.so"):
+        compile_model(model, "x86_64", tmp_path / "m.tar")
+    with pytest.raises(TTGraphError, match="does not exist"):
+        compile_model(model, "x86_64", tmp_path / "missing" / "m.so")
+
+
+def test_tuning_a_target_this_machine_cannot_run_is_refused(tmp_path):
+    with pytest.raises(TTGraphError, match="tuning measures candidates on this machine"):
+        compile_model(pointwise_model(), "armv7-android", tmp_path / "m.tar", tune=8)
+
+
+def test_list_targets_prints_every_preset(capsys):
+    args = _parser().parse_args(["compile", "--list-targets"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    for name in EXPECTED:
+        assert name in out
+
+
+def test_compile_without_a_model_is_an_error():
+    args = _parser().parse_args(["compile", "--target", "x86_64"])
+    with pytest.raises(TTGraphError, match="expected a MODEL"):
+        args.func(args)
+
+
+def test_bench_needs_one_remote_and_a_key_with_a_tracker(capsys):
+    parser = _parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "m.onnx", "--target", "arm64-linux"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "m.onnx", "--target", "arm64-linux", "--rpc", "a:1", "--tracker", "b:2"])
+    args = parser.parse_args(["bench", "m.onnx", "--target", "arm64-linux", "--tracker", "127.0.0.1:9190"])
+    with pytest.raises(TTGraphError, match="needs --key"):
+        args.func(args)
