@@ -3,7 +3,13 @@
 The compression pipeline runs them in the order listed in :mod:`ttgraph.api`.
 """
 
+from onnx_graphsurgeon.logger import G_LOGGER
+
 from passes.find_pointwise import FindPointwiseConvs, PointwiseConv, SkippedConv
 from passes.rewrite_tt import LayerRewrite, RewriteAsTT
+
+# graphsurgeon prints its warnings (e.g. "BFLOAT16 has no NumPy type") on stdout, which would corrupt
+# `ttgraph inspect --json`; what matters to users (a skipped conv and why) our passes report themselves.
+G_LOGGER.severity = G_LOGGER.ERROR
 
 __all__ = ["FindPointwiseConvs", "LayerRewrite", "PointwiseConv", "RewriteAsTT", "SkippedConv"]

@@ -5,6 +5,7 @@ The corpus is generated here (no binary blobs in the repo). Every case states it
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -98,7 +99,7 @@ def test_fp16_weights_are_computed_in_float64_and_written_back_as_fp16():
     assert compare_outputs(model, result.model, [x])[0].max_rel < 5e-3  # fp16 rounding of the factors
 
 
-def test_bf16_weights_are_skipped_with_a_reason():
+def test_bf16_weights_are_skipped_with_a_reason(tmp_path):
     w = np.ones((16, 8, 1, 1), np.float32)
     wt = helper.make_tensor("w", TensorProto.BFLOAT16, w.shape, w.flatten().tolist())
     model = model_of(
@@ -110,6 +111,10 @@ def test_bf16_weights_are_skipped_with_a_reason():
     result = ttgraph.compress(model, rank=2)
     assert result.report.layers == []
     assert "bfloat16" in result.report.skipped[0].reason
+    path = tmp_path / "bf16.onnx"
+    onnx.save_model(model, path)
+    proc = cli("inspect", path, "--json")  # graphsurgeon's warnings must not leak into the JSON on stdout
+    assert proc.returncode == 0 and "bfloat16" in json.loads(proc.stdout)["skipped"][0]["reason"]
 
 
 def test_qlinearconv_and_qdq_convs_are_skipped_with_reasons():
