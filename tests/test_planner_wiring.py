@@ -17,7 +17,9 @@ from ttgraph.verify import compare_outputs
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ttgraph", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ttgraph", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +31,19 @@ def test_every_layer_costs_what_its_plan_costs(det_tt):
     tt_layers = [layer for layer in det_tt.report.layers if layer.format == "tt"]
     assert tt_layers
     for layer in tt_layers:
-        plan = plan_layer(layer.modes_in, layer.modes_out, layer.ranks, pixels=layer.pixels,
-                          allow_offline_merges=False, transpose_free_only=True)
+        plan = plan_layer(
+            layer.modes_in,
+            layer.modes_out,
+            layer.ranks,
+            pixels=layer.pixels,
+            allow_offline_merges=False,
+            transpose_free_only=True,
+        )
         assert layer.macs_after == plan.total_cost, layer.name
-        assert layer.macs_left_to_right == left_to_right_plan(
-            layer.modes_in, layer.modes_out, layer.ranks, pixels=layer.pixels).total_cost
+        assert (
+            layer.macs_left_to_right
+            == left_to_right_plan(layer.modes_in, layer.modes_out, layer.ranks, pixels=layer.pixels).total_cost
+        )
         assert layer.macs_after <= layer.macs_left_to_right
 
 
@@ -67,8 +77,22 @@ def test_compressed_model_records_its_layers_and_plan_reads_them(det_tt, tmp_pat
 
 
 def test_plan_cli_single_layer_json():
-    proc = cli("plan", "--cin", "384", "--cout", "384", "--modes-in", "8,48", "--modes-out", "48,8",
-               "--ranks", "8", "--hw", "80x80", "--json")
+    proc = cli(
+        "plan",
+        "--cin",
+        "384",
+        "--cout",
+        "384",
+        "--modes-in",
+        "8,48",
+        "--modes-out",
+        "48,8",
+        "--ranks",
+        "8",
+        "--hw",
+        "80x80",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["dense_cost"] == 384 * 384 * 6400

@@ -6,6 +6,7 @@ The data path reads in one direction: load → find → decompose → plan → r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -20,11 +21,29 @@ from tqdm.auto import tqdm
 
 from passes.find_pointwise import FindPointwiseConvs, FoundConvs, PointwiseConv, SkippedConv
 from passes.rewrite_tt import LayerRewrite, RewriteAsTT
+from ttgraph.allocate import Allocation, Budget, allocate
+from ttgraph.calibration import (
+    CalibrationStatistics,
+    Preprocess,
+    calibration_source,
+    collect_statistics,
+    split_holdout,
+)
 from ttgraph.contraction import contraction_macs, left_to_right, planned_order
 from ttgraph.costs import COUNTED_OPS, model_macs
+from ttgraph.decompose import Candidate, LayerCandidates, build_candidates, describe
 from ttgraph.errors import TTGraphError
 from ttgraph.files import check_output_path, write_atomic
-from ttgraph.model_io import InputShapes, ModelSource, check_model, load_model, save_model, source_name
+from ttgraph.model_io import (
+    InputShapes,
+    ModelSource,
+    check_model,
+    graph_inputs,
+    input_dims,
+    load_model,
+    save_model,
+    source_name,
+)
 from ttgraph.shapes import Shape, infer_shapes
 from ttgraph.tt import TTFormat, relative_error, scale_ranks, tt_format, tt_reconstruct, tt_svd
 from ttgraph.verify import Feed, OutputError, compare_outputs
@@ -133,6 +152,13 @@ class LayerReport:
     pixels: int | None
     weight_error: float
     note: str | None = None
+    # Calibration-driven compression only (None otherwise): output errors ‖XWᵀ − XŴᵀ‖/‖XWᵀ‖ on the
+    # calibration and on the held-out statistics, why the layer stayed dense, and its error-vs-cost curve
+    # (the Pareto front in the budget's metric; each point: format, ranks, params, macs, error, chosen).
+    calibration_error: float | None = None
+    heldout_error: float | None = None
+    kept_dense_reason: str | None = None
+    curve: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -145,6 +171,8 @@ class CompressionReport:
     skipped: list[SkippedConv]
     totals: dict[str, Any]
     verification: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None  # source, samples, held-out samples, seconds, method
+    allocation: dict[str, Any] | None = None  # budget, metric, achieved ratios, objective
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,12 +182,27 @@ class CompressionReport:
 
 
 @dataclass
+class Decomposition:
+    """What the calibration-driven path computed: statistics, every layer's candidates and the allocation.
+
+    Keep it to try another budget without calibrating again (:func:`ttgraph.allocate.allocate` on
+    ``layers``, then :func:`rewrite_allocation`).
+    """
+
+    statistics: CalibrationStatistics
+    heldout_statistics: CalibrationStatistics | None
+    layers: list[LayerCandidates]
+    allocation: Allocation
+
+
+@dataclass
 class CompressionResult:
     """The rewritten model and its report; :meth:`save` writes both atomically."""
 
     model: onnx.ModelProto
     report: CompressionReport
     source: ModelSource | None = field(default=None, repr=False)
+    decomposition: Decomposition | None = field(default=None, repr=False)
 
     def save(self, path: str | os.PathLike[str], report_path: str | os.PathLike[str] | None = None) -> Path:
         """Write the model (and optionally the JSON report); never over the input model."""
@@ -216,6 +259,14 @@ def compress(
     plan_cost: str = "flops",
     verify_feeds: Iterable[Feed] | None = None,
     progress: bool = False,
+    calibration: Any = None,
+    preprocess: str | Preprocess | None = None,
+    holdout: int | float = 0.1,
+    macs_ratio: float | None = None,
+    params_ratio: float | None = None,
+    max_error: float | None = None,
+    method: str = "data",
+    rank_multiple: int = 1,
 ) -> CompressionResult:
     """Rewrite the model's 1×1 convs as TT cores of order ``cores`` (1 = low-rank, 2..8 = TT-matrix).
 
@@ -225,13 +276,49 @@ def compress(
     finds cheapest under ``plan_cost`` ("flops" or "roofline"). ``verify_feeds`` are inputs on which the result is
     compared with the original in onnxruntime (the report's ``verification``).
 
+    **Or a global budget from calibration data** instead of a rank rule: ``macs_ratio`` (MACs of the rewritten
+    1×1 layers, as emitted, over the original 1×1 MACs), ``params_ratio``, and/or ``max_error`` (a cap on
+    every layer's calibration output error). ``calibration`` is a folder of images or an image (read with
+    ``preprocess``, see :func:`ttgraph.calibration.parse_preprocess`), a ``.npy``/``.npz`` file, an iterable of
+    feed dicts or an onnxruntime ``CalibrationDataReader``; ``holdout`` samples (a count or a fraction) are set
+    aside for verification. Per layer, candidates of order 1..``cores`` are fitted to the calibration
+    statistics (``method="data"``; ``"weight"`` is the data-free SVD baseline) and the allocation picks one per
+    layer, or keeps it dense (:mod:`ttgraph.decompose`, :mod:`ttgraph.allocate`). Low-rank ranks are
+    multiples of ``rank_multiple`` (16 suits AVX-512 onnxruntime kernels).
+
     >>> result = compress("model.onnx", cores=2, rank_ratio=0.5)  # doctest: +SKIP
     >>> result.save("model.tt.onnx", report_path="report.json")  # doctest: +SKIP
+    >>> result = compress("det.onnx", calibration="pages/", preprocess="paddleocr-det,size=640x640",
+    ...                   macs_ratio=0.5)  # doctest: +SKIP
     """
-    if sum(x is not None for x in (rank, rank_ratio, tolerance)) != 1:
-        raise TTGraphError("options", "choose exactly one of rank, rank_ratio and tolerance")
+    budgeted = any(x is not None for x in (macs_ratio, params_ratio, max_error))
+    rules = sum(x is not None for x in (rank, rank_ratio, tolerance))
+    if budgeted and rules:
+        raise TTGraphError("options", "a budget (macs/params ratio, max error) replaces rank, rank_ratio and tolerance")
+    if not budgeted and rules != 1:
+        raise TTGraphError(
+            "options", "choose exactly one of rank, rank_ratio and tolerance, or a budget (macs_ratio, ...)"
+        )
     if not 1 <= cores <= MAX_CORES:
         raise TTGraphError("options", f"cores must be between 1 and {MAX_CORES}, got {cores}")
+    if budgeted:
+        return _compress_to_budget(
+            model,
+            Budget(macs_ratio=macs_ratio, params_ratio=params_ratio, max_error=max_error),
+            calibration=calibration,
+            preprocess=preprocess,
+            holdout=holdout,
+            cores=cores,
+            method=method,
+            rank_multiple=rank_multiple,
+            input_shapes=input_shapes,
+            layers=layers,
+            plan_cost=plan_cost,
+            verify_feeds=verify_feeds,
+            progress=progress,
+        )
+    if calibration is not None:
+        raise TTGraphError("options", "calibration data drives a budget: give macs_ratio, params_ratio or max_error")
     if rank is not None and rank < 1:
         raise TTGraphError("options", f"rank must be ≥ 1, got {rank}")
     if rank_ratio is not None and not 0 < rank_ratio <= 1:
@@ -283,6 +370,235 @@ def compress(
     return result
 
 
+def _select_layers(found: FoundConvs, layers: Sequence[str] | None, name: str) -> list[PointwiseConv]:
+    candidates = found.candidates
+    if layers is not None:
+        known = {c.label for c in candidates}
+        unknown = [label for label in layers if label not in known]
+        if unknown:
+            raise TTGraphError(name, f"not a rewritable 1×1 conv: {', '.join(unknown)}")
+        candidates = [c for c in candidates if c.label in set(layers)]
+    return candidates
+
+
+def _fixed_shapes_from_data(model: onnx.ModelProto, source: Any) -> dict[str, list[int]] | None:
+    """Input shapes read from the first calibration feed, for a model with dynamic input dims (so MACs can
+    be counted); None when the model's inputs are static or the source can be read only once."""
+    values = graph_inputs(model)
+    if all(all(d is not None for d in input_dims(v)) for v in values) or not source.reiterable:
+        return None
+    first = next(iter(source), None)
+    if first is None:
+        return None
+    return {v.name: list(np.shape(first[v.name])) for v in values if v.name in first}
+
+
+def _compress_to_budget(
+    model: ModelSource,
+    budget: Budget,
+    *,
+    calibration: Any,
+    preprocess: str | Preprocess | None,
+    holdout: int | float,
+    cores: int,
+    method: str,
+    rank_multiple: int,
+    input_shapes: InputShapes | None,
+    layers: Sequence[str] | None,
+    plan_cost: str,
+    verify_feeds: Iterable[Feed] | None,
+    progress: bool,
+) -> CompressionResult:
+    """compress() with a global budget: calibrate → decompose → allocate → plan → rewrite → verify."""
+    from ttgraph.fidelity import heldout_fidelity
+
+    if method not in ("data", "weight"):
+        raise TTGraphError("options", f"method must be 'data' or 'weight', got {method!r}")
+    if calibration is None and method == "data":
+        raise TTGraphError("options", "a budget needs calibration data (calibration=..., CLI --calib)")
+    name = source_name(model)
+    original = load_model(model, input_shapes)
+    source = None
+    if calibration is not None:
+        source = calibration_source(calibration, original, preprocess)
+        fixed = _fixed_shapes_from_data(original, source) if not input_shapes else None
+        if fixed:
+            input_shapes = fixed
+            original = load_model(model, input_shapes)
+            source = calibration_source(calibration, original, preprocess)
+    graph, found, shapes = _analyse(original)
+    _skip_our_own_factors(found, provenance(original))
+    convs = _select_layers(found, layers, name)
+    opset = int(graph.opset or 13)
+    stats = held_stats = None
+    held = None
+    if source is not None:
+        calib, held = split_holdout(source, holdout)
+        stats = collect_statistics(original, convs, calib, progress=progress, desc="calibrate")
+        if held.length:
+            held_stats = collect_statistics(original, convs, held, progress=progress, desc="held-out")
+    metric = budget.metric
+    if budget.ratio is None and any(c.pixels is None for c in convs):
+        metric = "params"  # an error cap alone minimizes MACs, unless they are unknown
+    layer_cands = [
+        build_candidates(
+            conv,
+            None if stats is None else stats.layers[conv.label],
+            method=method,  # type: ignore[arg-type]
+            cores=tuple(range(1, cores + 1)),
+            rank_multiple=rank_multiple,
+            opset=opset,
+            plan_cost=plan_cost,
+            metric=metric if budget.ratio is not None else None,
+        )
+        for conv in tqdm(convs, desc="decompose", unit="layer", disable=not progress, leave=False)
+    ]
+    alloc = allocate(layer_cands, budget, metric=metric)
+    rewrites = []
+    reports = []
+    for lc in layer_cands:
+        chosen = alloc.choices[lc.label]
+        if chosen.kind != "dense":
+            conv = dataclasses.replace(lc.conv, bias=lc.bias(chosen))
+            rewrites.append(LayerRewrite(conv, lc.cores(chosen), chosen.order))
+        reports.append(_budget_layer_report(lc, chosen, alloc, stats, held_stats, metric))
+    RewriteAsTT(rewrites)(graph)
+    rewritten = _export(graph, original)
+    _record_provenance(rewritten, [r for r in reports if r.format != "dense"])
+    check_model(rewritten, f"{name} (rewritten)")
+    macs = alloc.totals("macs") if all(c.pixels is not None for c in convs) else None
+    params = alloc.totals("params")
+    report = CompressionReport(
+        model=name,
+        options={
+            "cores": cores,
+            "macs_ratio": budget.macs_ratio,
+            "params_ratio": budget.params_ratio,
+            "max_error": budget.max_error,
+            "method": method,
+            "rank_multiple": rank_multiple,
+            "holdout": holdout,
+            "plan_cost": plan_cost,
+            "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
+        },
+        layers=reports,
+        skipped=found.skipped,
+        totals=_totals(reports),
+        calibration=None
+        if stats is None
+        else {
+            "source": stats.source,
+            "samples": stats.samples,
+            "heldout_samples": 0 if held_stats is None else held_stats.samples,
+            "seconds": round(stats.seconds, 3),
+            "method": method,
+            "statistic": "Gram matrix of each 1×1 conv's input (float64), channel sums, row count",
+        },
+        allocation={
+            "metric": metric,
+            "budget": budget.to_dict(),
+            "objective": "sum over layers of squared calibration output error",
+            "objective_value": alloc.damage,
+            "macs_ratio": None if macs is None or not macs[0] else macs[1] / macs[0],
+            "params_ratio": params[1] / params[0] if params[0] else None,
+            "layers_compressed": len(alloc.compressed()),
+        },
+    )
+    result = CompressionResult(
+        rewritten,
+        report,
+        model if not isinstance(model, onnx.ModelProto) else original,
+        Decomposition(stats, held_stats, layer_cands, alloc) if stats is not None else None,  # type: ignore[arg-type]
+    )
+    if verify_feeds is not None:
+        fidelity = heldout_fidelity(original, rewritten, verify_feeds, source=name)
+        report.verification = {"inputs": "verify_feeds", **fidelity}
+    elif held is not None and held.length:
+        report.verification = {
+            "inputs": f"{held.length} held-out calibration samples (not used to fit)",
+            **heldout_fidelity(original, rewritten, held, source=name),
+        }
+    return result
+
+
+def rewrite_allocation(
+    model: onnx.ModelProto, layers: Sequence[LayerCandidates], allocation: Allocation | dict[str, Candidate]
+) -> onnx.ModelProto:
+    """A rewritten copy of ``model`` (the original the candidates were built from, shapes fixed alike) with
+    each layer replaced by its allocated candidate; keep-dense layers stay as they are."""
+    choices = allocation.choices if isinstance(allocation, Allocation) else allocation
+    graph, found, _ = _analyse(model)
+    by_label = {c.label: c for c in found.candidates}
+    rewrites = []
+    for lc in layers:
+        chosen = choices[lc.label]
+        if chosen.kind == "dense":
+            continue
+        conv = dataclasses.replace(by_label[lc.label], bias=lc.bias(chosen))
+        rewrites.append(LayerRewrite(conv, lc.cores(chosen), chosen.order))
+    RewriteAsTT(rewrites)(graph)
+    rewritten = _export(graph, model)
+    check_model(rewritten, "<rewritten>")
+    return rewritten
+
+
+def _budget_layer_report(
+    lc: LayerCandidates,
+    chosen: Candidate,
+    alloc: Allocation,
+    stats: CalibrationStatistics | None,
+    held: CalibrationStatistics | None,
+    metric: str,
+) -> LayerReport:
+    conv = lc.conv
+    pixels = conv.pixels
+    fmt = chosen.fmt
+    curve = lc.curve(metric)  # type: ignore[arg-type]
+    if chosen not in curve:
+        curve = sorted([*curve, chosen], key=lambda c: (c.cost(metric), c.index))  # type: ignore[arg-type]
+    cal_errors = lc.errors_on(stats.layers[lc.label], curve) if stats is not None else {}
+    held_error = lc.errors_on(held.layers[lc.label], [chosen])[chosen.index] if held is not None else None
+    points = [
+        {
+            "format": describe(c),
+            "cores": c.d,
+            "ranks": list(c.ranks),
+            "params": c.params,
+            "macs": c.macs,
+            "error": cal_errors.get(c.index, c.error),
+            "chosen": c.index == chosen.index,
+        }
+        for c in curve
+    ]
+    order = list(chosen.order) if chosen.order is not None else []
+    return LayerReport(
+        name=conv.label,
+        cin=conv.cin,
+        cout=conv.cout,
+        stride=list(conv.strides),
+        format=chosen.kind,
+        cores=chosen.d,
+        modes_in=[] if fmt is None else list(fmt.modes_in),
+        modes_out=[] if fmt is None else list(fmt.modes_out),
+        ranks=[] if fmt is None else list(fmt.ranks),
+        order=order,
+        params_before=conv.params,
+        params_after=chosen.params,
+        macs_before=conv.macs,
+        macs_after=chosen.macs,
+        macs_left_to_right=None
+        if pixels is None
+        else (chosen.macs if fmt is None else contraction_macs(fmt, pixels, left_to_right(fmt.num_cores))),
+        pixels=pixels,
+        weight_error=chosen.weight_error,
+        note=None,
+        calibration_error=cal_errors.get(chosen.index, chosen.error) if stats is not None else None,
+        heldout_error=held_error,
+        kept_dense_reason=alloc.reasons.get(conv.label) if chosen.kind == "dense" else None,
+        curve=points,
+    )
+
+
 def _skip_our_own_factors(found: FoundConvs, meta: dict[str, Any] | None) -> None:
     """Compressing a compressed model leaves the factors ttgraph wrote alone (they are 1×1 convs too)."""
     if not meta:
@@ -325,7 +641,7 @@ def _totals(layers: list[LayerReport]) -> dict[str, Any]:
         values = [getattr(layer, key) for layer in layers]
         return None if any(v is None for v in values) else sum(values)
 
-    totals: dict[str, Any] = {"layers_rewritten": len(layers)}
+    totals: dict[str, Any] = {"layers_rewritten": sum(layer.format != "dense" for layer in layers)}
     for key in ("params_before", "params_after", "macs_before", "macs_after"):
         totals[key] = add(key)
     if totals["params_before"]:

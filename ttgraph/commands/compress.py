@@ -1,4 +1,8 @@
-"""``ttgraph compress MODEL -o OUT``: rewrite the 1×1 convs as TT cores and write the model and its report."""
+"""``ttgraph compress MODEL -o OUT``: rewrite the 1×1 convs as TT cores and write the model and its report.
+
+Either a rank rule (``--rank``, ``--rank-ratio``, ``--tolerance``) or a global budget chosen from calibration
+data: ``--calib DIR_OR_FILE [--preprocess SPEC] --macs-ratio R`` (or ``--params-ratio R``, ``--max-error E``).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="ONNX model file (never modified)")
     p.add_argument("-o", "--output", required=True, help="where to write the rewritten model")
     add_input_shape_option(p)
-    rule = p.add_mutually_exclusive_group(required=True)
+    rule = p.add_mutually_exclusive_group()
     rule.add_argument("--rank", type=int, help="cap every TT bond rank at R")
     rule.add_argument(
         "--rank-ratio", type=float, help="fraction of full rank in (0, 1]; 1.0 is an exact rewrite"
@@ -25,7 +29,47 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     rule.add_argument(
         "--tolerance", type=float, help="smallest ranks with relative weight error ≤ E (TT-SVD)"
     )
-    p.add_argument("--cores", type=int, default=1, help="TT order d: 1 = low-rank (two 1×1 convs), 2..8 = TT")
+    p.add_argument(
+        "--cores",
+        type=int,
+        default=1,
+        help="TT order d: 1 = low-rank (two 1×1 convs), 2..8 = TT; with a budget, try every d from 1 to this",
+    )
+    budget = p.add_argument_group("budget from calibration data (instead of a rank rule)")
+    budget.add_argument(
+        "--calib",
+        metavar="DIR_OR_FILE",
+        help="calibration data: a folder of images (or one image), a .npy (samples on axis 0) or a .npz "
+        "(one array per input name)",
+    )
+    budget.add_argument(
+        "--preprocess",
+        metavar="SPEC",
+        help="how images become inputs: a preset (imagenet, imagenet-bgr, paddleocr-det, paddleocr-cls, unit, "
+        "symmetric, raw, caffe) then key=value items, e.g. paddleocr-det,size=640x640 "
+        "(keys: size=HxW, channels=rgb|bgr|gray, scale=1/255, mean=a:b:c, std=a:b:c, layout=nchw|nhwc)",
+    )
+    budget.add_argument(
+        "--holdout",
+        default="0.1",
+        metavar="N_OR_FRACTION",
+        help="calibration samples set aside for verification: a count (8) or a fraction (0.1, default)",
+    )
+    budget.add_argument("--macs-ratio", type=float, help="rewritten 1×1 MACs ≤ R × original 1×1 MACs")
+    budget.add_argument("--params-ratio", type=float, help="rewritten 1×1 params ≤ R × original 1×1 params")
+    budget.add_argument(
+        "--max-error", type=float, help="every layer's calibration output error ≤ E (alone or with a ratio)"
+    )
+    budget.add_argument(
+        "--method",
+        choices=("data", "weight"),
+        default="data",
+        help="data: fit to calibration statistics (default); weight: data-free SVD baseline",
+    )
+    budget.add_argument(
+        "--rank-multiple", type=int, default=1, help="low-rank ranks are multiples of this (16 suits AVX-512)"
+    )
+    budget.add_argument("--html", help="write an HTML report (table and plots; needs matplotlib) here")
     p.add_argument("--layer", action="append", default=None, help="rewrite only this conv (repeatable)")
     p.add_argument("--report", help="write the JSON report here")
     p.add_argument(
@@ -35,23 +79,63 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _holdout(text: str) -> int | float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0 or (value >= 1 and not value.is_integer()):
+        raise TTGraphError("--holdout", f"expected a count (8) or a fraction in [0, 1) (0.1), got {text!r}")
+    return int(value) if value >= 1 else value
+
+
 def run(args: argparse.Namespace) -> int:
+    budgeted = any(x is not None for x in (args.macs_ratio, args.params_ratio, args.max_error))
+    ruled = any(x is not None for x in (args.rank, args.rank_ratio, args.tolerance))
+    if budgeted == ruled:
+        raise TTGraphError(
+            "options",
+            "give one rank rule (--rank, --rank-ratio, --tolerance) or a budget "
+            "(--macs-ratio, --params-ratio, --max-error), not both and not neither",
+        )
+    if budgeted and args.calib is None and args.method == "data":
+        raise TTGraphError("options", "a budget needs calibration data: --calib DIR_OR_FILE")
+    if not budgeted and (args.calib or args.html):
+        raise TTGraphError("options", "--calib and --html go with a budget (--macs-ratio, --params-ratio, --max-error)")
     # Check every output path before any work, so a bad path fails in a second, not after decomposition.
     check_output_path(args.output, (args.model,))
-    if args.report:
-        check_output_path(args.report, (args.model,))
+    for extra in (args.report, args.html):
+        if extra:
+            check_output_path(extra, (args.model,))
     shapes = parse_input_shapes(args.input_shape)
-    result = compress(
-        args.model,
-        cores=args.cores,
-        rank=args.rank,
-        rank_ratio=args.rank_ratio,
-        tolerance=args.tolerance,
-        input_shapes=shapes,
-        layers=args.layer,
-        progress=not args.quiet,
-    )
-    if not args.no_verify:
+    if budgeted:
+        result = compress(
+            args.model,
+            cores=args.cores,
+            input_shapes=shapes,
+            layers=args.layer,
+            progress=not args.quiet,
+            calibration=args.calib,
+            preprocess=args.preprocess,
+            holdout=_holdout(args.holdout),
+            macs_ratio=args.macs_ratio,
+            params_ratio=args.params_ratio,
+            max_error=args.max_error,
+            method=args.method,
+            rank_multiple=args.rank_multiple,
+        )
+    else:
+        result = compress(
+            args.model,
+            cores=args.cores,
+            rank=args.rank,
+            rank_ratio=args.rank_ratio,
+            tolerance=args.tolerance,
+            input_shapes=shapes,
+            layers=args.layer,
+            progress=not args.quiet,
+        )
+    if not args.no_verify and result.report.verification is None:
         try:
             feed = random_feed(result.model)
         except TTGraphError:
@@ -62,15 +146,26 @@ def run(args: argparse.Namespace) -> int:
                 "outputs": [e.to_dict() for e in result.verify([feed])],
             }
     result.save(args.output, report_path=args.report)
+    if args.html:
+        from ttgraph.report_html import write_html
+
+        write_html(result.report, args.html)
     if not args.quiet:
         print(render(result.report))
-    print(f"wrote {args.output}" + (f" and {args.report}" if args.report else ""))
+    written = [p for p in (args.report, args.html) if p]
+    print(f"wrote {args.output}" + "".join(f" and {p}" for p in written))
     return 0
 
 
+def _err(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def render(report: CompressionReport) -> str:
-    rows = [
-        [
+    calibrated = report.calibration is not None
+    rows = []
+    for layer in report.layers:
+        row = [
             layer.name,
             f"{layer.cout}×{layer.cin}",
             layer.format,
@@ -80,11 +175,13 @@ def render(report: CompressionReport) -> str:
             f"{human(layer.macs_before)}→{human(layer.macs_after)}",
             f"{layer.weight_error:.2e}",
         ]
-        for layer in report.layers
-    ]
-    lines = [
-        format_table(["layer", "Cout×Cin", "format", "d", "ranks", "params", "MACs", "weight err"], rows)
-    ]
+        if calibrated:
+            row += [_err(layer.calibration_error), _err(layer.heldout_error)]
+        rows.append(row)
+    header = ["layer", "Cout×Cin", "format", "d", "ranks", "params", "MACs", "weight err"]
+    if calibrated:
+        header += ["calib err", "held-out err"]
+    lines = [format_table(header, rows)]
     t = report.totals
     lines.append("")
     params = f"{human(t['params_before'])}→{human(t['params_after'])}"
@@ -97,12 +194,23 @@ def render(report: CompressionReport) -> str:
     notes = [f"  {layer.name}: {layer.note}" for layer in report.layers if layer.note]
     if notes:
         lines += ["notes:", *notes]
+    if report.allocation:
+        a = report.allocation
+        lines.append(
+            f"budget {a['metric']}: {a['layers_compressed']} of {len(report.layers)} layers compressed; "
+            f"objective Σ err² = {a['objective_value']:.4g}"
+        )
     if report.verification:
         for out in report.verification["outputs"]:
-            lines.append(
-                f"output {out['name']}: max |Δ| {out['max_abs']:.3g}, max rel {out['max_rel']:.3g}, "
-                f"rel L2 {out['rel_l2']:.3g} ({report.verification['inputs']})"
-            )
+            text = f"output {out['name']}: max |Δ| {out['max_abs']:.3g}"
+            if "max_rel" in out:
+                text += f", max rel {out['max_rel']:.3g}"
+            text += f", rel L2 {out['rel_l2']:.3g}"
+            if "top1_agreement" in out:
+                text += f", top-1 agreement {out['top1_agreement']:.4f}"
+            if "binary_iou" in out:
+                text += f", IoU(>{out['iou_threshold']:g}) {out['binary_iou']:.4f}"
+            lines.append(f"{text} ({report.verification['inputs']})")
     else:
         lines.append("not verified: the model has dynamic input dims (fix them with --input-shape)")
     return "\n".join(lines)

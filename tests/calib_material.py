@@ -1,0 +1,173 @@
+"""Real-looking calibration and evaluation images, generated here: rendered text pages (PIL + DejaVu fonts on
+plain, gradient, noisy or photo backgrounds) and crops/flips/rescales of scikit-image's bundled photos.
+
+Everything is a pure function of its seed, so calibration and held-out sets are disjoint by construction
+(different seeds, different photos) and identical across runs.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
+
+WORDS = (
+    "the of and to in is you that it he was for on are as with his they at be this have from or one had by "
+    "word but not what all were we when your can said there use an each which she do how their if will up "
+    "other about out many then them these so some her would make like him into time has look two more write "
+    "go see number no way could people my than first water been call who oil its now find long down day did "
+    "get come made may part invoice total amount date page chapter section report table figure summary "
+    "address phone email price quantity order customer account balance payment receipt tax discount street "
+    "city station north south east west open closed exit entrance menu coffee tea bread milk sugar salt "
+    "Monday Tuesday Friday January March 2024 2025 12.50 99.99 No. 42 ID A-113 #7 www example com"
+).split()
+
+# scikit-image photos that ship inside the wheel (no download)
+CALIB_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "page", "immunohistochemistry", "motorcycle")
+HELDOUT_PHOTOS = ("text", "coins", "hubble_deep_field", "horse")
+
+
+@cache
+def _fonts() -> tuple[str, ...]:
+    found = sorted(str(p) for p in FONT_DIR.glob("*.ttf")) if FONT_DIR.is_dir() else []
+    return tuple(found)
+
+
+def _font(rng: np.random.Generator, size: int) -> ImageFont.ImageFont:
+    fonts = _fonts()
+    if not fonts:
+        return ImageFont.load_default(size)
+    return ImageFont.truetype(fonts[int(rng.integers(len(fonts)))], size)
+
+
+@cache
+def photo(name: str) -> np.ndarray:
+    """An RGB uint8 photo bundled with scikit-image."""
+    from skimage import data
+
+    if name == "motorcycle":
+        img = data.stereo_motorcycle()[0]
+    else:
+        img = getattr(data, name)()
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    img = img[..., :3]
+    if img.dtype != np.uint8:
+        img = img.astype(np.float64)
+        img = (255 * (img - img.min()) / max(img.max() - img.min(), 1e-9)).astype(np.uint8)
+    return img
+
+
+def photo_variant(name: str, seed: int, size: int = 640) -> np.ndarray:
+    """A random crop (40–100 % of the short side), maybe mirrored, resized to ``size``²."""
+    rng = np.random.default_rng(seed)
+    img = photo(name)
+    h, w = img.shape[:2]
+    side = int(min(h, w) * rng.uniform(0.4, 1.0))
+    y = int(rng.integers(0, h - side + 1))
+    x = int(rng.integers(0, w - side + 1))
+    crop = img[y : y + side, x : x + side]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.BILINEAR))
+
+
+def _background(rng: np.random.Generator, size: int, photos: tuple[str, ...]) -> tuple[Image.Image, bool]:
+    """A page background and whether it is dark (then the text is light)."""
+    kind = rng.choice(["plain", "gradient", "noise", "photo"], p=[0.35, 0.25, 0.2, 0.2])
+    dark = rng.random() < 0.15
+    if kind == "photo":
+        name = photos[int(rng.integers(len(photos)))]
+        base = photo_variant(name, int(rng.integers(1 << 30)), size).astype(np.float32)
+        base = 0.35 * base + (0.0 if dark else 0.65 * 255)  # wash it out so text stays readable
+        return Image.fromarray(base.clip(0, 255).astype(np.uint8)), dark
+    c0 = rng.integers(0, 70, 3) if dark else rng.integers(175, 256, 3)
+    if kind == "plain":
+        return Image.new("RGB", (size, size), tuple(int(v) for v in c0)), dark
+    c1 = rng.integers(0, 70, 3) if dark else rng.integers(175, 256, 3)
+    t = np.linspace(0, 1, size, dtype=np.float32)[:, None, None]
+    grad = (1 - t) * c0 + t * c1
+    arr = np.broadcast_to(grad, (size, size, 3)).astype(np.float32)
+    if kind == "noise":
+        arr = arr + rng.normal(0, 12, arr.shape)
+    return Image.fromarray(arr.clip(0, 255).astype(np.uint8)), dark
+
+
+def text_page(seed: int, size: int = 640, photos: tuple[str, ...] = CALIB_PHOTOS) -> np.ndarray:
+    """A rendered page of text lines (RGB uint8, ``size``²): varied fonts, sizes, colours, backgrounds
+    (photo backgrounds are crops of ``photos``)."""
+    rng = np.random.default_rng(seed)
+    img, dark = _background(rng, size, photos)
+    draw = ImageDraw.Draw(img)
+    y = int(rng.integers(5, 40))
+    while y < size - 20:
+        font_size = int(rng.choice([14, 18, 22, 26, 32, 40, 52]))
+        x = int(rng.integers(5, size // 3))
+        words = [WORDS[int(i)] for i in rng.integers(len(WORDS), size=int(rng.integers(1, 9)))]
+        colour = rng.integers(185, 256, 3) if dark else rng.integers(0, 80, 3)
+        draw.text((x, y), " ".join(words), fill=tuple(int(v) for v in colour), font=_font(rng, font_size))
+        y += int(font_size * rng.uniform(1.3, 2.6))
+    if rng.random() < 0.3:
+        img = img.rotate(float(rng.uniform(-4, 4)), resample=Image.BILINEAR, fillcolor=img.getpixel((0, 0)))
+    if rng.random() < 0.2:
+        img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.0))))
+    return np.asarray(img)
+
+
+def det_image(kind: str, index: int, size: int = 640) -> np.ndarray:
+    """Image ``index`` of the detector set ``kind`` ("calib" or "heldout", disjoint seeds and photos):
+    every 4th is a photo crop, the others rendered pages."""
+    base, photos = (0, CALIB_PHOTOS) if kind == "calib" else (100_000, HELDOUT_PHOTOS)
+    if index % 4 == 3:
+        return photo_variant(photos[(index // 4) % len(photos)], base + index, size)
+    return text_page(base + index, size, photos)
+
+
+def det_images(kind: str, count: int, size: int = 640) -> list[np.ndarray]:
+    """The first ``count`` images of :func:`det_image`."""
+    return [det_image(kind, i, size) for i in range(count)]
+
+
+def heldout_pages(count: int, size: int = 640) -> list[np.ndarray]:
+    """``count`` rendered pages only (what a text detector is for), disjoint from every calibration image."""
+    return [text_page(200_000 + i, size, HELDOUT_PHOTOS) for i in range(count)]
+
+
+def write_images(images: list[np.ndarray], folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(folder / f"img{i:04d}.png")
+    return folder
+
+
+def text_line_image(seed: int, rotate: bool) -> np.ndarray:
+    """A rendered text line for the direction classifier (RGB uint8 ~ 4:1), optionally rotated 180°."""
+    rng = np.random.default_rng(seed)
+    height = int(rng.integers(40, 80))
+    width = int(height * rng.uniform(3.0, 6.0))
+    dark = rng.random() < 0.15
+    bg = rng.integers(0, 70, 3) if dark else rng.integers(170, 256, 3)
+    fg = rng.integers(185, 256, 3) if dark else rng.integers(0, 90, 3)
+    img = Image.new("RGB", (width, height), tuple(int(v) for v in bg))
+    words = [WORDS[int(i)] for i in rng.integers(len(WORDS), size=int(rng.integers(1, 6)))]
+    font = _font(rng, int(height * rng.uniform(0.5, 0.75)))
+    ImageDraw.Draw(img).text(
+        (int(rng.integers(2, 12)), int(height * 0.1)), " ".join(words), fill=tuple(int(v) for v in fg), font=font
+    )
+    if rotate:
+        img = img.rotate(180)
+    return np.asarray(img)
+
+
+def binary_iou(a: list[np.ndarray], b: list[np.ndarray], threshold: float = 0.3) -> float:
+    """Pooled IoU of ``map > threshold`` over a list of probability maps (Σ intersections / Σ unions)."""
+    inter = union = 0
+    for x, y in zip(a, b, strict=True):
+        bx, by = x > threshold, y > threshold
+        inter += int(np.logical_and(bx, by).sum())
+        union += int(np.logical_or(bx, by).sum())
+    return inter / union if union else 1.0

@@ -1,0 +1,228 @@
+"""Calibration sources (images, .npy/.npz, iterables, data readers), held-out splits and streamed statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from tests.conftest import conv_model
+from ttgraph.api import _analyse
+from ttgraph.calibration import (
+    PRESETS,
+    CalibrationStatistics,
+    Preprocess,
+    calibration_source,
+    collect_statistics,
+    expose_tensors,
+    holdout_indices,
+    output_error,
+    parse_preprocess,
+    split_holdout,
+)
+from ttgraph.errors import TTGraphError
+
+
+def two_conv_model(hw: tuple[int, int] = (8, 10)) -> onnx.ModelProto:
+    """x → Conv 1×1 (6→5) → Relu → r (also a graph output) → Conv 1×1 stride 2 (5→4) → y."""
+    rng = np.random.default_rng(3)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((5, 6, 1, 1)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "b1"),
+        numpy_helper.from_array(rng.standard_normal((4, 5, 1, 1)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c"], name="conv1", kernel_shape=[1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2", kernel_shape=[1, 1], strides=[2, 2]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, *hw])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4),
+            helper.make_tensor_value_info("r", TensorProto.FLOAT, [None] * 4),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def feeds(n: int, shape=(1, 6, 8, 10), seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(n)]
+
+
+def test_gram_statistics_equal_the_activations_each_conv_reads():
+    model = two_conv_model()
+    _, found, _ = _analyse(model)
+    data = feeds(5)
+    stats = collect_statistics(model, found.candidates, calibration_source(data, model))
+    w1 = numpy_helper.to_array(model.graph.initializer[0]).reshape(5, 6)
+    b1 = numpy_helper.to_array(model.graph.initializer[1])
+    x_rows = np.concatenate([f["x"][0].reshape(6, -1).T for f in data]).astype(np.float64)
+    r = [np.maximum(np.einsum("oc,chw->ohw", w1, f["x"][0]) + b1[:, None, None], 0) for f in data]
+    r_rows = np.concatenate([a[:, ::2, ::2].reshape(5, -1).T for a in r]).astype(np.float64)  # stride 2
+    first, second = stats.layers["conv1"], stats.layers["conv2"]
+    assert first.rows == 5 * 80 and second.rows == 5 * 20 and stats.samples == 5
+    np.testing.assert_allclose(first.gram, x_rows.T @ x_rows, rtol=1e-6)
+    np.testing.assert_allclose(second.gram, r_rows.T @ r_rows, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(second.mean, r_rows.mean(axis=0), rtol=1e-4, atol=1e-5)
+
+
+def test_exposing_tensors_keeps_existing_outputs_and_leaves_graph_inputs_to_the_feed():
+    model = two_conv_model()
+    exposed, fetch = expose_tensors(model, [("x", np.float32), ("r", np.float32), ("c", np.float32)])
+    names = [o.name for o in exposed.graph.output]
+    assert names == ["y", "r", "c"]  # r was already an output: not added twice; x is a graph input
+    assert fetch == ["r", "c"]
+    assert [o.name for o in model.graph.output] == ["y", "r"]  # the original is untouched
+
+
+def test_output_error_from_the_gram_matrix_is_the_measured_output_error():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 12)) @ rng.standard_normal((12, 12))
+    w = rng.standard_normal((7, 12))
+    approx = w + 0.1 * rng.standard_normal((7, 12))
+    measured = np.linalg.norm(x @ w.T - x @ approx.T) / np.linalg.norm(x @ w.T)
+    assert output_error(x.T @ x, w, approx) == pytest.approx(measured, rel=1e-9)
+
+
+def test_statistics_round_trip_through_a_file(tmp_path):
+    model = two_conv_model()
+    _, found, _ = _analyse(model)
+    stats = collect_statistics(model, found.candidates, feeds(2))
+    stats.save(tmp_path / "stats.npz")
+    back = CalibrationStatistics.load(tmp_path / "stats.npz")
+    assert back.samples == 2 and set(back.layers) == {"conv1", "conv2"}
+    np.testing.assert_array_equal(back.layers["conv2"].gram, stats.layers["conv2"].gram)
+    assert back.layers["conv2"].stride == (2, 2)
+
+
+# ------------------------------------------------------------------------------------------------ sources
+
+
+def image_model(hw=(32, 48), channels=3) -> onnx.ModelProto:
+    return conv_model(channels, 4, hw=hw)
+
+
+def write_images(folder, count, size=(40, 60)):
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(count):
+        arr = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / f"im{i:02d}.{'png' if i % 2 else 'jpg'}")
+    return folder
+
+
+def test_image_folder_is_read_sorted_resized_and_normalized(tmp_path):
+    folder = write_images(tmp_path / "imgs", 5)
+    model = image_model()
+    source = calibration_source(folder, model, "imagenet")
+    batches = list(source)
+    assert len(source) == 5 and len(batches) == 5
+    x = batches[0]["x"]
+    assert x.shape == (1, 3, 32, 48) and x.dtype == np.float32
+    img = np.asarray(Image.open(folder / "im00.jpg").convert("RGB").resize((48, 32), Image.BILINEAR), np.float32)
+    expected = (img / 255 - np.array(PRESETS["imagenet"].mean)) / np.array(PRESETS["imagenet"].std)
+    np.testing.assert_allclose(x[0].transpose(1, 2, 0), expected, rtol=1e-5, atol=1e-5)
+    bgr = list(calibration_source(folder, model, "imagenet-bgr"))[0]["x"]
+    assert not np.allclose(bgr, x)  # channel order matters
+
+
+def test_dynamic_image_input_needs_a_size_and_says_so(tmp_path):
+    folder = write_images(tmp_path / "imgs", 2)
+    model = conv_model(3, 4, hw=("h", "w"))
+    with pytest.raises(TTGraphError, match="size=HxW"):
+        calibration_source(folder, model, "unit")
+    x = list(calibration_source(folder, model, "unit,size=16x24"))[0]["x"]
+    assert x.shape == (1, 3, 16, 24) and 0 <= x.min() and x.max() <= 1
+
+
+def test_preprocess_spec_parses_presets_and_overrides_and_rejects_nonsense():
+    spec = parse_preprocess("paddleocr-det,size=640x640")
+    assert spec.size == (640, 640) and spec.channels == "BGR" and spec.mean == PRESETS["imagenet"].mean
+    spec = parse_preprocess("channels=gray,scale=1/255,mean=0.5,std=0.5,size=32")
+    assert spec == Preprocess(size=(32, 32), channels="GRAY", scale=1 / 255, mean=(0.5,), std=(0.5,))
+    for bad in ("nosuch", "size=abc", "scale=x", "color=red", "mean=1:2", "std=0"):
+        with pytest.raises(TTGraphError, match="--preprocess"):
+            parse_preprocess(bad)
+
+
+def test_npy_and_npz_files_feed_samples_along_axis_zero(tmp_path):
+    model = conv_model(3, 4, hw=(5, 6), batch="n")
+    arr = np.random.default_rng(0).standard_normal((7, 3, 5, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", arr)
+    got = list(calibration_source(tmp_path / "x.npy", model))
+    assert len(got) == 7 and got[3]["x"].shape == (1, 3, 5, 6)
+    np.testing.assert_array_equal(got[3]["x"][0], arr[3])
+    np.savez(tmp_path / "x.npz", x=arr)
+    assert len(calibration_source(tmp_path / "x.npz", model)) == 7
+    np.savez(tmp_path / "bad.npz", y=arr)
+    with pytest.raises(TTGraphError, match="missing"):
+        calibration_source(tmp_path / "bad.npz", model)
+    with pytest.raises(TTGraphError, match="no such file"):
+        calibration_source(tmp_path / "nothere.npy", model)
+
+
+class Reader:
+    """An onnxruntime-style CalibrationDataReader."""
+
+    def __init__(self, data):
+        self.items = iter(data)
+
+    def get_next(self):
+        return next(self.items, None)
+
+
+def test_a_data_reader_is_read_with_get_next_until_none():
+    model = two_conv_model()
+    data = feeds(4)
+    source = calibration_source(Reader(data), model)
+    assert source.length is None and not source.reiterable
+    got = list(source)
+    assert len(got) == 4
+    np.testing.assert_array_equal(got[2]["x"], data[2]["x"])
+    with pytest.raises(TTGraphError, match="only once"):
+        list(source)
+
+
+def test_holdout_is_disjoint_deterministic_and_spread():
+    assert holdout_indices(32, 8) == [3, 7, 11, 15, 19, 23, 27, 31]
+    assert holdout_indices(10, 0.2) == [4, 9] and holdout_indices(1, 0.5) == []
+    data = feeds(10)
+    calib, held = split_holdout(calibration_source(data, two_conv_model()), 0.2)
+    ids = [id(f["x"]) for f in data]
+    c = [ids.index(id(f["x"])) for f in calib]
+    h = [ids.index(id(f["x"])) for f in held]
+    assert h == [4, 9] and sorted(c + h) == list(range(10)) and len(calib) == 8
+    assert [ids.index(id(f["x"])) for f in held] == h  # re-iterable, same again
+
+
+def test_single_pass_sources_hold_out_their_first_feeds():
+    data = feeds(6)
+    calib, held = split_holdout(calibration_source(iter(data), two_conv_model()), 2)
+    assert [f["x"] is d["x"] for f, d in zip(held, data[:2], strict=True)] == [True, True]
+    assert len(list(calib)) == 4
+    with pytest.raises(TTGraphError, match="int"):
+        split_holdout(calibration_source(iter(data), two_conv_model()), 0.5)
+
+
+def test_bad_calibration_inputs_are_one_line_errors(tmp_path):
+    model = two_conv_model()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TTGraphError, match="no image files"):
+        calibration_source(tmp_path / "empty", model)
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(TTGraphError, match="expected a folder of images"):
+        calibration_source(tmp_path / "notes.txt", model)
+    with pytest.raises(TTGraphError, match="expected a path"):
+        calibration_source(42, model)
+    with pytest.raises(TTGraphError, match="no samples"):
+        collect_statistics(model, _analyse(model)[1].candidates, [])

@@ -1,0 +1,132 @@
+"""``ttgraph compress --calib … --macs-ratio/--params-ratio/--max-error … --html``, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from tests.test_cli import assert_clean_error, ttgraph_cli
+from ttgraph.report_html import render_html
+
+
+def stacked_model(path: Path, hw=(24, 24)) -> Path:
+    """x(3ch) → 1×1 conv 3→32 → Relu → 1×1 conv 32→48 → Relu → 1×1 conv 48→32 → y: three candidates."""
+    rng = np.random.default_rng(0)
+    chans = [3, 32, 48, 32]
+    nodes, inits, prev = [], [], "x"
+    for k, (cin, cout) in enumerate(zip(chans, chans[1:], strict=False)):
+        w = (rng.standard_normal((cout, cin, 1, 1)) / np.sqrt(cin)).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{k}"), numpy_helper.from_array(np.zeros(cout, np.float32), f"b{k}")]
+        nodes += [
+            helper.make_node("Conv", [prev, f"w{k}", f"b{k}"], [f"c{k}"], name=f"conv{k}", kernel_shape=[1, 1]),
+            helper.make_node("Relu", [f"c{k}"], [f"r{k}"], name=f"relu{k}"),
+        ]
+        prev = f"r{k}"
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, *hw])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 32, *hw])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save_model(model, path)
+    return path
+
+
+@pytest.fixture
+def setup(tmp_path):
+    model = stacked_model(tmp_path / "m.onnx")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(12):
+        base = rng.integers(0, 256, (1, 1, 3))
+        img = np.clip(base + rng.normal(0, 30, (30, 40, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"{i}.png")
+    return model, folder
+
+
+def test_budget_from_an_image_folder_writes_model_report_and_html(setup, tmp_path):
+    model, folder = setup
+    out, report, page = tmp_path / "out.onnx", tmp_path / "r.json", tmp_path / "r.html"
+    proc = ttgraph_cli(
+        "compress", model, "-o", out, "--calib", folder, "--preprocess", "imagenet", "--holdout", "3",
+        "--macs-ratio", "0.6", "--report", report, "--html", page, "--quiet",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(report.read_text())
+    assert data["calibration"]["samples"] == 9 and data["calibration"]["heldout_samples"] == 3
+    assert data["allocation"]["metric"] == "macs" and data["totals"]["macs_ratio"] <= 0.6 + 1e-9
+    layer = data["layers"][0]
+    for key in ("name", "format", "ranks", "params_before", "params_after", "macs_before", "macs_after",
+                "calibration_error", "heldout_error", "kept_dense_reason", "curve"):  # fmt: skip
+        assert key in layer
+    assert data["verification"]["samples"] == 3 and data["verification"]["outputs"][0]["rel_l2"] < 1
+    text = page.read_text()
+    assert text.count("<img") >= 3 and "conv1" in text
+    onnx.checker.check_model(onnx.load(out))
+
+
+def test_params_budget_from_npy_and_error_cap(setup, tmp_path):
+    model, _ = setup
+    arr = np.random.default_rng(2).standard_normal((10, 3, 24, 24)).astype(np.float32)
+    np.save(tmp_path / "x.npy", arr)
+    out = tmp_path / "out.onnx"
+    proc = ttgraph_cli("compress", model, "-o", out, "--calib", tmp_path / "x.npy", "--params-ratio", "0.7")
+    assert proc.returncode == 0, proc.stderr
+    assert "budget params" in proc.stdout and "held-out" in proc.stdout
+    proc = ttgraph_cli("compress", model, "-o", out, "--calib", tmp_path / "x.npy", "--max-error", "0.2")
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--macs-ratio", "0.5"], "--calib"),
+        (["--rank", "2", "--macs-ratio", "0.5", "--calib", "IMGS"], "not both"),
+        ([], "not both and not neither"),
+        (["--rank", "2", "--calib", "IMGS"], "go with a budget"),
+        (["--macs-ratio", "1.5", "--calib", "IMGS"], "macs_ratio must be in (0, 1]"),
+        (["--macs-ratio", "0.01", "--calib", "IMGS"], "out of reach"),
+        (["--macs-ratio", "0.5", "--calib", "IMGS", "--preprocess", "nosuch"], "unknown preset"),
+        (["--macs-ratio", "0.5", "--calib", "IMGS", "--holdout", "-1"], "--holdout"),
+        (["--macs-ratio", "0.5", "--calib", "nothere"], "no such file"),
+    ],
+)
+def test_bad_budget_options_are_one_line_errors(setup, tmp_path, args, needle):
+    model, folder = setup
+    args = [str(folder) if a == "IMGS" else a for a in args]
+    assert_clean_error(ttgraph_cli("compress", model, "-o", tmp_path / "o.onnx", "--quiet", *args), needle)
+
+
+def test_html_renders_from_the_json_report_alone(setup, tmp_path):
+    model, folder = setup
+    report = tmp_path / "r.json"
+    proc = ttgraph_cli(
+        "compress", model, "-o", tmp_path / "o.onnx", "--calib", folder, "--macs-ratio", "0.7", "--report", report
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = render_html(json.loads(report.read_text()))
+    assert "<table" in text and "Error vs cost" in text
+
+
+def test_dynamic_input_dims_are_fixed_from_the_calibration_data_for_mac_counting(tmp_path):
+    import ttgraph
+    from tests.conftest import conv_model
+
+    model = conv_model(16, 24, hw=("h", "w"), batch="n")
+    arr = np.random.default_rng(3).standard_normal((8, 16, 10, 12)).astype(np.float32)
+    np.save(tmp_path / "x.npy", arr)
+    result = ttgraph.compress(model, calibration=tmp_path / "x.npy", macs_ratio=0.6, holdout=2)
+    assert result.report.options["input_shapes"] == {"x": [1, 16, 10, 12]}
+    assert result.report.totals["macs_before"] == 16 * 24 * 10 * 12
+    assert result.report.totals["macs_ratio"] <= 0.6

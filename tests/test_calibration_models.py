@@ -1,0 +1,188 @@
+"""Calibration-driven compression of the real rapidocr models, judged on held-out images it never saw.
+
+Detector (PP-OCRv4, 640×640): 36 real-looking images (rendered text pages and photo crops) in a folder, 4 of
+them held out by compress() itself, budget --macs-ratio 0.5; judged by binarized (> 0.3) probability-map IoU on
+8 more rendered pages. Classifier (0°/180°): 272 rendered text lines in a .npy file, --params-ratio 0.3 and 0.5;
+judged by top-1 agreement on 400 other lines, both orientations.
+
+The issue's absolute targets (IoU ≥ 0.95 at half the MACs, agreement ≥ 98 % at 0.3 of the params) are not met by
+per-layer factorization without error compensation; they are kept below as strict xfails so that the work that
+reaches them (issue 7) turns them into failures to update. Measured values are in the assertions' comments.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ttgraph
+from tests.calib_material import binary_iou, det_image, heldout_pages, text_line_image, write_images
+from tests.conftest import CLS_SHAPE, DET_SHAPE
+from ttgraph.allocate import uniform_allocation
+from ttgraph.api import _analyse, rewrite_allocation
+from ttgraph.calibration import PRESETS, collect_statistics
+from ttgraph.decompose import build_candidates
+from ttgraph.model_io import load_model
+from ttgraph.verify import session
+
+
+def matched_uniform(layers, total: int, metric: str, by: str):
+    """Uniform allocation (``by`` cost fraction or rank fraction) with at least ``total`` cost."""
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if uniform_allocation(layers, mid, metric, by=by).cost_after >= total:
+            hi = mid
+        else:
+            lo = mid
+    return uniform_allocation(layers, hi, metric, by=by)
+
+
+# ------------------------------------------------------------------------------------------------ detector
+
+
+@pytest.fixture(scope="module")
+def det_run(det_path, tmp_path_factory):
+    folder = write_images([det_image("calib", i) for i in range(36)], tmp_path_factory.mktemp("det_calib"))
+    result = ttgraph.compress(
+        det_path,
+        calibration=folder,
+        preprocess="paddleocr-det",
+        input_shapes={"x": DET_SHAPE},
+        holdout=4,
+        macs_ratio=0.5,
+    )
+    original = load_model(det_path, {"x": DET_SHAPE})
+    pre = PRESETS["paddleocr-det"].with_size((640, 640))
+    pages = [{"x": pre.apply(img)} for img in heldout_pages(8)]
+    reference = [session(original).run(None, f)[0] for f in pages]
+
+    def iou(model) -> float:
+        sess = session(model)
+        return binary_iou(reference, [sess.run(None, f)[0] for f in pages])
+
+    dec = result.decomposition
+    uniform = matched_uniform(dec.layers, dec.allocation.cost_after, "macs", by="rank")
+    return {
+        "result": result,
+        "original": original,
+        "pages": pages,
+        "iou": iou(result.model),
+        "uniform": uniform,
+        "uniform_iou": iou(rewrite_allocation(original, dec.layers, uniform)),
+    }
+
+
+def test_detector_budget_is_met_in_emitted_macs_and_reported_per_layer(det_run):
+    report = det_run["result"].report
+    assert len(report.layers) == 42
+    assert report.totals["macs_ratio"] <= 0.5 + 1e-9
+    assert report.allocation["macs_ratio"] == pytest.approx(report.totals["macs_ratio"])
+    assert report.calibration["samples"] == 32 and report.calibration["heldout_samples"] == 4
+    for layer in report.layers:
+        assert layer.curve and layer.curve[-1]["format"] == "dense"
+        assert sum(p["chosen"] for p in layer.curve) == 1
+        if layer.format == "dense":
+            assert layer.kept_dense_reason
+        else:
+            assert 0 < layer.calibration_error < 1 and layer.heldout_error is not None
+    # the 20 squeeze-excite convs on 1×1 maps hold almost no MACs: cheaper to keep dense
+    se = [layer for layer in report.layers if layer.pixels == 1]
+    assert len(se) == 20 and all(layer.format == "dense" for layer in se)
+    held = report.verification["outputs"][0]
+    assert "binary_iou" in held and report.verification["samples"] == 4
+
+
+def test_detector_data_aware_beats_weight_only_at_equal_macs_on_held_out_data(det_run):
+    result, original = det_run["result"], det_run["original"]
+    _, found, _ = _analyse(original)
+    held = collect_statistics(original, found.candidates, det_run["pages"])
+    better = 0
+    for data, conv in zip(result.decomposition.layers, found.candidates, strict=True):
+        weight = build_candidates(conv, None, method="weight", cores=(1, 2), metric="macs")
+        limit = 0.5 * data.dense.macs
+        d_err = min(data.errors_on(held.layers[conv.label], [c for c in data.candidates if c.macs <= limit]).values())
+        w_pool = [c for c in weight.candidates if c.macs <= limit]
+        w_err = min(weight.errors_on(held.layers[conv.label], w_pool).values())
+        better += d_err < w_err
+    assert better >= 0.9 * len(found.candidates)  # measured: 42 of 42
+
+
+def test_detector_allocation_beats_uniform_ranks_at_the_same_macs(det_run):
+    alloc = det_run["result"].decomposition.allocation
+    assert det_run["uniform"].cost_after >= alloc.cost_after  # the baseline gets at least as many MACs
+    assert det_run["iou"] > det_run["uniform_iou"] + 0.01  # measured: 0.89 vs 0.86
+    assert det_run["iou"] >= 0.85
+
+
+@pytest.mark.xfail(strict=True, reason="needs error compensation (issue 7): measured IoU 0.89 at half the MACs")
+def test_detector_iou_reaches_the_acceptance_target_at_half_the_macs(det_run):
+    assert det_run["iou"] >= 0.95
+
+
+# ---------------------------------------------------------------------------------------------- classifier
+
+
+@pytest.fixture(scope="module")
+def cls_data(tmp_path_factory):
+    pre = PRESETS["paddleocr-cls"].with_size((48, 192))
+    calib = np.concatenate([pre.apply(text_line_image(i, i % 2 == 1)) for i in range(272)])
+    path = tmp_path_factory.mktemp("cls_calib") / "lines.npy"
+    np.save(path, calib)
+    held = [{"x": pre.apply(text_line_image(1_000_000 + i, i % 2 == 1))} for i in range(400)]
+    return path, held
+
+
+def agreement(original, model, feeds) -> float:
+    a, b = session(original), session(model)
+    return float(np.mean([a.run(None, f)[0].argmax() == b.run(None, f)[0].argmax() for f in feeds]))
+
+
+@pytest.fixture(scope="module")
+def cls_runs(cls_path, cls_data):
+    path, held = cls_data
+    original = load_model(cls_path, {"x": CLS_SHAPE})
+    runs = {}
+    for ratio in (0.3, 0.5):
+        result = ttgraph.compress(
+            cls_path, calibration=path, input_shapes={"x": CLS_SHAPE}, holdout=16, params_ratio=ratio
+        )
+        weight = ttgraph.compress(cls_path, input_shapes={"x": CLS_SHAPE}, params_ratio=ratio, method="weight")
+        runs[ratio] = {
+            "result": result,
+            "agreement": agreement(original, result.model, held),
+            "weight_agreement": agreement(original, weight.model, held),
+        }
+    dec = runs[0.3]["result"].decomposition
+    uniform = matched_uniform(dec.layers, dec.allocation.cost_after, "params", by="cost")
+    runs["uniform_0.3"] = agreement(original, rewrite_allocation(original, dec.layers, uniform), held)
+    return runs
+
+
+def test_classifier_meets_the_params_budget_and_beats_weight_only_and_uniform(cls_runs):
+    for ratio in (0.3, 0.5):
+        report = cls_runs[ratio]["result"].report
+        assert report.totals["params_ratio"] <= ratio + 1e-9
+        assert report.calibration["samples"] == 256
+    assert cls_runs[0.5]["agreement"] >= 0.95  # measured 0.97
+    assert cls_runs[0.3]["agreement"] >= 0.65  # measured 0.73
+    assert cls_runs[0.3]["agreement"] > cls_runs[0.3]["weight_agreement"] + 0.1  # weight-only: 0.56
+    assert cls_runs[0.3]["agreement"] > cls_runs["uniform_0.3"] + 0.1  # uniform: 0.50 (one class everywhere)
+
+
+@pytest.mark.xfail(strict=True, reason="needs error compensation (issue 7): measured agreement 0.73 at 0.3")
+def test_classifier_agreement_reaches_the_acceptance_target_at_three_tenths_of_the_params(cls_runs):
+    assert cls_runs[0.3]["agreement"] >= 0.98
+
+
+def test_calibrated_compression_is_deterministic(cls_path, cls_data):
+    path, _ = cls_data
+    runs = [
+        ttgraph.compress(cls_path, calibration=path, input_shapes={"x": CLS_SHAPE}, holdout=16, params_ratio=0.5)
+        for _ in range(2)
+    ]
+    assert runs[0].model.SerializeToString() == runs[1].model.SerializeToString()
+    reports = [r.report.to_dict() for r in runs]
+    for report in reports:
+        report["calibration"].pop("seconds")  # wall time is the one thing allowed to differ
+    assert reports[0] == reports[1]

@@ -1,0 +1,756 @@
+"""Calibration data in, per-layer activation statistics out.
+
+**Sources.** Whatever the user hands us becomes a :class:`CalibrationSource`, an iterable of feed dicts
+(``{input name: array}``) that the original model accepts:
+
+- a folder of images (jpg/png/bmp/webp/tif, searched recursively, sorted by path) or one image file,
+  read with Pillow and turned into a tensor by a :class:`Preprocess` spec (size, RGB/BGR, scale,
+  mean/std; presets in :data:`PRESETS`, e.g. ``"imagenet"``, ``"paddleocr-det"``);
+- a ``.npy`` file (one array, samples on axis 0, for single-input models; memory-mapped) or a ``.npz``
+  file (one array per model input, keyed by input name, samples on axis 0);
+- any Python iterable of feed dicts (a list is re-iterable, a generator is read once);
+- an onnxruntime ``CalibrationDataReader`` (anything with ``get_next()``), used as is: ``get_next()``
+  until it returns ``None``.
+
+:func:`split_holdout` sets aside deterministic held-out samples for verification, disjoint from the
+calibration samples.
+
+**Statistics.** :func:`collect_statistics` runs the *original* model once over the calibration feeds in
+onnxruntime, with the input tensor of every candidate conv exposed as an extra output, and streams per
+layer the uncentred Gram matrix ``G = XᵀX`` (``Cin × Cin``, float64; rows of ``X`` are the pixels the conv
+reads, after its stride), the channel sums and the row count. Memory is bounded by the statistics plus one
+batch of activations, not by the number of samples. With ``G = LLᵀ`` the output error of any replacement
+weight ``Ŵ`` on the calibration data is exact without re-running anything::
+
+    ‖XWᵀ − XŴᵀ‖_F² = tr((W − Ŵ) G (W − Ŵ)ᵀ)
+
+:func:`stream_activations` is the reusable part (run a model, yield chosen intermediate tensors per feed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import onnx
+from tqdm.auto import tqdm
+
+from ttgraph.errors import TTGraphError
+from ttgraph.model_io import graph_inputs, input_dims
+
+Feed = Mapping[str, np.ndarray]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
+
+__all__ = [
+    "PRESETS",
+    "CalibrationDataReaderLike",
+    "CalibrationSource",
+    "CalibrationStatistics",
+    "LayerStatistics",
+    "Preprocess",
+    "calibration_source",
+    "collect_statistics",
+    "expose_tensors",
+    "holdout_indices",
+    "parse_preprocess",
+    "split_holdout",
+    "stream_activations",
+]
+
+
+# ---------------------------------------------------------------------------------------- preprocessing
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image file becomes a model input: ``((pixels · scale) − mean) / std`` per channel, NCHW.
+
+    ``size`` is ``(height, width)`` to resize to (bilinear, aspect ratio not kept); ``None`` takes the
+    model input's static height and width. ``channels`` is the channel order the model expects
+    (``"RGB"``, ``"BGR"`` or ``"GRAY"``). ``mean``/``std`` are per channel in that order (one value is
+    broadcast). ``layout`` is ``"NCHW"`` or ``"NHWC"``.
+
+    >>> spec = PRESETS["imagenet"]
+    >>> spec.channels, spec.scale, spec.mean
+    ('RGB', 0.00392156862745098, (0.485, 0.456, 0.406))
+    """
+
+    size: tuple[int, int] | None = None
+    channels: Literal["RGB", "BGR", "GRAY"] = "RGB"
+    scale: float = 1 / 255
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+
+    def __post_init__(self) -> None:
+        if self.channels not in ("RGB", "BGR", "GRAY"):
+            raise TTGraphError("--preprocess", f"channels must be RGB, BGR or GRAY, got {self.channels!r}")
+        if self.layout not in ("NCHW", "NHWC"):
+            raise TTGraphError("--preprocess", f"layout must be NCHW or NHWC, got {self.layout!r}")
+        if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
+            raise TTGraphError("--preprocess", f"size must be two positive ints (height, width), got {self.size}")
+        nch = 1 if self.channels == "GRAY" else 3
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if len(values) not in (1, nch):
+                raise TTGraphError("--preprocess", f"{key} needs 1 or {nch} values for {self.channels}, got {values}")
+        if any(s == 0 for s in self.std):
+            raise TTGraphError("--preprocess", f"std must be non-zero, got {self.std}")
+
+    def with_size(self, size: tuple[int, int]) -> Preprocess:
+        return replace(self, size=(int(size[0]), int(size[1])))
+
+    def apply(self, image: Any, dtype: np.dtype | type = np.float32) -> np.ndarray:
+        """A PIL image (or an HWC/HW uint8 array) → ``1 × C × H × W`` (or ``1 × H × W × C``) array."""
+        from PIL import Image
+
+        if self.size is None:
+            raise TTGraphError("--preprocess", "no image size: give size=HxW or fix the model input shape")
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        image = image.convert("L" if self.channels == "GRAY" else "RGB")
+        height, width = self.size
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.BILINEAR)
+        x = np.asarray(image, dtype=np.float32)
+        if x.ndim == 2:
+            x = x[:, :, None]
+        if self.channels == "BGR":
+            x = x[:, :, ::-1]
+        x = (x * np.float32(self.scale) - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        if self.layout == "NCHW":
+            x = x.transpose(2, 0, 1)
+        return np.ascontiguousarray(x[None], dtype=dtype)
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+PRESETS: dict[str, Preprocess] = {
+    # torchvision / timm convention
+    "imagenet": Preprocess(channels="RGB", scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    # the same statistics on BGR data (OpenCV-loaded images), as PaddleOCR's detector does
+    "imagenet-bgr": Preprocess(channels="BGR", scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    "paddleocr-det": Preprocess(channels="BGR", scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    # PaddleOCR recognizer and direction classifier: (x/255 − 0.5)/0.5 on BGR
+    "paddleocr-cls": Preprocess(channels="BGR", scale=1 / 255, mean=(0.5,), std=(0.5,)),
+    "paddleocr-rec": Preprocess(channels="BGR", scale=1 / 255, mean=(0.5,), std=(0.5,)),
+    # simple ranges
+    "unit": Preprocess(channels="RGB", scale=1 / 255),  # [0, 1]
+    "symmetric": Preprocess(channels="RGB", scale=1 / 127.5, mean=(1.0,)),  # [−1, 1] (TF/Keras "tf")
+    "raw": Preprocess(channels="RGB", scale=1.0),  # [0, 255]
+    # Keras/Caffe "caffe" mode: BGR, 0..255, minus per-channel means
+    "caffe": Preprocess(channels="BGR", scale=1.0, mean=(103.939, 116.779, 123.68)),
+}
+
+
+def _number(text: str, key: str) -> float:
+    try:
+        return float(Fraction(text)) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError) as err:
+        raise TTGraphError("--preprocess", f"{key}: expected a number like 0.5 or 1/255, got {text!r}") from err
+
+
+def parse_preprocess(spec: str | Preprocess | None) -> Preprocess:
+    """Parse ``--preprocess``: an optional preset name, then ``key=value`` items, comma separated.
+
+    Keys: ``size=HxW`` (or one number for a square), ``channels=rgb|bgr|gray``, ``scale=1/255``,
+    ``mean=a:b:c``, ``std=a:b:c``, ``layout=nchw|nhwc``. Without a preset the defaults are RGB, scale 1/255,
+    mean 0, std 1.
+
+    >>> parse_preprocess("paddleocr-det,size=640x640").size
+    (640, 640)
+    >>> parse_preprocess("channels=bgr,scale=1,mean=104:117:123").mean
+    (104.0, 117.0, 123.0)
+    """
+    if spec is None:
+        return Preprocess()
+    if isinstance(spec, Preprocess):
+        return spec
+    items = [s.strip() for s in str(spec).split(",") if s.strip()]
+    base = Preprocess()
+    if items and "=" not in items[0]:
+        name = items.pop(0).lower()
+        if name not in PRESETS:
+            raise TTGraphError("--preprocess", f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+        base = PRESETS[name]
+    changes: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().lower()
+        if not sep:
+            raise TTGraphError("--preprocess", f"expected key=value, got {item!r} (a preset goes first)")
+        if key == "size":
+            parts = value.lower().replace("×", "x").split("x")
+            try:
+                dims = [int(p) for p in parts]
+            except ValueError:
+                dims = []
+            if len(dims) == 1:
+                dims = dims * 2
+            if len(dims) != 2 or min(dims) < 1:
+                raise TTGraphError("--preprocess", f"size: expected HxW like 640x640, got {value!r}")
+            changes["size"] = (dims[0], dims[1])
+        elif key == "channels":
+            changes["channels"] = value.upper()
+        elif key == "layout":
+            changes["layout"] = value.upper()
+        elif key == "scale":
+            changes["scale"] = _number(value, key)
+        elif key in ("mean", "std"):
+            changes[key] = tuple(_number(v, key) for v in value.split(":"))
+        else:
+            raise TTGraphError(
+                "--preprocess", f"unknown key {key!r}; expected size, channels, scale, mean, std or layout"
+            )
+    return replace(base, **changes)
+
+
+# ------------------------------------------------------------------------------------------------ sources
+
+
+@runtime_checkable
+class CalibrationDataReaderLike(Protocol):
+    """onnxruntime's ``CalibrationDataReader`` contract: ``get_next()`` returns a feed dict, or ``None``."""
+
+    def get_next(self) -> dict[str, np.ndarray] | None: ...
+
+
+@dataclass
+class CalibrationSource:
+    """An iterable of feed dicts, with what is known about it.
+
+    ``open`` makes a fresh iterator; a source that is not ``reiterable`` may be iterated only once
+    (a generator, a data reader). ``length`` is the number of feeds when known. ``fetch``, when given, reads
+    feed ``i`` alone (files and lists), so a held-out split does not decode what it skips.
+    """
+
+    open: Callable[[], Iterator[dict[str, np.ndarray]]]
+    length: int | None
+    reiterable: bool
+    description: str
+    fetch: Callable[[int], dict[str, np.ndarray]] | None = field(default=None, repr=False)
+    _used: bool = field(default=False, repr=False)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        if self._used and not self.reiterable:
+            raise TTGraphError(self.description, "this calibration source can be read only once and was read")
+        self._used = True
+        return self.open()
+
+    def __len__(self) -> int:
+        if self.length is None:
+            raise TypeError(f"{self.description} has no known length")
+        return self.length
+
+
+def _model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    return graph_inputs(model)
+
+
+def _input_dtype(value: onnx.ValueInfoProto) -> np.dtype:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
+
+
+def _image_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = sorted(
+        (p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+        key=lambda p: p.relative_to(path).as_posix(),
+    )
+    if not files:
+        raise TTGraphError(path, f"no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    return files
+
+
+def image_source(
+    files: Sequence[str | os.PathLike[str]], model: onnx.ModelProto, preprocess: Preprocess | str | None = None
+) -> CalibrationSource:
+    """Image files → feeds for the model's single image input (see :class:`Preprocess`)."""
+    spec = parse_preprocess(preprocess)
+    inputs = _model_inputs(model)
+    if len(inputs) != 1:
+        names = ", ".join(i.name for i in inputs)
+        raise TTGraphError("--calib", f"images can feed a model with one input; this model has {len(inputs)}: {names}")
+    value = inputs[0]
+    dims = input_dims(value)
+    if len(dims) != 4:
+        raise TTGraphError(value.name, f"images need a 4-D image input, the model's input has dims {dims}")
+    if spec.size is None:
+        hw = dims[2:4] if spec.layout == "NCHW" else dims[1:3]
+        if any(d is None for d in hw):
+            raise TTGraphError(
+                value.name,
+                f"the model input has dynamic height/width {dims}: give the image size "
+                "(--preprocess size=HxW) or fix the input shape (--input-shape)",
+            )
+        spec = spec.with_size((int(hw[0]), int(hw[1])))  # type: ignore[arg-type]
+    channel_dim = dims[1] if spec.layout == "NCHW" else dims[3]
+    want = 1 if spec.channels == "GRAY" else 3
+    if channel_dim is not None and channel_dim != want:
+        raise TTGraphError(value.name, f"the model input has {channel_dim} channels, preprocessing gives {want}")
+    dtype = _input_dtype(value)
+    paths = [Path(f) for f in files]
+    name = value.name
+
+    def fetch(i: int) -> dict[str, np.ndarray]:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(paths[i]) as img:
+                return {name: spec.apply(img, dtype)}
+        except (OSError, UnidentifiedImageError) as err:
+            raise TTGraphError(paths[i], f"cannot read as an image: {err}") from err
+
+    where = paths[0].parent if paths else "?"
+    return CalibrationSource(
+        lambda: (fetch(i) for i in range(len(paths))), len(paths), True, f"{len(paths)} images in {where}", fetch
+    )
+
+
+def _batch_size(value: onnx.ValueInfoProto) -> int:
+    dims = input_dims(value)
+    return int(dims[0]) if dims and dims[0] is not None else 1
+
+
+def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> CalibrationSource:
+    """A ``.npy`` (single-input models; memory-mapped) or ``.npz`` (keyed by input name) file → feeds.
+
+    Samples are on axis 0; each feed takes as many samples as the model's static batch dim (1 if dynamic).
+    """
+    p = Path(path)
+    inputs = _model_inputs(model)
+    by_name = {i.name: i for i in inputs}
+    if p.suffix.lower() == ".npy":
+        if len(inputs) != 1:
+            raise TTGraphError(p, f"a .npy file feeds single-input models; this one has {len(inputs)} (use .npz)")
+        try:
+            arrays = {inputs[0].name: np.load(p, mmap_mode="r", allow_pickle=False)}
+        except (OSError, ValueError) as err:
+            raise TTGraphError(p, f"cannot read as .npy: {err}") from err
+        getter: Callable[[str], np.ndarray] = arrays.__getitem__
+        counts = {k: int(v.shape[0]) if v.ndim else 0 for k, v in arrays.items()}
+    elif p.suffix.lower() == ".npz":
+        try:
+            archive = np.load(p, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise TTGraphError(p, f"cannot read as .npz: {err}") from err
+        keys = set(archive.files)
+        missing = [n for n in by_name if n not in keys]
+        if missing:
+            raise TTGraphError(
+                p, f"expected one array per model input {sorted(by_name)}, missing {missing} (has {sorted(keys)})"
+            )
+        counts = {}
+        for n in by_name:
+            with np.load(p, mmap_mode="r", allow_pickle=False) as z:
+                arr = z[n]
+                counts[n] = int(arr.shape[0]) if arr.ndim else 0
+
+        def getter(name: str) -> np.ndarray:
+            return np.load(p, allow_pickle=False)[name]
+
+        archive.close()
+    else:
+        raise TTGraphError(p, "expected a folder of images, an image, a .npy or a .npz file")
+    if len(set(counts.values())) != 1:
+        raise TTGraphError(p, f"arrays disagree on the number of samples (axis 0): {counts}")
+    total = next(iter(counts.values()))
+    if total == 0:
+        raise TTGraphError(p, "no samples (axis 0 is empty)")
+    batch = {n: _batch_size(by_name[n]) for n in by_name}
+    step = max(batch.values())
+    for n in counts:
+        rank = len(input_dims(by_name[n]))
+        if rank and getter(n).ndim != rank:
+            raise TTGraphError(p, f"array {n!r} has rank {getter(n).ndim}, the model input has rank {rank}")
+    dtypes = {n: _input_dtype(by_name[n]) for n in by_name}
+    if total % step:
+        raise TTGraphError(p, f"{total} samples do not fill batches of {step} (the model's batch dim)")
+
+    cache: dict[str, np.ndarray] = {}
+
+    def fetch(i: int) -> dict[str, np.ndarray]:
+        if not cache:
+            cache.update({n: getter(n) for n in by_name})  # .npy: a memory map; .npz: read once
+        start = i * step
+        return {n: np.ascontiguousarray(cache[n][start : start + step], dtype=dtypes[n]) for n in by_name}
+
+    count = total // step
+    return CalibrationSource(
+        lambda: (fetch(i) for i in range(count)), count, True, f"{total} samples in {p.name}", fetch
+    )
+
+
+def calibration_source(
+    data: Any,
+    model: onnx.ModelProto,
+    preprocess: Preprocess | str | None = None,
+) -> CalibrationSource:
+    """Turn any supported calibration input into a :class:`CalibrationSource` (see the module docstring).
+
+    ``data`` is a path (folder of images, image file, ``.npy``, ``.npz``), a ``CalibrationDataReader``
+    (``get_next()``), a :class:`CalibrationSource`, or an iterable of feed dicts. ``preprocess`` applies
+    to images only.
+
+    >>> import onnx.helper as h
+    >>> m = h.make_model(h.make_graph([h.make_node("Relu", ["x"], ["y"])], "g",
+    ...     [h.make_tensor_value_info("x", 1, [1, 2])], [h.make_tensor_value_info("y", 1, [1, 2])]))
+    >>> src = calibration_source([{"x": np.ones((1, 2), np.float32)}] * 3, m)
+    >>> len(src), src.reiterable
+    (3, True)
+    """
+    if isinstance(data, CalibrationSource):
+        return data
+    if isinstance(data, str | os.PathLike):
+        p = Path(data)
+        if not p.exists():
+            raise TTGraphError(p, "no such file or folder")
+        if p.is_dir() or p.suffix.lower() in IMAGE_SUFFIXES:
+            return image_source(_image_files(p), model, preprocess)
+        return array_source(p, model)
+    if isinstance(data, CalibrationDataReaderLike) and not isinstance(data, Mapping):
+        reader = data
+
+        def read() -> Iterator[dict[str, np.ndarray]]:
+            while True:
+                item = reader.get_next()
+                if item is None:
+                    return
+                yield dict(item)
+
+        return CalibrationSource(read, None, False, f"data reader {type(reader).__name__}")
+    if isinstance(data, Mapping):
+        return CalibrationSource(lambda: iter([dict(data)]), 1, True, "one feed dict")
+    if isinstance(data, Sequence) and not isinstance(data, str | bytes):
+        items = data
+        return CalibrationSource(
+            lambda: (dict(f) for f in items), len(items), True, f"{len(items)} feed dicts", lambda i: dict(items[i])
+        )
+    if isinstance(data, Iterable):
+        iterator = iter(data)
+        return CalibrationSource(lambda: (dict(f) for f in iterator), None, False, "an iterable of feed dicts")
+    raise TTGraphError(
+        "calibration",
+        f"expected a path, an iterable of feed dicts or a CalibrationDataReader, got {type(data).__name__}",
+    )
+
+
+def holdout_indices(n: int, holdout: int | float) -> list[int]:
+    """Which of ``n`` samples are held out: ``holdout`` samples (or that fraction, rounded, ≥ 1 when
+    ``0 < holdout`` and ``n ≥ 2``) spread evenly, the last sample always among them; deterministic.
+
+    >>> holdout_indices(10, 0.2), holdout_indices(10, 3), holdout_indices(1, 0.5)
+    ([4, 9], [3, 6, 9], [])
+    """
+    if isinstance(holdout, float) and not 0 <= holdout < 1:
+        raise TTGraphError("holdout", f"a held-out fraction must be in [0, 1), got {holdout}")
+    if isinstance(holdout, int) and holdout < 0:
+        raise TTGraphError("holdout", f"a held-out count must be ≥ 0, got {holdout}")
+    if n < 2 or holdout == 0:
+        return []
+    count = holdout if isinstance(holdout, int) else max(1, round(holdout * n))
+    if count >= n:
+        raise TTGraphError("holdout", f"holding out {count} of {n} samples leaves none for calibration")
+    return [math.ceil((k + 1) * n / count) - 1 for k in range(count)]
+
+
+def split_holdout(source: CalibrationSource, holdout: int | float) -> tuple[CalibrationSource, CalibrationSource]:
+    """Split into (calibration, held-out) sources with disjoint samples.
+
+    A re-iterable source of known length holds out the evenly spread samples of :func:`holdout_indices`.
+    A single-pass source (generator, data reader) holds out its first feeds (an int ``holdout``, or the
+    fraction of a known length): they are read into memory now, the rest streams to calibration.
+    """
+    if source.length is not None and source.reiterable:
+        held = holdout_indices(source.length, holdout)
+        kept = sorted(set(range(source.length)) - set(held))
+        fetch = source.fetch
+
+        def part(indices: list[int]) -> Callable[[], Iterator[dict[str, np.ndarray]]]:
+            if fetch is not None:
+                return lambda: (fetch(i) for i in indices)
+            wanted = set(indices)
+            return lambda: (f for i, f in enumerate(source) if i in wanted)
+
+        def picker(indices: list[int]) -> Callable[[int], dict[str, np.ndarray]] | None:
+            return None if fetch is None else (lambda k: fetch(indices[k]))
+
+        calib = CalibrationSource(part(kept), len(kept), True, source.description, picker(kept))
+        heldout = CalibrationSource(
+            part(held), len(held), True, f"{len(held)} held out of {source.description}", picker(held)
+        )
+        return calib, heldout
+    if source.length is not None:
+        count = len(holdout_indices(source.length, holdout))
+    elif isinstance(holdout, int) and not isinstance(holdout, bool):
+        if holdout < 0:
+            raise TTGraphError("holdout", f"a held-out count must be ≥ 0, got {holdout}")
+        count = holdout
+    else:
+        raise TTGraphError(
+            "holdout",
+            f"{source.description} has no known length: give the held-out count as an int, not {holdout}",
+        )
+    stream = iter(source)
+    held_feeds = []
+    for _ in range(count):
+        feed = next(stream, None)
+        if feed is None:
+            break
+        held_feeds.append(feed)
+    rest = None if source.length is None else source.length - len(held_feeds)
+    calib = CalibrationSource(lambda: stream, rest, False, source.description)
+    heldout = CalibrationSource(
+        lambda: iter(held_feeds), len(held_feeds), True, f"{len(held_feeds)} held out of {source.description}"
+    )
+    return calib, heldout
+
+
+# --------------------------------------------------------------------------------------------- statistics
+
+
+@dataclass
+class LayerStatistics:
+    """Streaming statistics of the rows ``x`` (length ``Cin``) one 1×1 conv multiplies by its weight.
+
+    ``gram = Σ x xᵀ`` (uncentred, float64), ``sum = Σ x``, ``rows`` = number of rows (pixels × batch),
+    ``samples`` = number of samples (batch items) seen.
+    """
+
+    tensor: str
+    stride: tuple[int, ...]
+    gram: np.ndarray
+    sum: np.ndarray
+    rows: int = 0
+    samples: int = 0
+
+    @classmethod
+    def empty(cls, tensor: str, stride: Sequence[int], cin: int) -> LayerStatistics:
+        return cls(tensor, tuple(stride), np.zeros((cin, cin)), np.zeros(cin))
+
+    @property
+    def cin(self) -> int:
+        return int(self.gram.shape[0])
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.sum / max(self.rows, 1)
+
+    def update(self, activation: np.ndarray) -> None:
+        """Add one batch of the conv's input (``N × Cin × spatial…``), strided like the conv."""
+        a = np.asarray(activation)
+        if a.ndim < 2 or a.shape[1] != self.cin:
+            raise TTGraphError(self.tensor, f"expected an activation N×{self.cin}×…, got shape {tuple(a.shape)}")
+        if any(s != 1 for s in self.stride):
+            a = a[(slice(None), slice(None), *(slice(None, None, s) for s in self.stride))]
+        for sample in a:
+            x = np.ascontiguousarray(sample.reshape(self.cin, -1), dtype=np.float64)
+            self.gram += x @ x.T
+            self.sum += x.sum(axis=1)
+            self.rows += x.shape[1]
+        self.samples += a.shape[0]
+
+    def merge(self, other: LayerStatistics) -> LayerStatistics:
+        """Statistics of both streams (for parallel or incremental calibration)."""
+        if other.gram.shape != self.gram.shape:
+            raise TTGraphError(self.tensor, f"cannot merge statistics of {other.cin} and {self.cin} channels")
+        return LayerStatistics(
+            self.tensor,
+            self.stride,
+            self.gram + other.gram,
+            self.sum + other.sum,
+            self.rows + other.rows,
+            self.samples + other.samples,
+        )
+
+    def output_error(self, weight: np.ndarray, approx: np.ndarray) -> float:
+        """``‖XWᵀ − XŴᵀ‖_F / ‖XWᵀ‖_F`` over the rows seen (exact, from the Gram matrix)."""
+        return output_error(self.gram, weight, approx)
+
+
+def output_error(
+    gram: np.ndarray, weight: np.ndarray, approx: np.ndarray, reference: np.ndarray | None = None
+) -> float:
+    """``sqrt(tr(E G Eᵀ) / tr(W R Wᵀ))`` with ``E = W − Ŵ``: the relative output error on the data of ``G``
+    (``R = reference`` defaults to ``G``; pass the uncentred Gram when ``G`` is of mean-corrected rows).
+
+    >>> g = np.eye(3); w = np.eye(3)
+    >>> round(output_error(g, w, np.diag([1.0, 1.0, 0.0])), 4)
+    0.5774
+    """
+    w = np.asarray(weight, np.float64)
+    e = w - np.asarray(approx, np.float64)
+    num = float(np.sum((e @ gram) * e))
+    den = float(np.sum((w @ (gram if reference is None else reference)) * w))
+    num = max(num, 0.0)
+    return math.sqrt(num / den) if den > 0 else math.sqrt(num)
+
+
+@dataclass
+class CalibrationStatistics:
+    """Per-layer statistics (keyed by conv label) from one pass over calibration data."""
+
+    layers: dict[str, LayerStatistics]
+    samples: int
+    seconds: float
+    source: str = ""
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write to an ``.npz`` (reload with :meth:`load`; lets one calibration serve many budgets)."""
+        arrays: dict[str, np.ndarray] = {}
+        meta = {"samples": self.samples, "seconds": self.seconds, "source": self.source, "layers": {}}
+        for k, (label, st) in enumerate(self.layers.items()):
+            arrays[f"gram{k}"] = st.gram
+            arrays[f"sum{k}"] = st.sum
+            meta["layers"][label] = {
+                "index": k,
+                "tensor": st.tensor,
+                "stride": list(st.stride),
+                "rows": st.rows,
+                "samples": st.samples,
+            }
+        import json
+
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        tmp = Path(f"{os.fspath(path)}.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CalibrationStatistics:
+        import json
+
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(bytes(z["meta"]).decode())
+                layers = {
+                    label: LayerStatistics(
+                        info["tensor"],
+                        tuple(info["stride"]),
+                        z[f"gram{info['index']}"],
+                        z[f"sum{info['index']}"],
+                        int(info["rows"]),
+                        int(info["samples"]),
+                    )
+                    for label, info in meta["layers"].items()
+                }
+        except (OSError, KeyError, ValueError) as err:
+            raise TTGraphError(path, f"not a calibration statistics file: {err}") from err
+        return cls(layers, int(meta["samples"]), float(meta["seconds"]), str(meta.get("source", "")))
+
+
+def expose_tensors(
+    model: onnx.ModelProto, tensors: Iterable[tuple[str, np.dtype]]
+) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of ``model`` whose graph also outputs ``tensors`` (name, dtype); returns it and the names to
+    fetch. Tensors that already are graph outputs are fetched as they are; graph inputs are not outputs
+    (read them from the feed)."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    outputs = {o.name for o in exposed.graph.output}
+    inputs = {i.name for i in exposed.graph.input}
+    fetch: list[str] = []
+    for name, dtype in tensors:
+        if name in inputs or name in fetch:
+            continue
+        if name not in outputs:
+            elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+            exposed.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+            outputs.add(name)
+        fetch.append(name)
+    return exposed, fetch
+
+
+def stream_activations(
+    model: onnx.ModelProto,
+    tensors: Sequence[tuple[str, np.dtype]],
+    feeds: Iterable[Feed],
+    *,
+    threads: int | None = None,
+) -> Iterator[tuple[Feed, dict[str, np.ndarray]]]:
+    """Run ``model`` in onnxruntime on each feed; yield ``(feed, {tensor: value})`` for the wanted tensors.
+
+    Intermediate tensors are exposed as extra graph outputs (see :func:`expose_tensors`); tensors that are
+    graph inputs come from the feed. One feed's activations are alive at a time.
+    """
+    from ttgraph.verify import session
+
+    exposed, fetch = expose_tensors(model, tensors)
+    sess = session(exposed, threads)
+    wanted = [name for name, _ in tensors]
+    for feed in feeds:
+        values = dict(zip(fetch, sess.run(fetch, dict(feed)), strict=True)) if fetch else {}
+        out = {}
+        for name in wanted:
+            if name in values:
+                out[name] = values[name]
+            elif name in feed:
+                out[name] = np.asarray(feed[name])
+            else:
+                raise TTGraphError(name, "tensor is neither computed by the model nor in the feed")
+        yield feed, out
+
+
+@dataclass(frozen=True)
+class ConvInput:
+    """What :func:`collect_statistics` needs of a candidate conv (a PointwiseConv has all of it)."""
+
+    label: str
+    tensor: str
+    stride: tuple[int, ...]
+    cin: int
+    dtype: np.dtype
+
+
+def conv_inputs(convs: Iterable[Any]) -> list[ConvInput]:
+    """The :class:`ConvInput` of each :class:`~passes.find_pointwise.PointwiseConv`."""
+    return [ConvInput(c.label, c.node.inputs[0].name, tuple(c.strides), c.cin, np.dtype(c.weight_dtype)) for c in convs]
+
+
+def collect_statistics(
+    model: onnx.ModelProto,
+    convs: Sequence[Any],
+    feeds: Iterable[Feed],
+    *,
+    progress: bool = False,
+    desc: str = "calibrate",
+    threads: int | None = None,
+    total: int | None = None,
+) -> CalibrationStatistics:
+    """One onnxruntime pass of the original ``model`` over ``feeds``, accumulating per candidate conv the
+    :class:`LayerStatistics` of its input. ``convs`` are PointwiseConvs (or :class:`ConvInput`). Convs that
+    read the same tensor with the same stride share one accumulator. A tqdm bar shows samples/s.
+    """
+    specs = [c if isinstance(c, ConvInput) else conv_inputs([c])[0] for c in convs]
+    shared: dict[tuple[str, tuple[int, ...]], LayerStatistics] = {}
+    for spec in specs:
+        key = (spec.tensor, spec.stride)
+        if key not in shared:
+            shared[key] = LayerStatistics.empty(spec.tensor, spec.stride, spec.cin)
+    tensors = list(dict.fromkeys((s.tensor, s.dtype) for s in specs))
+    if total is None and hasattr(feeds, "length"):
+        total = feeds.length  # type: ignore[union-attr]
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False, dynamic_ncols=True)
+    start = time.perf_counter()
+    samples = 0
+    try:
+        for _, values in stream_activations(model, tensors, feeds, threads=threads):
+            for (tensor, _stride), st in shared.items():
+                st.update(values[tensor])
+            samples += 1
+            bar.update(1)
+    finally:
+        bar.close()
+    if samples == 0:
+        raise TTGraphError("calibration", "the calibration data gave no samples")
+    layers = {s.label: shared[(s.tensor, s.stride)] for s in specs}
+    return CalibrationStatistics(layers, samples, time.perf_counter() - start, getattr(feeds, "description", ""))

@@ -1,0 +1,289 @@
+"""The human view of a compression report: one self-contained HTML file with a table and plots.
+
+Plots (matplotlib, embedded as PNG): every layer's error-vs-cost curve with the chosen point, MACs and params per
+layer before/after, calibration vs held-out error per layer, and the end-to-end held-out error. Works from a
+:class:`~ttgraph.api.CompressionReport` or from its JSON (``python -m ttgraph.report_html r.json -o r.html``).
+matplotlib is imported only here (``pip install matplotlib``).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import sys
+from typing import Any
+
+from ttgraph.errors import TTGraphError
+from ttgraph.files import write_atomic
+
+__all__ = ["render_html", "write_html"]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise TTGraphError("--html", "the HTML report needs matplotlib: pip install matplotlib") from err
+    return plt
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    _pyplot().close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _human(value: float | None) -> str:
+    if value is None:
+        return "?"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _err(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def _as_dict(report: Any) -> dict[str, Any]:
+    if isinstance(report, dict):
+        return report
+    if hasattr(report, "to_dict"):
+        return report.to_dict()
+    raise TTGraphError("--html", f"expected a compression report or its dict, got {type(report).__name__}")
+
+
+def _curves_figure(layers: list[dict[str, Any]], metric: str) -> str | None:
+    plt = _pyplot()
+    with_curves = [layer for layer in layers if layer.get("curve")]
+    if not with_curves:
+        return None
+    cols = 6
+    rows = math.ceil(len(with_curves) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 2.2), squeeze=False)
+    key = "macs" if metric == "macs" else "params"
+    for ax, layer in zip(axes.flat, with_curves, strict=False):
+        dense = layer[f"{key}_before"] or 1
+        pts = [p for p in layer["curve"] if p.get(key) is not None]
+        xs = [p[key] / dense for p in pts]
+        ys = [p["error"] for p in pts]
+        ax.plot(xs, ys, ".-", ms=3, lw=0.8, color="#4477aa")
+        chosen = [(x, y) for x, y, p in zip(xs, ys, pts, strict=True) if p.get("chosen")]
+        if chosen:
+            ax.plot(*chosen[0], "o", color="#cc3311", ms=6)
+        ax.set_title(f"{layer['name']}\n{layer['cout']}×{layer['cin']}", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.set_xlim(0, 1.05)
+        ax.set_ylim(0, min(1.0, max(ys + [0.05]) * 1.05))
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(with_curves) :]:
+        ax.axis("off")
+    fig.supxlabel(f"{key} / dense {key}", fontsize=9)
+    fig.supylabel("calibration output error", fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _bars_figure(layers: list[dict[str, Any]], key: str, title: str) -> str | None:
+    plt = _pyplot()
+    before = [layer[f"{key}_before"] for layer in layers]
+    after = [layer[f"{key}_after"] for layer in layers]
+    if any(v is None for v in before + after):
+        return None
+    names = [layer["name"] for layer in layers]
+    fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(names)), 3.2))
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], before, width=0.4, label="before", color="#bbbbbb")
+    ax.bar([i + 0.2 for i in x], after, width=0.4, label="after", color="#4477aa")
+    ax.set_xticks(list(x), names, rotation=90, fontsize=6)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def _errors_figure(layers: list[dict[str, Any]]) -> str | None:
+    plt = _pyplot()
+    rows = [layer for layer in layers if layer.get("calibration_error") is not None]
+    if not rows:
+        return None
+    names = [layer["name"] for layer in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(names)), 3.0))
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], [layer["calibration_error"] for layer in rows], width=0.4, label="calibration")
+    held = [layer.get("heldout_error") for layer in rows]
+    if any(h is not None for h in held):
+        ax.bar([i + 0.2 for i in x], [h or 0.0 for h in held], width=0.4, label="held-out")
+    ax.set_xticks(list(x), names, rotation=90, fontsize=6)
+    ax.set_title("per-layer output error ‖XWᵀ − XŴᵀ‖/‖XWᵀ‖ of the chosen format", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def _endtoend_figure(verification: dict[str, Any] | None) -> str | None:
+    if not verification or not verification.get("outputs"):
+        return None
+    plt = _pyplot()
+    labels, values = [], []
+    for out in verification["outputs"]:
+        short = out["name"].rsplit("/", 1)[-1][:18]
+        labels.append(f"{short}\nrel L2")
+        values.append(out["rel_l2"])
+        for key, text in (("top1_agreement", "top-1 agree"), ("binary_iou", "IoU")):
+            if key in out:
+                labels.append(f"{short}\n{text}")
+                values.append(out[key])
+    fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(labels)), 2.6))
+    ax.bar(range(len(values)), values, color="#228833")
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:.4f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(labels)), labels, fontsize=7)
+    ax.set_title(f"end to end on held-out inputs ({verification.get('inputs', '')})", fontsize=9)
+    ax.set_ylim(0, max(1.0, max(values) * 1.15))
+    return _png(fig)
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;font-size:12px}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
+td.l,th.l{text-align:left}
+tr.dense td{color:#777}
+h1{font-size:20px} h2{font-size:16px;margin-top:1.5em}
+.kv td{text-align:left}
+img{max-width:100%}
+"""
+
+
+def render_html(report: Any) -> str:
+    """The HTML text of a report (a CompressionReport or its dict)."""
+    r = _as_dict(report)
+    layers = r.get("layers", [])
+    alloc = r.get("allocation") or {}
+    metric = alloc.get("metric", "macs")
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ttgraph: {e(str(r.get('model')))}</title>"]
+    parts.append(f"<style>{STYLE}</style></head><body><h1>ttgraph compression report: {e(str(r.get('model')))}</h1>")
+    totals = r.get("totals", {})
+    summary = [
+        ("layers rewritten", f"{totals.get('layers_rewritten')} of {len(layers)}"),
+        (
+            "1×1 params",
+            f"{_human(totals.get('params_before'))} → {_human(totals.get('params_after'))}"
+            + (f" ({totals['params_ratio']:.3f}×)" if totals.get("params_ratio") is not None else ""),
+        ),
+        (
+            "1×1 MACs",
+            f"{_human(totals.get('macs_before'))} → {_human(totals.get('macs_after'))}"
+            + (f" ({totals['macs_ratio']:.3f}×)" if totals.get("macs_ratio") is not None else ""),
+        ),
+    ]
+    if alloc:
+        budget = alloc.get("budget", {})
+        wanted = ", ".join(f"{k} {v}" for k, v in budget.items() if v is not None and k != "metric")
+        summary.append(("budget", f"{wanted} (allocated in {metric})"))
+        summary.append(("objective", f"{alloc.get('objective')}: {alloc.get('objective_value', 0):.4g}"))
+    cal = r.get("calibration")
+    if cal:
+        summary.append(
+            (
+                "calibration",
+                f"{cal.get('samples')} samples from {cal.get('source')}, "
+                f"{cal.get('heldout_samples')} held out, {cal.get('seconds')} s, method {cal.get('method')}",
+            )
+        )
+    rows = "".join(f"<tr><th class='l'>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in summary)
+    parts.append(f"<table class='kv'>{rows}</table>")
+    ver = r.get("verification")
+    if ver:
+        parts.append(
+            "<h2>End-to-end fidelity on held-out inputs</h2><table><tr><th class='l'>output</th>"
+            "<th>rel L2</th><th>max |Δ|</th><th>top-1 agreement</th><th>binary IoU</th></tr>"
+        )
+        for out in ver.get("outputs", []):
+            parts.append(
+                f"<tr><td class='l'>{e(out['name'])}</td><td>{out['rel_l2']:.4g}</td><td>{out['max_abs']:.4g}</td>"
+                f"<td>{_err(out.get('top1_agreement'))}</td><td>{_err(out.get('binary_iou'))}</td></tr>"
+            )
+        parts.append(f"</table><p>{e(str(ver.get('inputs', '')))}</p>")
+        img = _endtoend_figure(ver)
+        if img:
+            parts.append(f"<img src='{img}' alt='end-to-end error'>")
+    parts.append(
+        "<h2>Layers</h2><table><tr><th class='l'>layer</th><th>Cout×Cin</th><th>stride</th>"
+        "<th class='l'>format</th><th>ranks</th><th>params</th><th>MACs</th><th>calib err</th>"
+        "<th>held-out err</th><th>weight err</th><th class='l'>note</th></tr>"
+    )
+    for layer in layers:
+        cls = " class='dense'" if layer.get("format") == "dense" else ""
+        ranks = ",".join(map(str, (layer.get("ranks") or [])[1:-1])) or "–"
+        fmt = layer.get("format", "")
+        if fmt == "tt":
+            fmt += (
+                f" d={layer.get('cores')} {'×'.join(map(str, layer.get('modes_out', [])))}|"
+                f"{'×'.join(map(str, layer.get('modes_in', [])))}"
+            )
+        note = layer.get("kept_dense_reason") or layer.get("note") or ""
+        parts.append(
+            f"<tr{cls}><td class='l'>{e(layer['name'])}</td><td>{layer['cout']}×{layer['cin']}</td>"
+            f"<td>{'×'.join(map(str, layer.get('stride', [])))}</td><td class='l'>{e(fmt)}</td><td>{ranks}</td>"
+            f"<td>{_human(layer.get('params_before'))}→{_human(layer.get('params_after'))}</td>"
+            f"<td>{_human(layer.get('macs_before'))}→{_human(layer.get('macs_after'))}</td>"
+            f"<td>{_err(layer.get('calibration_error'))}</td><td>{_err(layer.get('heldout_error'))}</td>"
+            f"<td>{layer.get('weight_error', 0):.3g}</td><td class='l'>{e(note)}</td></tr>"
+        )
+    parts.append("</table>")
+    figures = [
+        ("Error vs cost per layer (red: chosen)", _curves_figure(layers, metric)),
+        ("Output error per layer", _errors_figure(layers)),
+        ("MACs per layer", _bars_figure(layers, "macs", "MACs per 1×1 layer, before and after")),
+        ("Parameters per layer", _bars_figure(layers, "params", "parameters per 1×1 layer, before and after")),
+    ]
+    for title, img in figures:
+        if img:
+            parts.append(f"<h2>{e(title)}</h2><img src='{img}' alt='{e(title)}'>")
+    skipped = r.get("skipped") or []
+    if skipped:
+        parts.append(
+            "<h2>Convolutions not rewritten</h2><table><tr><th class='l'>conv</th><th class='l'>reason</th></tr>"
+        )
+        parts.extend(f"<tr><td class='l'>{e(s['label'])}</td><td class='l'>{e(s['reason'])}</td></tr>" for s in skipped)
+        parts.append("</table>")
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def write_html(report: Any, path: str | os.PathLike[str]) -> None:
+    """Write :func:`render_html` of ``report`` to ``path`` atomically."""
+    write_atomic(path, render_html(report).encode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m ttgraph.report_html", description="JSON report → HTML")
+    parser.add_argument("report", help="a JSON report written by ttgraph compress --report")
+    parser.add_argument("-o", "--output", required=True, help="the HTML file to write")
+    args = parser.parse_args(argv)
+    try:
+        with open(args.report, encoding="utf-8") as handle:
+            data = json.load(handle)
+        write_html(data, args.output)
+    except (OSError, ValueError, TTGraphError) as err:
+        print(f"ttgraph: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
