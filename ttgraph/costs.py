@@ -60,3 +60,13 @@ def model_macs(model: onnx.ModelProto, shapes: dict[str, Shape]) -> tuple[int, i
             else:
                 total += macs
     return total, unknown
+
+
+def human(value: int | float | None) -> str:
+    """A count as people read it: 1234567 → '1.23M'; None (unknown) → '?'."""
+    if value is None:
+        return "?"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

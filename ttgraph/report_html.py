@@ -17,6 +17,7 @@ import os
 import sys
 from typing import Any
 
+from ttgraph.costs import human
 from ttgraph.errors import TTGraphError
 from ttgraph.files import write_atomic
 
@@ -39,15 +40,6 @@ def _png(fig: Any) -> str:
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     _pyplot().close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _human(value: float | None) -> str:
-    if value is None:
-        return "?"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{unit}"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _err(value: float | None) -> str:
@@ -179,12 +171,12 @@ def render_html(report: Any) -> str:
         ("layers rewritten", f"{totals.get('layers_rewritten')} of {len(layers)}"),
         (
             "1×1 params",
-            f"{_human(totals.get('params_before'))} → {_human(totals.get('params_after'))}"
+            f"{human(totals.get('params_before'))} → {human(totals.get('params_after'))}"
             + (f" ({totals['params_ratio']:.3f}×)" if totals.get("params_ratio") is not None else ""),
         ),
         (
             "1×1 MACs",
-            f"{_human(totals.get('macs_before'))} → {_human(totals.get('macs_after'))}"
+            f"{human(totals.get('macs_before'))} → {human(totals.get('macs_after'))}"
             + (f" ({totals['macs_ratio']:.3f}×)" if totals.get("macs_ratio") is not None else ""),
         ),
     ]
@@ -237,8 +229,8 @@ def render_html(report: Any) -> str:
         parts.append(
             f"<tr{cls}><td class='l'>{e(layer['name'])}</td><td>{layer['cout']}×{layer['cin']}</td>"
             f"<td>{'×'.join(map(str, layer.get('stride', [])))}</td><td class='l'>{e(fmt)}</td><td>{ranks}</td>"
-            f"<td>{_human(layer.get('params_before'))}→{_human(layer.get('params_after'))}</td>"
-            f"<td>{_human(layer.get('macs_before'))}→{_human(layer.get('macs_after'))}</td>"
+            f"<td>{human(layer.get('params_before'))}→{human(layer.get('params_after'))}</td>"
+            f"<td>{human(layer.get('macs_before'))}→{human(layer.get('macs_after'))}</td>"
             f"<td>{_err(layer.get('calibration_error'))}</td><td>{_err(layer.get('heldout_error'))}</td>"
             f"<td>{layer.get('weight_error', 0):.3g}</td><td class='l'>{e(note)}</td></tr>"
         )

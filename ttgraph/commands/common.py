@@ -16,16 +16,6 @@ def add_input_shape_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def human(value: int | float | None) -> str:
-    """1234567 → '1.23M'; None → '?'."""
-    if value is None:
-        return "?"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{unit}"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Left-aligned text columns, numbers right-aligned."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 
 from ttgraph.api import CompressionReport, compress
-from ttgraph.commands.common import add_input_shape_option, format_table, human
+from ttgraph.commands.common import add_input_shape_option, format_table
+from ttgraph.costs import human
 from ttgraph.errors import TTGraphError
 from ttgraph.files import check_output_path
 from ttgraph.model_io import parse_input_shapes

@@ -6,7 +6,8 @@ import argparse
 import json
 
 from ttgraph.api import InspectReport, inspect
-from ttgraph.commands.common import add_input_shape_option, format_table, human
+from ttgraph.commands.common import add_input_shape_option, format_table
+from ttgraph.costs import human
 from ttgraph.model_io import parse_input_shapes
 
 

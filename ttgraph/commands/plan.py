@@ -6,7 +6,8 @@ import argparse
 import json
 
 from ttgraph.api import provenance
-from ttgraph.commands.common import format_table, human
+from ttgraph.commands.common import format_table
+from ttgraph.costs import human
 from ttgraph.errors import TTGraphError
 from ttgraph.model_io import load_model
 from ttgraph.planner import ContractionPlan, format_plan, left_to_right_plan, plan_layer, plan_to_dict
