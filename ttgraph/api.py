@@ -329,13 +329,7 @@ def compress(
     original = load_model(model, input_shapes)
     graph, found, shapes = _analyse(original)
     _skip_our_own_factors(found, provenance(original))
-    candidates = found.candidates
-    if layers is not None:
-        known = {c.label for c in candidates}
-        unknown = [label for label in layers if label not in known]
-        if unknown:
-            raise TTGraphError(name, f"not a rewritable 1×1 conv: {', '.join(unknown)}")
-        candidates = [c for c in candidates if c.label in set(layers)]
+    candidates = _select_layers(found, layers, name)
     opset = int(graph.opset or 13)
     rewrites, reports = [], []
     for conv in tqdm(candidates, desc="decompose", unit="layer", disable=not progress, leave=False):
@@ -355,6 +349,7 @@ def compress(
             "rank": rank,
             "rank_ratio": rank_ratio,
             "tolerance": tolerance,
+            "plan_cost": plan_cost,
             "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
         },
         layers=reports,
