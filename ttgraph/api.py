@@ -38,6 +38,7 @@ from ttgraph.model_io import (
     InputShapes,
     ModelSource,
     check_model,
+    envelope,
     graph_inputs,
     input_dims,
     load_model,
@@ -237,9 +238,7 @@ def choose_format(
         fmt = tt_format(conv.cout, conv.cin, d)
         if fmt is not None:
             if d != cores:
-                note = (
-                    f"Cout={conv.cout}, Cin={conv.cin} cannot both split into {cores} modes ≥ 2; used d={d}"
-                )
+                note = f"Cout={conv.cout}, Cin={conv.cin} cannot both split into {cores} modes ≥ 2; used d={d}"
             break
     assert fmt is not None  # d = 1 always exists
     if rank is not None or rank_ratio is not None:
@@ -356,9 +355,7 @@ def compress(
         skipped=found.skipped,
         totals=_totals(reports),
     )
-    result = CompressionResult(
-        rewritten, report, model if not isinstance(model, onnx.ModelProto) else original
-    )
+    result = CompressionResult(rewritten, report, model if not isinstance(model, onnx.ModelProto) else original)
     if verify_feeds is not None:
         errors = compare_outputs(original, rewritten, verify_feeds, name)
         report.verification = {"outputs": [e.to_dict() for e in errors]}
@@ -672,10 +669,11 @@ def provenance(model: onnx.ModelProto) -> dict[str, Any] | None:
 
 def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     """The edited graph inside a copy of the original model's envelope (IR version, opsets, metadata)."""
-    exported = gs.export_onnx(graph)
-    model = onnx.ModelProto()
-    model.CopyFrom(original)
-    model.graph.CopyFrom(exported.graph)
+    model = gs.export_onnx(graph)
+    for descriptor in model.DESCRIPTOR.fields:  # gs's own envelope out, the original's in; the graph is not copied
+        if descriptor.name != "graph":
+            model.ClearField(descriptor.name)
+    model.MergeFrom(envelope(original))
     if model.ir_version < 4:  # before IR 4 every initializer must also be a graph input
         listed = {i.name for i in model.graph.input}
         for init in model.graph.initializer:

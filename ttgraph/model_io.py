@@ -11,9 +11,10 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 
 from ttgraph.errors import TTGraphError
 from ttgraph.files import check_output_path, staging_dir, write_atomic
@@ -24,6 +25,101 @@ InputShapes = Mapping[str, Sequence[int]]
 # Protobuf cannot serialize a message of 2 GiB or more; such models keep their weights outside.
 PROTOBUF_LIMIT = 2**31 - 1
 _EXTERNAL_THRESHOLD = 1024  # bytes: tensors at least this big go to the external data file
+_PAGE = 4096  # external data offsets are page-aligned
+
+
+def fits_protobuf(model: onnx.ModelProto) -> bool:
+    """Whether the model serializes as one protobuf message (under 2 GiB); bigger ones need external data.
+
+    Protobuf refuses even to *measure* a message over the limit (``ByteSize`` raises), so that is the answer too.
+    """
+    # Summing the initializers first is cheap and spares protobuf a failing walk over gigabytes.
+    if sum(tensor_nbytes(t) for t in model.graph.initializer) >= PROTOBUF_LIMIT:
+        return False
+    try:
+        return model.ByteSize() < PROTOBUF_LIMIT
+    except EncodeError:
+        return False
+
+
+def tensor_nbytes(tensor: onnx.TensorProto) -> int:
+    """The size of a tensor's data from its dims and type: protobuf's ByteSize encodes the message to measure it,
+    which takes seconds per gigabyte."""
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        return tensor.ByteSize()
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return tensor.ByteSize()
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count * itemsize
+
+
+def envelope(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the model's top-level fields (IR version, opsets, producer, metadata, functions) without
+    its graph — cheap even when the graph holds gigabytes of weights."""
+    out = onnx.ModelProto()
+    _copy_fields(model, out, skip="graph")
+    return out
+
+
+def _copy_fields(source: Any, target: Any, skip: str) -> None:
+    """Copy every set field but ``skip`` from one protobuf message to another of the same type."""
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if hasattr(value, "extend"):  # repeated
+            getattr(target, field.name).extend(value)
+        elif hasattr(value, "CopyFrom"):  # message
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
+def skeleton(
+    model: onnx.ModelProto, threshold: int = 1 << 20, stubs: dict[str, dict[str, str]] | None = None
+) -> onnx.ModelProto:
+    """A copy of the model whose top-graph initializers of ``threshold`` bytes or more carry no data (marked
+    external, pointing at ``stubs[name]``'s location/offset/length where given): what shape inference, the
+    checker and a file with external data need, without copying gigabytes of weights."""
+    out = envelope(model)
+    _copy_fields(model.graph, out.graph, skip="initializer")
+    for tensor in model.graph.initializer:
+        if tensor_nbytes(tensor) < threshold:
+            out.graph.initializer.append(tensor)
+            continue
+        stub = out.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (stubs or {}).get(tensor.name, {"location": "ttgraph-stripped-weights"}).items():
+            stub.external_data.add(key=key, value=value)
+    return out
+
+
+def write_external(model: onnx.ModelProto, directory: str | os.PathLike[str], filename: str) -> Path:
+    """Write ``model`` as ``directory/filename`` with its big initializers in ``filename.data`` beside it.
+
+    Unlike ``onnx.save_model(save_as_external_data=True)`` this neither copies nor rewrites the in-memory
+    model: each big tensor's bytes go straight to the data file (page-aligned offsets, so onnxruntime can map
+    them) and a skeleton that references them is serialized.
+    """
+    directory = Path(directory)
+    data_name = f"{filename}.data"
+    stubs: dict[str, dict[str, str]] = {}
+    with open(directory / data_name, "wb") as data:
+        for tensor in model.graph.initializer:
+            if tensor_nbytes(tensor) < _EXTERNAL_THRESHOLD:
+                continue
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                raise TTGraphError(tensor.name, "initializer's external data was not loaded")
+            payload = tensor.raw_data if tensor.HasField("raw_data") else onnx.numpy_helper.to_array(tensor).tobytes()
+            offset = -(-data.tell() // _PAGE) * _PAGE
+            data.seek(offset)
+            data.write(payload)
+            stubs[tensor.name] = {"location": data_name, "offset": str(offset), "length": str(len(payload))}
+    (directory / filename).write_bytes(skeleton(model, _EXTERNAL_THRESHOLD, stubs).SerializeToString())
+    return directory / filename
 
 
 def source_name(source: ModelSource) -> str:
@@ -49,16 +145,12 @@ def parse_input_shapes(specs: Sequence[str] | None) -> dict[str, list[int]]:
         except ValueError:
             values = None
         if not name or values is None or any(v <= 0 for v in values):
-            raise TTGraphError(
-                "--input-shape", f"expected NAME=D1,D2,... with positive integers, got {spec!r}"
-            )
+            raise TTGraphError("--input-shape", f"expected NAME=D1,D2,... with positive integers, got {spec!r}")
         shapes[name] = values
     return shapes
 
 
-def load_model(
-    source: ModelSource, input_shapes: InputShapes | None = None, *, check: bool = True
-) -> onnx.ModelProto:
+def load_model(source: ModelSource, input_shapes: InputShapes | None = None, *, check: bool = True) -> onnx.ModelProto:
     """Load a model from a path, bytes or a ModelProto (copied, never mutated), with its external data.
 
     ``input_shapes`` fixes or overrides the shapes of graph inputs (for models with dynamic dims).
@@ -88,10 +180,7 @@ def _load_path(path: Path) -> onnx.ModelProto:
     except OSError as err:
         raise TTGraphError(path, f"cannot read: {err.strerror or err}") from err
     model = _parse(data, os.fspath(path))
-    if any(
-        t.data_location == onnx.TensorProto.EXTERNAL
-        for t in onnx.external_data_helper._get_all_tensors(model)
-    ):
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(model)):
         try:
             onnx.external_data_helper.load_external_data_for_model(model, os.fspath(path.parent))
         except Exception as err:  # OSError, ValueError or onnx's ValidationError for a missing/escaping file
@@ -112,26 +201,34 @@ def _parse(data: bytes, name: str) -> onnx.ModelProto:
             name, f"cannot parse as an ONNX model (truncated, corrupt or another format): {reason}"
         ) from err
     if not model.HasField("graph") or not model.opset_import:
-        raise TTGraphError(
-            name, "not an ONNX model: it has no graph or no opset_import (truncated or another format?)"
-        )
+        raise TTGraphError(name, "not an ONNX model: it has no graph or no opset_import (truncated or another format?)")
     return model
 
 
 def check_model(model: onnx.ModelProto, name: str = "<model>") -> None:
     """Run ``onnx.checker`` and turn its complaint into a one-line error."""
     try:
-        if model.ByteSize() < PROTOBUF_LIMIT:
+        if fits_protobuf(model):
             onnx.checker.check_model(model)
-        else:
+        else:  # too big for one message: check the structure, the weights replaced by a sparse file
+            stubs, end = {}, 0
+            for tensor in model.graph.initializer:
+                size = tensor_nbytes(tensor)
+                stubs[tensor.name] = {"location": "weights.data", "offset": str(end), "length": str(size)}
+                end += size
             with tempfile.TemporaryDirectory() as tmp:
-                big = os.path.join(tmp, "model.onnx")
-                # save_model with external data rewrites the tensors it is given: work on a copy.
-                onnx.save_model(copy.deepcopy(model), big, save_as_external_data=True, location="model.data")
-                onnx.checker.check_model(big)
+                os.truncate(_touch(Path(tmp) / "weights.data"), end)
+                path = Path(tmp) / "model.onnx"
+                path.write_bytes(skeleton(model, _EXTERNAL_THRESHOLD, stubs).SerializeToString())
+                onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TTGraphError(name, f"fails onnx.checker: {first}") from err
+
+
+def _touch(path: Path) -> Path:
+    path.touch()
+    return path
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -143,8 +240,7 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 def input_dims(value: onnx.ValueInfoProto) -> list[int | None]:
     """Dims of a tensor value: an int where static and positive, else None."""
     return [
-        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-        for d in value.type.tensor_type.shape.dim
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in value.type.tensor_type.shape.dim
     ]
 
 
@@ -174,28 +270,18 @@ def set_input_shapes(model: onnx.ModelProto, shapes: InputShapes, name: str = "<
     del model.graph.value_info[:]
 
 
-def save_model(
-    model: onnx.ModelProto, path: str | os.PathLike[str], *, source: ModelSource | None = None
-) -> Path:
+def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *, source: ModelSource | None = None) -> Path:
     """Write ``model`` to ``path`` atomically; weights go to ``<name>.data`` beside it when over 2 GB.
 
     Refuses to overwrite ``source`` (the file the model came from). Nothing is left behind on failure.
     """
     inputs = (source,) if isinstance(source, str | os.PathLike) else ()
     target = check_output_path(path, inputs)
-    if model.ByteSize() < PROTOBUF_LIMIT:
+    if fits_protobuf(model):
         return write_atomic(target, model.SerializeToString())
     data_name = f"{target.name}.data"
     with staging_dir(target) as tmp:
-        staged = tmp / target.name
-        onnx.save_model(  # on a copy: external-data saving rewrites the tensors it is given
-            copy.deepcopy(model),
-            staged,
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=data_name,
-            size_threshold=_EXTERNAL_THRESHOLD,
-        )
+        staged = write_external(model, tmp, target.name)
         os.replace(tmp / data_name, target.parent / data_name)
         os.replace(staged, target)
     return target

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 import onnx
 
-from ttgraph.model_io import PROTOBUF_LIMIT, graph_inputs, input_dims
+from ttgraph.model_io import fits_protobuf, graph_inputs, input_dims, skeleton
 
 Shape = tuple[int | None, ...]
 
@@ -33,12 +33,11 @@ def is_static(shape: Shape | None) -> bool:
 def infer_shapes(model: onnx.ModelProto, wanted: Iterable[str] = ()) -> dict[str, Shape]:
     """Shapes of the model's tensors (None for unknown dims); ``wanted`` tensors get the onnxruntime fallback."""
     shapes: dict[str, Shape] = {}
-    if model.ByteSize() < PROTOBUF_LIMIT:
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-        except Exception:  # inference is best effort: a model onnxruntime runs may still confuse it
-            inferred = model
-    else:
+    # Over 2 GiB, protobuf cannot hand the model to the C++ inference: infer on a copy without the big weights.
+    target = model if fits_protobuf(model) else skeleton(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(target, data_prop=True)
+    except Exception:  # inference is best effort: a model onnxruntime runs may still confuse it
         inferred = model
     g = inferred.graph
     shapes.update(_value_shapes([*g.input, *g.value_info, *g.output]))
@@ -56,7 +55,7 @@ def _probe_with_onnxruntime(model: onnx.ModelProto, tensors: list[str]) -> dict[
 
     inputs = graph_inputs(model)
     dims = {i.name: input_dims(i) for i in inputs}
-    if not all(is_static(tuple(d)) for d in dims.values()) or model.ByteSize() >= PROTOBUF_LIMIT:
+    if not all(is_static(tuple(d)) for d in dims.values()) or not fits_protobuf(model):
         return {}
     probe = copy.deepcopy(model)
     have = {o.name for o in probe.graph.output}

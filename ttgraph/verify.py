@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -12,7 +10,7 @@ import numpy as np
 import onnx
 
 from ttgraph.errors import TTGraphError
-from ttgraph.model_io import PROTOBUF_LIMIT, graph_inputs, input_dims
+from ttgraph.model_io import fits_protobuf, graph_inputs, input_dims, write_external
 
 Feed = Mapping[str, np.ndarray]
 
@@ -42,12 +40,11 @@ def session(model: onnx.ModelProto, threads: int | None = None, name: str = "<mo
     if threads:
         options.intra_op_num_threads = threads
     try:
-        if model.ByteSize() < PROTOBUF_LIMIT:
+        if fits_protobuf(model):
             return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         with tempfile.TemporaryDirectory() as tmp:  # over 2 GB: onnxruntime needs a file with external data
-            path = os.path.join(tmp, "model.onnx")
-            onnx.save_model(copy.deepcopy(model), path, save_as_external_data=True, location="model.data")
-            return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            path = write_external(model, tmp, "model.onnx")
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises several unrelated types
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TTGraphError(name, f"onnxruntime cannot load the model: {first}") from err
@@ -101,9 +98,7 @@ def compare_outputs(
             name,
             max_abs[name],
             max_abs[name] / peak[name] if peak[name] > 0 else max_abs[name],
-            float(np.sqrt(diff_sq[name] / ref_sq[name]))
-            if ref_sq[name] > 0
-            else float(np.sqrt(diff_sq[name])),
+            float(np.sqrt(diff_sq[name] / ref_sq[name])) if ref_sq[name] > 0 else float(np.sqrt(diff_sq[name])),
         )
         for name in names
     ]
