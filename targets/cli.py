@@ -7,6 +7,8 @@ user can fix are raised as :class:`~ttgraph.errors.TTGraphError` (printed as one
     ttgraph compile det.onnx --target arm64-linux -o det.so --input-shape x=1,3,640,640
     ttgraph compile --list-targets
     ttgraph bench det.onnx --target arm64-linux --rpc 192.168.1.20:9090 --input-shape x=1,3,640,640
+    ttgraph bench det.onnx det.tt.onnx --threads 1,2 --json            # A/B in onnxruntime
+    ttgraph bench det.onnx det.tt.onnx --runtime tvm --plot speed.png  # A/B in TVM (local .so)
 """
 
 from __future__ import annotations
@@ -56,13 +58,25 @@ def add_compile_parser(subparsers: Any) -> argparse.ArgumentParser:
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "bench",
-        help="build, run and time a model on a remote device over TVM RPC",
-        description="Build MODEL for the target, upload it to a TVM RPC server (directly or through a "
-        "tracker), time it with time_evaluator and compare its outputs with onnxruntime on this machine.",
+        help="time an original against compressed models (A/B, same runtime), or one model over TVM RPC",
+        description="With two or more models: time them A/B alternated in the same runtime (onnxruntime, or "
+        "TVM here or over RPC) after warm-up and report each one's speedup over the first, pair by pair "
+        "(median and 10th-90th percentile), at each thread count. With one model and --rpc/--tracker: build it "
+        "for the target, time it on the device with time_evaluator and compare its outputs with onnxruntime.",
     )
-    p.add_argument("model", help="ONNX model file")
-    p.add_argument("--target", "-t", required=True, help="preset name or TVM target JSON")
-    where = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("models", nargs="+", metavar="MODEL", help="ONNX model files; the first is the reference")
+    p.add_argument("--target", "-t", help="preset name or TVM target JSON (TVM runs; default x86_64 for A/B)")
+    p.add_argument(
+        "--runtime",
+        choices=("onnxruntime", "tvm"),
+        help="runtime of an A/B comparison (default: onnxruntime; tvm with --rpc/--tracker)",
+    )
+    p.add_argument("--threads", default=None, help="comma-separated thread counts (default: 1 and all cores)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up rounds, not timed (default 3)")
+    p.add_argument("--runs", type=int, default=20, help="timed rounds (default 20)")
+    p.add_argument("--plot", metavar="PNG", help="write a bar chart of the speedups (matplotlib)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS measurement (onnxruntime)")
+    where = p.add_mutually_exclusive_group()
     where.add_argument("--rpc", metavar="HOST:PORT", help="address of a TVM RPC server")
     where.add_argument("--tracker", metavar="HOST:PORT", help="address of a TVM RPC tracker (with --key)")
     p.add_argument("--key", help="device key registered with the tracker")
@@ -129,11 +143,18 @@ def run_compile(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.tracker and not args.key:
+        raise TTGraphError("--tracker", "needs --key KEY (the device key the RPC servers registered)")
+    if len(args.models) >= 2:
+        return _run_ab(args)
+    if not (args.rpc or args.tracker) or not args.target:
+        raise TTGraphError(
+            "bench", "give a second MODEL to compare with, or --target and --rpc/--tracker to time one on a device"
+        )
     from .rpc import bench
 
     _log_to_stderr()
-    if args.tracker and not args.key:
-        raise TTGraphError("--tracker", "needs --key KEY (the device key the RPC servers registered)")
+    args.model = args.models[0]
     if args.number < 1 or args.repeat < 1:
         raise TTGraphError("--number", "--number and --repeat must be at least 1")
     inputs = _load_inputs(args.inputs) if args.inputs else None
@@ -155,6 +176,84 @@ def run_bench(args: argparse.Namespace) -> int:
     else:
         print(result.summary())
     return 0 if result.ok else 1
+
+
+def _parse_threads(text: str | None) -> list[int]:
+    import os
+
+    if text is None:
+        cores = os.cpu_count() or 1
+        return [1] if cores == 1 else [1, cores]
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise TTGraphError("--threads", f"expected thread counts like 1,2, got {text!r}")
+    return values
+
+
+def _run_ab(args: argparse.Namespace) -> int:
+    from ttgraph.bench import compare
+
+    runtime = args.runtime or ("tvm" if args.rpc or args.tracker else "onnxruntime")
+    if runtime == "onnxruntime" and (args.rpc or args.tracker):
+        raise TTGraphError("--runtime", "onnxruntime runs here; --rpc/--tracker go with --runtime tvm")
+    if args.plot:
+        from ttgraph.files import check_output_path
+
+        check_output_path(args.plot, tuple(args.models))
+    for path in args.models:
+        if not Path(path).is_file():
+            raise TTGraphError(path, "no such model file")
+    labels = _labels(args.models)
+    factory = device = None
+    threads = _parse_threads(args.threads)
+    if runtime == "tvm":
+        from .abbench import tvm_factory
+
+        _log_to_stderr()
+        session = None
+        if args.rpc or args.tracker:
+            from .rpc import connect
+
+            session = connect(args.rpc, args.tracker, args.key)
+            device = f"{args.target or 'x86_64'} via RPC"
+            threads = threads[:1]  # the device's runtime decides its threads
+        factory = tvm_factory(args.target or "x86_64", session=session)
+    report = compare(
+        dict(zip(labels, args.models, strict=True)),
+        threads=threads,
+        warmup=args.warmup,
+        runs=args.runs,
+        input_shapes=parse_input_shapes(args.input_shape) or None,
+        feed=_load_inputs(args.inputs) if args.inputs else None,
+        runtime=runtime,
+        factory=factory,
+        device=device,
+        memory=not args.no_memory,
+    )
+    if args.plot:
+        report.plot(args.plot)
+    if args.json:
+        print(report.to_json(), end="")
+    else:
+        print(report.table())
+        if args.plot:
+            print(f"wrote {args.plot}")
+    return 0
+
+
+def _labels(paths: list[str]) -> list[str]:
+    """Short unique labels: the file names, or the paths where names repeat."""
+    names = [Path(p).name for p in paths]
+    labels = names if len(set(names)) == len(names) else list(paths)
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
+    return out
 
 
 def _load_inputs(path: str) -> dict[str, np.ndarray]:

@@ -171,3 +171,58 @@ def binary_iou(a: list[np.ndarray], b: list[np.ndarray], threshold: float = 0.3)
         inter += int(np.logical_and(bx, by).sum())
         union += int(np.logical_or(bx, by).sum())
     return inter / union if union else 1.0
+
+
+def document_page(seed: int, height: int = 800, width: int = 608, photos: tuple[str, ...] = CALIB_PHOTOS) -> np.ndarray:
+    """A rendered document page for a layout detector (RGB uint8, ``height``×``width``): a title, paragraphs of
+    text lines, and maybe a figure (a crop of ``photos``) with a caption and a ruled table."""
+    rng = np.random.default_rng(seed)
+    img = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(235, 256, 3)))
+    draw = ImageDraw.Draw(img)
+    ink = tuple(int(v) for v in rng.integers(0, 60, 3))
+    margin = int(rng.integers(30, 60))
+    y = margin
+
+    def words(n: int) -> str:
+        return " ".join(WORDS[int(i)] for i in rng.integers(len(WORDS), size=n))
+
+    draw.text((margin, y), words(int(rng.integers(2, 6))).title(), fill=ink, font=_font(rng, int(rng.integers(26, 38))))
+    y += 60
+    while y < height - margin - 40:
+        kind = rng.choice(["paragraph", "figure", "table"], p=[0.6, 0.2, 0.2])
+        if kind == "paragraph":
+            size = int(rng.integers(12, 17))
+            font = _font(rng, size)
+            for _ in range(int(rng.integers(3, 9))):
+                if y > height - margin - size:
+                    break
+                draw.text((margin, y), words(int(rng.integers(6, 12))), fill=ink, font=font)
+                y += int(size * 1.5)
+            y += int(rng.integers(12, 30))
+        elif kind == "figure":
+            fh = int(rng.integers(120, 220))
+            fw = int(rng.integers(width // 3, width - 2 * margin))
+            if y + fh + 40 > height - margin:
+                break
+            name = photos[int(rng.integers(len(photos)))]
+            fig = Image.fromarray(photo_variant(name, int(rng.integers(1 << 30)), 256)).resize((fw, fh))
+            img.paste(fig, (margin, y))
+            y += fh + 8
+            draw.text((margin, y), "Figure " + words(int(rng.integers(3, 8))), fill=ink, font=_font(rng, 12))
+            y += 36
+        else:
+            rows, cols = int(rng.integers(3, 7)), int(rng.integers(2, 5))
+            rh, tw = 22, width - 2 * margin
+            if y + rows * rh + 20 > height - margin:
+                break
+            for r in range(rows + 1):
+                draw.line([(margin, y + r * rh), (margin + tw, y + r * rh)], fill=ink, width=1)
+            for c in range(cols + 1):
+                x = margin + c * tw // cols
+                draw.line([(x, y), (x, y + rows * rh)], fill=ink, width=1)
+            font = _font(rng, 12)
+            for r in range(rows):
+                for c in range(cols):
+                    draw.text((margin + c * tw // cols + 4, y + r * rh + 4), words(2), fill=ink, font=font)
+            y += rows * rh + int(rng.integers(20, 40))
+    return np.asarray(img)

@@ -35,7 +35,9 @@ def emitted_costs(model: onnx.ModelProto, label: str, shapes) -> tuple[int, int]
     ("d", "rule"), [(1, {"rank_ratio": 0.25}), (2, {"rank": 8}), (3, {"rank_ratio": 0.5}), (4, {"rank": 4})]
 )
 def test_reduced_rank_report_matches_the_emitted_detector_graph(det_path, d, rule):
-    result = ttgraph.compress(det_path, cores=d, input_shapes={"x": DET_SHAPE}, **rule)
+    # the rewrite's own counts: the fast-lowering passes (on by default) may fold a following affine op into
+    # the last factor, which the report's ``lowering`` section accounts for
+    result = ttgraph.compress(det_path, cores=d, input_shapes={"x": DET_SHAPE}, lower=False, **rule)
     assert len(result.report.layers) == 42
     shapes = infer_shapes(result.model)
     for layer in result.report.layers:

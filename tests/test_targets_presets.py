@@ -118,8 +118,9 @@ def test_compile_without_a_model_is_an_error():
 
 def test_bench_needs_one_remote_and_a_key_with_a_tracker(capsys):
     parser = _parser()
-    with pytest.raises(SystemExit):
-        parser.parse_args(["bench", "m.onnx", "--target", "arm64-linux"])
+    args = parser.parse_args(["bench", "m.onnx", "--target", "arm64-linux"])  # one model: a device is needed
+    with pytest.raises(TTGraphError, match="--rpc/--tracker"):
+        args.func(args)
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "m.onnx", "--target", "arm64-linux", "--rpc", "a:1", "--tracker", "b:2"])
     args = parser.parse_args(["bench", "m.onnx", "--target", "arm64-linux", "--tracker", "127.0.0.1:9190"])

@@ -174,6 +174,7 @@ class CompressionReport:
     verification: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None  # source, samples, held-out samples, seconds, method
     allocation: dict[str, Any] | None = None  # budget, metric, achieved ratios, objective
+    lowering: dict[str, Any] | None = None  # fast-lowering passes run after the rewrite (ttgraph.lowering)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -266,6 +267,7 @@ def compress(
     max_error: float | None = None,
     method: str = "data",
     rank_multiple: int = 1,
+    lower: bool | Sequence[str] = True,
 ) -> CompressionResult:
     """Rewrite the model's 1×1 convs as TT cores of order ``cores`` (1 = low-rank, 2..8 = TT-matrix).
 
@@ -285,6 +287,9 @@ def compress(
     layer, or keeps it dense (:mod:`ttgraph.decompose`, :mod:`ttgraph.allocate`). Low-rank ranks are
     multiples of ``rank_multiple`` (16 suits AVX-512 onnxruntime kernels).
 
+    ``lower`` runs the exact fast-lowering passes of :mod:`passes.lower` on the rewritten model (all by
+    default; a list names them; False runs none); the report's ``lowering`` says what each changed.
+
     >>> result = compress("model.onnx", cores=2, rank_ratio=0.5)  # doctest: +SKIP
     >>> result.save("model.tt.onnx", report_path="report.json")  # doctest: +SKIP
     >>> result = compress("det.onnx", calibration="pages/", preprocess="paddleocr-det,size=640x640",
@@ -301,7 +306,7 @@ def compress(
     if not 1 <= cores <= MAX_CORES:
         raise TTGraphError("options", f"cores must be between 1 and {MAX_CORES}, got {cores}")
     if budgeted:
-        return _compress_to_budget(
+        result = _compress_to_budget(
             model,
             Budget(macs_ratio=macs_ratio, params_ratio=params_ratio, max_error=max_error),
             calibration=calibration,
@@ -316,6 +321,7 @@ def compress(
             verify_feeds=verify_feeds,
             progress=progress,
         )
+        return _lower_result(result, lower)
     if calibration is not None:
         raise TTGraphError("options", "calibration data drives a budget: give macs_ratio, params_ratio or max_error")
     if rank is not None and rank < 1:
@@ -355,10 +361,26 @@ def compress(
         skipped=found.skipped,
         totals=_totals(reports),
     )
-    result = CompressionResult(rewritten, report, model if not isinstance(model, onnx.ModelProto) else original)
+    result = _lower_result(
+        CompressionResult(rewritten, report, model if not isinstance(model, onnx.ModelProto) else original), lower
+    )
     if verify_feeds is not None:
-        errors = compare_outputs(original, rewritten, verify_feeds, name)
+        errors = compare_outputs(original, result.model, verify_feeds, name)
         report.verification = {"outputs": [e.to_dict() for e in errors]}
+    return result
+
+
+def _lower_result(result: CompressionResult, lower: bool | Sequence[str]) -> CompressionResult:
+    """The hook both compress paths end with: run the fast-lowering passes on the rewritten model."""
+    if lower is False:
+        return result
+    from passes.lower import DEFAULT_PASSES
+    from ttgraph.lowering import lower_model
+
+    names = DEFAULT_PASSES if lower is True else tuple(lower)
+    if not names:
+        return result
+    result.model, result.report.lowering = lower_model(result.model, names)
     return result
 
 

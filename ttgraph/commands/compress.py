@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from passes.lower import DEFAULT_PASSES, PASSES
 from ttgraph.api import CompressionReport, compress
 from ttgraph.commands.common import add_input_shape_option, format_table
 from ttgraph.costs import human
@@ -76,6 +77,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-verify", action="store_true", help="skip the onnxruntime comparison on a random input"
     )
+    lowering = p.add_mutually_exclusive_group()
+    lowering.add_argument(
+        "--lower",
+        metavar="PASSES",
+        default=",".join(DEFAULT_PASSES),
+        help=f"exact fast-lowering passes run after the rewrite, comma-separated (default: {','.join(DEFAULT_PASSES)})",
+    )
+    lowering.add_argument("--no-lower", action="store_true", help="run no fast-lowering pass")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     p.set_defaults(func=run)
 
@@ -109,6 +118,10 @@ def run(args: argparse.Namespace) -> int:
         if extra:
             check_output_path(extra, (args.model,))
     shapes = parse_input_shapes(args.input_shape)
+    lower = [] if args.no_lower else [name.strip() for name in args.lower.split(",") if name.strip()]
+    unknown = [name for name in lower if name not in PASSES]
+    if unknown:
+        raise TTGraphError("--lower", f"unknown pass {unknown[0]!r} (known: {', '.join(PASSES)})")
     if budgeted:
         result = compress(
             args.model,
@@ -124,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
             max_error=args.max_error,
             method=args.method,
             rank_multiple=args.rank_multiple,
+            lower=lower,
         )
     else:
         result = compress(
@@ -135,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
             input_shapes=shapes,
             layers=args.layer,
             progress=not args.quiet,
+            lower=lower,
         )
     if not args.no_verify and result.report.verification is None:
         try:
@@ -195,6 +210,13 @@ def render(report: CompressionReport) -> str:
     notes = [f"  {layer.name}: {layer.note}" for layer in report.layers if layer.note]
     if notes:
         lines += ["notes:", *notes]
+    if report.lowering:
+        done = [f"{p['pass']} ×{p['count']}" for p in report.lowering["passes"] if p["count"]]
+        err = report.lowering.get("max_rel_error")
+        lines.append(
+            f"lowering: {', '.join(done) or 'nothing to change'}; nodes {report.lowering['nodes_before']}→"
+            f"{report.lowering['nodes_after']}" + ("" if err is None else f", max rel. change {err:.2g}")
+        )
     if report.allocation:
         a = report.allocation
         lines.append(

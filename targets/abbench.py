@@ -1,0 +1,69 @@
+"""TVM runners for the A/B comparison of :mod:`ttgraph.bench`: each model built for a target preset with
+:func:`targets.compile_model`, then run here (Relax VM, ``.so`` loaded in this process) or on a device over
+TVM RPC (the runner returns the device-side time of one run, measured with ``time_evaluator``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ttgraph.bench import Runner
+
+from .compile import compile_model
+from .presets import resolve_target
+from .run import ordered_inputs
+
+
+def tvm_factory(
+    target: str = "x86_64", *, session: Any = None, workdir: str | os.PathLike[str] | None = None
+) -> Callable[[onnx.ModelProto, dict[str, np.ndarray], int], Runner]:
+    """A runner factory for :func:`ttgraph.bench.compare`. Libraries are built once per model (cached by
+    identity) in ``workdir`` (default: a temporary folder that lives as long as the factory)."""
+    import tvm
+    from tvm import relax
+
+    preset = resolve_target(target)
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="ttgraph-abbench-")
+        workdir = tmp.name
+    built: dict[int, Path] = {}
+    device = "cuda" if preset.is_cuda else "cpu"
+
+    def library(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> Path:
+        if id(model) not in built:
+            out = Path(workdir, f"m{len(built)}.{preset.name}.so")
+            compile_model(model, target, out, {k: list(v.shape) for k, v in feed.items()})
+            built[id(model)] = out
+        return built[id(model)]
+
+    def factory(model: onnx.ModelProto, feed: dict[str, np.ndarray], threads: int) -> Runner:
+        path = library(model, feed)
+        names = [i.name for i in model.graph.input if i.name in feed]
+        if session is None:
+            config = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
+            if config is not None:
+                config(0, threads)  # affinity mode 0 (big cores), threads
+            dev = tvm.device(device, 0)
+            vm = relax.VirtualMachine(tvm.runtime.load_module(os.fspath(path)), dev)
+            args = [tvm.runtime.tensor(x, dev) for x in ordered_inputs(feed, names)]
+            fn = vm["main"]
+            return lambda: fn(*args)
+        remote_name = f"ttgraph-{uuid.uuid4().hex[:12]}.so"
+        session.upload(os.fspath(path), target=remote_name)
+        dev = session.device(device, 0)
+        vm = relax.VirtualMachine(session.load_module(remote_name), dev)
+        vm.set_input("main", *[tvm.runtime.tensor(x, dev) for x in ordered_inputs(feed, names)])
+        timer = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=1)
+        return lambda: float(timer("main").results[0])  # device-side seconds
+
+    factory._keep = tmp  # type: ignore[attr-defined]  # the temporary folder lives as long as the factory
+    return factory

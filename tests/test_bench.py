@@ -1,0 +1,133 @@
+"""``ttgraph bench``: A/B timing of an original and a compressed model; and the per-layer latency probe."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+from conftest import conv_model
+
+from ttgraph import latency
+from ttgraph.api import compress
+from ttgraph.cli import main
+
+
+@pytest.fixture
+def pair(tmp_path):
+    original = conv_model(32, 32, hw=(16, 16), seed=1)
+    compressed = compress(original, rank_ratio=0.25).model
+    a, b = tmp_path / "orig.onnx", tmp_path / "small.onnx"
+    onnx.save(original, a)
+    onnx.save(compressed, b)
+    return a, b
+
+
+def test_bench_json_has_ratios_pair_by_pair_for_each_thread_count(pair, tmp_path, capsys):
+    a, b = pair
+    plot = tmp_path / "speed.png"
+    code = main(
+        ["bench", str(a), str(b), "--threads", "1,2", "--warmup", "1", "--runs", "5", "--json", "--plot", str(plot)]
+    )
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["runtime"] == "onnxruntime" and list(out["models"]) == ["orig.onnx", "small.onnx"]
+    assert [row["threads"] for row in out["results"]] == [1, 2]
+    for row in out["results"]:
+        assert row["speedup"]["orig.onnx"]["median"] == 1.0  # the reference against itself, pair by pair
+        ratio = row["speedup"]["small.onnx"]
+        assert ratio["p10"] <= ratio["median"] <= ratio["p90"] and ratio["median"] > 0
+        assert row["times"]["small.onnx"]["median_ms"] > 0
+    assert all(v is None or v > 10 for v in out["peak_rss_mb"].values())
+    assert plot.stat().st_size > 1000
+
+
+def test_bench_table_names_the_reference_and_the_speedup(pair, capsys):
+    a, b = pair
+    assert main(["bench", str(a), str(b), "--threads", "1", "--warmup", "0", "--runs", "3", "--no-memory"]) == 0
+    out = capsys.readouterr().out
+    assert "speedup = time(orig.onnx) / time(model)" in out and "small.onnx" in out and "×" in out
+
+
+@pytest.mark.parametrize("bad", ["missing", "garbage"])
+def test_bench_on_a_bad_file_is_a_one_line_error(pair, tmp_path, capsys, bad):
+    a, _ = pair
+    path = tmp_path / "bad.onnx"
+    if bad == "garbage":
+        path.write_bytes(b"this is not a model")
+    assert main(["bench", str(a), str(path), "--runs", "2", "--no-memory"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ttgraph: error:") and "\n" not in err
+
+
+def test_bench_of_one_model_without_a_device_is_an_error(pair, capsys):
+    assert main(["bench", str(pair[0])]) == 2
+    assert "second MODEL" in capsys.readouterr().err
+
+
+@pytest.mark.tvm
+def test_bench_in_tvm_runs_both_libraries_alternated(pair, capsys):
+    a, b = pair
+    assert main(["bench", str(a), str(b), "--runtime", "tvm", "--threads", "1", "--runs", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["runtime"] == "tvm" and out["results"][0]["speedup"]["small.onnx"]["median"] > 0
+
+
+# ------------------------------------------------------------------------------------- latency probe
+
+
+def test_latency_cache_hit_returns_the_same_value_without_measuring(tmp_path, monkeypatch):
+    monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path))
+    first = latency.lowrank_speedup(32, 32, 8, 8, rank=16, warmup=1, runs=3)
+    assert first > 0 and latency.cache_path().is_file()
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("measured again despite the cache")
+
+    monkeypatch.setattr(latency, "time_alternated", no_timing)
+    assert latency.lowrank_speedup(32, 32, 8, 8, rank=16) == first
+    with pytest.raises(AssertionError, match="measured again"):
+        latency.lowrank_speedup(32, 32, 8, 8, rank=8)  # another shape is another key
+
+
+def test_latency_models_compute_the_same_shapes(tmp_path, monkeypatch):
+    from ttgraph.bench import feed_for
+    from ttgraph.verify import session
+
+    dense, lowrank = latency.pointwise_models(16, 24, 10, 10, rank=8, stride=2)
+    feed = feed_for(dense)
+    assert session(dense).run(None, feed)[0].shape == session(lowrank).run(None, feed)[0].shape == (1, 24, 5, 5)
+
+
+def test_latency_sees_a_thin_high_resolution_layer_gain_less_than_a_wide_low_resolution_one(tmp_path, monkeypatch):
+    monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path))
+    memory_bound = latency.lowrank_speedup(48, 48, 160, 160, rank=24, runs=15)
+    compute_bound = latency.lowrank_speedup(384, 384, 20, 20, rank=96, runs=15)
+    assert compute_bound > memory_bound
+
+
+@pytest.mark.tvm
+def test_bench_in_tvm_over_rpc_reports_device_side_times(pair, tmp_path, capsys):
+    import sys
+
+    from targets.qemu import free_port, serving_process
+
+    a, b = pair
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "tvm.exec.rpc_server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--port-end",
+        str(port + 1),
+    ]
+    with serving_process(cmd, "127.0.0.1", port, log_path=tmp_path / "rpc.log"):
+        code = main(["bench", str(a), str(b), "--rpc", f"127.0.0.1:{port}", "--runs", "3", "--warmup", "1", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["runtime"] == "tvm" and out["device"].endswith("via RPC")
+    assert out["results"][0]["speedup"]["small.onnx"]["median"] > 0

@@ -1,0 +1,295 @@
+"""Fast-lowering passes: each rewrite keeps the model's outputs (onnxruntime, before vs after) and leaves alone
+the patterns it must not touch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from conftest import conv_model, det_input, photo
+from onnx import TensorProto, helper, numpy_helper
+
+from ttgraph.api import compress
+from ttgraph.cli import main
+from ttgraph.lowering import lower_model
+from ttgraph.model_io import load_model
+from ttgraph.verify import session
+
+
+def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return session(model).run(None, feed)
+
+
+def _assert_same(a: onnx.ModelProto, b: onnx.ModelProto, feed: dict[str, np.ndarray], rtol: float = 1e-5) -> None:
+    for x, y in zip(_run(a, feed), _run(b, feed), strict=True):
+        assert x.shape == y.shape
+        assert np.abs(x - y).max() <= rtol * max(1.0, float(np.abs(x).max()))
+
+
+def _ops(model: onnx.ModelProto) -> list[str]:
+    return [n.op_type for n in model.graph.node]
+
+
+def _model(nodes, inits, *, cin=4, hw=(5, 6), outputs=("y",), opset=13) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, *hw])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, [None] * 4) for o in outputs],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _feed(cin=4, hw=(5, 6), seed=0) -> dict[str, np.ndarray]:
+    return {"x": (3 * np.random.default_rng(seed).standard_normal((1, cin, *hw))).astype(np.float32)}
+
+
+def _hardswish_nodes(x="x", y="y", lo=0.0, hi=6.0, last="Div"):
+    consts = {"three": 3.0, "lo": lo, "hi": hi, "six": 6.0 if last == "Div" else 1 / 6}
+    nodes = [
+        helper.make_node("Add", [x, "three"], ["a"]),
+        helper.make_node("Clip", ["a", "lo", "hi"], ["c"]),
+        helper.make_node("Mul", [x, "c"], ["m"]),
+        helper.make_node(last, ["m", "six"], [y]),
+    ]
+    return nodes, consts
+
+
+# ------------------------------------------------------------------------------------------ HardSwish
+
+
+@pytest.mark.parametrize("last", ["Div", "Mul"])
+@pytest.mark.parametrize("opset", [13, 14])
+def test_hardswish_pattern_becomes_one_native_op(opset, last):
+    nodes, consts = _hardswish_nodes(last=last)
+    model = _model(nodes, consts, opset=opset)
+    lowered, report = lower_model(model, ["fuse-hardswish"])
+    _assert_same(model, lowered, _feed())
+    assert report["passes"][0]["count"] == 1
+    assert "Clip" not in _ops(lowered)
+    assert _ops(lowered) == (["HardSwish"] if opset >= 14 else ["HardSigmoid", "Mul"])
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["other-bounds", "intermediate-read-elsewhere", "intermediate-is-output", "different-x", "not-a-sixth"],
+)
+def test_hardswish_lookalikes_are_left_alone(case):
+    nodes, consts = _hardswish_nodes(hi=5.0 if case == "other-bounds" else 6.0)
+    outputs = ("y",)
+    if case == "intermediate-read-elsewhere":
+        nodes.append(helper.make_node("Relu", ["c"], ["r"]))
+        outputs = ("y", "r")
+    elif case == "intermediate-is-output":
+        outputs = ("y", "m")
+    elif case == "different-x":
+        nodes.insert(0, helper.make_node("Neg", ["x"], ["nx"]))
+        nodes[3] = helper.make_node("Mul", ["nx", "c"], ["m"])  # x·Clip(… of another tensor)
+    elif case == "not-a-sixth":
+        consts["six"] = 5.0
+    model = _model(nodes, consts, outputs=outputs)
+    lowered, report = lower_model(model, ["fuse-hardswish"])
+    assert report["passes"][0]["count"] == 0
+    assert sorted(_ops(lowered)) == sorted(_ops(model))
+
+
+def test_hardswish_fusion_on_the_real_detector_is_exact_and_drops_nodes(det_path):
+    model = load_model(det_path, {"x": [1, 3, 320, 320]})
+    lowered, report = lower_model(model, ["fuse-hardswish"], check_error=False)
+    assert report["passes"][0]["count"] == 24
+    assert _ops(lowered).count("Clip") == 0
+    assert report["nodes_after"] <= report["nodes_before"] - 48
+    feed = {"x": det_input(photo("page"), 320)}
+    _assert_same(model, lowered, feed, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------- affine folding
+
+
+def _conv(name, x, y, w, b=None, **attrs):
+    inputs = [x, f"{name}_w"] + ([f"{name}_b"] if b is not None else [])
+    return helper.make_node("Conv", inputs, [y], name=name, **attrs)
+
+
+def _weights(cout, cin, k=1, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((cout, cin, k, k)), rng.standard_normal(cout)
+
+
+def test_batchnorm_after_conv_is_folded():
+    w, b = _weights(6, 4)
+    rng = np.random.default_rng(1)
+    bn = {
+        "s": rng.uniform(0.5, 2, 6),
+        "t": rng.standard_normal(6),
+        "mu": rng.standard_normal(6),
+        "v": rng.uniform(0.5, 2, 6),
+    }
+    nodes = [
+        _conv("c", "x", "h", w, b),
+        helper.make_node("BatchNormalization", ["h", "s", "t", "mu", "v"], ["z"], epsilon=1e-3),
+        helper.make_node("Relu", ["z"], ["y"]),
+    ]
+    model = _model(nodes, {"c_w": w, "c_b": b, **bn})
+    lowered, report = lower_model(model, ["fold-affine"])
+    _assert_same(model, lowered, _feed())
+    assert _ops(lowered) == ["Conv", "Relu"]
+    assert report["max_rel_error"] is not None and report["max_rel_error"] < 1e-5
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 1, 1), (6, 1, 1), (1,), ()])
+def test_mul_div_add_sub_after_a_grouped_padded_conv_are_folded(shape):
+    w, _ = _weights(6, 2, k=3)
+    rng = np.random.default_rng(2)
+    consts = {f"k{i}": rng.uniform(0.5, 2, shape) for i in range(4)}
+    nodes = [
+        _conv("c", "x", "h", w, None, pads=[1, 1, 1, 1], group=2, kernel_shape=[3, 3]),
+        helper.make_node("Mul", ["k0", "h"], ["h1"]),
+        helper.make_node("Div", ["h1", "k1"], ["h2"]),
+        helper.make_node("Add", ["h2", "k2"], ["h3"]),
+        helper.make_node("Sub", ["h3", "k3"], ["y"]),
+    ]
+    model = _model(nodes, {"c_w": w, **consts})
+    lowered, _ = lower_model(model, ["fold-affine"])
+    _assert_same(model, lowered, _feed())
+    assert _ops(lowered) == ["Conv"]
+
+
+def test_per_channel_mul_and_add_before_an_unpadded_1x1_conv_are_folded():
+    w, b = _weights(5, 4)
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Mul", ["r", "s"], ["m"]),
+        helper.make_node("Add", ["m", "t"], ["a"]),
+        _conv("c", "a", "y", w, b, strides=[2, 2]),
+    ]
+    model = _model(nodes, {"c_w": w, "c_b": b, "s": rng.uniform(0.5, 2, (1, 4, 1, 1)), "t": [0.7]})
+    lowered, report = lower_model(model, ["fold-affine"])
+    _assert_same(model, lowered, _feed())
+    assert _ops(lowered) == ["Relu", "Conv"]
+    assert report["passes"][0]["count"] == 2
+
+
+@pytest.mark.parametrize("case", ["padded-conv-after-add", "conv-output-is-graph-output", "read-elsewhere", "spatial"])
+def test_affine_lookalikes_are_left_alone(case):
+    w, b = _weights(4, 4, k=3 if case == "padded-conv-after-add" else 1)
+    rng = np.random.default_rng(4)
+    outputs = ("y",)
+    if case == "padded-conv-after-add":  # the shift would differ at the zero-padded borders
+        nodes = [
+            helper.make_node("Add", ["x", "t"], ["a"]),
+            _conv("c", "a", "y", w, b, pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        ]
+        consts = {"t": [0.7]}
+    else:
+        nodes = [_conv("c", "x", "h", w, b), helper.make_node("Mul", ["h", "s"], ["y"])]
+        consts = {"s": rng.uniform(0.5, 2, (1, 4, 5, 6) if case == "spatial" else (1, 4, 1, 1))}
+        if case == "conv-output-is-graph-output":
+            outputs = ("y", "h")
+        elif case == "read-elsewhere":
+            nodes.append(helper.make_node("Relu", ["h"], ["r"]))
+            outputs = ("y", "r")
+    model = _model(nodes, {"c_w": w, "c_b": b, **consts}, outputs=outputs)
+    lowered, report = lower_model(model, ["fold-affine"])
+    assert report["passes"][0]["count"] == 0
+    assert sorted(_ops(lowered)) == sorted(_ops(model))
+    _assert_same(model, lowered, _feed())
+
+
+def test_a_mul_that_broadcasts_one_channel_up_to_the_conv_input_is_left_alone():
+    w, b = _weights(4, 4)
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["g"], axes=[1], keepdims=1),  # 1 channel
+        helper.make_node("Mul", ["g", "s"], ["m"]),  # × per-channel constant → 4 channels
+        _conv("c", "m", "y", w, b),
+    ]
+    model = _model(nodes, {"c_w": w, "c_b": b, "s": np.arange(1, 5).reshape(1, 4, 1, 1)})
+    lowered, report = lower_model(model, ["fold-affine"])
+    assert report["passes"][0]["count"] == 0
+    _assert_same(model, lowered, _feed())
+
+
+# ------------------------------------------------------------------------------------------ subnormals
+
+
+def test_subnormal_weights_are_flushed_to_zero():
+    model = conv_model(8, 8, seed=5)
+    w = numpy_helper.to_array(model.graph.initializer[0]).copy()
+    w.flat[:10] = np.float32(1e-40)
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, "w"))
+    lowered, report = lower_model(model, ["flush-subnormals"], check_error=False)
+    assert report["passes"][0]["count"] == 10
+    flushed = numpy_helper.to_array(lowered.graph.initializer[0])
+    assert not np.any((flushed != 0) & (np.abs(flushed) < np.finfo(np.float32).tiny))
+    feed = {"x": np.random.default_rng(0).standard_normal((1, 8, 9, 10)).astype(np.float32)}
+    _assert_same(model, lowered, feed)
+
+
+def test_unknown_pass_is_an_error():
+    from ttgraph.errors import TTGraphError
+
+    with pytest.raises(TTGraphError, match="unknown lowering pass"):
+        lower_model(conv_model(4, 4), ["fold-everything"])
+
+
+# ----------------------------------------------------------------------------------- inside compress
+
+
+def _conv_bn_model() -> onnx.ModelProto:
+    w, b = _weights(16, 16)
+    rng = np.random.default_rng(6)
+    bn = {
+        "s": rng.uniform(0.5, 2, 16),
+        "t": rng.standard_normal(16),
+        "mu": rng.standard_normal(16),
+        "v": rng.uniform(0.5, 2, 16),
+    }
+    nodes = [
+        _conv("c", "x", "h", w, b),
+        helper.make_node("BatchNormalization", ["h", "s", "t", "mu", "v"], ["y"]),
+    ]
+    return _model(nodes, {"c_w": w, "c_b": b, **bn}, cin=16)
+
+
+def test_compress_folds_a_following_batchnorm_into_the_last_factor_and_reports_it():
+    model = _conv_bn_model()
+    result = compress(model, rank_ratio=1.0, verify_feeds=[_feed(16)])
+    assert result.report.lowering is not None
+    assert result.report.lowering["passes"][1]["count"] == 1
+    assert _ops(result.model) == ["Conv", "Conv"]
+    assert max(o["max_rel"] for o in result.report.verification["outputs"]) < 1e-5
+    plain = compress(model, rank_ratio=1.0, lower=False)
+    assert plain.report.lowering is None and "BatchNormalization" in _ops(plain.model)
+
+
+def test_cli_no_lower_and_lowering_line(tmp_path, capsys):
+    src = tmp_path / "m.onnx"
+    onnx.save(_conv_bn_model(), src)
+    assert (
+        main(
+            [
+                "compress",
+                str(src),
+                "-o",
+                str(tmp_path / "a.onnx"),
+                "--rank-ratio",
+                "1",
+                "--report",
+                str(tmp_path / "a.json"),
+            ]
+        )
+        == 0
+    )
+    assert "lowering: fold-affine ×1" in capsys.readouterr().out
+    assert json.loads((tmp_path / "a.json").read_text())["lowering"]["nodes_after"] == 2
+    assert main(["compress", str(src), "-o", str(tmp_path / "b.onnx"), "--rank-ratio", "1", "--no-lower"]) == 0
+    assert "BatchNormalization" in _ops(onnx.load(tmp_path / "b.onnx"))
+    assert main(["compress", str(src), "-o", str(tmp_path / "c.onnx"), "--rank-ratio", "1", "--lower", "nope"]) == 2
+    assert "unknown pass 'nope'" in capsys.readouterr().err

@@ -1,0 +1,266 @@
+"""A/B speed comparison of an original and a compressed model in the same runtime.
+
+The headline is the ratio, taken pair by pair: after warm-up, each round runs every model once (the order
+rotating between rounds), so load from other processes hits both sides alike; the speedup of round ``i`` is
+``time(original)_i / time(model)_i`` and we report its median and spread (10th–90th percentile), with the
+medians of the absolute times beside it. Runtimes: onnxruntime here (:func:`onnxruntime_runner`), and TVM
+(local or over RPC) through runners built in :mod:`targets.abbench`.
+
+>>> report = compare({"original": "det.onnx", "compressed": "det.tt.onnx"}, threads=(1, 2))  # doctest: +SKIP
+>>> report.rows[0]["speedup"]  # doctest: +SKIP
+1.31
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ttgraph.errors import TTGraphError
+from ttgraph.model_io import InputShapes, ModelSource, graph_inputs, input_dims, load_model, source_name
+
+Runner = Callable[[], Any]
+# (model, feed, threads) -> a zero-argument callable that runs the model once
+RunnerFactory = Callable[[onnx.ModelProto, dict[str, np.ndarray], int], Runner]
+
+
+def onnxruntime_runner(model: onnx.ModelProto, feed: dict[str, np.ndarray], threads: int) -> Runner:
+    """One onnxruntime CPU session at ``threads`` intra-op threads (inter-op 1, sequential)."""
+    from ttgraph.verify import session
+
+    sess = session(model, threads=threads)
+    names = [o.name for o in sess.get_outputs()]
+    feed = {i.name: feed[i.name] for i in sess.get_inputs()}
+    return lambda: sess.run(names, feed)
+
+
+def feed_for(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    """A seeded uniform [-1, 1) input per graph input (dims must be static)."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for value in graph_inputs(model):
+        dims = input_dims(value)
+        if any(d is None for d in dims):
+            raise TTGraphError(value.name, f"input has dynamic dims {dims}; fix them with --input-shape")
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        feed[value.name] = rng.uniform(-1, 1, dims).astype(dtype)
+    return feed
+
+
+def time_alternated(runners: Mapping[str, Runner], *, warmup: int = 3, runs: int = 20) -> dict[str, list[float]]:
+    """Seconds per run of each runner, A/B alternated: round ``i`` runs every runner once, in an order that
+    rotates between rounds. ``warmup`` rounds are run first and dropped. A runner that returns a float
+    reports its own time (seconds) in place of the wall clock here."""
+    labels = list(runners)
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    for i in range(warmup + runs):
+        shift = i % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            start = time.perf_counter()
+            measured = runners[label]()
+            elapsed = time.perf_counter() - start
+            if isinstance(measured, float):  # a runner that times itself (e.g. on a remote device)
+                elapsed = measured
+            if i >= warmup:
+                times[label].append(elapsed)
+    return times
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, np.float64), q))
+
+
+def ratio_stats(reference: Sequence[float], other: Sequence[float]) -> dict[str, float]:
+    """Pair-by-pair ``reference[i] / other[i]``: median and 10th/90th percentiles."""
+    ratios = [a / b for a, b in zip(reference, other, strict=True) if b > 0]
+    return {
+        "median": statistics.median(ratios),
+        "p10": _percentile(ratios, 10),
+        "p90": _percentile(ratios, 90),
+    }
+
+
+def time_stats(values: Sequence[float]) -> dict[str, float]:
+    ms = [1e3 * v for v in values]
+    return {"median_ms": statistics.median(ms), "p10_ms": _percentile(ms, 10), "p90_ms": _percentile(ms, 90)}
+
+
+@dataclass
+class BenchReport:
+    """Per (runtime, threads): each model's time stats and its speedup over the first (reference) model."""
+
+    models: dict[str, str]
+    runtime: str
+    warmup: int
+    runs: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    peak_rss_mb: dict[str, float | None] = field(default_factory=dict)
+    device: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "models": self.models,
+            "runtime": self.runtime,
+            "device": self.device,
+            "warmup": self.warmup,
+            "runs": self.runs,
+            "results": self.rows,
+            "peak_rss_mb": self.peak_rss_mb,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    def table(self) -> str:
+        from ttgraph.commands.common import format_table
+
+        labels = list(self.models)
+        header = ["threads", "model", "median ms", "p10–p90 ms", "speedup", "speedup p10–p90"]
+        body = []
+        for row in self.rows:
+            for label in labels:
+                t, r = row["times"][label], row["speedup"][label]
+                body.append(
+                    [
+                        str(row["threads"]),
+                        label,
+                        f"{t['median_ms']:.2f}",
+                        f"{t['p10_ms']:.2f}–{t['p90_ms']:.2f}",
+                        f"{r['median']:.2f}×",
+                        f"{r['p10']:.2f}–{r['p90']:.2f}",
+                    ]
+                )
+        lines = [
+            f"{self.runtime} on {self.device}: {self.runs} rounds after {self.warmup} warm-up, A/B alternated; "
+            f"speedup = time({labels[0]}) / time(model), pair by pair",
+            format_table(header, body),
+        ]
+        if any(v is not None for v in self.peak_rss_mb.values()):
+            rss = ", ".join(f"{k} {v:.0f} MB" for k, v in self.peak_rss_mb.items() if v is not None)
+            lines.append(f"peak RSS (one process per model, load + one run): {rss}")
+        return "\n".join(lines)
+
+    def plot(self, path: str | os.PathLike[str]) -> None:
+        """Bars of the median speedup per model and thread count, whiskers at p10/p90."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        labels = list(self.models)
+        fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(self.rows) * len(labels), 3.2))
+        width = 0.8 / len(labels)
+        for j, label in enumerate(labels):
+            xs = [i + j * width for i in range(len(self.rows))]
+            med = [row["speedup"][label]["median"] for row in self.rows]
+            lo = [m - row["speedup"][label]["p10"] for m, row in zip(med, self.rows, strict=True)]
+            hi = [row["speedup"][label]["p90"] - m for m, row in zip(med, self.rows, strict=True)]
+            ax.bar(xs, med, width, yerr=[lo, hi], capsize=3, label=label)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(self.rows))])
+        ax.set_xticklabels([f"{row['threads']} thread(s)" for row in self.rows])
+        ax.set_ylabel(f"speedup over {labels[0]}")
+        ax.set_title(f"{self.runtime}: ratio of times, A/B alternated")
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def compare(
+    models: Mapping[str, ModelSource],
+    *,
+    threads: Sequence[int] = (1,),
+    warmup: int = 3,
+    runs: int = 20,
+    input_shapes: InputShapes | None = None,
+    feed: dict[str, np.ndarray] | None = None,
+    runtime: str = "onnxruntime",
+    factory: RunnerFactory | None = None,
+    device: str | None = None,
+    memory: bool = True,
+) -> BenchReport:
+    """Time ``models`` (label → model; the first is the reference) A/B alternated at each thread count.
+
+    ``factory`` builds a runner per (model, feed, threads); the default is onnxruntime. ``memory`` measures each
+    model's peak RSS in its own onnxruntime process (load + one run).
+    """
+    if len(models) < 2:
+        raise TTGraphError("bench", "compare needs at least two models (the first is the reference)")
+    if warmup < 0 or runs < 1 or any(t < 1 for t in threads):
+        raise TTGraphError("bench", "--runs and --threads must be ≥ 1, --warmup ≥ 0")
+    protos = {label: load_model(m, input_shapes) for label, m in models.items()}
+    first = next(iter(protos.values()))
+    feed = feed if feed is not None else feed_for(first)
+    for label, proto in protos.items():
+        names = {v.name for v in graph_inputs(proto)}
+        if names != set(feed):
+            raise TTGraphError(label, f"inputs {sorted(names)} differ from the reference's {sorted(feed)}")
+    factory = factory or onnxruntime_runner
+    report = BenchReport(
+        {label: source_name(m) for label, m in models.items()}, runtime, warmup, runs, device=device or cpu_model()
+    )
+    ref = next(iter(protos))
+    for n in threads:
+        runners = {label: factory(proto, feed, n) for label, proto in protos.items()}
+        times = time_alternated(runners, warmup=warmup, runs=runs)
+        report.rows.append(
+            {
+                "threads": n,
+                "times": {label: time_stats(t) for label, t in times.items()},
+                "speedup": {label: ratio_stats(times[ref], t) for label, t in times.items()},
+            }
+        )
+        del runners
+    if memory and runtime == "onnxruntime":
+        report.peak_rss_mb = {label: peak_rss_mb(proto, feed) for label, proto in protos.items()}
+    return report
+
+
+_RSS_SCRIPT = """
+import resource, sys, numpy as np, onnxruntime as ort
+o = ort.SessionOptions(); o.log_severity_level = 4; o.intra_op_num_threads = 1
+s = ort.InferenceSession(sys.argv[1], o, providers=["CPUExecutionProvider"])
+d = np.load(sys.argv[2]); s.run(None, {k: d[k] for k in d.files})
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+"""
+
+
+def peak_rss_mb(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> float | None:
+    """Peak resident memory (MB) of a fresh process that loads ``model`` in onnxruntime and runs it once."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ttgraph-rss-") as tmp:
+        path, data = os.path.join(tmp, "m.onnx"), os.path.join(tmp, "feed.npz")
+        onnx.save_model(model, path, save_as_external_data=model.ByteSize() > 1_900_000_000)
+        np.savez(data, **feed)
+        try:
+            out = subprocess.run(
+                [sys.executable, "-c", _RSS_SCRIPT, path, data], capture_output=True, text=True, timeout=300
+            )
+            return float(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else None
+        except (subprocess.TimeoutExpired, ValueError, IndexError):
+            return None
