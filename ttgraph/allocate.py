@@ -4,6 +4,8 @@ Given each layer's error-vs-cost curve (:meth:`ttgraph.decompose.LayerCandidates
 
 - ``macs_ratio`` R: MACs of the rewritten 1×1 layers (as emitted) ≤ R × the original 1×1 MACs;
 - ``params_ratio`` R: the same for parameters (cores + biases);
+- ``latency_ratio`` R: the same for the 1×1 layers' time measured on the runtime, layer by layer
+  (:func:`ttgraph.latency.attach_latencies`), so a factorization that is not faster there is never chosen;
 - ``max_error`` E: every layer's calibration output error ≤ E (alone: the cheapest such candidate per
   layer; with a ratio: a cap on the candidates the ratio allocation may use) —
 
@@ -44,13 +46,15 @@ class Budget:
     macs_ratio: float | None = None
     params_ratio: float | None = None
     max_error: float | None = None
+    latency_ratio: float | None = None
 
     def __post_init__(self) -> None:
-        if self.macs_ratio is not None and self.params_ratio is not None:
-            raise TTGraphError("budget", "give one of macs_ratio and params_ratio, not both")
-        if self.macs_ratio is None and self.params_ratio is None and self.max_error is None:
-            raise TTGraphError("budget", "give macs_ratio, params_ratio or max_error")
-        for key in ("macs_ratio", "params_ratio"):
+        ratios = [r for r in (self.macs_ratio, self.params_ratio, self.latency_ratio) if r is not None]
+        if len(ratios) > 1:
+            raise TTGraphError("budget", "give one of macs_ratio, params_ratio and latency_ratio, not several")
+        if not ratios and self.max_error is None:
+            raise TTGraphError("budget", "give macs_ratio, params_ratio, latency_ratio or max_error")
+        for key in ("macs_ratio", "params_ratio", "latency_ratio"):
             value = getattr(self, key)
             if value is not None and not 0 < value <= 1:
                 raise TTGraphError("budget", f"{key} must be in (0, 1], got {value}")
@@ -59,16 +63,22 @@ class Budget:
 
     @property
     def metric(self) -> Metric:
+        if self.latency_ratio is not None:
+            return "latency"
         return "params" if self.params_ratio is not None else "macs"
 
     @property
     def ratio(self) -> float | None:
-        return self.params_ratio if self.params_ratio is not None else self.macs_ratio
+        for ratio in (self.params_ratio, self.latency_ratio):
+            if ratio is not None:
+                return ratio
+        return self.macs_ratio
 
     def to_dict(self) -> dict[str, float | None | str]:
         return {
             "macs_ratio": self.macs_ratio,
             "params_ratio": self.params_ratio,
+            "latency_ratio": self.latency_ratio,
             "max_error": self.max_error,
             "metric": self.metric,
         }

@@ -43,7 +43,7 @@ from ttgraph.errors import TTGraphError
 from ttgraph.tt import TTFormat, relative_error, split_modes, tt_reconstruct, tt_svd
 
 Method = Literal["data", "weight"]
-Metric = Literal["macs", "params"]
+Metric = Literal["macs", "params", "latency"]
 
 __all__ = [
     "Candidate",
@@ -78,6 +78,7 @@ class Candidate:
     weight_error: float
     method: str
     index: int
+    latency: int | None = None  # measured/estimated time on the target runtime, ns (latency budgets only)
 
     @property
     def d(self) -> int:
@@ -88,8 +89,10 @@ class Candidate:
         return () if self.fmt is None else self.fmt.ranks
 
     def cost(self, metric: Metric) -> int:
-        value = self.macs if metric == "macs" else self.params
+        value = {"macs": self.macs, "params": self.params, "latency": self.latency}[metric]
         if value is None:
+            if metric == "latency":
+                raise TTGraphError(self.layer, "no latency measured for this candidate")
             raise TTGraphError(self.layer, "MACs are unknown (dynamic spatial size): fix the input shape")
         return int(value)
 

@@ -12,8 +12,10 @@ Results are cached on disk as JSON, keyed by runtime, its version, threads, CPU 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ttgraph.bench import cpu_model, time_alternated
+from ttgraph.decompose import LayerCandidates
 from ttgraph.files import write_atomic
 
 CACHE_ENV = "TTGRAPH_CACHE_DIR"
@@ -109,24 +112,98 @@ def lowrank_speedup(
     if min(cin, cout, h, w, rank, stride, threads) < 1:
         raise ValueError("channels, sizes, rank, stride and threads must be ≥ 1")
     key = _key(runtime, threads, cin, cout, h, w, rank, stride)
-    path = cache_path()
-    if cache:
-        hit = _load_cache(path).get(key)
-        if hit is not None:
-            return float(hit)
-    from ttgraph.bench import onnxruntime_runner, ratio_stats
 
-    dense, lowrank = pointwise_models(cin, cout, h, w, rank, stride)
-    feed = {"x": np.random.default_rng(1).standard_normal((1, cin, h, w)).astype(np.float32)}
-    runners = {"dense": onnxruntime_runner(dense, feed, threads), "lowrank": onnxruntime_runner(lowrank, feed, threads)}
-    times = time_alternated(runners, warmup=warmup, runs=runs)
-    value = float(ratio_stats(times["dense"], times["lowrank"])["median"])
-    if cache:
-        data = _load_cache(path)  # re-read: another process may have added entries meanwhile
-        data[key] = value
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+    def measure() -> float:
+        from ttgraph.bench import onnxruntime_runner, ratio_stats
+
+        dense, lowrank = pointwise_models(cin, cout, h, w, rank, stride)
+        feed = {"x": np.random.default_rng(1).standard_normal((1, cin, h, w)).astype(np.float32)}
+        runners = {
+            "dense": onnxruntime_runner(dense, feed, threads),
+            "lowrank": onnxruntime_runner(lowrank, feed, threads),
+        }
+        times = time_alternated(runners, warmup=warmup, runs=runs)
+        return float(ratio_stats(times["dense"], times["lowrank"])["median"])
+
+    return _cached(key, measure) if cache else measure()
+
+
+def dense_seconds(
+    cin: int, cout: int, h: int, w: int, *, stride: int = 1, threads: int = 1, warmup: int = 5, runs: int = 30
+) -> float:
+    """Median time of one dense 1×1 conv in onnxruntime (cached like :func:`lowrank_speedup`). Only a weight
+    between layers: the allocator needs how much of the 1×1 time each layer holds, not an absolute figure."""
+    key = _key("onnxruntime", threads, cin, cout, h, w, 0, stride)
+
+    def measure() -> float:
+        from ttgraph.bench import onnxruntime_runner
+
+        dense, _ = pointwise_models(cin, cout, h, w, 1, stride)
+        feed = {"x": np.random.default_rng(1).standard_normal((1, cin, h, w)).astype(np.float32)}
+        times = time_alternated({"dense": onnxruntime_runner(dense, feed, threads)}, warmup=warmup, runs=runs)
+        return float(np.median(times["dense"]))
+
+    return _cached(key, measure)
+
+
+def _cached(key: str, measure: Callable[[], float]) -> float:
+    """The cached value for ``key``, or ``measure()`` stored under it (atomic JSON write)."""
+    path = cache_path()
+    hit = _load_cache(path).get(key)
+    if hit is not None:
+        return float(hit)
+    value = measure()
+    data = _load_cache(path)  # re-read: another process may have added entries meanwhile
+    data[key] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
     return value
+
+
+def attach_latencies(
+    layers: Sequence[LayerCandidates], *, threads: int = 1, points: int = 4, runs: int = 20, progress: bool = False
+) -> list[LayerCandidates]:
+    """Each layer's candidates with ``latency`` (ns) set from measurements in onnxruntime at ``threads``.
+
+    Keep-dense gets the dense conv's measured median time; a low-rank candidate at rank r gets it divided by
+    the measured speedup at r (:func:`lowrank_speedup`). Up to ``points`` ranks per layer are measured
+    (spread over its candidates) and the others interpolated linearly in r, since a factor pair's time is
+    close to affine in its rank. TT (d ≥ 2) candidates and layers without a static 2-D shape are dropped:
+    nothing measures them, and the notes measured Reshape+MatMul TT slower than low-rank. Results are
+    cached on disk, so a second run of the same shapes measures nothing.
+    """
+    from tqdm import tqdm
+
+    out = []
+    for layer in tqdm(layers, desc="latency", unit="layer", disable=not progress, leave=False):
+        conv = layer.conv
+        shape = conv.input_shape
+        stride = int(conv.strides[0]) if conv.strides else 1
+        spatial = [] if shape is None or len(shape) != 4 else list(shape[2:])
+        static = len(spatial) == 2 and None not in spatial and len(set(conv.strides)) <= 1
+        lowrank = [c for c in layer.candidates if c.kind == "lowrank"] if static else []
+        dense_ns = 1
+        times: dict[int, float] = {}
+        if static:
+            h, w = int(spatial[0]), int(spatial[1])  # type: ignore[arg-type]
+            dense = dense_seconds(conv.cin, conv.cout, h, w, stride=stride, threads=threads, runs=runs)
+            dense_ns = max(1, round(dense * 1e9))
+            ranks = sorted({c.ranks[1] for c in lowrank})
+            picked = (
+                sorted({ranks[round(i * (len(ranks) - 1) / max(1, points - 1))] for i in range(points)})
+                if ranks
+                else []
+            )
+            measured = {
+                r: dense_ns / lowrank_speedup(conv.cin, conv.cout, h, w, r, stride=stride, threads=threads, runs=runs)
+                for r in picked
+            }
+            for r in ranks:
+                times[r] = float(np.interp(r, list(measured), list(measured.values())))
+        kept = [dataclasses.replace(layer.dense, latency=dense_ns)]
+        kept += [dataclasses.replace(c, latency=max(1, round(times[c.ranks[1]]))) for c in lowrank]
+        out.append(dataclasses.replace(layer, candidates=kept))
+    return out
 
 
 def rank_for_macs(cin: int, cout: int, macs_fraction: float, multiple: int = 16) -> int:

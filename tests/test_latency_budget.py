@@ -1,0 +1,90 @@
+"""Latency budgets: candidates priced by measured onnxruntime time, layers whose factors are not faster stay dense."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from ttgraph import latency
+from ttgraph.allocate import Budget, allocate
+from ttgraph.api import _analyse
+from ttgraph.decompose import build_candidates
+
+
+def two_layer_model() -> onnx.ModelProto:
+    """x(1×64×32×32) → thin 1×1 (64→64) → Relu → strided pool → wide 1×1 (64→256) → y."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((64, 64, 1, 1)).astype(np.float32)
+    w2 = rng.standard_normal((256, 64, 1, 1)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="thin"),
+        helper.make_node("Relu", ["a"], ["b"], name="relu"),
+        helper.make_node("MaxPool", ["b"], ["c"], name="pool", kernel_shape=[4, 4], strides=[4, 4]),
+        helper.make_node("Conv", ["c", "w2"], ["y"], name="wide"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256, 8, 8])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def candidates(model: onnx.ModelProto):
+    _, found, _ = _analyse(model)
+    return [build_candidates(conv, None, method="weight", rank_multiple=8, metric="macs") for conv in found.candidates]
+
+
+def test_a_layer_whose_factors_measure_slower_stays_dense_even_where_macs_favour_it(tmp_path, monkeypatch):
+    """Measurements injected (the runtime's behaviour is what varies; the allocator's answer to it must not)."""
+    monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(latency, "dense_seconds", lambda cin, cout, h, w, **_: {32: 1e-3, 8: 2e-3}[h])
+    # the thin high-resolution layer's factors are slower at every rank; the wide one's speed follows its MACs
+    monkeypatch.setattr(
+        latency,
+        "lowrank_speedup",
+        lambda cin, cout, h, w, r, **_: 0.8 if h == 32 else cin * cout / (r * (cin + cout)),
+    )
+    layers = latency.attach_latencies(candidates(two_layer_model()))
+    thin, wide = layers
+    assert thin.dense.latency == 1_000_000 and wide.dense.latency == 2_000_000
+    assert all(c.latency > thin.dense.latency for c in thin.candidates if c.kind == "lowrank")
+    assert thin.curve("latency") == [thin.dense]  # slower factors are never on the front
+    assert thin.curve("macs") != [thin.dense]  # ... although they save MACs
+
+    alloc = allocate(layers, Budget(latency_ratio=0.8))
+    assert alloc.choices["thin"].kind == "dense"
+    assert "cheaper than the dense conv in latency" in alloc.reasons["thin"]
+    assert alloc.choices["wide"].kind == "lowrank"
+    assert alloc.cost_after <= 0.8 * alloc.cost_before
+
+
+def test_latencies_are_measured_once_and_then_read_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path))
+    model_layers = candidates(two_layer_model())
+    first = latency.attach_latencies(model_layers, runs=3, points=2)
+    entries = (tmp_path / latency.CACHE_FILE).read_text()
+    for layer in first:
+        lowrank = [c for c in layer.candidates if c.kind == "lowrank"]
+        assert lowrank and all(c.latency and c.latency > 0 for c in layer.candidates)
+        assert {c.index for c in layer.candidates} <= {c.index for c in model_layers[first.index(layer)].candidates}
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured again although the cache holds the value")
+
+    monkeypatch.setattr(latency, "time_alternated", no_measuring)
+    again = latency.attach_latencies(model_layers, runs=3, points=2)
+    assert [[c.latency for c in layer.candidates] for layer in again] == [
+        [c.latency for c in layer.candidates] for layer in first
+    ]
+    assert (tmp_path / latency.CACHE_FILE).read_text() == entries
+
+
+@pytest.mark.parametrize("ratios", [{"latency_ratio": 0.5, "macs_ratio": 0.5}, {"latency_ratio": 1.5}])
+def test_bad_latency_budgets_are_refused(ratios):
+    with pytest.raises(Exception, match="latency_ratio"):
+        Budget(**ratios)
