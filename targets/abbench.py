@@ -23,10 +23,17 @@ from .run import ordered_inputs
 
 
 def tvm_factory(
-    target: str = "x86_64", *, session: Any = None, workdir: str | os.PathLike[str] | None = None
+    target: str = "x86_64",
+    *,
+    session: Any = None,
+    workdir: str | os.PathLike[str] | None = None,
+    tune: int = 0,
+    tune_db: str | os.PathLike[str] | None = None,
 ) -> Callable[[onnx.ModelProto, dict[str, np.ndarray], int], Runner]:
     """A runner factory for :func:`ttgraph.bench.compare`. Libraries are built once per model (cached by
-    identity) in ``workdir`` (default: a temporary folder that lives as long as the factory)."""
+    identity) in ``workdir`` (default: a temporary folder that lives as long as the factory), after ``tune``
+    MetaSchedule trials per model with records in ``tune_db/m<i>`` (one folder per model, so each model gets
+    the same tuning budget and none inherits another's records)."""
     import tvm
     from tvm import relax
 
@@ -41,7 +48,8 @@ def tvm_factory(
     def library(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> Path:
         if id(model) not in built:
             out = Path(workdir, f"m{len(built)}.{preset.name}.so")
-            compile_model(model, target, out, {k: list(v.shape) for k, v in feed.items()})
+            db = None if tune_db is None else Path(tune_db, f"m{len(built)}")
+            compile_model(model, target, out, {k: list(v.shape) for k, v in feed.items()}, tune=tune, tune_db=db)
             built[id(model)] = out
         return built[id(model)]
 
