@@ -24,12 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_input_shape_option(p)
     rule = p.add_mutually_exclusive_group()
     rule.add_argument("--rank", type=int, help="cap every TT bond rank at R")
-    rule.add_argument(
-        "--rank-ratio", type=float, help="fraction of full rank in (0, 1]; 1.0 is an exact rewrite"
-    )
-    rule.add_argument(
-        "--tolerance", type=float, help="smallest ranks with relative weight error ≤ E (TT-SVD)"
-    )
+    rule.add_argument("--rank-ratio", type=float, help="fraction of full rank in (0, 1]; 1.0 is an exact rewrite")
+    rule.add_argument("--tolerance", type=float, help="smallest ranks with relative weight error ≤ E (TT-SVD)")
     p.add_argument(
         "--cores",
         type=int,
@@ -70,12 +66,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     budget.add_argument(
         "--rank-multiple", type=int, default=1, help="low-rank ranks are multiples of this (16 suits AVX-512)"
     )
+    budget.add_argument(
+        "--compensate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="refit the compressed layers, in dependency order, to the original layers' outputs given the "
+        "compressed network's inputs (default on; --no-compensate: per-layer fits only)",
+    )
+    budget.add_argument(
+        "--compensate-samples",
+        type=int,
+        default=0,
+        metavar="N",
+        help="calibration samples the compensation reads (the first N; default 0 = as many as hold 2^23 input "
+        "values, at least 8: 8 images at 640×640)",
+    )
     budget.add_argument("--html", help="write an HTML report (table and plots; needs matplotlib) here")
     p.add_argument("--layer", action="append", default=None, help="rewrite only this conv (repeatable)")
     p.add_argument("--report", help="write the JSON report here")
-    p.add_argument(
-        "--no-verify", action="store_true", help="skip the onnxruntime comparison on a random input"
-    )
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison on a random input")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     p.set_defaults(func=run)
 
@@ -124,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
             max_error=args.max_error,
             method=args.method,
             rank_multiple=args.rank_multiple,
+            compensate=args.compensate,
+            compensate_samples=args.compensate_samples or None,
         )
     else:
         result = compress(
@@ -201,6 +212,19 @@ def render(report: CompressionReport) -> str:
             f"budget {a['metric']}: {a['layers_compressed']} of {len(report.layers)} layers compressed; "
             f"objective Σ err² = {a['objective_value']:.4g}"
         )
+    comp = report.compensation
+    if comp and not comp.get("applied"):
+        lines.append(f"not compensated: {comp.get('reason')}")
+    elif comp:
+        line = f"compensated {len(comp['layers'])} layers in {comp['passes']} passes over {comp['samples']} samples"
+        line += f" ({comp['seconds']:.1f} s)"
+        ends = comp.get("end_to_end") or {}
+        for before, after in zip(ends.get("before") or [], ends.get("after") or [], strict=False):
+            for key, label in (("binary_iou", "IoU"), ("top1_agreement", "top-1 agreement"), ("rel_l2", "rel L2")):
+                if key in before and key in after:
+                    line += f"; {before['name']} {label} {before[key]:.4f} → {after[key]:.4f} held out"
+                    break
+        lines.append(line)
     if report.verification:
         for out in report.verification["outputs"]:
             text = f"output {out['name']}: max |Δ| {out['max_abs']:.3g}"
