@@ -12,8 +12,12 @@ and measures on held-out inputs that took no part in calibration:
 - ``cls`` (0°/180° direction classifier, 48×192, budget = params ratio): top-1 agreement with the original on
   rendered text lines, both orientations.
 
-    python benchmarks/budget_sweep.py det [--calib 32] [--heldout 8] [--budgets 0.3,0.5,0.7]
-    python benchmarks/budget_sweep.py cls [--calib 256] [--heldout 400] [--cores 4]
+With compensation (:mod:`ttgraph.compensate`, "+comp" columns) the data-aware allocated and uniform-rank
+rewrites are also refitted, in dependency order, on the first ``--comp-samples`` calibration inputs; the time it
+took is printed per budget.
+
+    python benchmarks/budget_sweep.py det [--calib 32] [--heldout 8] [--budgets 0.3,0.5,0.7] [--comp-samples 8]
+    python benchmarks/budget_sweep.py cls [--calib 256] [--heldout 400] [--cores 4] [--no-compensate]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from tests.calib_material import binary_iou, det_image, heldout_pages, text_line
 from ttgraph.allocate import Budget, allocate, uniform_allocation  # noqa: E402
 from ttgraph.api import _analyse, rewrite_allocation  # noqa: E402
 from ttgraph.calibration import PRESETS, collect_statistics  # noqa: E402
+from ttgraph.compensate import compensate  # noqa: E402
 from ttgraph.decompose import build_candidates  # noqa: E402
 from ttgraph.examples import example_model  # noqa: E402
 from ttgraph.model_io import load_model  # noqa: E402
@@ -38,8 +43,8 @@ from ttgraph.verify import session  # noqa: E402
 
 SETUPS = {
     # model, input shape, preprocessing, budget metric, calibration/held-out defaults
-    "det": ("det", (1, 3, 640, 640), "paddleocr-det", "macs", 32, 8),
-    "cls": ("cls", (1, 3, 48, 192), "paddleocr-cls", "params", 256, 400),
+    "det": ("det", (1, 3, 640, 640), "paddleocr-det", "macs", 32, 8, 8),
+    "cls": ("cls", (1, 3, 48, 192), "paddleocr-cls", "params", 256, 400, 256),
 }
 
 
@@ -63,8 +68,12 @@ def main() -> int:
     parser.add_argument("--heldout", type=int, help="held-out images")
     parser.add_argument("--budgets", default="0.3,0.5,0.7")
     parser.add_argument("--cores", type=int, default=1, help="candidates of order d = 1..CORES (TT for d ≥ 2)")
+    parser.add_argument("--comp-samples", type=int, help="calibration inputs the compensation reads")
+    parser.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--rank-multiple", type=int, default=1)
     args = parser.parse_args()
-    name, shape, preset, metric, n_cal, n_held = SETUPS[args.model]
+    name, shape, preset, metric, n_cal, n_held, n_comp = SETUPS[args.model]
+    n_comp = args.comp_samples or n_comp
     n_cal, n_held = args.calib or n_cal, args.heldout or n_held
     model = load_model(example_model(name), {"x": list(shape)})
     _, found, _ = _analyse(model)
@@ -80,14 +89,29 @@ def main() -> int:
     print(f"{args.model}: calibrated on {stats.samples} images in {time.perf_counter() - start:.1f} s")
     cores = tuple(range(1, args.cores + 1))
     start = time.perf_counter()
-    data = [build_candidates(c, stats.layers[c.label], metric=metric, cores=cores) for c in found.candidates]  # type: ignore[arg-type]
+    data = [
+        build_candidates(c, stats.layers[c.label], metric=metric, cores=cores, rank_multiple=args.rank_multiple)  # type: ignore[arg-type]
+        for c in found.candidates
+    ]
     weight = [build_candidates(c, None, method="weight", metric=metric, cores=cores) for c in found.candidates]  # type: ignore[arg-type]
     print(f"candidates (d = 1..{args.cores}) built in {time.perf_counter() - start:.1f} s")
     original = session(model)
     reference = [original.run(None, {"x": x})[0] for x in held]
 
-    def score(alloc, layers) -> float:
-        sess = session(rewrite_allocation(model, layers, alloc))
+    if args.model == "det":
+        comp_feeds = [{"x": pre.apply(det_image("calib", i, shape[2]))} for i in range(min(n_comp, n_cal))]
+    else:
+        comp_feeds = [{"x": pre.apply(text_line_image(i, i % 2 == 1))} for i in range(min(n_comp, n_cal))]
+
+    def compensated(alloc, layers):
+        start = time.perf_counter()
+        comp = compensate(
+            model, layers, alloc.choices, comp_feeds, build=lambda fits: rewrite_allocation(model, layers, alloc, fits)
+        )
+        return comp.fits, time.perf_counter() - start
+
+    def score(alloc, layers, fits=None) -> float:
+        sess = session(rewrite_allocation(model, layers, alloc, fits))
         outs = [sess.run(None, {"x": x})[0] for x in held]
         if args.model == "det":
             return binary_iou(reference, outs)
@@ -96,17 +120,26 @@ def main() -> int:
     what = "IoU (>0.3) on held-out pages" if args.model == "det" else "top-1 agreement on held-out lines"
     print(f"{what}; budget = {metric} ratio of the 1×1 layers; achieved ratio in brackets")
     heads = ["data alloc", "data unif cost", "data unif rank", "weight alloc", "weight unif cost"]
-    print(f"{'budget':>6}  " + "  ".join(f"{h:>16}" for h in heads))
+    if args.compensate:
+        heads[1:1] = ["data alloc+comp"]
+        heads[4:4] = ["data u.rank+comp"]
+        print(f"compensation: {len(comp_feeds)} calibration inputs, layers refitted level by level")
+    print(f"{'budget':>6}  " + "  ".join(f"{h:>16}" for h in heads) + ("  comp seconds" if args.compensate else ""))
     for ratio in (float(b) for b in args.budgets.split(",")):
-        cells = []
+        cells, seconds = [], []
         for layers in (data, weight):
             alloc = allocate(layers, Budget(**{f"{metric}_ratio": ratio}))
             picks = [alloc, matched_uniform(layers, alloc.cost_after, metric, "cost")]
             if layers is data:
                 picks.append(matched_uniform(layers, alloc.cost_after, metric, "rank"))
-            for chosen in picks:
+            for k, chosen in enumerate(picks):
                 cells.append(f"{score(chosen, layers):.4f} ({chosen.ratio:.3f})")
-        print(f"{ratio:>6}  " + "  ".join(f"{c:>16}" for c in cells), flush=True)
+                if args.compensate and layers is data and k in (0, 2):
+                    fits, took = compensated(chosen, layers)
+                    cells.append(f"{score(chosen, layers, fits):.4f} ({chosen.ratio:.3f})")
+                    seconds.append(f"{took:.0f}")
+        tail = ("  " + "/".join(seconds)) if seconds else ""
+        print(f"{ratio:>6}  " + "  ".join(f"{c:>16}" for c in cells) + tail, flush=True)
     return 0
 
 

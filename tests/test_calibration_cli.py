@@ -74,6 +74,25 @@ def test_budget_from_an_image_folder_writes_model_report_and_html(setup, tmp_pat
     text = page.read_text()
     assert text.count("<img") >= 3 and "conv1" in text
     onnx.checker.check_model(onnx.load(out))
+    comp = data["compensation"]  # on by default
+    assert comp["applied"] and comp["samples"] == 9 and "Error compensation" in text
+    for row in comp["layers"]:
+        assert set(row) == {
+            "name", "calibration_error_before", "calibration_error_after", "heldout_error_before", "heldout_error_after"
+        }  # fmt: skip
+    assert comp["end_to_end"]["after"] == data["verification"]["outputs"]
+
+
+def test_no_compensate_and_compensate_samples_options(setup, tmp_path):
+    model, folder = setup
+    common = ["compress", model, "--calib", folder, "--holdout", "3", "--macs-ratio", "0.6"]
+    proc = ttgraph_cli(*common, "-o", tmp_path / "a.onnx", "--report", tmp_path / "a.json", "--no-compensate")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "a.json").read_text())["compensation"] is None and "compensated" not in proc.stdout
+    proc = ttgraph_cli(*common, "-o", tmp_path / "b.onnx", "--report", tmp_path / "b.json", "--compensate-samples", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "b.json").read_text())["compensation"]["samples"] == 4
+    assert "compensated" in proc.stdout and "held out" in proc.stdout
 
 
 def test_params_budget_from_npy_and_error_cap(setup, tmp_path):

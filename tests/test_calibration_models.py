@@ -5,9 +5,12 @@ them held out by compress() itself, budget --macs-ratio 0.5; judged by binarized
 8 more rendered pages. Classifier (0°/180°): 272 rendered text lines in a .npy file, --params-ratio 0.3 and 0.5;
 judged by top-1 agreement on 400 other lines, both orientations.
 
-The issue's absolute targets (IoU ≥ 0.95 at half the MACs, agreement ≥ 98 % at 0.3 of the params) are not met by
-per-layer factorization without error compensation; they are kept below as strict xfails so that the work that
-reaches them (issue 7) turns them into failures to update. Measured values are in the assertions' comments.
+Both runs compensate (issue 7, :mod:`ttgraph.compensate`: the compressed layers refitted level by level to the
+original outputs given the compressed network's inputs; the detector on its first 8 calibration images, the
+classifier on 64 lines); "uncompensated" is the same allocation rewritten without the refit. The absolute targets
+that are still out of reach (issue 3: IoU ≥ 0.95 at half the MACs, agreement ≥ 98 % at 0.3 of the params; issue 7:
+0.97 and 99 %) are kept as strict xfails with the measured values in their reasons, so that the work that reaches
+them turns them into failures to update. Measured values are in the assertions' comments.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def det_run(det_path, tmp_path_factory):
         input_shapes={"x": DET_SHAPE},
         holdout=4,
         macs_ratio=0.5,
+        compensate_samples=8,  # the first 8 calibration images: 22 levels × 8 side-by-side runs keeps this short
     )
     original = load_model(det_path, {"x": DET_SHAPE})
     pre = PRESETS["paddleocr-det"].with_size((640, 640))
@@ -63,14 +67,18 @@ def det_run(det_path, tmp_path_factory):
 
     dec = result.decomposition
     uniform = matched_uniform(dec.layers, dec.allocation.cost_after, "macs", by="rank")
-    return {
+    run = {
         "result": result,
         "original": original,
         "pages": pages,
         "iou": iou(result.model),
+        "iou_uncompensated": iou(rewrite_allocation(original, dec.layers, dec.allocation)),
         "uniform": uniform,
         "uniform_iou": iou(rewrite_allocation(original, dec.layers, uniform)),
     }
+    print(f"\ndetector held-out IoU: compensated {run['iou']:.4f}, uncompensated {run['iou_uncompensated']:.4f}, "
+          f"uniform ranks {run['uniform_iou']:.4f}")  # fmt: skip
+    return run
 
 
 def test_detector_budget_is_met_in_emitted_macs_and_reported_per_layer(det_run):
@@ -111,13 +119,34 @@ def test_detector_data_aware_beats_weight_only_at_equal_macs_on_held_out_data(de
 def test_detector_allocation_beats_uniform_ranks_at_the_same_macs(det_run):
     alloc = det_run["result"].decomposition.allocation
     assert det_run["uniform"].cost_after >= alloc.cost_after  # the baseline gets at least as many MACs
-    assert det_run["iou"] > det_run["uniform_iou"] + 0.01  # measured: 0.89 vs 0.86
-    assert det_run["iou"] >= 0.85
+    # both without compensation: the allocation alone
+    assert det_run["iou_uncompensated"] > det_run["uniform_iou"] + 0.01  # measured: 0.89 vs 0.86
+    assert det_run["iou_uncompensated"] >= 0.85
 
 
-@pytest.mark.xfail(strict=True, reason="needs error compensation (issue 7): measured IoU 0.89 at half the MACs")
+def test_detector_compensation_strictly_improves_held_out_iou_at_the_same_macs(det_run):
+    result = det_run["result"]
+    comp = result.report.compensation
+    assert comp["applied"] and comp["samples"] == 8
+    assert det_run["iou"] > det_run["iou_uncompensated"] + 0.01  # measured: 0.920 vs 0.889
+    # the report's own held-out numbers (4 held-out calibration images) say the same, before → after
+    before, after = comp["end_to_end"]["before"][0], comp["end_to_end"]["after"][0]
+    assert after["binary_iou"] > before["binary_iou"]
+    assert after == result.report.verification["outputs"][0]
+    rows = comp["layers"]
+    assert {row["name"] for row in rows} >= {layer.name for layer in result.report.layers if layer.format != "dense"}
+    improved = sum(row["heldout_error_after"] < row["heldout_error_before"] for row in rows)
+    assert improved >= 0.8 * len(rows)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 3 target not met: measured IoU 0.920 with compensation (0.889 without)")
 def test_detector_iou_reaches_the_acceptance_target_at_half_the_macs(det_run):
     assert det_run["iou"] >= 0.95
+
+
+@pytest.mark.xfail(strict=True, reason="issue 7 target not met: measured IoU 0.920 with compensation (0.889 without)")
+def test_detector_compensated_iou_reaches_the_issue_7_target_at_half_the_macs(det_run):
+    assert det_run["iou"] >= 0.97
 
 
 # ---------------------------------------------------------------------------------------------- classifier
@@ -144,18 +173,27 @@ def cls_runs(cls_path, cls_data):
     original = load_model(cls_path, {"x": CLS_SHAPE})
     runs = {}
     for ratio in (0.3, 0.5):
-        result = ttgraph.compress(
-            cls_path, calibration=path, input_shapes={"x": CLS_SHAPE}, holdout=16, params_ratio=ratio
+        result = ttgraph.compress(  # compensation (on 0.3 only, to keep the suite short) reads all 256 lines
+            cls_path,
+            calibration=path,
+            input_shapes={"x": CLS_SHAPE},
+            holdout=16,
+            params_ratio=ratio,
+            compensate=ratio == 0.3,
         )
         weight = ttgraph.compress(cls_path, input_shapes={"x": CLS_SHAPE}, params_ratio=ratio, method="weight")
+        dec = result.decomposition
         runs[ratio] = {
             "result": result,
             "agreement": agreement(original, result.model, held),
+            "uncompensated": agreement(original, rewrite_allocation(original, dec.layers, dec.allocation), held),
             "weight_agreement": agreement(original, weight.model, held),
         }
     dec = runs[0.3]["result"].decomposition
     uniform = matched_uniform(dec.layers, dec.allocation.cost_after, "params", by="cost")
     runs["uniform_0.3"] = agreement(original, rewrite_allocation(original, dec.layers, uniform), held)
+    print(f"\nclassifier held-out agreement: 0.3 compensated {runs[0.3]['agreement']:.4f}, uncompensated "
+          f"{runs[0.3]['uncompensated']:.4f}; 0.5 {runs[0.5]['agreement']:.4f}")  # fmt: skip
     return runs
 
 
@@ -164,25 +202,45 @@ def test_classifier_meets_the_params_budget_and_beats_weight_only_and_uniform(cl
         report = cls_runs[ratio]["result"].report
         assert report.totals["params_ratio"] <= ratio + 1e-9
         assert report.calibration["samples"] == 256
-    assert cls_runs[0.5]["agreement"] >= 0.95  # measured 0.97
-    assert cls_runs[0.3]["agreement"] >= 0.65  # measured 0.73
-    assert cls_runs[0.3]["agreement"] > cls_runs[0.3]["weight_agreement"] + 0.1  # weight-only: 0.56
-    assert cls_runs[0.3]["agreement"] > cls_runs["uniform_0.3"] + 0.1  # uniform: 0.50 (one class everywhere)
+    assert cls_runs[0.5]["uncompensated"] >= 0.95  # measured 0.97
+    assert cls_runs[0.3]["uncompensated"] >= 0.65  # measured 0.73
+    assert cls_runs[0.3]["uncompensated"] > cls_runs[0.3]["weight_agreement"] + 0.1  # weight-only: 0.56
+    assert cls_runs[0.3]["uncompensated"] > cls_runs["uniform_0.3"] + 0.1  # uniform: 0.50 (one class everywhere)
 
 
-@pytest.mark.xfail(strict=True, reason="needs error compensation (issue 7): measured agreement 0.73 at 0.3")
+def test_classifier_compensation_strictly_improves_held_out_agreement(cls_runs):
+    comp = cls_runs[0.3]["result"].report.compensation
+    assert comp["applied"] and comp["samples"] == 256  # the default reads every line (2^23 values ≥ 256 lines)
+    assert cls_runs[0.3]["agreement"] > cls_runs[0.3]["uncompensated"] + 0.1  # measured: 0.9325 vs 0.735
+
+
+@pytest.mark.xfail(strict=True, reason="issue 3 target not met: measured 0.9325 with compensation (0.735 without)")
 def test_classifier_agreement_reaches_the_acceptance_target_at_three_tenths_of_the_params(cls_runs):
     assert cls_runs[0.3]["agreement"] >= 0.98
+
+
+@pytest.mark.xfail(strict=True, reason="issue 7 target not met: measured 0.9325 with compensation (0.735 without)")
+def test_classifier_compensated_agreement_reaches_the_issue_7_target_at_three_tenths_of_the_params(cls_runs):
+    assert cls_runs[0.3]["agreement"] >= 0.99
 
 
 def test_calibrated_compression_is_deterministic(cls_path, cls_data):
     path, _ = cls_data
     runs = [
-        ttgraph.compress(cls_path, calibration=path, input_shapes={"x": CLS_SHAPE}, holdout=16, params_ratio=0.5)
+        ttgraph.compress(
+            cls_path,
+            calibration=path,
+            input_shapes={"x": CLS_SHAPE},
+            holdout=16,
+            params_ratio=0.5,
+            compensate_samples=16,  # determinism does not need many; compensation runs, as by default
+        )
         for _ in range(2)
     ]
+    assert runs[0].report.compensation["applied"]
     assert runs[0].model.SerializeToString() == runs[1].model.SerializeToString()
     reports = [r.report.to_dict() for r in runs]
     for report in reports:
         report["calibration"].pop("seconds")  # wall time is the one thing allowed to differ
+        report["compensation"].pop("seconds")
     assert reports[0] == reports[1]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ from ttgraph.calibration import (
     collect_statistics,
     split_holdout,
 )
+from ttgraph.compensate import Compensation, LayerFit, layer_errors, pair_statistics
+from ttgraph.compensate import compensate as run_compensation
 from ttgraph.contraction import contraction_macs, left_to_right, planned_order
 from ttgraph.costs import COUNTED_OPS, model_macs
 from ttgraph.decompose import Candidate, LayerCandidates, build_candidates, describe
@@ -175,6 +177,7 @@ class CompressionReport:
     calibration: dict[str, Any] | None = None  # source, samples, held-out samples, seconds, method
     allocation: dict[str, Any] | None = None  # budget, metric, achieved ratios, objective
     lowering: dict[str, Any] | None = None  # fast-lowering passes run after the rewrite (ttgraph.lowering)
+    compensation: dict[str, Any] | None = None  # per-layer and end-to-end errors before/after compensation
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,6 +198,7 @@ class Decomposition:
     heldout_statistics: CalibrationStatistics | None
     layers: list[LayerCandidates]
     allocation: Allocation
+    compensation: Compensation | None = None  # the refitted factors (rewrite_allocation(..., fits=...))
 
 
 @dataclass
@@ -268,6 +272,10 @@ def compress(
     method: str = "data",
     rank_multiple: int = 1,
     lower: bool | Sequence[str] = True,
+    compensate: bool = True,
+    compensate_samples: int | None = None,
+    latency_ratio: float | None = None,
+    latency_threads: int = 1,
 ) -> CompressionResult:
     """Rewrite the model's 1×1 convs as TT cores of order ``cores`` (1 = low-rank, 2..8 = TT-matrix).
 
@@ -285,7 +293,16 @@ def compress(
     aside for verification. Per layer, candidates of order 1..``cores`` are fitted to the calibration
     statistics (``method="data"``; ``"weight"`` is the data-free SVD baseline) and the allocation picks one per
     layer, or keeps it dense (:mod:`ttgraph.decompose`, :mod:`ttgraph.allocate`). Low-rank ranks are
-    multiples of ``rank_multiple`` (16 suits AVX-512 onnxruntime kernels).
+    multiples of ``rank_multiple`` (16 suits AVX-512 onnxruntime kernels). ``compensate`` (data-aware budgets
+    with a re-readable calibration source) then refits the compressed layers, in dependency order, to the
+    original layers' outputs given the compressed network's inputs on the first ``compensate_samples``
+    calibration samples (None: as many as hold :data:`COMPENSATE_ELEMENTS` input values, at least 8 — 8 images
+    at 640×640, 303 lines at 48×192), see :mod:`ttgraph.compensate`; the report's ``compensation`` gives
+    per-layer and end-to-end held-out errors before and after.
+
+    ``latency_ratio`` is a budget on the 1×1 layers' time measured in onnxruntime at ``latency_threads``
+    (:func:`ttgraph.latency.attach_latencies`: each layer's dense and low-rank forms timed A/B, cached on disk)
+    instead of their MACs: a layer whose factors are not measurably faster stays dense. Low-rank (d = 1) only.
 
     ``lower`` runs the exact fast-lowering passes of :mod:`passes.lower` on the rewritten model (all by
     default; a list names them; False runs none); the report's ``lowering`` says what each changed.
@@ -295,7 +312,7 @@ def compress(
     >>> result = compress("det.onnx", calibration="pages/", preprocess="paddleocr-det,size=640x640",
     ...                   macs_ratio=0.5)  # doctest: +SKIP
     """
-    budgeted = any(x is not None for x in (macs_ratio, params_ratio, max_error))
+    budgeted = any(x is not None for x in (macs_ratio, params_ratio, max_error, latency_ratio))
     rules = sum(x is not None for x in (rank, rank_ratio, tolerance))
     if budgeted and rules:
         raise TTGraphError("options", "a budget (macs/params ratio, max error) replaces rank, rank_ratio and tolerance")
@@ -308,7 +325,7 @@ def compress(
     if budgeted:
         result = _compress_to_budget(
             model,
-            Budget(macs_ratio=macs_ratio, params_ratio=params_ratio, max_error=max_error),
+            Budget(macs_ratio=macs_ratio, params_ratio=params_ratio, max_error=max_error, latency_ratio=latency_ratio),
             calibration=calibration,
             preprocess=preprocess,
             holdout=holdout,
@@ -320,8 +337,12 @@ def compress(
             plan_cost=plan_cost,
             verify_feeds=verify_feeds,
             progress=progress,
+            compensate=compensate,
+            compensate_samples=compensate_samples,
+            latency_threads=latency_threads,
+            lower=lower,
         )
-        return _lower_result(result, lower)
+        return result
     if calibration is not None:
         raise TTGraphError("options", "calibration data drives a budget: give macs_ratio, params_ratio or max_error")
     if rank is not None and rank < 1:
@@ -361,27 +382,26 @@ def compress(
         skipped=found.skipped,
         totals=_totals(reports),
     )
-    result = _lower_result(
-        CompressionResult(rewritten, report, model if not isinstance(model, onnx.ModelProto) else original), lower
-    )
+    result = CompressionResult(rewritten, report, model if not isinstance(model, onnx.ModelProto) else original)
+    result.model, report.lowering = _lower(rewritten, lower)
     if verify_feeds is not None:
         errors = compare_outputs(original, result.model, verify_feeds, name)
         report.verification = {"outputs": [e.to_dict() for e in errors]}
     return result
 
 
-def _lower_result(result: CompressionResult, lower: bool | Sequence[str]) -> CompressionResult:
-    """The hook both compress paths end with: run the fast-lowering passes on the rewritten model."""
+def _lower(model: onnx.ModelProto, lower: bool | Sequence[str]) -> tuple[onnx.ModelProto, dict[str, Any] | None]:
+    """Both compress paths end with this, before verification: the exact fast-lowering passes (:mod:`passes.lower`)
+    on the rewritten model, and what they changed (None when none ran)."""
     if lower is False:
-        return result
+        return model, None
     from passes.lower import DEFAULT_PASSES
     from ttgraph.lowering import lower_model
 
     names = DEFAULT_PASSES if lower is True else tuple(lower)
     if not names:
-        return result
-    result.model, result.report.lowering = lower_model(result.model, names)
-    return result
+        return model, None
+    return lower_model(model, names)
 
 
 def _select_layers(found: FoundConvs, layers: Sequence[str] | None, name: str) -> list[PointwiseConv]:
@@ -422,8 +442,12 @@ def _compress_to_budget(
     plan_cost: str,
     verify_feeds: Iterable[Feed] | None,
     progress: bool,
+    compensate: bool = True,
+    compensate_samples: int | None = None,
+    latency_threads: int = 1,
+    lower: bool | Sequence[str] = True,
 ) -> CompressionResult:
-    """compress() with a global budget: calibrate → decompose → allocate → plan → rewrite → verify."""
+    """compress() with a global budget: calibrate → decompose → allocate → compensate → rewrite → verify."""
     from ttgraph.fidelity import heldout_fidelity
 
     if method not in ("data", "weight"):
@@ -454,32 +478,63 @@ def _compress_to_budget(
     metric = budget.metric
     if budget.ratio is None and any(c.pixels is None for c in convs):
         metric = "params"  # an error cap alone minimizes MACs, unless they are unknown
+    timed = metric == "latency"
     layer_cands = [
         build_candidates(
             conv,
             None if stats is None else stats.layers[conv.label],
             method=method,  # type: ignore[arg-type]
-            cores=tuple(range(1, cores + 1)),
+            cores=(1,) if timed else tuple(range(1, cores + 1)),
             rank_multiple=rank_multiple,
             opset=opset,
             plan_cost=plan_cost,
-            metric=metric if budget.ratio is not None else None,
+            metric="macs" if timed else (metric if budget.ratio is not None else None),
         )
         for conv in tqdm(convs, desc="decompose", unit="layer", disable=not progress, leave=False)
     ]
+    if timed:
+        from ttgraph.latency import attach_latencies
+
+        layer_cands = attach_latencies(layer_cands, threads=latency_threads, progress=progress)
     alloc = allocate(layer_cands, budget, metric=metric)
+    comp, comp_skipped = None, None
+    if compensate and alloc.compressed():
+        if stats is None or method != "data":
+            comp_skipped = "compensation needs calibration data and data-aware candidates (method='data')"
+        elif not calib.reiterable:  # type: ignore[union-attr]
+            comp_skipped = "the calibration source can be read only once; compensation reads it once per level"
+        else:
+            comp = run_compensation(
+                original,
+                layer_cands,
+                alloc.choices,
+                calib,
+                build=lambda fits: rewrite_allocation(original, layer_cands, alloc, fits),
+                samples=compensate_samples or _auto_samples(calib),
+                progress=progress,
+            )
+    fits = comp.fits if comp is not None else {}
     rewrites = []
     reports = []
     for lc in layer_cands:
         chosen = alloc.choices[lc.label]
+        fit = fits.get(lc.label)
+        if chosen.kind == "dense" and fit is not None and fit.weight is not None:
+            _replace_dense(lc.conv, fit)
         if chosen.kind != "dense":
-            conv = dataclasses.replace(lc.conv, bias=lc.bias(chosen))
-            rewrites.append(LayerRewrite(conv, lc.cores(chosen), chosen.order))
+            if fit is not None:
+                dtype = lc.conv.bias.dtype if lc.conv.bias is not None else lc.conv.weight_dtype
+                conv = dataclasses.replace(lc.conv, bias=fit.bias.astype(dtype))
+                rewrites.append(LayerRewrite(conv, [c.copy() for c in fit.cores], chosen.order))
+            else:
+                conv = dataclasses.replace(lc.conv, bias=lc.bias(chosen))
+                rewrites.append(LayerRewrite(conv, lc.cores(chosen), chosen.order))
         reports.append(_budget_layer_report(lc, chosen, alloc, stats, held_stats, metric))
     RewriteAsTT(rewrites)(graph)
     rewritten = _export(graph, original)
     _record_provenance(rewritten, [r for r in reports if r.format != "dense"])
     check_model(rewritten, f"{name} (rewritten)")
+    rewritten, lowering = _lower(rewritten, lower)
     macs = alloc.totals("macs") if all(c.pixels is not None for c in convs) else None
     params = alloc.totals("params")
     report = CompressionReport(
@@ -489,9 +544,12 @@ def _compress_to_budget(
             "macs_ratio": budget.macs_ratio,
             "params_ratio": budget.params_ratio,
             "max_error": budget.max_error,
+            "latency_ratio": budget.latency_ratio,
             "method": method,
             "rank_multiple": rank_multiple,
             "holdout": holdout,
+            "compensate": compensate,
+            "compensate_samples": compensate_samples,
             "plan_cost": plan_cost,
             "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
         },
@@ -515,38 +573,137 @@ def _compress_to_budget(
             "objective_value": alloc.damage,
             "macs_ratio": None if macs is None or not macs[0] else macs[1] / macs[0],
             "params_ratio": params[1] / params[0] if params[0] else None,
+            "latency_ratio": alloc.ratio if timed else None,
+            "latency_threads": latency_threads if timed else None,
             "layers_compressed": len(alloc.compressed()),
         },
+        lowering=lowering,
     )
     result = CompressionResult(
         rewritten,
         report,
         model if not isinstance(model, onnx.ModelProto) else original,
-        Decomposition(stats, held_stats, layer_cands, alloc) if stats is not None else None,  # type: ignore[arg-type]
+        Decomposition(stats, held_stats, layer_cands, alloc, comp) if stats is not None else None,  # type: ignore[arg-type]
     )
+    check_feeds: Any = None
     if verify_feeds is not None:
-        fidelity = heldout_fidelity(original, rewritten, verify_feeds, source=name)
-        report.verification = {"inputs": "verify_feeds", **fidelity}
+        check_feeds = verify_feeds if isinstance(verify_feeds, Sequence) else list(verify_feeds)
+        report.verification = {
+            "inputs": "verify_feeds",
+            **heldout_fidelity(original, rewritten, check_feeds, source=name),
+        }
     elif held is not None and held.length:
+        check_feeds = held
         report.verification = {
             "inputs": f"{held.length} held-out calibration samples (not used to fit)",
             **heldout_fidelity(original, rewritten, held, source=name),
         }
+    if comp is not None or comp_skipped is not None:
+        report.compensation = _compensation_report(
+            comp, comp_skipped, original, rewritten, layer_cands, alloc, check_feeds, report.verification, name
+        )
     return result
 
 
+COMPENSATE_ELEMENTS = 1 << 23  # input values the compensation reads by default (one pass per dependency level)
+
+
+def _auto_samples(source: Any) -> int:
+    """How many calibration samples the compensation reads by default: enough to hold
+    :data:`COMPENSATE_ELEMENTS` input values (the first feed's size), at least 8."""
+    fetch = getattr(source, "fetch", None)
+    first = fetch(0) if fetch is not None else next(iter(source), None)
+    size = sum(int(np.size(v)) for v in first.values()) if first else 1
+    return max(8, -(-COMPENSATE_ELEMENTS // max(size, 1)))
+
+
+def _compensation_report(
+    comp: Compensation | None,
+    skipped: str | None,
+    original: onnx.ModelProto,
+    rewritten: onnx.ModelProto,
+    layers: Sequence[LayerCandidates],
+    alloc: Allocation,
+    feeds: Any,
+    verification: dict[str, Any] | None,
+    name: str,
+) -> dict[str, Any]:
+    """The report's ``compensation`` section: per compressed layer, its output error in the compressed network
+    (vs the original layer in the original network) before and after, on calibration and held-out data, and the
+    end-to-end held-out fidelity before (uncompensated model) and after (the result's ``verification``)."""
+    from ttgraph.fidelity import heldout_fidelity
+
+    if comp is None:
+        return {"applied": False, "reason": skipped}
+    compressed = [lc for lc in layers if lc.label in comp.fits]
+    held_before: dict[str, float] = {}
+    held_after: dict[str, float] = {}
+    end_to_end = None
+    if feeds is not None:
+        uncompensated = rewrite_allocation(original, layers, alloc)
+        fresh = {c.label: c for c in _analyse(original)[1].candidates}  # the layers' nodes were rewritten since
+        convs = [fresh[lc.label] for lc in compressed]
+        held_before = layer_errors(
+            compressed, alloc.choices, {}, pair_statistics(original, uncompensated, convs, feeds)
+        )
+        held_after = layer_errors(
+            compressed, alloc.choices, comp.fits, pair_statistics(original, rewritten, convs, feeds)
+        )
+        end_to_end = {
+            "inputs": (verification or {}).get("inputs"),
+            "before": heldout_fidelity(original, uncompensated, feeds, source=name)["outputs"],
+            "after": (verification or {}).get("outputs"),
+        }
+    return {
+        "applied": True,
+        "method": "asymmetric reduced-rank ridge refit of low-rank factors + bias (TT d ≥ 2: bias only), "
+        "layers in dependency order",
+        "samples": comp.samples,
+        "passes": comp.passes,
+        "damping": comp.damping,
+        "seconds": round(comp.seconds, 3),
+        "error": "‖layer output in the compressed network − original layer output in the original network‖ / "
+        "‖original output‖",
+        "layers": [
+            {
+                "name": lc.label,
+                "calibration_error_before": comp.calibration_before.get(lc.label),
+                "calibration_error_after": comp.calibration_after.get(lc.label),
+                "heldout_error_before": held_before.get(lc.label),
+                "heldout_error_after": held_after.get(lc.label),
+            }
+            for lc in compressed
+        ],
+        "end_to_end": end_to_end,
+    }
+
+
 def rewrite_allocation(
-    model: onnx.ModelProto, layers: Sequence[LayerCandidates], allocation: Allocation | dict[str, Candidate]
+    model: onnx.ModelProto,
+    layers: Sequence[LayerCandidates],
+    allocation: Allocation | dict[str, Candidate],
+    fits: Mapping[str, LayerFit] | None = None,
 ) -> onnx.ModelProto:
     """A rewritten copy of ``model`` (the original the candidates were built from, shapes fixed alike) with
-    each layer replaced by its allocated candidate; keep-dense layers stay as they are."""
+    each layer replaced by its allocated candidate; keep-dense layers stay as they are. ``fits`` replace the
+    cores and bias of the layers they name (error compensation, :mod:`ttgraph.compensate`)."""
     choices = allocation.choices if isinstance(allocation, Allocation) else allocation
+    fits = fits or {}
     graph, found, _ = _analyse(model)
     by_label = {c.label: c for c in found.candidates}
     rewrites = []
     for lc in layers:
         chosen = choices[lc.label]
+        fit = fits.get(lc.label)
         if chosen.kind == "dense":
+            if fit is not None and fit.weight is not None:
+                _replace_dense(by_label[lc.label], fit)
+            continue
+        if fit is not None:
+            conv = by_label[lc.label]
+            dtype = conv.bias.dtype if conv.bias is not None else conv.weight_dtype
+            conv = dataclasses.replace(conv, bias=fit.bias.astype(dtype))
+            rewrites.append(LayerRewrite(conv, [c.copy() for c in fit.cores], chosen.order))
             continue
         conv = dataclasses.replace(by_label[lc.label], bias=lc.bias(chosen))
         rewrites.append(LayerRewrite(conv, lc.cores(chosen), chosen.order))
@@ -554,6 +711,16 @@ def rewrite_allocation(
     rewritten = _export(graph, model)
     check_model(rewritten, "<rewritten>")
     return rewritten
+
+
+def _replace_dense(conv: PointwiseConv, fit: LayerFit) -> None:
+    """Give a kept-dense conv the refitted weight (and bias) of a compensation, as fresh constants."""
+    node = conv.node
+    shape = (conv.cout, conv.cin, *[1] * conv.spatial_rank)
+    node.inputs[1] = gs.Constant(f"{conv.label}/compensated/w", fit.weight.reshape(shape).astype(conv.weight_dtype))
+    if fit.bias is not None and len(node.inputs) > 2:
+        dtype = conv.bias.dtype if conv.bias is not None else conv.weight_dtype
+        node.inputs[2] = gs.Constant(f"{conv.label}/compensated/b", fit.bias.astype(dtype))
 
 
 def _budget_layer_report(

@@ -211,6 +211,38 @@ def render_html(report: Any) -> str:
         img = _endtoend_figure(ver)
         if img:
             parts.append(f"<img src='{img}' alt='end-to-end error'>")
+    comp = r.get("compensation")
+    if comp and not comp.get("applied"):
+        parts.append(f"<h2>Error compensation</h2><p>not applied: {e(str(comp.get('reason')))}</p>")
+    elif comp:
+        parts.append(
+            f"<h2>Error compensation</h2><p>{e(str(comp.get('method')))}; {comp.get('samples')} calibration samples, "
+            f"{comp.get('passes')} passes, {comp.get('seconds')} s. Error: {e(str(comp.get('error')))}.</p>"
+        )
+        ends = comp.get("end_to_end") or {}
+        if ends.get("before") and ends.get("after"):
+            parts.append(
+                "<table><tr><th class='l'>output (held out)</th><th>rel L2 before</th><th>rel L2 after</th>"
+                "<th>top-1 before</th><th>top-1 after</th><th>IoU before</th><th>IoU after</th></tr>"
+            )
+            for b, a in zip(ends["before"], ends["after"], strict=False):
+                parts.append(
+                    f"<tr><td class='l'>{e(b['name'])}</td><td>{b['rel_l2']:.4g}</td><td>{a['rel_l2']:.4g}</td>"
+                    f"<td>{_err(b.get('top1_agreement'))}</td><td>{_err(a.get('top1_agreement'))}</td>"
+                    f"<td>{_err(b.get('binary_iou'))}</td><td>{_err(a.get('binary_iou'))}</td></tr>"
+                )
+            parts.append("</table>")
+        parts.append(
+            "<table><tr><th class='l'>layer</th><th>calib err before</th><th>calib err after</th>"
+            "<th>held-out err before</th><th>held-out err after</th></tr>"
+        )
+        for row in comp.get("layers", []):
+            parts.append(
+                f"<tr><td class='l'>{e(row['name'])}</td><td>{_err(row.get('calibration_error_before'))}</td>"
+                f"<td>{_err(row.get('calibration_error_after'))}</td><td>{_err(row.get('heldout_error_before'))}</td>"
+                f"<td>{_err(row.get('heldout_error_after'))}</td></tr>"
+            )
+        parts.append("</table>")
     parts.append(
         "<h2>Layers</h2><table><tr><th class='l'>layer</th><th>Cout×Cin</th><th>stride</th>"
         "<th class='l'>format</th><th>ranks</th><th>params</th><th>MACs</th><th>calib err</th>"

@@ -25,12 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_input_shape_option(p)
     rule = p.add_mutually_exclusive_group()
     rule.add_argument("--rank", type=int, help="cap every TT bond rank at R")
-    rule.add_argument(
-        "--rank-ratio", type=float, help="fraction of full rank in (0, 1]; 1.0 is an exact rewrite"
-    )
-    rule.add_argument(
-        "--tolerance", type=float, help="smallest ranks with relative weight error ≤ E (TT-SVD)"
-    )
+    rule.add_argument("--rank-ratio", type=float, help="fraction of full rank in (0, 1]; 1.0 is an exact rewrite")
+    rule.add_argument("--tolerance", type=float, help="smallest ranks with relative weight error ≤ E (TT-SVD)")
     p.add_argument(
         "--cores",
         type=int,
@@ -60,6 +56,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     budget.add_argument("--macs-ratio", type=float, help="rewritten 1×1 MACs ≤ R × original 1×1 MACs")
     budget.add_argument("--params-ratio", type=float, help="rewritten 1×1 params ≤ R × original 1×1 params")
     budget.add_argument(
+        "--latency-ratio",
+        type=float,
+        help="rewritten 1×1 layers' onnxruntime time ≤ R × the original's, each layer's dense and low-rank forms "
+        "measured A/B on this machine (cached in ~/.cache/ttgraph); a layer whose factors are not faster stays dense",
+    )
+    budget.add_argument(
+        "--latency-threads", type=int, default=1, help="onnxruntime threads for --latency-ratio timings (default 1)"
+    )
+    budget.add_argument(
         "--max-error", type=float, help="every layer's calibration output error ≤ E (alone or with a ratio)"
     )
     budget.add_argument(
@@ -71,12 +76,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     budget.add_argument(
         "--rank-multiple", type=int, default=1, help="low-rank ranks are multiples of this (16 suits AVX-512)"
     )
+    budget.add_argument(
+        "--compensate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="refit the compressed layers, in dependency order, to the original layers' outputs given the "
+        "compressed network's inputs (default on; --no-compensate: per-layer fits only)",
+    )
+    budget.add_argument(
+        "--compensate-samples",
+        type=int,
+        default=0,
+        metavar="N",
+        help="calibration samples the compensation reads (the first N; default 0 = as many as hold 2^23 input "
+        "values, at least 8: 8 images at 640×640)",
+    )
     budget.add_argument("--html", help="write an HTML report (table and plots; needs matplotlib) here")
     p.add_argument("--layer", action="append", default=None, help="rewrite only this conv (repeatable)")
     p.add_argument("--report", help="write the JSON report here")
-    p.add_argument(
-        "--no-verify", action="store_true", help="skip the onnxruntime comparison on a random input"
-    )
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison on a random input")
     lowering = p.add_mutually_exclusive_group()
     lowering.add_argument(
         "--lower",
@@ -100,13 +118,13 @@ def _holdout(text: str) -> int | float:
 
 
 def run(args: argparse.Namespace) -> int:
-    budgeted = any(x is not None for x in (args.macs_ratio, args.params_ratio, args.max_error))
+    budgeted = any(x is not None for x in (args.macs_ratio, args.params_ratio, args.max_error, args.latency_ratio))
     ruled = any(x is not None for x in (args.rank, args.rank_ratio, args.tolerance))
     if budgeted == ruled:
         raise TTGraphError(
             "options",
             "give one rank rule (--rank, --rank-ratio, --tolerance) or a budget "
-            "(--macs-ratio, --params-ratio, --max-error), not both and not neither",
+            "(--macs-ratio, --params-ratio, --latency-ratio, --max-error), not both and not neither",
         )
     if budgeted and args.calib is None and args.method == "data":
         raise TTGraphError("options", "a budget needs calibration data: --calib DIR_OR_FILE")
@@ -138,6 +156,10 @@ def run(args: argparse.Namespace) -> int:
             method=args.method,
             rank_multiple=args.rank_multiple,
             lower=lower,
+            compensate=args.compensate,
+            compensate_samples=args.compensate_samples or None,
+            latency_ratio=args.latency_ratio,
+            latency_threads=args.latency_threads,
         )
     else:
         result = compress(
@@ -222,7 +244,25 @@ def render(report: CompressionReport) -> str:
         lines.append(
             f"budget {a['metric']}: {a['layers_compressed']} of {len(report.layers)} layers compressed; "
             f"objective Σ err² = {a['objective_value']:.4g}"
+            + (
+                f"; measured 1×1 time {a['latency_ratio']:.3f}× ({a['latency_threads']} thread(s))"
+                if a.get("latency_ratio") is not None
+                else ""
+            )
         )
+    comp = report.compensation
+    if comp and not comp.get("applied"):
+        lines.append(f"not compensated: {comp.get('reason')}")
+    elif comp:
+        line = f"compensated {len(comp['layers'])} layers in {comp['passes']} passes over {comp['samples']} samples"
+        line += f" ({comp['seconds']:.1f} s)"
+        ends = comp.get("end_to_end") or {}
+        for before, after in zip(ends.get("before") or [], ends.get("after") or [], strict=False):
+            for key, label in (("binary_iou", "IoU"), ("top1_agreement", "top-1 agreement"), ("rel_l2", "rel L2")):
+                if key in before and key in after:
+                    line += f"; {before['name']} {label} {before[key]:.4f} → {after[key]:.4f} held out"
+                    break
+        lines.append(line)
     if report.verification:
         for out in report.verification["outputs"]:
             text = f"output {out['name']}: max |Δ| {out['max_abs']:.3g}"

@@ -1,0 +1,449 @@
+"""Error compensation: refit the compressed layers to the *original* network's outputs, given the inputs the
+*compressed* network actually feeds them (closed-form, from streamed statistics).
+
+Per-layer factorization errors compound: layer l of the compressed network no longer sees the original input
+rows ``x`` but ``x̃`` (everything upstream is approximate). Asymmetric reconstruction fits each compressed layer
+to what the original layer would have produced on the same calibration sample::
+
+    min_{Ŵ of rank r, b}  Σ_rows ‖Ŵ x̃ + b − (W x + b₀)‖²  +  λ ‖Ŵ − W‖²_F
+
+(Zhang et al., "Accelerating Very Deep Convolutional Networks for Classification and Detection", TPAMI 2016,
+§3.3 "asymmetric reconstruction"; the free bias is bias correction, Nagel et al., "Data-Free Quantization",
+ICCV 2019). Everything needed is streamed per layer over the calibration feeds while the original and the
+current compressed model run side by side (float64 accumulators, ``Cin × Cin`` each; memory is bounded by
+the statistics): ``G̃ = Σ x̃x̃ᵀ``, ``C = Σ x̃xᵀ``, ``G = Σ xxᵀ``, the sums of ``x̃`` and ``x`` and the row count.
+
+**d = 1 (low-rank):** the problem is ridge reduced-rank regression. With centred statistics (the bias is free)
+``G̃c``, ``Cc`` and ``λ = damping · tr(G̃c)/Cin``, the full-rank solution is ``β = (G̃c + λI)⁻¹(Cc Wᵀ + λWᵀ)``
+and the rank-r optimum is ``Ŵ = V_r V_rᵀ βᵀ`` with ``V_r`` the top-r eigenvectors of ``βᵀ(G̃c + λI)β``
+(Mukherjee & Zhu, "Reduced rank ridge regression", 2011); both factors are refitted, the rank (hence every
+cost) stays. Without upstream error (``x̃ = x``) this is exactly the whitened low-rank candidate of
+:mod:`ttgraph.decompose`. **d ≥ 2 (TT):** the cores stay, only the bias is refitted (the LS optimum
+``b = W μ + b₀ − Ŵ μ̃``).
+
+**Schedule.** A refit changes the inputs of every layer downstream, so the order matters. The default
+(``schedule="levels"``) is Gauss–Seidel, exactly: layers are grouped by :func:`dependency_levels` (no layer of a
+group feeds another of it) and the groups are refitted one after the other, each from one side-by-side pass in
+which everything upstream is already compensated. Each pass runs only the part of both models the group needs.
+``schedule="blocks"`` instead refits ``stages`` consecutive chunks (``stages=1``: every layer at once, Jacobi) and
+``sweeps`` repeats. Measured on the rapidocr detector at half the MACs (8–16 calibration images): levels
+0.89 → 0.92 held-out IoU; Jacobi 0.45 after one sweep, 0.60 after two; 4 blocks 0.85 — a layer refitted to undo
+upstream errors
+over-corrects once the upstream layers are refitted too. ``dense=True`` also refits (full rank, ridge toward the
+original weight) the kept-dense 1×1 convs downstream of a compressed one; it measured no better on the classifier
+(0.9225 vs 0.9275 top-1 agreement at 0.3 of the params) and costs more passes, so it is off by default.
+
+:func:`layer_errors` measures each layer's output in the compressed network against the original layer's output
+in the original network: the report's per-layer error before and after compensation. With the levels schedule
+the "after" error on calibration data is exact (a layer's inputs do not change once it is refitted).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from tqdm.auto import tqdm
+
+from ttgraph.calibration import expose_tensors
+from ttgraph.decompose import Candidate, LayerCandidates, _sign_fix, flush_subnormals
+from ttgraph.errors import TTGraphError
+from ttgraph.tt import tt_reconstruct
+from ttgraph.verify import Feed, session
+
+__all__ = ["Compensation", "LayerFit", "PairStatistics", "compensate", "layer_errors", "pair_statistics", "refit"]
+
+DEFAULT_DAMPING = 0.01
+
+
+@dataclass
+class PairStatistics:
+    """Streaming statistics of the input rows of one 1×1 conv in two networks run on the same feeds:
+    ``x̃`` (compressed network) and ``x`` (original). ``gram_c = Σ x̃x̃ᵀ``, ``cross = Σ x̃xᵀ``, ``gram = Σ xxᵀ``,
+    ``sum_c = Σ x̃``, ``sum = Σ x``, ``rows``. Per-sample products run in float32 BLAS, sums in float64."""
+
+    tensor: str
+    stride: tuple[int, ...]
+    gram_c: np.ndarray
+    cross: np.ndarray
+    gram: np.ndarray
+    sum_c: np.ndarray
+    sum: np.ndarray
+    rows: int = 0
+
+    @classmethod
+    def empty(cls, tensor: str, stride: Sequence[int], cin: int) -> PairStatistics:
+        z = np.zeros
+        return cls(tensor, tuple(stride), z((cin, cin)), z((cin, cin)), z((cin, cin)), z(cin), z(cin))
+
+    @property
+    def cin(self) -> int:
+        return int(self.gram.shape[0])
+
+    def update(self, compressed: np.ndarray, original: np.ndarray) -> None:
+        """Add one batch of the conv's input in both networks (``N × Cin × spatial…``), strided like the conv."""
+        a, b = np.asarray(compressed), np.asarray(original)
+        if a.shape != b.shape or a.ndim < 2 or a.shape[1] != self.cin:
+            raise TTGraphError(
+                self.tensor, f"expected two activations N×{self.cin}×… of one shape, got {a.shape} and {b.shape}"
+            )
+        if any(s != 1 for s in self.stride):
+            index = (slice(None), slice(None), *(slice(None, None, s) for s in self.stride))
+            a, b = a[index], b[index]
+        for xa, xb in zip(a, b, strict=True):
+            ta = np.ascontiguousarray(xa.reshape(self.cin, -1), dtype=np.float32)
+            tb = np.ascontiguousarray(xb.reshape(self.cin, -1), dtype=np.float32)
+            self.gram_c += ta @ ta.T
+            self.cross += ta @ tb.T
+            self.gram += tb @ tb.T
+            self.sum_c += ta.sum(axis=1, dtype=np.float64)
+            self.sum += tb.sum(axis=1, dtype=np.float64)
+            self.rows += ta.shape[1]
+
+
+def _prefix(model: onnx.ModelProto, tensors: Sequence[tuple[str, np.dtype]]) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of ``model`` whose only outputs are ``tensors`` (graph inputs excepted), with every node they do
+    not depend on removed (onnxruntime runs the whole graph whatever is fetched), and the names to fetch."""
+    import onnx_graphsurgeon as gs
+
+    exposed, fetch = expose_tensors(model, tensors)
+    graph = gs.import_onnx(exposed)
+    named = graph.tensors()
+    graph.outputs = [named[name] for name in fetch]
+    graph.cleanup()
+    out = gs.export_onnx(graph)
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(model)
+    pruned.graph.CopyFrom(out.graph)
+    return pruned, fetch
+
+
+def _outputs(tensors: Sequence[tuple[str, np.dtype]], model: onnx.ModelProto):
+    pruned, fetch = _prefix(model, tensors)
+    return (session(pruned) if fetch else None), fetch
+
+
+def pair_statistics(
+    original: onnx.ModelProto,
+    compressed: onnx.ModelProto,
+    convs: Sequence[Any],
+    feeds: Iterable[Feed],
+    *,
+    bar: Any = None,
+) -> dict[str, PairStatistics]:
+    """One pass of both models over ``feeds``: the :class:`PairStatistics` of every conv in ``convs``
+    (PointwiseConvs of the original; the compressed model keeps their input tensor names), by label."""
+    shared: dict[tuple[str, tuple[int, ...]], PairStatistics] = {}
+    keys = {}
+    for conv in convs:
+        key = (conv.node.inputs[0].name, tuple(conv.strides))
+        shared.setdefault(key, PairStatistics.empty(key[0], key[1], conv.cin))
+        keys[conv.label] = key
+    tensors = list(dict.fromkeys((c.node.inputs[0].name, np.dtype(c.weight_dtype)) for c in convs))
+    sess_a, fetch_a = _outputs(tensors, compressed)
+    sess_b, fetch_b = _outputs(tensors, original)
+    for feed in feeds:
+        got_a = dict(zip(fetch_a, sess_a.run(fetch_a, dict(feed)), strict=True)) if sess_a else {}
+        got_b = dict(zip(fetch_b, sess_b.run(fetch_b, dict(feed)), strict=True)) if sess_b else {}
+        for (tensor, _), st in shared.items():
+            xa = got_a[tensor] if tensor in got_a else feed[tensor]
+            xb = got_b[tensor] if tensor in got_b else feed[tensor]
+            st.update(xa, xb)
+        if bar is not None:
+            bar.update(1)
+    return {label: shared[key] for label, key in keys.items()}
+
+
+# ------------------------------------------------------------------------------------------------ the fits
+
+
+@dataclass
+class LayerFit:
+    """A compensated layer: its float64 TT cores (same format as the candidate) and bias; for a layer kept
+    dense, no cores but a refitted ``weight`` (its bias is None when the conv has none)."""
+
+    label: str
+    cores: list[np.ndarray]
+    bias: np.ndarray | None
+    weight: np.ndarray | None = None
+
+    @property
+    def approx(self) -> np.ndarray:
+        return self.weight if self.weight is not None else tt_reconstruct(self.cores)
+
+
+def _target(lc: LayerCandidates) -> tuple[np.ndarray, np.ndarray]:
+    w = np.asarray(lc.conv.weight, np.float64)
+    b0 = np.zeros(w.shape[0]) if lc.conv.bias is None else np.asarray(lc.conv.bias, np.float64)
+    return w, b0
+
+
+def refit(
+    lc: LayerCandidates, candidate: Candidate, st: PairStatistics, *, damping: float = DEFAULT_DAMPING
+) -> LayerFit:
+    """The compensated factors and bias of one layer from its :class:`PairStatistics` (module docstring)."""
+    w, b0 = _target(lc)
+    n = max(st.rows, 1)
+    mu_c, mu = st.sum_c / n, st.sum / n
+    dtype = np.float32 if lc.conv.weight_dtype == np.float16 else lc.conv.weight_dtype
+    if candidate.kind == "dense" or candidate.fmt is None:
+        return _refit_dense(lc, st, w, b0, mu_c, mu, damping, dtype)
+    if candidate.kind == "lowrank":
+        r = candidate.fmt.ranks[1]
+        gc = st.gram_c - n * np.outer(mu_c, mu_c)
+        cc = st.cross - n * np.outer(mu_c, mu)
+        gc = (gc + gc.T) / 2
+        lam = damping * max(float(np.trace(gc)), 0.0) / max(st.cin, 1)
+        if lam <= 0:
+            lam = 1e-12
+        h = gc + lam * np.eye(st.cin)
+        rhs = cc @ w.T + lam * w.T  # Cin × Cout
+        try:
+            beta = np.linalg.solve(h, rhs)
+        except np.linalg.LinAlgError:
+            beta = np.linalg.lstsq(h, rhs, rcond=None)[0]
+        fitted = beta.T @ h @ beta  # Cout × Cout: covariance of the (ridge-augmented) fitted outputs
+        vals, vecs = np.linalg.eigh((fitted + fitted.T) / 2)
+        basis = _sign_fix(vecs[:, np.argsort(vals)[::-1][:r]])  # Cout × r
+        first = basis.T @ beta.T  # r × Cin
+        cores = [first.T.reshape(1, 1, lc.conv.cin, r), basis.T.reshape(r, lc.conv.cout, 1, 1)]
+    else:
+        cores = [np.array(c, np.float64) for c in lc.cores(candidate)]
+    cores = [flush_subnormals(c, dtype) for c in cores]
+    approx = tt_reconstruct(cores)
+    bias = w @ mu + b0 - approx @ mu_c
+    return LayerFit(lc.label, cores, flush_subnormals(bias, dtype))
+
+
+def _refit_dense(lc, st, w, b0, mu_c, mu, damping, dtype) -> LayerFit:
+    """Full-rank ridge refit toward the original weight (bias too when the conv has one)."""
+    n = max(st.rows, 1)
+    free_bias = lc.conv.bias is not None
+    gc = st.gram_c - n * np.outer(mu_c, mu_c) if free_bias else st.gram_c
+    cc = st.cross - n * np.outer(mu_c, mu) if free_bias else st.cross
+    gc = (gc + gc.T) / 2
+    lam = max(damping * max(float(np.trace(gc)), 0.0) / max(st.cin, 1), 1e-12)
+    h = gc + lam * np.eye(st.cin)
+    try:
+        beta = np.linalg.solve(h, cc @ w.T + lam * w.T)
+    except np.linalg.LinAlgError:
+        beta = np.linalg.lstsq(h, cc @ w.T + lam * w.T, rcond=None)[0]
+    weight = flush_subnormals(beta.T, dtype)
+    bias = flush_subnormals(w @ mu + b0 - weight @ mu_c, dtype) if free_bias else None
+    return LayerFit(lc.label, [], bias, weight)
+
+
+def _affected(model: onnx.ModelProto, convs: Sequence[Any], changed: set[str]) -> set[str]:
+    """Labels of ``convs`` whose input depends on the output of a conv in ``changed`` (labels)."""
+    tainted = {c.node.outputs[0].name for c in convs if c.label in changed}
+    for node in model.graph.node:
+        if any(name in tainted for name in node.input):
+            tainted.update(node.output)
+    return {c.label for c in convs if c.node.inputs[0].name in tainted}
+
+
+def _augmented(st: PairStatistics) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = float(st.rows)
+
+    def block(g: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        return np.block([[g, left[:, None]], [right[None, :], np.array([[n]])]])
+
+    return block(st.gram_c, st.sum_c, st.sum_c), block(st.cross, st.sum_c, st.sum), block(st.gram, st.sum, st.sum)
+
+
+def accumulated_error(
+    st: PairStatistics, weight: np.ndarray, bias: np.ndarray, approx: np.ndarray, approx_bias: np.ndarray
+) -> float:
+    """``‖X̃Ŵᵀ + b̂ − (XWᵀ + b₀)‖_F / ‖XWᵀ + b₀‖_F`` over the rows of ``st`` (exact, from the statistics)."""
+    gc, cross, g = _augmented(st)
+    wa = np.hstack([np.asarray(weight, np.float64), np.asarray(bias, np.float64)[:, None]])
+    wh = np.hstack([np.asarray(approx, np.float64), np.asarray(approx_bias, np.float64)[:, None]])
+    ref = float(np.sum((wa @ g) * wa))
+    num = float(np.sum((wh @ gc) * wh)) - 2 * float(np.sum((wh @ cross) * wa)) + ref
+    num = max(num, 0.0)
+    return math.sqrt(num / ref) if ref > 0 else math.sqrt(num)
+
+
+def _layer_error(lc: LayerCandidates, candidate: Candidate, fit: LayerFit | None, st: PairStatistics) -> float:
+    w, b0 = _target(lc)
+    if fit is not None:
+        return accumulated_error(st, w, b0, fit.approx, b0 * 0 if fit.bias is None else fit.bias)
+    if candidate.kind == "dense":
+        return accumulated_error(st, w, b0, w, b0)
+    bias = lc.bias(candidate)
+    return accumulated_error(st, w, b0, lc.approx(candidate), np.zeros_like(b0) if bias is None else bias)
+
+
+def layer_errors(
+    layers: Sequence[LayerCandidates],
+    choices: Mapping[str, Candidate],
+    fits: Mapping[str, LayerFit],
+    stats: Mapping[str, PairStatistics],
+) -> dict[str, float]:
+    """Per layer: its output in the compressed network vs the original layer's output in the original network."""
+    return {lc.label: _layer_error(lc, choices[lc.label], fits.get(lc.label), stats[lc.label]) for lc in layers}
+
+
+# ------------------------------------------------------------------------------------------- the schedule
+
+
+@dataclass
+class Compensation:
+    """What :func:`compensate` computed: per compressed layer its refitted factors, and the errors."""
+
+    fits: dict[str, LayerFit]
+    sweeps: int
+    stages: int
+    passes: int
+    samples: int
+    seconds: float
+    damping: float
+    calibration_before: dict[str, float] = field(default_factory=dict)
+    calibration_after: dict[str, float] = field(default_factory=dict)  # on the inputs of the last refit pass
+
+
+def _groups(labels: list[str], stages: int) -> list[list[str]]:
+    stages = max(1, min(stages, len(labels)))
+    size = math.ceil(len(labels) / stages) if labels else 1
+    return [labels[i : i + size] for i in range(0, len(labels), size)]
+
+
+def dependency_levels(model: onnx.ModelProto, convs: Sequence[Any]) -> dict[str, int]:
+    """For each conv (label), how many of ``convs`` lie on the longest path from the graph inputs to its
+    input. Convs of one level do not feed each other: one side-by-side pass compensates them all exactly as
+    a layer-by-layer (Gauss–Seidel) pass would, once every lower level is compensated."""
+    by_output = {c.node.outputs[0].name: c.label for c in convs}
+    depth: dict[str, int] = {}
+    level: dict[str, int] = {}
+    for node in model.graph.node:
+        d = max((depth.get(name, 0) for name in node.input if name), default=0)
+        for out in node.output:
+            if out in by_output:
+                level[by_output[out]] = d
+                depth[out] = d + 1
+            else:
+                depth[out] = d
+    return {c.label: level.get(c.label, 0) for c in convs}
+
+
+def compensate(
+    original: onnx.ModelProto,
+    layers: Sequence[LayerCandidates],
+    choices: Mapping[str, Candidate],
+    feeds: Any,
+    *,
+    build: Any,
+    sweeps: int = 1,
+    stages: int = 1,
+    schedule: str = "levels",
+    samples: int | None = None,
+    damping: float = DEFAULT_DAMPING,
+    dense: bool = False,
+    progress: bool = False,
+) -> Compensation:
+    """Refit every compressed layer of ``choices`` (module docstring).
+
+    ``feeds`` must be re-iterable (one pass per group); ``samples`` keeps the first that many. ``build(fits)``
+    returns the compressed model with the given :class:`LayerFit` overrides (e.g.
+    :func:`ttgraph.api.rewrite_allocation` with ``fits``). ``layers`` are in the model's topological order.
+    Passes: ``sweeps`` × the number of groups (levels, or ``stages`` blocks).
+    """
+    if sweeps < 1 or stages < 1:
+        raise TTGraphError("compensate", f"sweeps and stages must be ≥ 1, got {sweeps} and {stages}")
+    if getattr(feeds, "reiterable", True) is False:
+        raise TTGraphError(
+            "compensate",
+            "compensation reads the calibration data several times: give a folder, "
+            "a file or a list of feeds, not a one-pass iterable",
+        )
+    compressed = [lc for lc in layers if choices[lc.label].kind != "dense"]
+    if dense and compressed:
+        hit = _affected(original, [lc.conv for lc in layers], {lc.label for lc in compressed})
+        compressed = [lc for lc in layers if choices[lc.label].kind != "dense" or lc.label in hit]
+    by_label = {lc.label: lc for lc in compressed}
+    if schedule == "levels":
+        levels = dependency_levels(original, [lc.conv for lc in compressed])
+        groups = [[lc.label for lc in compressed if levels[lc.label] == v] for v in sorted(set(levels.values()))]
+    else:
+        groups = _groups([lc.label for lc in compressed], stages)
+    if samples is not None:
+        feeds = _first(feeds, samples)
+    total = getattr(feeds, "length", None)
+    if total is None and hasattr(feeds, "__len__"):
+        total = len(feeds)
+    steps = sweeps * len(groups)
+    bar = tqdm(
+        total=None if total is None else total * steps,
+        desc="compensate",
+        unit="img",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    start = time.perf_counter()
+    fits: dict[str, LayerFit] = {}
+    before: dict[str, float] = {}
+    after: dict[str, float] = {}
+    try:
+        for sweep in range(sweeps):
+            for k, group in enumerate(groups):
+                model = build(fits)
+                first = sweep == 0 and k == 0  # the uncompensated model: measure every layer's error before
+                wanted = list(by_label) if first else group
+                stats = pair_statistics(original, model, [by_label[label].conv for label in wanted], feeds, bar=bar)
+                if first:
+                    before = {
+                        label: _layer_error(by_label[label], choices[label], None, stats[label]) for label in wanted
+                    }
+                new = {}
+                for label in group:
+                    lc = by_label[label]
+                    new[label] = refit(lc, choices[label], stats[label], damping=damping)
+                    after[label] = _layer_error(lc, choices[label], new[label], stats[label])
+                fits.update(new)
+    finally:
+        bar.close()
+    return Compensation(
+        fits,
+        sweeps,
+        len(groups),
+        steps,
+        int(total) if total is not None else 0,
+        time.perf_counter() - start,
+        damping,
+        before,
+        after,
+    )
+
+
+@dataclass
+class _Subset:
+    """The first ``count`` feeds of a re-iterable source (re-iterable, known length)."""
+
+    source: Any
+    count: int
+    reiterable: bool = True
+
+    @property
+    def length(self) -> int:
+        known = getattr(self.source, "length", None)
+        if known is None and hasattr(self.source, "__len__"):
+            known = len(self.source)
+        return self.count if known is None else min(self.count, int(known))
+
+    def __iter__(self):
+        for i, feed in enumerate(self.source):
+            if i >= self.count:
+                return
+            yield feed
+
+
+def _first(feeds: Any, count: int) -> _Subset:
+    if count < 1:
+        raise TTGraphError("compensate", f"compensation needs at least one sample, got {count}")
+    return _Subset(feeds, count)
