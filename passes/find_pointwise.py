@@ -113,9 +113,7 @@ class FindPointwiseConvs:
         for node in graph.nodes:
             label = labels[id(node)]
             if node.op in QUANTIZED_CONVS:
-                found.skipped.append(
-                    SkippedConv(label, node.op, f"quantized convolution ({node.op}) is not rewritten")
-                )
+                found.skipped.append(SkippedConv(label, node.op, f"quantized convolution ({node.op}) is not rewritten"))
             elif node.op == "Conv" and (node.domain or "") in ("", "ai.onnx"):
                 result = self._classify(node, label)
                 (found.candidates if isinstance(result, PointwiseConv) else found.skipped).append(result)
@@ -152,9 +150,7 @@ class FindPointwiseConvs:
         group = int(node.attrs.get("group", 1))
         kernel_text = "×".join(map(str, kernel))
         if any(k != 1 for k in kernel):
-            kind = (
-                " depthwise" if group > 1 and group == weight.shape[0] else (" grouped" if group > 1 else "")
-            )
+            kind = " depthwise" if group > 1 and group == weight.shape[0] else (" grouped" if group > 1 else "")
             return skip(f"kernel {kernel_text}{kind} is not 1×1")
         if group != 1:
             cin = weight.shape[1] * group
@@ -164,9 +160,7 @@ class FindPointwiseConvs:
         if consumers > 1:
             return skip(f"weight {w_tensor.name!r} is shared by {consumers} nodes")
         if weight.dtype.type not in FLOAT_DTYPES:
-            return skip(
-                f"weight dtype {weight.dtype} is not a supported float type (float32/float64/float16)"
-            )
+            return skip(f"weight dtype {weight.dtype} is not a supported float type (float32/float64/float16)")
         pads = [int(p) for p in node.attrs.get("pads", [])]
         auto_pad = node.attrs.get("auto_pad", "NOTSET")
         auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)

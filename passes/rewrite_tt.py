@@ -91,9 +91,7 @@ class _Emitter:
     def _emit_convs(self, x: gs.Tensor, y: gs.Tensor) -> None:
         first, second = (
             step_matrix(c, s.side)
-            for c, s in zip(
-                self.rewrite.cores, contraction_steps(format_of(self.rewrite.cores), (0, 1)), strict=True
-            )
+            for c, s in zip(self.rewrite.cores, contraction_steps(format_of(self.rewrite.cores), (0, 1)), strict=True)
         )
         ones = [1] * self.conv.spatial_rank
         w0 = first.reshape(*first.shape, *ones).astype(self.dtype)
@@ -133,9 +131,7 @@ class _Emitter:
         axes = list(range(2, 2 + rank))
         steps = list(self.conv.strides)
         if self.opset < 10:  # Slice took attributes and had no steps before opset 10
-            raise ValueError(
-                f"{self.conv.label}: strided 1×1 rewrite needs opset ≥ 10, model has {self.opset}"
-            )
+            raise ValueError(f"{self.conv.label}: strided 1×1 rewrite needs opset ≥ 10, model has {self.opset}")
         inputs = [
             data,
             self.const("stride.starts", np.zeros(rank, np.int64)),
@@ -152,9 +148,7 @@ class _Emitter:
             return self.const("out.shape", np.array(shape, np.int64))
         rank = self.conv.spatial_rank
         dims = self.node("Shape", "in_shape", [sliced])
-        batch = self.node(
-            "Gather", "batch", [dims, self.const("batch.idx", np.array([0], np.int64))], {"axis": 0}
-        )
+        batch = self.node("Gather", "batch", [dims, self.const("batch.idx", np.array([0], np.int64))], {"axis": 0})
         spatial_idx = np.arange(2, 2 + rank, dtype=np.int64)
         spatial = self.node("Gather", "spatial", [dims, self.const("spatial.idx", spatial_idx)], {"axis": 0})
         cout = self.const("cout", np.array([self.conv.cout], np.int64))

@@ -100,9 +100,7 @@ def _bad_files(tmp_path: Path, det_path: Path) -> dict[str, tuple[Path, str]]:
         [],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
     )
-    invalid.write_bytes(
-        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-    )
+    invalid.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
     return {
         "png": (png, "cannot parse as an ONNX model"),
         "json": (js, "cannot parse as an ONNX model"),
@@ -172,7 +170,5 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_bad_rank_options_are_one_line_errors(small_model, tmp_path):
     out = tmp_path / "o.onnx"
     assert_clean_error(ttgraph_cli("compress", small_model, "-o", out, "--rank-ratio", "1.5"), "rank ratio")
-    assert_clean_error(
-        ttgraph_cli("compress", small_model, "-o", out, "--rank", "2", "--cores", "9"), "cores"
-    )
+    assert_clean_error(ttgraph_cli("compress", small_model, "-o", out, "--rank", "2", "--cores", "9"), "cores")
     assert_clean_error(ttgraph_cli("compress", small_model, "-o", out), "--rank")

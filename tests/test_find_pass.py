@@ -22,9 +22,7 @@ def test_finds_all_42_pointwise_convs_in_the_ppocr_detector(det_path):
     assert len(report.layers) == 42
     assert len(report.skipped) == 62 - 42
     assert all(s.reason for s in report.skipped)
-    assert (
-        report.pointwise_macs and report.model_macs and 0.3 < report.pointwise_macs / report.model_macs < 0.45
-    )
+    assert report.pointwise_macs and report.model_macs and 0.3 < report.pointwise_macs / report.model_macs < 0.45
 
 
 def test_finds_all_41_pointwise_convs_in_the_direction_classifier(cls_path):
@@ -105,9 +103,7 @@ def test_conv_inside_an_if_branch_is_reported_not_rewritten():
     )
     found = find(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert found.candidates == []
-    assert len(found.skipped) == 2 and all(
-        "inside a subgraph of If node 'if0'" in s.reason for s in found.skipped
-    )
+    assert len(found.skipped) == 2 and all("inside a subgraph of If node 'if0'" in s.reason for s in found.skipped)
 
 
 def test_inspect_without_fixed_shapes_reports_unknown_macs(det_path):

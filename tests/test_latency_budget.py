@@ -88,3 +88,36 @@ def test_latencies_are_measured_once_and_then_read_from_the_cache(tmp_path, monk
 def test_bad_latency_budgets_are_refused(ratios):
     with pytest.raises(Exception, match="latency_ratio"):
         Budget(**ratios)
+
+
+def test_compress_to_a_latency_budget_measures_allocates_and_reports(tmp_path, monkeypatch):
+    """Real timings end to end: a wide compute-bound layer (256→256 at 20²) is worth factoring on any CPU."""
+    monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path))
+    rng = np.random.default_rng(0)
+    w = {
+        "w1": rng.standard_normal((256, 64, 1, 1)) / 8,
+        "w2": rng.standard_normal((256, 256, 1, 1)) / 16,
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="expand"),
+        helper.make_node("Relu", ["a"], ["b"], name="relu"),
+        helper.make_node("Conv", ["b", "w2"], ["y"], name="mix"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 20, 20])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256, 20, 20])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = [{"x": rng.standard_normal((1, 64, 20, 20)).astype(np.float32)} for _ in range(12)]
+
+    from ttgraph import compress
+
+    result = compress(model, calibration=feeds, holdout=4, latency_ratio=0.9, rank_multiple=16)
+    alloc = result.report.allocation
+    assert alloc["metric"] == "latency" and alloc["budget"]["latency_ratio"] == 0.9
+    assert alloc["latency_ratio"] <= 0.9 and alloc["layers_compressed"] >= 1
+    assert all(layer.format in ("dense", "lowrank") for layer in result.report.layers)
+    assert result.report.verification["outputs"][0]["rel_l2"] < 1  # a real model came out and runs

@@ -30,9 +30,7 @@ def test_external_data_model_loads_compresses_and_saves(tmp_path):
     model = conv_model(64, 64, hw=(6, 6))
     src = tmp_path / "src" / "ext.onnx"
     src.parent.mkdir()
-    onnx.save_model(
-        copy.deepcopy(model), src, save_as_external_data=True, location="ext.weights", size_threshold=0
-    )
+    onnx.save_model(copy.deepcopy(model), src, save_as_external_data=True, location="ext.weights", size_threshold=0)
     before = {p.name: sha256(p) for p in src.parent.iterdir()}
     result = ttgraph.compress(src, cores=2, rank_ratio=1.0)
     out = tmp_path / "out.onnx"
@@ -62,9 +60,7 @@ def test_models_over_the_protobuf_limit_are_saved_with_external_data(tmp_path, m
     reloaded = onnx.load(out)
     for a, b in zip(reloaded.graph.initializer, model.graph.initializer, strict=True):
         assert (a.name, numpy_helper.to_array(a).tolist()) == (b.name, numpy_helper.to_array(b).tolist())
-    assert (
-        model.graph.initializer[0].data_location == onnx.TensorProto.DEFAULT
-    )  # the caller's model untouched
+    assert model.graph.initializer[0].data_location == onnx.TensorProto.DEFAULT  # the caller's model untouched
 
 
 def test_save_replaces_atomically_and_leaves_no_temporary_files(tmp_path):

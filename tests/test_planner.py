@@ -35,9 +35,7 @@ from ttgraph.planner import (
 # --------------------------------------------------------------------------------------------------
 
 
-def random_layers(
-    count: int, seed: int
-) -> list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int]]:
+def random_layers(count: int, seed: int) -> list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int]]:
     """Random TT layers: d = 2..5, modes 1..8, inner ranks 1..16, a few pixel counts."""
     rng = random.Random(seed)
     layers = []
@@ -275,9 +273,7 @@ def test_left_to_right_steps_follow_the_emitter_formulas_and_a_direct_count():
         d = len(modes_in)
         plan = left_to_right_plan(modes_in, modes_out, ranks, pixels=pixels)
         assert plan.groups == tuple((k,) for k in range(d)) and plan.order == tuple(range(d))
-        expected = emitter_formula_macs(
-            modes_in, modes_out, ranks, [(k,) for k in range(d)], range(d), pixels
-        )
+        expected = emitter_formula_macs(modes_in, modes_out, ranks, [(k,) for k in range(d)], range(d), pixels)
         assert [s.shape for s in plan.runtime_steps] == expected
         # Direct count: contract X with G0, G1, ... as index sets; a pairwise step costs the product
         # of every index size it touches.
@@ -301,9 +297,7 @@ def test_planned_emitter_orders_cost_what_the_rewrite_module_counts():
         fmt = tt.TTFormat(modes_out, modes_in, ranks)
         order = [plan.groups[i][0] for i in plan.order]
         steps = contraction.contraction_steps(fmt, order)
-        assert [(s.left, s.out, s.contracted, s.right * pixels) for s in steps] == [
-            s.shape for s in plan.runtime_steps
-        ]
+        assert [(s.left, s.out, s.contracted, s.right * pixels) for s in steps] == [s.shape for s in plan.runtime_steps]
         assert contraction.contraction_macs(fmt, pixels, order) == plan.total_cost
 
 
@@ -470,9 +464,7 @@ def test_measured_cost_times_each_shape_once_and_round_trips_the_disk_cache(tmp_
         return 1e-9 * op.macs + 1e-6  # a fixed per-op overhead plus throughput
 
     args = ((8, 48), (48, 8), 8)
-    first = plan_layer(
-        *args, pixels=6400, cost=MeasuredCost(cache_dir=tmp_path, target="fake", timer=fake_timer)
-    )
+    first = plan_layer(*args, pixels=6400, cost=MeasuredCost(cache_dir=tmp_path, target="fake", timer=fake_timer))
     assert first.cost_model == "measured"
     assert timed and len(timed) == len(set(timed))  # every shape timed exactly once
     table = json.loads((tmp_path / "measured-fake.json").read_text())

@@ -17,9 +17,7 @@ from ttgraph.shapes import infer_shapes
 def emitted_costs(model: onnx.ModelProto, label: str, shapes) -> tuple[int, int]:
     """Float weights read and MACs done by the nodes the rewrite emitted for one conv."""
     floats = {
-        t.name: t
-        for t in model.graph.initializer
-        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+        t.name: t for t in model.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
     }
     params, macs = 0, 0
     for node in model.graph.node:

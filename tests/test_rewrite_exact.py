@@ -111,9 +111,7 @@ def test_rewritten_graph_is_plain_onnx_that_passes_the_full_checker(d):
     ops = {n.op_type for n in result.model.graph.node}
     assert not ops & {"Einsum", "Transpose"}
     assert ops <= {"Conv", "MatMul", "Reshape", "Slice", "Add", "Relu"}
-    assert {n.name for n in result.model.graph.node} - {"relu"} == {
-        n.name for n in new_nodes(result.model, "conv")
-    }
+    assert {n.name for n in result.model.graph.node} - {"relu"} == {n.name for n in new_nodes(result.model, "conv")}
     assert ("Conv" in ops) == (d == 1)
 
 

@@ -90,11 +90,7 @@ def test_truncated_svd_is_the_best_rank_r_approximation():
 def test_split_modes_multiplies_back_and_uses_factors_of_at_least_two(channels, d):
     split = split_modes(channels, d)
     divisors = [f for f in range(2, channels + 1) if channels % f == 0]
-    brute = (
-        [c for c in itertools.product(divisors, repeat=d) if math.prod(c) == channels]
-        if d > 1
-        else [(channels,)]
-    )
+    brute = [c for c in itertools.product(divisors, repeat=d) if math.prod(c) == channels] if d > 1 else [(channels,)]
     if not brute:
         assert split is None
         return
@@ -128,9 +124,7 @@ def test_every_interval_order_computes_the_same_product_as_the_dense_weight(d):
     x = rng.standard_normal((2, 36, 5))
     expected = np.einsum("oc,ncp->nop", tt_reconstruct(cores), x)
     for order in interval_orders(used.num_cores):
-        np.testing.assert_allclose(
-            contract_like_the_emitter(cores, x, order), expected, rtol=1e-10, atol=1e-10
-        )
+        np.testing.assert_allclose(contract_like_the_emitter(cores, x, order), expected, rtol=1e-10, atol=1e-10)
 
 
 def test_step_macs_are_the_sizes_of_the_matrix_products():

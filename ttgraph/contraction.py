@@ -64,8 +64,13 @@ def planned_order(fmt: TTFormat, pixels: int = 1, cost: str = "flops") -> tuple[
     from ttgraph.planner import plan_layer
 
     plan = plan_layer(
-        fmt.modes_in, fmt.modes_out, fmt.ranks, pixels=max(1, pixels), cost=cost,
-        allow_offline_merges=False, transpose_free_only=True,
+        fmt.modes_in,
+        fmt.modes_out,
+        fmt.ranks,
+        pixels=max(1, pixels),
+        cost=cost,
+        allow_offline_merges=False,
+        transpose_free_only=True,
     )
     assert plan.order is not None and all(len(g) == 1 for g in plan.groups or ())
     return tuple(plan.groups[i][0] for i in plan.order)  # type: ignore[index]
@@ -85,16 +90,12 @@ def contraction_steps(fmt: TTFormat, order: Sequence[int] | None = None) -> list
     steps: list[ContractionStep] = []
     lo = hi = order[0]
     steps.append(
-        ContractionStep(
-            lo, "first", math.prod(n[:lo]), n[lo], r[lo] * m[lo] * r[lo + 1], math.prod(n[lo + 1 :])
-        )
+        ContractionStep(lo, "first", math.prod(n[:lo]), n[lo], r[lo] * m[lo] * r[lo + 1], math.prod(n[lo + 1 :]))
     )
     for k in order[1:]:
         if k == hi + 1:
             left = math.prod(n[:lo]) * r[lo] * math.prod(m[lo : hi + 1])
-            steps.append(
-                ContractionStep(k, "right", left, r[k] * n[k], m[k] * r[k + 1], math.prod(n[k + 1 :]))
-            )
+            steps.append(ContractionStep(k, "right", left, r[k] * n[k], m[k] * r[k + 1], math.prod(n[k + 1 :])))
             hi = k
         elif k == lo - 1:
             right = math.prod(m[lo : hi + 1]) * r[hi + 1] * math.prod(n[hi + 1 :])

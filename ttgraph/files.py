@@ -26,9 +26,7 @@ def check_output_path(path: str | os.PathLike[str], inputs: tuple[str | os.PathL
         with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{target.name}.probe."):
             pass
     except OSError as err:
-        raise TTGraphError(
-            target, f"output directory {os.fspath(parent)!r} is not writable ({err.strerror})"
-        ) from err
+        raise TTGraphError(target, f"output directory {os.fspath(parent)!r} is not writable ({err.strerror})") from err
     return target
 
 

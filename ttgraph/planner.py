@@ -175,8 +175,7 @@ class RooflineCost:
         if bytes_weight < 0 or dtype_bytes <= 0:
             raise TTGraphError(
                 "cost",
-                f"roofline needs bytes_weight >= 0 and dtype_bytes > 0, "
-                f"found {bytes_weight} and {dtype_bytes}",
+                f"roofline needs bytes_weight >= 0 and dtype_bytes > 0, found {bytes_weight} and {dtype_bytes}",
             )
         self.bytes_weight = float(bytes_weight)
         self.dtype_bytes = dtype_bytes
@@ -337,9 +336,7 @@ def register_cost_model(name: str, model: CostModel) -> None:
     >>> del COST_MODELS["macs_x2"]
     """
     if not name or not callable(model):
-        raise TTGraphError(
-            "cost", f"a cost model needs a name and a callable Op -> float, found {name!r} -> {model!r}"
-        )
+        raise TTGraphError("cost", f"a cost model needs a name and a callable Op -> float, found {name!r} -> {model!r}")
     COST_MODELS[name] = model
 
 
@@ -436,9 +433,7 @@ class _Layer:
         # Bonds with exactly one end in the set: bit t-1 of (mask ^ mask >> 1) is bit(t-1) xor bit(t).
         self.bmask = [(mask ^ (mask >> 1)) & self.inner for mask in range(size)]
         self.block_size = [mprod[s] * nprod[s] * bond[self.bmask[s]] for s in range(size)]
-        self.act_size = [
-            self.pixels * mprod[s] * nprod[self.full ^ s] * bond[self.bmask[s]] for s in range(size)
-        ]
+        self.act_size = [self.pixels * mprod[s] * nprod[self.full ^ s] * bond[self.bmask[s]] for s in range(size)]
         self.is_run = [False] + [_is_run(s) for s in range(1, size)]
         self.cin, self.cout = nprod[self.full], mprod[self.full]
 
@@ -573,9 +568,7 @@ class _Pricer:
 
     def __init__(self, layer: _Layer, model: CostModel, offline_merge_cost: OfflineMergeCost) -> None:
         if offline_merge_cost not in ("free", "charged"):
-            raise TTGraphError(
-                "offline_merge_cost", f"expected 'free' or 'charged', found {offline_merge_cost!r}"
-            )
+            raise TTGraphError("offline_merge_cost", f"expected 'free' or 'charged', found {offline_merge_cost!r}")
         self.layer, self.model = layer, model
         self.charged = offline_merge_cost == "charged"
         self.trees = _OfflineTrees(layer, model)
@@ -589,9 +582,7 @@ class _Pricer:
         moved = 0
         if not free:
             moved = layer.act_size[s]
-            step_cost = step_cost + self.model(
-                Op("transpose", left=op.right, right=op.contracted, summed_indices=0)
-            )
+            step_cost = step_cost + self.model(Op("transpose", left=op.right, right=op.contracted, summed_indices=0))
         offline = self.trees.cost(b) if self.charged else 0
         return _Edge(op, free, moved, step_cost, offline, step_cost + offline)
 
@@ -692,8 +683,7 @@ def _assemble(
     if covered != layer.full:
         raise TTGraphError(
             "blocks",
-            f"expected the blocks to cover cores 0..{layer.d - 1}, "
-            f"found {[layer.cores(x) for x in sequence]}",
+            f"expected the blocks to cover cores 0..{layer.d - 1}, found {[layer.cores(x) for x in sequence]}",
         )
     steps: list[PlanStep] = []
     offline_macs = 0
@@ -918,9 +908,7 @@ def plan_from_blocks(
         mask = 0
         for k in block:
             if not 0 <= int(k) < layer.d or mask >> int(k) & 1:
-                raise TTGraphError(
-                    "blocks", f"expected distinct cores in 0..{layer.d - 1}, found block {list(block)}"
-                )
+                raise TTGraphError("blocks", f"expected distinct cores in 0..{layer.d - 1}, found block {list(block)}")
             mask |= 1 << int(k)
         masks.append(mask)
     return _assemble(layer, pricer, cost_name, offline_merge_cost, masks, None)
@@ -1054,8 +1042,7 @@ def format_plan(plan: ContractionPlan) -> str:
     for r in rows:
         lines.append(
             "  ".join(
-                c.rjust(w) if i in (0, 5, 6) else c.ljust(w)
-                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+                c.rjust(w) if i in (0, 5, 6) else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
             ).rstrip()
         )
     ratio = plan.runtime_macs / plan.dense_cost
@@ -1070,9 +1057,7 @@ def format_plan(plan: ContractionPlan) -> str:
         f"graph: {plan.graph_nodes} nodes, {plan.graph_edges} edges"
     )
     if plan.transpose_free:
-        lines.append(
-            f"transpose-free: groups {[list(g) for g in plan.groups or ()]}, order {list(plan.order or ())}"
-        )
+        lines.append(f"transpose-free: groups {[list(g) for g in plan.groups or ()]}, order {list(plan.order or ())}")
     else:
         lines.append(f"not transpose-free: {_fmt(plan.moved_elements)} activation elements transposed")
     return "\n".join(lines)

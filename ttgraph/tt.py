@@ -34,9 +34,7 @@ class TTFormat:
     def __post_init__(self) -> None:
         n = len(self.modes_out)
         if n == 0 or len(self.modes_in) != n:
-            raise ValueError(
-                f"modes_out {self.modes_out} and modes_in {self.modes_in} need the same length ≥ 1"
-            )
+            raise ValueError(f"modes_out {self.modes_out} and modes_in {self.modes_in} need the same length ≥ 1")
         if len(self.ranks) != n + 1 or self.ranks[0] != 1 or self.ranks[-1] != 1:
             raise ValueError(f"ranks must be r_0..r_d with r_0 = r_d = 1, got {self.ranks} for {n} cores")
         if min(self.modes_out + self.modes_in + self.ranks) < 1:
@@ -78,9 +76,7 @@ class TTFormat:
 
     def core_shapes(self) -> list[tuple[int, int, int, int]]:
         r = self.ranks
-        return [
-            (r[k], m, n, r[k + 1]) for k, (m, n) in enumerate(zip(self.modes_out, self.modes_in, strict=True))
-        ]
+        return [(r[k], m, n, r[k + 1]) for k, (m, n) in enumerate(zip(self.modes_out, self.modes_in, strict=True))]
 
     def params(self) -> int:
         """Number of weights in the cores (a bias, if any, is counted by the caller)."""
@@ -89,9 +85,7 @@ class TTFormat:
     def max_ranks(self) -> tuple[int, ...]:
         """The ranks at which TT-SVD is exact: ``r_k = min(∏_{l≤k} m_l n_l, ∏_{l>k} m_l n_l)``."""
         sizes = [m * n for m, n in zip(self.modes_out, self.modes_in, strict=True)]
-        inner = tuple(
-            min(math.prod(sizes[: k + 1]), math.prod(sizes[k + 1 :])) for k in range(len(sizes) - 1)
-        )
+        inner = tuple(min(math.prod(sizes[: k + 1]), math.prod(sizes[k + 1 :])) for k in range(len(sizes) - 1))
         return (1, *inner, 1)
 
     def with_ranks(self, inner: Sequence[int]) -> TTFormat:
@@ -170,9 +164,7 @@ def _as_tt_tensor(weight: np.ndarray, fmt: TTFormat) -> np.ndarray:
     return tensor.transpose(perm)
 
 
-def tt_svd(
-    weight: np.ndarray, fmt: TTFormat, *, tolerance: float | None = None
-) -> tuple[list[np.ndarray], TTFormat]:
+def tt_svd(weight: np.ndarray, fmt: TTFormat, *, tolerance: float | None = None) -> tuple[list[np.ndarray], TTFormat]:
     """Decompose ``weight`` (Cout × Cin) into TT cores by sequential truncated SVD (TT-SVD, Oseledets 2011).
 
     Ranks come from ``fmt`` (each capped at what the data allows), or, with ``tolerance`` ε, they are the

@@ -35,9 +35,7 @@ def render(report: InspectReport) -> str:
             str(c.cin),
             str(c.cout),
             "×".join(map(str, c.stride)),
-            "?"
-            if c.input_shape is None
-            else "×".join("?" if d is None else str(d) for d in c.input_shape[2:]),
+            "?" if c.input_shape is None else "×".join("?" if d is None else str(d) for d in c.input_shape[2:]),
             human(c.params),
             human(c.macs),
             "?" if c.macs_share is None else f"{100 * c.macs_share:.1f}%",
@@ -48,21 +46,15 @@ def render(report: InspectReport) -> str:
         f"{report.model}: {len(report.layers)} rewritable 1×1 convs, {len(report.skipped)} convs skipped",
         "",
     ]
-    lines.append(
-        format_table(["layer", "Cin", "Cout", "stride", "spatial", "params", "MACs", "of model"], rows)
-    )
+    lines.append(format_table(["layer", "Cin", "Cout", "stride", "spatial", "params", "MACs", "of model"], rows))
     if report.skipped:
         lines += ["", "skipped:"]
-        lines.append(
-            format_table(["conv", "op", "reason"], [[s.label, s.op, s.reason] for s in report.skipped])
-        )
+        lines.append(format_table(["conv", "op", "reason"], [[s.label, s.op, s.reason] for s in report.skipped]))
     lines.append("")
     share = ""
     if report.pointwise_macs is not None and report.model_macs:
         share = f" ({100 * report.pointwise_macs / report.model_macs:.1f}% of the model's {human(report.model_macs)})"
-    lines.append(
-        f"1×1 convs: {human(report.pointwise_params)} params, {human(report.pointwise_macs)} MACs{share}"
-    )
+    lines.append(f"1×1 convs: {human(report.pointwise_params)} params, {human(report.pointwise_macs)} MACs{share}")
     if report.pointwise_macs is None:
         lines.append("MACs unknown where spatial sizes are dynamic: fix them with --input-shape NAME=1,3,H,W")
     elif report.unknown_macs_nodes:

@@ -50,8 +50,13 @@ def _pixels(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace, modes_in, modes_out, ranks, pixels: int) -> tuple[ContractionPlan, ContractionPlan]:
     plan = plan_layer(
-        modes_in, modes_out, ranks, pixels=pixels, cost=args.cost,
-        allow_offline_merges=args.merges, transpose_free_only=not args.any_layout,
+        modes_in,
+        modes_out,
+        ranks,
+        pixels=pixels,
+        cost=args.cost,
+        allow_offline_merges=args.merges,
+        transpose_free_only=not args.any_layout,
     )
     return plan, left_to_right_plan(modes_in, modes_out, ranks, pixels=pixels, cost=args.cost)
 
@@ -91,11 +96,26 @@ def _run_model(args: argparse.Namespace) -> int:
         pixels = layer["pixels"] or 1
         plan, naive = _plan(args, layer["modes_in"], layer["modes_out"], layer["ranks"], pixels)
         emitted = [plan.groups[i][0] for i in plan.order] if plan.order and plan.groups else None
-        rows.append([layer["name"], "×".join(map(str, layer["modes_out"])), "×".join(map(str, layer["modes_in"])),
-                     ",".join(map(str, layer["ranks"][1:-1])), ",".join(map(str, layer["order"])),
-                     ",".join(map(str, emitted)) if emitted else "-", human(plan.total_cost), human(naive.total_cost)])
-        out.append({"name": layer["name"], "emitted_order": layer["order"], **plan_to_dict(plan),
-                    "left_to_right_cost": naive.total_cost})
+        rows.append(
+            [
+                layer["name"],
+                "×".join(map(str, layer["modes_out"])),
+                "×".join(map(str, layer["modes_in"])),
+                ",".join(map(str, layer["ranks"][1:-1])),
+                ",".join(map(str, layer["order"])),
+                ",".join(map(str, emitted)) if emitted else "-",
+                human(plan.total_cost),
+                human(naive.total_cost),
+            ]
+        )
+        out.append(
+            {
+                "name": layer["name"],
+                "emitted_order": layer["order"],
+                **plan_to_dict(plan),
+                "left_to_right_cost": naive.total_cost,
+            }
+        )
     if args.json:
         print(json.dumps({"model": args.model, "layers": out}, indent=2))
     else:
