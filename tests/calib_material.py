@@ -226,3 +226,12 @@ def document_page(seed: int, height: int = 800, width: int = 608, photos: tuple[
                     draw.text((margin + c * tw // cols + 4, y + r * rh + 4), words(2), fill=ink, font=font)
             y += rows * rh + int(rng.integers(20, 40))
     return np.asarray(img)
+
+
+if __name__ == "__main__":  # python -m tests.calib_material DIR COUNT [calib|heldout]: images for the quick start
+    import sys
+
+    folder, count = Path(sys.argv[1]), int(sys.argv[2])
+    kind = sys.argv[3] if len(sys.argv) > 3 else "calib"
+    pictures = det_images("calib", count) if kind == "calib" else heldout_pages(count)
+    print(write_images(pictures, folder))

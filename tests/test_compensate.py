@@ -153,3 +153,19 @@ def test_dense_option_refits_kept_dense_layers_downstream_of_compressed_ones():
     assert set(both.fits) == {conv1.label, conv2.label} and both.passes == 2
     assert both.fits[conv2.label].weight.shape == (10, 12) and not both.fits[conv2.label].cores
     assert output_error(model, build(both.fits), calib) < output_error(model, build(plain.fits), calib)
+
+
+def test_compensation_and_lowering_together_when_lowering_folds_away_a_conv_input():
+    """A scale (Mul) in front of a 1×1 conv is folded into it by the lowering: the tensor the conv read no longer
+    exists in the written model, and the per-layer statistics must still be taken where it does."""
+    model = stacked_convs()
+    scale = numpy_helper.from_array(np.linspace(0.5, 1.5, 12, dtype=np.float32).reshape(1, 12, 1, 1), "s")
+    model.graph.initializer.append(scale)
+    model.graph.node[0].input[0] = "xs"  # x → Mul(s) → xs → conv1
+    model.graph.node.insert(0, helper.make_node("Mul", ["x", "s"], ["xs"], name="scale"))
+    onnx.checker.check_model(model)
+    result = ttgraph.compress(model, calibration=feeds(24, 1), holdout=8, macs_ratio=0.6, rank_multiple=2)
+    assert any(p["count"] for p in result.report.lowering["passes"])
+    assert "xs" not in {t for n in result.model.graph.node for t in n.input}  # folded away
+    assert "conv1" in [layer["name"] for layer in result.report.compensation["layers"]]
+    assert output_error(model, result.model, feeds(8, 99)) < 1

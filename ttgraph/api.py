@@ -534,6 +534,7 @@ def _compress_to_budget(
     rewritten = _export(graph, original)
     _record_provenance(rewritten, [r for r in reports if r.format != "dense"])
     check_model(rewritten, f"{name} (rewritten)")
+    unlowered = rewritten  # what the per-layer error statistics read: lowering may fold away a conv's input tensor
     rewritten, lowering = _lower(rewritten, lower)
     macs = alloc.totals("macs") if all(c.pixels is not None for c in convs) else None
     params = alloc.totals("params")
@@ -600,7 +601,7 @@ def _compress_to_budget(
         }
     if comp is not None or comp_skipped is not None:
         report.compensation = _compensation_report(
-            comp, comp_skipped, original, rewritten, layer_cands, alloc, check_feeds, report.verification, name
+            comp, comp_skipped, original, unlowered, layer_cands, alloc, check_feeds, report.verification, name
         )
     return result
 
