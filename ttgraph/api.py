@@ -39,8 +39,8 @@ from ttgraph.files import check_output_path, write_atomic
 from ttgraph.model_io import (
     InputShapes,
     ModelSource,
+    adopt_envelope,
     check_model,
-    envelope,
     graph_inputs,
     input_dims,
     load_model,
@@ -390,7 +390,9 @@ def compress(
     return result
 
 
-def _lower(model: onnx.ModelProto, lower: bool | Sequence[str]) -> tuple[onnx.ModelProto, dict[str, Any] | None]:
+def _lower(
+    model: onnx.ModelProto, lower: bool | Sequence[str], feed: Feed | None = None
+) -> tuple[onnx.ModelProto, dict[str, Any] | None]:
     """Both compress paths end with this, before verification: the exact fast-lowering passes (:mod:`passes.lower`)
     on the rewritten model, and what they changed (None when none ran)."""
     if lower is False:
@@ -401,7 +403,7 @@ def _lower(model: onnx.ModelProto, lower: bool | Sequence[str]) -> tuple[onnx.Mo
     names = DEFAULT_PASSES if lower is True else tuple(lower)
     if not names:
         return model, None
-    return lower_model(model, names)
+    return lower_model(model, names, feed=feed)
 
 
 def _select_layers(found: FoundConvs, layers: Sequence[str] | None, name: str) -> list[PointwiseConv]:
@@ -535,7 +537,7 @@ def _compress_to_budget(
     _record_provenance(rewritten, [r for r in reports if r.format != "dense"])
     check_model(rewritten, f"{name} (rewritten)")
     unlowered = rewritten  # what the per-layer error statistics read: lowering may fold away a conv's input tensor
-    rewritten, lowering = _lower(rewritten, lower)
+    rewritten, lowering = _lower(rewritten, lower, _first_feed(held))
     macs = alloc.totals("macs") if all(c.pixels is not None for c in convs) else None
     params = alloc.totals("params")
     report = CompressionReport(
@@ -604,6 +606,13 @@ def _compress_to_budget(
             comp, comp_skipped, original, unlowered, layer_cands, alloc, check_feeds, report.verification, name
         )
     return result
+
+
+def _first_feed(source: Any) -> Feed | None:
+    """The first sample of a source that can be read again (None otherwise): a real input to check lowering on."""
+    if source is None or not source.length or not source.reiterable:
+        return None
+    return source.fetch(0) if source.fetch is not None else next(iter(source), None)
 
 
 COMPENSATE_ELEMENTS = 1 << 23  # input values the compensation reads by default (one pass per dependency level)
@@ -858,15 +867,5 @@ def provenance(model: onnx.ModelProto) -> dict[str, Any] | None:
 
 
 def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
-    """The edited graph inside a copy of the original model's envelope (IR version, opsets, metadata)."""
-    model = gs.export_onnx(graph)
-    for descriptor in model.DESCRIPTOR.fields:  # gs's own envelope out, the original's in; the graph is not copied
-        if descriptor.name != "graph":
-            model.ClearField(descriptor.name)
-    model.MergeFrom(envelope(original))
-    if model.ir_version < 4:  # before IR 4 every initializer must also be a graph input
-        listed = {i.name for i in model.graph.input}
-        for init in model.graph.initializer:
-            if init.name not in listed:
-                model.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims))
-    return model
+    """The edited graph inside the original model's envelope (IR version, opsets, metadata)."""
+    return adopt_envelope(gs.export_onnx(graph), original)

@@ -65,6 +65,21 @@ def envelope(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def adopt_envelope(model: onnx.ModelProto, original: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` (a freshly exported graph) with the original's envelope — IR version, opsets, producer, metadata —
+    in place of its own, the graph not copied; before IR 4 every initializer is also listed as a graph input."""
+    for descriptor in model.DESCRIPTOR.fields:
+        if descriptor.name != "graph":
+            model.ClearField(descriptor.name)
+    model.MergeFrom(envelope(original))
+    if model.ir_version < 4:
+        listed = {i.name for i in model.graph.input}
+        for init in model.graph.initializer:
+            if init.name not in listed:
+                model.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims))
+    return model
+
+
 def _copy_fields(source: Any, target: Any, skip: str) -> None:
     """Copy every set field but ``skip`` from one protobuf message to another of the same type."""
     for field, value in source.ListFields():
