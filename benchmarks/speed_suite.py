@@ -157,12 +157,6 @@ def run_model(name: str, args: argparse.Namespace, out: Path) -> list[dict]:
     n_cal, n_held = args.calib or n_cal, args.heldout or n_held
     pre = preprocess(name)
     ratios = args.ratios or [DEFAULT_RATIOS[name]]
-    layers = None
-    if args.latency_filter:  # only the 1×1 convs whose low-rank form measures faster (ttgraph.latency)
-        from ttgraph.latency import layers_where_lowrank_pays
-
-        layers = list(layers_where_lowrank_pays(original, min_speedup=args.latency_filter))
-        print(f"{name}: latency filter keeps {len(layers)} layers", flush=True)
     feeds = [{input_name: pre(img)} for img in images(name, "calib", n_cal)]
     lowered, low_report = lower_model(original, check_error=False)
     held = images(name, "heldout", n_held)
@@ -176,7 +170,6 @@ def run_model(name: str, args: argparse.Namespace, out: Path) -> list[dict]:
             rank_multiple=16,
             holdout=0,
             lower=False,
-            layers=layers,
             compensate=not args.no_compensate,
             **{f"{args.budget}_ratio": ratio},  # type: ignore[arg-type]
         )
@@ -199,7 +192,6 @@ def run_model(name: str, args: argparse.Namespace, out: Path) -> list[dict]:
             "calibration_images": n_cal,
             "heldout_images": n_held,
             "layers_rewritten": totals.get("layers_rewritten"),
-            "latency_filter": args.latency_filter,
             "candidate_layers": len(result.decomposition.layers),  # type: ignore[union-attr]
             "params_ratio_1x1": totals.get("params_ratio"),
             "macs_ratio_1x1": totals.get("macs_ratio"),
@@ -271,12 +263,6 @@ def main() -> int:
     parser.add_argument("--runs", type=int, help="timed rounds (default per model)")
     parser.add_argument("--out", default="suite-out", help="folder for compressed models, reports and suite.json")
     parser.add_argument("--markdown", action="store_true", help="print the README table")
-    parser.add_argument(
-        "--latency-filter",
-        type=float,
-        metavar="MIN_SPEEDUP",
-        help="compress only the 1×1 convs whose low-rank form at half the MACs measures ≥ this speedup alone",
-    )
     args = parser.parse_args()
     args.threads = [int(t) for t in args.threads.split(",")]
     args.ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else None

@@ -204,39 +204,3 @@ def attach_latencies(
         kept += [dataclasses.replace(c, latency=max(1, round(times[c.ranks[1]]))) for c in lowrank]
         out.append(dataclasses.replace(layer, candidates=kept))
     return out
-
-
-def rank_for_macs(cin: int, cout: int, macs_fraction: float, multiple: int = 16) -> int:
-    """The rank whose two-factor form costs about ``macs_fraction`` of the dense MACs, rounded up to ``multiple``."""
-    r = max(1, int(np.ceil(macs_fraction * cin * cout / (cin + cout))))
-    return max(multiple, int(np.ceil(r / multiple)) * multiple) if multiple > 1 else r
-
-
-def layers_where_lowrank_pays(
-    model: onnx.ModelProto,
-    *,
-    macs_fraction: float = 0.5,
-    min_speedup: float = 1.15,
-    threads: int = 1,
-    rank_multiple: int = 16,
-    runs: int = 30,
-) -> dict[str, float]:
-    """Each rewritable 1×1 conv of ``model`` (static shapes) → the measured speedup of its low-rank form at
-    ``macs_fraction`` of its MACs, for the layers where it reaches ``min_speedup``. Pass the keys to
-    ``ttgraph.compress(..., layers=...)`` to keep the others (memory-bound, thin high-resolution layers) dense."""
-    from ttgraph.api import _analyse
-
-    _, found, _ = _analyse(model)
-    kept = {}
-    for conv in found.candidates:
-        if conv.input_shape is None or any(d is None for d in conv.input_shape[2:]) or conv.spatial_rank != 2:
-            continue
-        h, w = (int(d) for d in conv.input_shape[2:])  # type: ignore[arg-type]
-        rank = rank_for_macs(conv.cin, conv.cout, macs_fraction, rank_multiple)
-        if rank * (conv.cin + conv.cout) >= conv.cin * conv.cout:
-            continue  # the rank that fits the budget is no cheaper than dense
-        stride = int(conv.strides[0])
-        speedup = lowrank_speedup(conv.cin, conv.cout, h, w, rank, stride=stride, threads=threads, runs=runs)
-        if speedup >= min_speedup:
-            kept[conv.label] = speedup
-    return kept
