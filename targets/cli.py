@@ -47,6 +47,12 @@ def add_compile_parser(subparsers: Any) -> argparse.ArgumentParser:
     _add_shape_option(p)
     p.add_argument("--tune", type=int, default=0, metavar="N", help="MetaSchedule trials before building (0: none)")
     p.add_argument(
+        "--tune-minutes",
+        type=float,
+        metavar="M",
+        help="stop tuning after about M minutes, keeping what was measured (alone: time is the only bound)",
+    )
+    p.add_argument(
         "--tune-db", metavar="DIR", help="tuning database folder, reused across runs (default ~/.cache/ttgraph/tune-db)"
     )
     p.add_argument("--list-targets", action="store_true", help="list the target presets and exit")
@@ -134,6 +140,7 @@ def run_compile(args: argparse.Namespace) -> int:
         input_shapes=parse_input_shapes(args.input_shape) or None,
         tune=args.tune,
         tune_db=args.tune_db,
+        tune_minutes=args.tune_minutes,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

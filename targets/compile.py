@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -76,6 +77,9 @@ class CompileResult:
     tuned_tasks: int = 0
     reused_tasks: int = 0
     tune_trials: int = 0
+    tune_minutes: float | None = None
+    tune_seconds: float = 0.0  # of build_seconds, the time spent tuning
+    tune_timed_out: bool = False  # the time bound ended tuning before the trials were spent
     tune_db: Path | None = None
     cuda_source: str | None = field(default=None, repr=False)
     cuda_fatbin_bytes: int | None = None  # size of the offline nvcc check's fatbin; None: not checked
@@ -88,8 +92,15 @@ class CompileResult:
         """One line for the CLI."""
         size = self.output.stat().st_size if self.output.exists() else 0
         extra = ""
-        if self.tune_trials:
-            extra += f", tuned {self.tuned_tasks} tasks ({self.reused_tasks} reused) in {self.tune_trials} trials"
+        if self.tune_trials or self.tune_minutes:
+            bound = " and ".join(
+                ([f"{self.tune_trials} trials"] if self.tune_trials else [])
+                + ([f"{self.tune_minutes:g} min"] if self.tune_minutes else [])
+            )
+            extra += (
+                f", tuned {self.tuned_tasks} tasks ({self.reused_tasks} reused) in {self.tune_seconds:.0f}s"
+                f" (bound: {bound}{'; time ran out' if self.tune_timed_out else ''})"
+            )
         if self.cuda_fatbin_bytes is not None:
             extra += f", nvcc fatbin check ok ({self.cuda_fatbin_bytes} bytes)"
         elif self.cuda_source is not None:
@@ -116,12 +127,14 @@ def compile_model(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     tune: int = 0,
     tune_db: str | os.PathLike[str] | None = None,
+    tune_minutes: float | None = None,
 ) -> CompileResult:
     """Compile ``model`` for ``target`` (preset name, JSON text or dict) into the library ``output``.
 
     ``input_shapes`` fixes dynamic input dims (``{"x": [1, 3, 640, 640]}``). ``tune`` > 0 runs that many
     MetaSchedule trials first, with records kept in ``tune_db/<target>/`` (default
-    ``~/.cache/ttgraph/tune-db``); ``tune=0`` with a ``tune_db`` applies the records already there.
+    ``~/.cache/ttgraph/tune-db``); ``tune_minutes`` bounds the tuning time too (alone: time is the only
+    bound); ``tune=0`` without it but with a ``tune_db`` applies the records already there.
     Raises :class:`TTGraphError` for anything the user can fix: unknown target, wrong output suffix,
     missing cross compiler, a model TVM cannot import.
     """
@@ -130,22 +143,25 @@ def compile_model(
     linker = _check_linker(preset, out)
     if tune < 0:
         raise TTGraphError("--tune", f"expected a number of trials >= 0, got {tune}")
-    if tune and not (preset.runs_here or preset.is_cuda):
+    if tune_minutes is not None and not (tune_minutes > 0 and math.isfinite(tune_minutes)):
+        raise TTGraphError("--tune-minutes", f"expected a positive number of minutes, got {tune_minutes}")
+    tuning = bool(tune) or tune_minutes is not None
+    if tuning and not (preset.runs_here or preset.is_cuda):
         raise TTGraphError(
             "--tune",
             f"tuning measures candidates on this machine, which cannot run {preset.name} code; "
             "tune on the device's own target or apply existing records with --tune-db",
         )
-    db_root = Path(tune_db) if tune_db is not None else (_default_tune_db() if tune else None)
+    db_root = Path(tune_db) if tune_db is not None else (_default_tune_db() if tuning else None)
     # MetaSchedule looks records up by workload only, not by target: a CPU schedule found for a CUDA
     # build would break it. So each target keeps its records in its own sub-folder.
     db_dir = db_root / _target_key(preset) if db_root is not None else None
-    if db_dir is not None and not tune and not db_dir.is_dir():
+    if db_dir is not None and not tuning and not db_dir.is_dir():
         raise TTGraphError(db_dir, "no tuning records for this target here (give --tune N to create them)")
 
     tvm = _import_tvm()
     tvm_target = make_target(preset, for_tuning=db_dir is not None)
-    if tune and preset.is_cuda and not tvm.cuda(0).exist:
+    if tuning and preset.is_cuda and not tvm.cuda(0).exist:
         raise TTGraphError("--tune", f"tuning for {preset.name} measures on a GPU, and this machine has none")
 
     log.info("preparing %s for %s", source_name(model), preset.name)
@@ -159,10 +175,10 @@ def compile_model(
     mod = import_relax(prepared, name)
     stats = None
     try:
-        if tune:
+        if tuning:
             from .tune import tune as run_tuning
 
-            stats = run_tuning(mod, tvm_target, tune, db_dir)
+            stats = run_tuning(mod, tvm_target, tune, db_dir, minutes=tune_minutes)
         if db_dir is not None:
             from .tune import build_with_database
 
@@ -201,6 +217,9 @@ def compile_model(
         tuned_tasks=stats.tuned if stats else 0,
         reused_tasks=stats.reused if stats else 0,
         tune_trials=tune,
+        tune_minutes=tune_minutes,
+        tune_seconds=stats.seconds if stats else 0.0,
+        tune_timed_out=stats.timed_out if stats else False,
         tune_db=db_dir,
         cuda_source=cuda_source,
         cuda_fatbin_bytes=fatbin,

@@ -14,9 +14,13 @@ CPU, or CUDA on a machine with a GPU).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,9 @@ log = logging.getLogger("ttgraph.targets")
 #: Per-candidate limits. Building a candidate takes seconds; a slow one is dropped, not waited for.
 BUILD_TIMEOUT_S = 120.0
 RUN_TIMEOUT_S = 60.0
+#: Candidates per task and round when only time bounds the run, and the trial cap that stands for "no cap".
+TIME_BOUNDED_BATCH = 16
+UNBOUNDED_TRIALS = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -36,8 +43,10 @@ class TuneStats:
     tasks: int  # fused functions in the model
     reused: int  # of those, already in the database
     tuned: int  # of those, given trials in this run
-    trials: int  # the trial budget of this run
+    trials: int  # the trial budget of this run (0: bounded by time only)
     database: Path
+    seconds: float = 0.0  # wall time spent tuning
+    timed_out: bool = False  # stopped by the time bound before the trials were spent
 
 
 def fuse_passes(target: Any) -> list[Any]:
@@ -138,50 +147,165 @@ def _has_record(database: Any, mod: Any) -> bool:
     return len(database.get_top_k(database.commit_workload(mod), 1)) > 0
 
 
-def tune(mod: Any, target: Any, trials: int, db_dir: str | os.PathLike[str], *, seed: int = 0) -> TuneStats:
-    """Tune the fused functions of ``mod`` for ``target`` with at most ``trials`` measured candidates."""
+#: MetaSchedule's XGBModel scores candidates at random until it has this many measurements (its
+#: ``num_warmup_samples``); a learned model pays only with several times as many trials.
+XGB_WARMUP_SAMPLES = 100
+LEARNED_MIN_TRIALS = 2 * XGB_WARMUP_SAMPLES
+LEARNED_MIN_MINUTES = 30.0
+
+
+def _have_xgboost() -> bool:
+    try:
+        import xgboost  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def search_setup(trials: int, minutes: float | None, have_xgboost: bool) -> tuple[str, str]:
+    """(cost model, search strategy) for a tuning budget.
+
+    Evolutionary search ranks candidates with a cost model; MetaSchedule's xgboost model is random below its
+    warm-up, and each evolutionary round (512 candidates, 4 mutation rounds) took 20–30 s per task on a 2-core
+    machine, whatever the trial count. Measured with ``xgboost-cpu`` 3.2 on the rapidocr classifier (55 tasks,
+    64 trials): 2111 s against 198 s sampling at random for the same trials. So the learned model is used
+    only when xgboost is installed and the budget is large (``LEARNED_MIN_TRIALS`` trials, or a time bound of
+    ``LEARNED_MIN_MINUTES`` or more); otherwise schedules are sampled (replay-trace, random scores).
+    """
+    big = trials >= LEARNED_MIN_TRIALS or (trials == 0 and minutes is not None and minutes >= LEARNED_MIN_MINUTES)
+    return ("xgb", "evolutionary") if have_xgboost and big else ("random", "replay-trace")
+
+
+def _deadline_callback(deadline: float) -> Any:
+    """A measure callback that ends tuning once ``deadline`` (``time.monotonic()``) has passed.
+
+    MetaSchedule bounds trials, not time. Its task scheduler calls the measure callbacks after every measured
+    batch (after the default callbacks have written the batch to the database), so raising there stops the
+    run with everything measured so far kept; :func:`tune` catches it.
+    """
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class StopAt(PyMeasureCallback):
+        def __init__(self) -> None:
+            self.fired = False
+
+        def apply(self, task_scheduler: Any, task_id: int, candidates: Any, builds: Any, runs: Any) -> None:
+            if time.monotonic() >= deadline:
+                self.fired = True
+                raise TimeoutError("ttgraph: the tuning time is up")
+
+    return StopAt()
+
+
+def tune(
+    mod: Any,
+    target: Any,
+    trials: int,
+    db_dir: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    minutes: float | None = None,
+) -> TuneStats:
+    """Tune the fused functions of ``mod`` for ``target`` with at most ``trials`` measured candidates and, with
+    ``minutes``, for at most about that long (the batch in flight when time is up is finished and kept).
+    ``trials=0`` with ``minutes``: bounded by time only."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    if trials <= 0:
+    if trials < 0 or (trials == 0 and minutes is None):
         raise TTGraphError("--tune", f"expected a positive number of trials, got {trials}")
+    if minutes is not None and not (minutes > 0 and math.isfinite(minutes)):
+        raise TTGraphError("--tune-minutes", f"expected a positive number of minutes, got {minutes}")
+    start = time.monotonic()
     database = open_database(db_dir)
     with target:
         fused = tvm.transform.Sequential(fuse_passes(target))(mod)
     tasks = ms.relax_integration.extract_tasks(fused, target)
     todo = [t for t in tasks if not _has_record(database, t.dispatched[0])]
     stats = TuneStats(len(tasks), len(tasks) - len(todo), len(todo), trials, Path(db_dir))
-    log.info("tuning: %d tasks, %d already in %s, %d trials", stats.tasks, stats.reused, db_dir, trials)
+    log.info(
+        "tuning: %d tasks, %d already in %s, %s",
+        stats.tasks,
+        stats.reused,
+        db_dir,
+        " and ".join(([f"{trials} trials"] if trials else []) + ([f"{minutes:g} min"] if minutes else [])),
+    )
     if not todo:
         return stats
-    try:
-        import xgboost  # noqa: F401
-
-        cost_model, strategy = "xgb", "evolutionary"
-    except ImportError:
-        # Without a learned cost model, evolving candidates against random scores only costs time:
-        # sample schedules instead.
-        cost_model, strategy = "random", "replay-trace"
+    cost_model, strategy = search_setup(trials, minutes, _have_xgboost())
+    log.info("tuning: %s search, %s cost model", strategy, cost_model)
     load_tensor_intrinsics(target)
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        todo, work_dir=str(db_dir), strategy=strategy, seed=seed
-    )
+    with _foreign_handlers_set_aside():  # the task contexts set up MetaSchedule's loggers
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            todo, work_dir=str(db_dir), strategy=strategy, seed=seed
+        )
+    callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
+    stop = None
+    if minutes is not None:
+        stop = _deadline_callback(start + 60.0 * minutes)
+        callbacks.append(stop)
+    # Time-bounded runs use small batches, so that every task gets a first round early and the bound is kept.
+    per_iter = max(1, min(64, trials // len(todo))) if trials else TIME_BOUNDED_BATCH
+    with _foreign_handlers_set_aside():
+        _run_tuning(ms, contexts, weights, db_dir, trials, per_iter, database, cost_model, callbacks, stop, minutes)
+    return replace(stats, seconds=time.monotonic() - start, timed_out=bool(stop is not None and stop.fired))
+
+
+def _run_tuning(
+    ms: Any,
+    contexts: Any,
+    weights: Any,
+    db_dir: str | os.PathLike[str],
+    trials: int,
+    per_iter: int,
+    database: Any,
+    cost_model: str,
+    callbacks: list[Any],
+    stop: Any,
+    minutes: float | None,
+) -> None:
     workers = max(1, os.cpu_count() or 1)
-    ms.tune.tune_tasks(
-        tasks=contexts,
-        task_weights=weights,
-        work_dir=str(db_dir),
-        max_trials_global=trials,
-        num_trials_per_iter=max(1, min(64, trials // len(todo))),  # every task gets a first round
-        builder=ms.builder.LocalBuilder(max_workers=workers, timeout_sec=BUILD_TIMEOUT_S, f_build=_candidate_build),
-        runner=ms.runner.LocalRunner(
-            timeout_sec=RUN_TIMEOUT_S,
-            evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20),
-        ),
-        database=database,
-        cost_model=cost_model,
-    )
-    return stats
+    try:
+        ms.tune.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=str(db_dir),
+            max_trials_global=trials or UNBOUNDED_TRIALS,
+            num_trials_per_iter=per_iter,
+            builder=ms.builder.LocalBuilder(max_workers=workers, timeout_sec=BUILD_TIMEOUT_S, f_build=_candidate_build),
+            runner=ms.runner.LocalRunner(
+                timeout_sec=RUN_TIMEOUT_S,
+                evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20),
+            ),
+            database=database,
+            cost_model=cost_model,
+            measure_callbacks=callbacks,
+        )
+    except Exception:
+        if stop is None or not stop.fired:
+            raise
+        log.info("tuning: %g min are up; the measured records are kept", minutes)
+
+
+@contextlib.contextmanager
+def _foreign_handlers_set_aside() -> Iterator[None]:
+    """Detach foreign handlers from MetaSchedule's logger while it tunes, and put them back afterwards.
+
+    ``tune_tasks`` rebuilds that logger with ``logging.config.dictConfig`` from the *names* of the handlers
+    already on it, and fails on any it did not create: an unnamed one gives "'NoneType' object has no
+    attribute 'format'" — e.g. the capture handler pytest attaches, or one the calling application added.
+    """
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    unnamed = [h for h in logger.handlers if not (h.get_name() or "").startswith("tvm.s_tir.meta_schedule.")]
+    for handler in unnamed:
+        logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in unnamed:
+            logger.addHandler(handler)
 
 
 def build_with_database(mod: Any, target: Any, db_dir: str | os.PathLike[str]) -> Any:

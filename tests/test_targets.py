@@ -8,6 +8,7 @@ front end must make all three compile, and the library must reproduce onnxruntim
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from targets.cli import add_parser
 from targets.compile import compile_model
 from targets.frontend import prepare_for_tvm
 from targets.run import onnxruntime_outputs, relative_errors, run_library
+from targets.tune import search_setup
 from ttgraph.errors import TTGraphError
 from ttgraph.examples import example_model
 
@@ -131,3 +133,46 @@ def test_tuning_is_bounded_and_reuses_its_database(tmp_path):
     ref = onnxruntime_outputs(model, feed)
     for lib in ("a.so", "b.so"):
         assert max(relative_errors(ref, run_library(tmp_path / lib, feed))) <= X86_TOLERANCE
+
+
+def test_tuning_bounded_by_time_stops_and_keeps_what_it_measured(tmp_path):
+    model = pointwise_model()
+    feed = {"x": np.random.default_rng(1).standard_normal((1, 16, 16, 16)).astype(np.float32)}
+    db = tmp_path / "db"
+    # A handler the calling application put on MetaSchedule's logger (unnamed, like pytest's capture handler)
+    # used to make tuning fail in TVM's logger set-up; it is set aside while tuning and then restored.
+    logger, handler = logging.getLogger("tvm.s_tir.meta_schedule"), logging.NullHandler()
+    logger.addHandler(handler)
+    try:
+        result = compile_model(model, "x86_64", tmp_path / "t.so", tune_db=db, tune_minutes=0.001)
+        assert handler in logger.handlers
+    finally:
+        logger.removeHandler(handler)
+    # Time is up after the first measured batch: tuning stops there instead of running unbounded trials.
+    assert result.tune_timed_out and result.tuned_tasks == 2
+    records = (db / "x86_64" / "database_tuning_record.json").read_text().splitlines()
+    assert 1 <= len(records) <= 2 * 16  # at most one batch per task
+    assert "time ran out" in result.summary()
+    ref = onnxruntime_outputs(model, feed)
+    assert max(relative_errors(ref, run_library(tmp_path / "t.so", feed))) <= X86_TOLERANCE
+
+
+@pytest.mark.parametrize("minutes", [0.0, -1.0, float("nan")])
+def test_tuning_time_bound_must_be_positive(tmp_path, minutes):
+    with pytest.raises(TTGraphError, match="expected a positive number of minutes"):
+        compile_model(pointwise_model(), "x86_64", tmp_path / "m.so", tune_minutes=minutes)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("trials", "minutes", "xgb", "expected"),
+    [
+        (64, None, True, ("random", "replay-trace")),  # below the learned model's warm-up: sample
+        (400, None, True, ("xgb", "evolutionary")),
+        (400, None, False, ("random", "replay-trace")),  # no xgboost installed
+        (0, 5.0, True, ("random", "replay-trace")),
+        (0, 60.0, True, ("xgb", "evolutionary")),
+    ],
+)
+def test_a_learned_cost_model_is_used_only_where_the_budget_pays_for_it(trials, minutes, xgb, expected):
+    assert search_setup(trials, minutes, xgb) == expected
