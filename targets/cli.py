@@ -53,6 +53,12 @@ def add_compile_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="stop tuning after about M minutes, keeping what was measured (alone: time is the only bound)",
     )
     p.add_argument(
+        "--tracker",
+        metavar="HOST:PORT",
+        help="measure tuning candidates on the device registered with this TVM RPC tracker (with --key)",
+    )
+    p.add_argument("--key", help="device key registered with the tracker")
+    p.add_argument(
         "--tune-db", metavar="DIR", help="tuning database folder, reused across runs (default ~/.cache/ttgraph/tune-db)"
     )
     p.add_argument("--list-targets", action="store_true", help="list the target presets and exit")
@@ -141,6 +147,8 @@ def run_compile(args: argparse.Namespace) -> int:
         tune=args.tune,
         tune_db=args.tune_db,
         tune_minutes=args.tune_minutes,
+        tune_tracker=args.tracker,
+        tune_key=args.key,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

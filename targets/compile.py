@@ -128,13 +128,17 @@ def compile_model(
     tune: int = 0,
     tune_db: str | os.PathLike[str] | None = None,
     tune_minutes: float | None = None,
+    tune_tracker: str | None = None,
+    tune_key: str | None = None,
 ) -> CompileResult:
     """Compile ``model`` for ``target`` (preset name, JSON text or dict) into the library ``output``.
 
     ``input_shapes`` fixes dynamic input dims (``{"x": [1, 3, 640, 640]}``). ``tune`` > 0 runs that many
     MetaSchedule trials first, with records kept in ``tune_db/<target>/`` (default
     ``~/.cache/ttgraph/tune-db``); ``tune_minutes`` bounds the tuning time too (alone: time is the only
-    bound); ``tune=0`` without it but with a ``tune_db`` applies the records already there.
+    bound); ``tune=0`` without it but with a ``tune_db`` applies the records already there. Tuning measures
+    candidates on this machine, or with ``tune_tracker`` ("HOST:PORT" of a TVM RPC tracker) and ``tune_key`` on
+    the device registered there under that key — how a phone's own schedules are found.
     Raises :class:`TTGraphError` for anything the user can fix: unknown target, wrong output suffix,
     missing cross compiler, a model TVM cannot import.
     """
@@ -146,11 +150,20 @@ def compile_model(
     if tune_minutes is not None and not (tune_minutes > 0 and math.isfinite(tune_minutes)):
         raise TTGraphError("--tune-minutes", f"expected a positive number of minutes, got {tune_minutes}")
     tuning = bool(tune) or tune_minutes is not None
-    if tuning and not (preset.runs_here or preset.is_cuda):
+    tracker = None
+    if tune_tracker is not None:
+        from .rpc import parse_address
+
+        if not tuning:
+            raise TTGraphError("--tracker", "measures tuning candidates on a device: give --tune N or --tune-minutes M")
+        if not tune_key:
+            raise TTGraphError("--tracker", "needs --key KEY (the device key the RPC servers registered)")
+        tracker = parse_address(tune_tracker, "--tracker")
+    if tuning and tracker is None and not (preset.runs_here or preset.is_cuda):
         raise TTGraphError(
             "--tune",
             f"tuning measures candidates on this machine, which cannot run {preset.name} code; "
-            "tune on the device's own target or apply existing records with --tune-db",
+            "measure them on the device (--tracker HOST:PORT --key KEY) or apply existing records with --tune-db",
         )
     db_root = Path(tune_db) if tune_db is not None else (_default_tune_db() if tuning else None)
     # MetaSchedule looks records up by workload only, not by target: a CPU schedule found for a CUDA
@@ -161,7 +174,7 @@ def compile_model(
 
     tvm = _import_tvm()
     tvm_target = make_target(preset, for_tuning=db_dir is not None)
-    if tuning and preset.is_cuda and not tvm.cuda(0).exist:
+    if tuning and tracker is None and preset.is_cuda and not tvm.cuda(0).exist:
         raise TTGraphError("--tune", f"tuning for {preset.name} measures on a GPU, and this machine has none")
 
     log.info("preparing %s for %s", source_name(model), preset.name)
@@ -178,7 +191,11 @@ def compile_model(
         if tuning:
             from .tune import tune as run_tuning
 
-            stats = run_tuning(mod, tvm_target, tune, db_dir, minutes=tune_minutes)
+            # A device loads each candidate as a shared library linked here (a .tar output still needs one).
+            cand_linker = _check_linker(preset, out.with_suffix(".so")) if tracker is not None else None
+            stats = run_tuning(
+                mod, tvm_target, tune, db_dir, minutes=tune_minutes, tracker=tracker, key=tune_key, linker=cand_linker
+            )
         if db_dir is not None:
             from .tune import build_with_database
 

@@ -15,6 +15,7 @@ CPU, or CUDA on a machine with a GPU).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -207,10 +208,18 @@ def tune(
     *,
     seed: int = 0,
     minutes: float | None = None,
+    tracker: tuple[str, int] | None = None,
+    key: str | None = None,
+    linker: str | None = None,
 ) -> TuneStats:
     """Tune the fused functions of ``mod`` for ``target`` with at most ``trials`` measured candidates and, with
     ``minutes``, for at most about that long (the batch in flight when time is up is finished and kept).
-    ``trials=0`` with ``minutes``: bounded by time only."""
+    ``trials=0`` with ``minutes``: bounded by time only.
+
+    Candidates are measured on this machine, or with ``tracker`` (host, port) and ``key`` on a device that
+    registered with that TVM RPC tracker (a phone or board running ``python -m tvm.exec.rpc_server --tracker
+    HOST:PORT --key KEY``): each candidate is then built here, linked into a shared library by ``linker`` (the
+    target's cross compiler) and uploaded, so the device needs only the TVM runtime, no compiler."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
@@ -248,8 +257,29 @@ def tune(
         callbacks.append(stop)
     # Time-bounded runs use small batches, so that every task gets a first round early and the bound is kept.
     per_iter = max(1, min(64, trials // len(todo))) if trials else TIME_BOUNDED_BATCH
+    workers = max(1, os.cpu_count() or 1)
+    builder = ms.builder.LocalBuilder(
+        max_workers=workers,
+        timeout_sec=BUILD_TIMEOUT_S,
+        f_build=_candidate_build,
+        f_export=functools.partial(_export_shared, linker) if tracker is not None else None,
+    )
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)
+    if tracker is not None:
+        rpc = ms.runner.RPCConfig(
+            tracker_host=tracker[0], tracker_port=tracker[1], tracker_key=key, session_timeout_sec=int(RUN_TIMEOUT_S)
+        )
+        runner = ms.runner.RPCRunner(
+            rpc_config=rpc, evaluator_config=evaluator, f_alloc_argument=_alloc_uploaded_arguments, max_workers=1
+        )
+    else:
+        runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=evaluator)
     with _foreign_handlers_set_aside():
-        _run_tuning(ms, contexts, weights, db_dir, trials, per_iter, database, cost_model, callbacks, stop, minutes)
+        _run_tuning(
+            ms, contexts, weights, db_dir, trials, per_iter, builder, runner, database, cost_model, callbacks, stop
+        )
+    if stop is not None and stop.fired:
+        log.info("tuning: %g min are up; the measured records are kept", minutes)
     return replace(stats, seconds=time.monotonic() - start, timed_out=bool(stop is not None and stop.fired))
 
 
@@ -260,13 +290,14 @@ def _run_tuning(
     db_dir: str | os.PathLike[str],
     trials: int,
     per_iter: int,
+    builder: Any,
+    runner: Any,
     database: Any,
     cost_model: str,
     callbacks: list[Any],
     stop: Any,
-    minutes: float | None,
 ) -> None:
-    workers = max(1, os.cpu_count() or 1)
+    """``tune_tasks``; the exception of the deadline callback ``stop`` (if it fired) ends it quietly."""
     try:
         ms.tune.tune_tasks(
             tasks=contexts,
@@ -274,11 +305,8 @@ def _run_tuning(
             work_dir=str(db_dir),
             max_trials_global=trials or UNBOUNDED_TRIALS,
             num_trials_per_iter=per_iter,
-            builder=ms.builder.LocalBuilder(max_workers=workers, timeout_sec=BUILD_TIMEOUT_S, f_build=_candidate_build),
-            runner=ms.runner.LocalRunner(
-                timeout_sec=RUN_TIMEOUT_S,
-                evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20),
-            ),
+            builder=builder,
+            runner=runner,
             database=database,
             cost_model=cost_model,
             measure_callbacks=callbacks,
@@ -286,7 +314,41 @@ def _run_tuning(
     except Exception:
         if stop is None or not stop.fired:
             raise
-        log.info("tuning: %g min are up; the measured records are kept", minutes)
+
+
+def _alloc_uploaded_arguments(session: Any, device: Any, args_info: Any, alloc_repeat: int) -> list[Any]:
+    """Runner worker: the candidate's arguments, filled here at random and uploaded to the device.
+
+    MetaSchedule fills them on the device with ``tvm.contrib.random.random_fill_for_measure``, which the
+    runtime-only TVM builds that phones and boards run lack (measured: the aarch64 runtime wheel has no
+    such function, and every candidate failed to run).
+    """
+    import numpy as np
+    from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
+
+    rng = np.random.default_rng(0)
+
+    def fill(tensor: Any) -> None:
+        shape, dtype = tuple(int(d) for d in tensor.shape), str(tensor.dtype)
+        if "float" in dtype:
+            data = rng.uniform(-1.0, 1.0, size=shape).astype(dtype)
+        else:
+            data = rng.integers(0, 8, size=shape).astype(dtype)
+        tensor.copyfrom(data)
+
+    return alloc_argument_common(fill, device, args_info, alloc_repeat)
+
+
+def _export_shared(linker: str | None, mod: Any) -> str:
+    """Builder worker: link a candidate into a shared library for a remote device (MetaSchedule's default
+    exports a .tar, which the device would have to link itself)."""
+    import tempfile
+
+    from tvm.support import cc
+
+    path = os.path.join(tempfile.mkdtemp(prefix="ttgraph-candidate-"), "candidate.so")
+    mod.export_library(path, fcompile=cc.cross_compiler(linker) if linker else cc.create_shared)
+    return path
 
 
 @contextlib.contextmanager

@@ -188,3 +188,36 @@ def test_served_process_is_stopped_even_when_the_body_fails(tmp_path):
     assert proc.poll() is not None
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_tuning_measures_candidates_on_the_device_through_a_tracker(tmp_path):
+    """``--tune --tracker --key``: candidates are cross-built here, linked, and timed on the aarch64 server."""
+    need_a64()
+    import json
+
+    model = pointwise_model()
+    feed = {"x": np.random.default_rng(2).standard_normal((1, 16, 16, 16)).astype(np.float32)}
+    tracker_port = free_port()
+    tracker_cmd = [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(tracker_port)]
+    tracker_cmd += ["--port-end", str(tracker_port + 1)]
+    db = tmp_path / "db"
+    with serving_process(tracker_cmd, "127.0.0.1", tracker_port, log_path=tmp_path / "tracker.log"):
+        tracker = f"127.0.0.1:{tracker_port}"
+        with qemu_rpc_server(tracker=tracker, key="qemu-a64", log_path=tmp_path / "rpc_server.log"):
+            result = compile_model(
+                model, "arm64-linux", tmp_path / "pw.so", tune=4, tune_db=db, tune_tracker=tracker, tune_key="qemu-a64"
+            )
+    assert result.tuned_tasks == 2
+    lines = (db / "arm64-linux" / "database_tuning_record.json").read_text().splitlines()
+    run_secs = [min(json.loads(line)[1][1]) for line in lines]
+    assert any(s < 1.0 for s in run_secs), f"no candidate ran on the device: {run_secs}"  # failures record 1e10
+    outputs = run_under_qemu(result.output, [feed["x"]])
+    assert max(relative_errors(onnxruntime_outputs(model, feed), outputs)) <= ARM64_TOLERANCE
+
+
+def test_tuning_a_device_needs_a_key_and_a_budget(tmp_path):
+    with pytest.raises(TTGraphError, match="needs --key"):
+        compile_model(pointwise_model(), "arm64-linux", tmp_path / "m.so", tune=4, tune_tracker="127.0.0.1:9190")
+    with pytest.raises(TTGraphError, match="give --tune N"):
+        compile_model(pointwise_model(), "arm64-linux", tmp_path / "m.so", tune_tracker="127.0.0.1:9190", tune_key="k")
+    assert list(tmp_path.iterdir()) == []
