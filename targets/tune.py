@@ -8,8 +8,9 @@ The database folder is reused across runs: a task (one fused TIR function of one
 has a record is not tuned again, so a second run of the same model, or of a model with TT cores of
 equal shape, spends its trials only on what is new. Records are looked up by workload alone, not by
 target, so a folder must hold one target's records (``compile_model`` uses a sub-folder per target).
-Measuring runs the candidates on this machine: tuning needs a target this machine executes (the host
-CPU, or CUDA on a machine with a GPU).
+Measuring runs the candidates on this machine — a target it executes (the host CPU, or CUDA on a machine with
+a GPU) — or, through a TVM RPC tracker, on the device itself (a phone or board). Trials, minutes or both bound
+a run.
 """
 
 from __future__ import annotations
