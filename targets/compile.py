@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -41,6 +40,7 @@ from ttgraph.model_io import ModelSource, source_name
 
 from .frontend import PreparedModel, prepare_for_tvm
 from .presets import TargetPreset, resolve_target
+from .tune import check_minutes, describe_bound
 
 log = logging.getLogger("ttgraph.targets")
 
@@ -93,10 +93,7 @@ class CompileResult:
         size = self.output.stat().st_size if self.output.exists() else 0
         extra = ""
         if self.tune_trials or self.tune_minutes:
-            bound = " and ".join(
-                ([f"{self.tune_trials} trials"] if self.tune_trials else [])
-                + ([f"{self.tune_minutes:g} min"] if self.tune_minutes else [])
-            )
+            bound = describe_bound(self.tune_trials, self.tune_minutes)
             extra += (
                 f", tuned {self.tuned_tasks} tasks ({self.reused_tasks} reused) in {self.tune_seconds:.0f}s"
                 f" (bound: {bound}{'; time ran out' if self.tune_timed_out else ''})"
@@ -147,8 +144,7 @@ def compile_model(
     linker = _check_linker(preset, out)
     if tune < 0:
         raise TTGraphError("--tune", f"expected a number of trials >= 0, got {tune}")
-    if tune_minutes is not None and not (tune_minutes > 0 and math.isfinite(tune_minutes)):
-        raise TTGraphError("--tune-minutes", f"expected a positive number of minutes, got {tune_minutes}")
+    check_minutes(tune_minutes)
     tuning = bool(tune) or tune_minutes is not None
     tracker = None
     if tune_tracker is not None:

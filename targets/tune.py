@@ -156,6 +156,17 @@ LEARNED_MIN_TRIALS = 2 * XGB_WARMUP_SAMPLES
 LEARNED_MIN_MINUTES = 30.0
 
 
+def check_minutes(minutes: float | None) -> None:
+    """A time bound must be a positive, finite number of minutes (or None: no time bound)."""
+    if minutes is not None and not (minutes > 0 and math.isfinite(minutes)):
+        raise TTGraphError("--tune-minutes", f"expected a positive number of minutes, got {minutes}")
+
+
+def describe_bound(trials: int, minutes: float | None) -> str:
+    """ "64 trials", "20 min" or "64 trials and 20 min", for logs and summaries."""
+    return " and ".join(([f"{trials} trials"] if trials else []) + ([f"{minutes:g} min"] if minutes else []))
+
+
 def _have_xgboost() -> bool:
     try:
         import xgboost  # noqa: F401
@@ -224,10 +235,11 @@ def tune(
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    if trials < 0 or (trials == 0 and minutes is None):
+    if trials == 0 and minutes is None:
         raise TTGraphError("--tune", f"expected a positive number of trials, got {trials}")
-    if minutes is not None and not (minutes > 0 and math.isfinite(minutes)):
-        raise TTGraphError("--tune-minutes", f"expected a positive number of minutes, got {minutes}")
+    check_minutes(minutes)
+    if trials < 0:
+        raise TTGraphError("--tune", f"expected a number of trials >= 0, got {trials}")
     start = time.monotonic()
     database = open_database(db_dir)
     with target:
@@ -240,7 +252,7 @@ def tune(
         stats.tasks,
         stats.reused,
         db_dir,
-        " and ".join(([f"{trials} trials"] if trials else []) + ([f"{minutes:g} min"] if minutes else [])),
+        describe_bound(trials, minutes),
     )
     if not todo:
         return stats
