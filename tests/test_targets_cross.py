@@ -7,13 +7,15 @@ when it is absent (``TTGRAPH_REQUIRE_CROSS=1``, as in CI, turns the skip into a 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import socket
 import struct
 import sys
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +52,16 @@ def need_a64() -> None:
             pytest.fail(f"no aarch64 environment at {a64_home()} (TTGRAPH_REQUIRE_CROSS=1)")
         pytest.skip(f"no aarch64 environment at {a64_home()}; run .ci/install-tvm-cross.sh")
     need_tool("aarch64-linux-gnu-g++")
+
+
+@contextlib.contextmanager
+def local_tracker(tmp_path: Path) -> Iterator[str]:
+    """A TVM RPC tracker on this machine for the test's duration, yielding its "HOST:PORT"."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--port-end", str(port + 1)]
+    with serving_process(cmd, "127.0.0.1", port, log_path=tmp_path / "tracker.log"):
+        yield f"127.0.0.1:{port}"
 
 
 def elf_header(data: bytes) -> tuple[int, int, int]:
@@ -96,20 +108,7 @@ def test_bench_over_rpc_on_an_aarch64_server_under_qemu(tmp_path):
     assert len(result.run.times_ms) == 2 and all(t > 0 for t in result.run.times_ms)
     assert "on cpu via RPC" in result.summary()
 
-    tracker_port = free_port()
-    tracker_cmd = [
-        sys.executable,
-        "-m",
-        "tvm.exec.rpc_tracker",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(tracker_port),
-        "--port-end",
-        str(tracker_port + 1),
-    ]
-    with serving_process(tracker_cmd, "127.0.0.1", tracker_port, log_path=tmp_path / "tracker.log"):
-        tracker = f"127.0.0.1:{tracker_port}"
+    with local_tracker(tmp_path) as tracker:
         with qemu_rpc_server(tracker=tracker, key="qemu-a64", log_path=tmp_path / "rpc_server2.log"):
             session = connect(tracker=tracker, key="qemu-a64")
             run = run_remote(session, tmp_path / "cls.so", feed, number=1, repeat=1)
@@ -193,16 +192,10 @@ def test_served_process_is_stopped_even_when_the_body_fails(tmp_path):
 def test_tuning_measures_candidates_on_the_device_through_a_tracker(tmp_path):
     """``--tune --tracker --key``: candidates are cross-built here, linked, and timed on the aarch64 server."""
     need_a64()
-    import json
-
     model = pointwise_model()
     feed = {"x": np.random.default_rng(2).standard_normal((1, 16, 16, 16)).astype(np.float32)}
-    tracker_port = free_port()
-    tracker_cmd = [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(tracker_port)]
-    tracker_cmd += ["--port-end", str(tracker_port + 1)]
     db = tmp_path / "db"
-    with serving_process(tracker_cmd, "127.0.0.1", tracker_port, log_path=tmp_path / "tracker.log"):
-        tracker = f"127.0.0.1:{tracker_port}"
+    with local_tracker(tmp_path) as tracker:
         with qemu_rpc_server(tracker=tracker, key="qemu-a64", log_path=tmp_path / "rpc_server.log"):
             result = compile_model(
                 model, "arm64-linux", tmp_path / "pw.so", tune=4, tune_db=db, tune_tracker=tracker, tune_key="qemu-a64"
