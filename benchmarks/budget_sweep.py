@@ -40,6 +40,7 @@ from ttgraph.compensate import compensate  # noqa: E402
 from ttgraph.decompose import build_candidates  # noqa: E402
 from ttgraph.examples import example_model  # noqa: E402
 from ttgraph.model_io import load_model  # noqa: E402
+from ttgraph.sensitivity import measured_sensitivities  # noqa: E402
 from ttgraph.verify import session  # noqa: E402
 
 SETUPS = {
@@ -60,27 +61,6 @@ def matched_uniform(layers, total: int, metric: str, by: str):
         else:
             lo = mid
     return uniform_allocation(layers, hi, metric, by=by)
-
-
-def measured_sensitivities(model, layers, feeds, ratio: float, metric: str) -> dict[str, float]:
-    """Per layer, the end-to-end output error its factorization causes alone, per unit of its own ε²: the
-    layer's candidate nearest ``ratio`` × its dense cost is rewritten (every other layer dense) and the model's
-    relative squared output error on ``feeds`` measured. ``allocate(weights=...)`` then minimizes Σ w ε².
-    (Measured: worse than unweighted on both models — kept here to reproduce that.)"""
-    dense = {layer.label: layer.dense for layer in layers}
-    ref_sess = session(model)
-    ref = [ref_sess.run(None, f)[0] for f in feeds]
-    norm = sum(float(np.sum(y**2)) for y in ref)
-    weights = {}
-    for layer in layers:
-        curve = [c for c in layer.curve(metric) if c.kind != "dense"]
-        if not curve:
-            continue
-        probe = min(curve, key=lambda c: abs(c.cost(metric) - ratio * layer.dense.cost(metric)))
-        sess = session(rewrite_allocation(model, layers, {**dense, layer.label: probe}))
-        err = sum(float(np.sum((sess.run(None, f)[0] - y) ** 2)) for f, y in zip(feeds, ref, strict=True)) / norm
-        weights[layer.label] = err / max(probe.error**2, 1e-12)
-    return weights
 
 
 def main() -> int:
@@ -150,7 +130,7 @@ def main() -> int:
         feeds = comp_feeds[: args.sensitivity]
         print(f"{'budget':>6}  {'unweighted':>10}  {'+comp':>8}  {'weighted':>10}  {'+comp':>8}")
         for ratio in (float(b) for b in args.budgets.split(",")):
-            weights = measured_sensitivities(model, data, feeds, ratio, metric)
+            weights = measured_sensitivities(model, data, feeds, ratio=ratio, metric=metric)
             cells = []
             for w in (None, weights):
                 alloc = allocate(data, Budget(**{f"{metric}_ratio": ratio}), weights=w)

@@ -17,7 +17,7 @@ fraction of the original's detections (score ≥ 0.5, decoded and NMS-ed by rapi
 that the compressed model reproduces (same class, IoU ≥ 0.9).
 
     python benchmarks/speed_suite.py [--models layout,det,cls] [--macs-ratios 0.5,0.7] [--budget macs|latency]
-                                     [--no-compensate] [--out suite-out] [--markdown]
+                                     [--no-compensate] [--sensitivity N] [--out suite-out] [--markdown]
 """
 
 from __future__ import annotations
@@ -171,6 +171,7 @@ def run_model(name: str, args: argparse.Namespace, out: Path) -> list[dict]:
             holdout=0,
             lower=False,
             compensate=not args.no_compensate,
+            sensitivity=args.sensitivity,
             **{f"{args.budget}_ratio": ratio},  # type: ignore[arg-type]
         )
         seconds = time.perf_counter() - start
@@ -188,6 +189,7 @@ def run_model(name: str, args: argparse.Namespace, out: Path) -> list[dict]:
             "budget": args.budget,
             "macs_ratio_budget": ratio,
             "compensated": not args.no_compensate,
+            "sensitivity_samples": args.sensitivity,
             "compress_seconds": round(seconds, 1),
             "calibration_images": n_cal,
             "heldout_images": n_held,
@@ -256,6 +258,9 @@ def main() -> int:
     )
     parser.add_argument("--budget", choices=("macs", "latency"), default="macs", help="what the ratios bound")
     parser.add_argument("--no-compensate", action="store_true", help="per-layer fits only (no error compensation)")
+    parser.add_argument(
+        "--sensitivity", type=int, default=0, metavar="N", help="weight the allocation by sensitivities on N images"
+    )
     parser.add_argument("--calib", type=int, help="calibration images (default per model)")
     parser.add_argument("--heldout", type=int, help="held-out images (default per model)")
     parser.add_argument("--threads", default="1,2")

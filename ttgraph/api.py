@@ -162,6 +162,8 @@ class LayerReport:
     heldout_error: float | None = None
     kept_dense_reason: str | None = None
     curve: list[dict[str, Any]] | None = None
+    # with compress(sensitivity=N): the layer's end-to-end output error per unit of its own ε² (allocation weight)
+    sensitivity: float | None = None
 
 
 @dataclass
@@ -276,6 +278,7 @@ def compress(
     compensate_samples: int | None = None,
     latency_ratio: float | None = None,
     latency_threads: int = 1,
+    sensitivity: int = 0,
 ) -> CompressionResult:
     """Rewrite the model's 1×1 convs as TT cores of order ``cores`` (1 = low-rank, 2..8 = TT-matrix).
 
@@ -303,6 +306,10 @@ def compress(
     ``latency_ratio`` is a budget on the 1×1 layers' time measured in onnxruntime at ``latency_threads``
     (:func:`ttgraph.latency.attach_latencies`: each layer's dense and low-rank forms timed A/B, cached on disk)
     instead of their MACs: a layer whose factors are not measurably faster stays dense. Low-rank (d = 1) only.
+
+    ``sensitivity`` = N > 0 weights each layer's error in the allocation by its end-to-end effect, measured on
+    the first N calibration samples with that layer alone factored (:mod:`ttgraph.sensitivity`; one model run
+    per layer and sample; it helps the PicoDet layout detector and hurts the PP-OCR models, so it is off).
 
     ``lower`` runs the exact fast-lowering passes of :mod:`passes.lower` on the rewritten model (all by
     default; a list names them; False runs none); the report's ``lowering`` says what each changed.
@@ -341,10 +348,13 @@ def compress(
             compensate_samples=compensate_samples,
             latency_threads=latency_threads,
             lower=lower,
+            sensitivity=sensitivity,
         )
         return result
     if calibration is not None:
         raise TTGraphError("options", "calibration data drives a budget: give macs_ratio, params_ratio or max_error")
+    if sensitivity:
+        raise TTGraphError("options", "sensitivity weights a budget's allocation: give macs_ratio, params_ratio, ...")
     if rank is not None and rank < 1:
         raise TTGraphError("options", f"rank must be ≥ 1, got {rank}")
     if rank_ratio is not None and not 0 < rank_ratio <= 1:
@@ -448,14 +458,18 @@ def _compress_to_budget(
     compensate_samples: int | None = None,
     latency_threads: int = 1,
     lower: bool | Sequence[str] = True,
+    sensitivity: int = 0,
 ) -> CompressionResult:
-    """compress() with a global budget: calibrate → decompose → allocate → compensate → rewrite → verify."""
+    """compress() with a global budget: calibrate → decompose → (sensitivity) → allocate → compensate → rewrite →
+    verify."""
     from ttgraph.fidelity import heldout_fidelity
 
     if method not in ("data", "weight"):
         raise TTGraphError("options", f"method must be 'data' or 'weight', got {method!r}")
     if calibration is None and method == "data":
         raise TTGraphError("options", "a budget needs calibration data (calibration=..., CLI --calib)")
+    if sensitivity < 0 or (sensitivity and calibration is None):
+        raise TTGraphError("options", f"sensitivity needs calibration data and a sample count ≥ 1, got {sensitivity}")
     name = source_name(model)
     original = load_model(model, input_shapes)
     source = None
@@ -498,7 +512,13 @@ def _compress_to_budget(
         from ttgraph.latency import attach_latencies
 
         layer_cands = attach_latencies(layer_cands, threads=latency_threads, progress=progress)
-    alloc = allocate(layer_cands, budget, metric=metric)
+    weights = None
+    if sensitivity:
+        from ttgraph.sensitivity import first_samples, measured_sensitivities
+
+        probe_feeds = first_samples(calib, sensitivity)
+        weights = measured_sensitivities(original, layer_cands, probe_feeds, metric=metric, progress=progress)
+    alloc = allocate(layer_cands, budget, metric=metric, weights=weights)
     comp, comp_skipped = None, None
     if compensate and alloc.compressed():
         if stats is None or method != "data":
@@ -532,6 +552,7 @@ def _compress_to_budget(
                 conv = dataclasses.replace(lc.conv, bias=lc.bias(chosen))
                 rewrites.append(LayerRewrite(conv, lc.cores(chosen), chosen.order))
         reports.append(_budget_layer_report(lc, chosen, alloc, stats, held_stats, metric))
+        reports[-1].sensitivity = None if weights is None else weights.get(lc.label)
     RewriteAsTT(rewrites)(graph)
     rewritten = _export(graph, original)
     _record_provenance(rewritten, [r for r in reports if r.format != "dense"])
@@ -553,6 +574,7 @@ def _compress_to_budget(
             "holdout": holdout,
             "compensate": compensate,
             "compensate_samples": compensate_samples,
+            "sensitivity": sensitivity,
             "plan_cost": plan_cost,
             "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
         },
@@ -572,7 +594,8 @@ def _compress_to_budget(
         allocation={
             "metric": metric,
             "budget": budget.to_dict(),
-            "objective": "sum over layers of squared calibration output error",
+            "objective": "sum over layers of squared calibration output error"
+            + ("" if weights is None else f", each weighted by its sensitivity (measured on {sensitivity} samples)"),
             "objective_value": alloc.damage,
             "macs_ratio": None if macs is None or not macs[0] else macs[1] / macs[0],
             "params_ratio": params[1] / params[0] if params[0] else None,

@@ -46,6 +46,13 @@ def _err(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
 
+SENSITIVITY_TIP = "end-to-end output error per unit of the layer’s own squared error (allocation weight)"
+
+
+def _sig(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
 def _as_dict(report: Any) -> dict[str, Any]:
     if isinstance(report, dict):
         return report
@@ -243,10 +250,13 @@ def render_html(report: Any) -> str:
                 f"<td>{_err(row.get('heldout_error_after'))}</td></tr>"
             )
         parts.append("</table>")
+    weighted = any(layer.get("sensitivity") is not None for layer in layers)
     parts.append(
         "<h2>Layers</h2><table><tr><th class='l'>layer</th><th>Cout×Cin</th><th>stride</th>"
         "<th class='l'>format</th><th>ranks</th><th>params</th><th>MACs</th><th>calib err</th>"
-        "<th>held-out err</th><th>weight err</th><th class='l'>note</th></tr>"
+        "<th>held-out err</th><th>weight err</th>"
+        + (f"<th title='{SENSITIVITY_TIP}'>sensitivity</th>" if weighted else "")
+        + "<th class='l'>note</th></tr>"
     )
     for layer in layers:
         cls = " class='dense'" if layer.get("format") == "dense" else ""
@@ -264,7 +274,9 @@ def render_html(report: Any) -> str:
             f"<td>{human(layer.get('params_before'))}→{human(layer.get('params_after'))}</td>"
             f"<td>{human(layer.get('macs_before'))}→{human(layer.get('macs_after'))}</td>"
             f"<td>{_err(layer.get('calibration_error'))}</td><td>{_err(layer.get('heldout_error'))}</td>"
-            f"<td>{layer.get('weight_error', 0):.3g}</td><td class='l'>{e(note)}</td></tr>"
+            f"<td>{layer.get('weight_error', 0):.3g}</td>"
+            + (f"<td>{_sig(layer.get('sensitivity'))}</td>" if weighted else "")
+            + f"<td class='l'>{e(note)}</td></tr>"
         )
     parts.append("</table>")
     figures = [

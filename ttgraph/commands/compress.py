@@ -91,6 +91,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="calibration samples the compensation reads (the first N; default 0 = as many as hold 2^23 input "
         "values, at least 8: 8 images at 640×640)",
     )
+    budget.add_argument(
+        "--sensitivity",
+        type=int,
+        default=0,
+        metavar="N",
+        help="weight each layer's error in the allocation by its measured end-to-end effect on the first N "
+        "calibration samples (one model run per layer and sample; helps PicoDet-like detectors, off by default)",
+    )
     budget.add_argument("--html", help="write an HTML report (table and plots; needs matplotlib) here")
     p.add_argument("--layer", action="append", default=None, help="rewrite only this conv (repeatable)")
     p.add_argument("--report", help="write the JSON report here")
@@ -128,8 +136,10 @@ def run(args: argparse.Namespace) -> int:
         )
     if budgeted and args.calib is None and args.method == "data":
         raise TTGraphError("options", "a budget needs calibration data: --calib DIR_OR_FILE")
-    if not budgeted and (args.calib or args.html):
-        raise TTGraphError("options", "--calib and --html go with a budget (--macs-ratio, --params-ratio, --max-error)")
+    if not budgeted and (args.calib or args.html or args.sensitivity):
+        raise TTGraphError(
+            "options", "--calib, --html and --sensitivity go with a budget (--macs-ratio, --params-ratio, --max-error)"
+        )
     # Check every output path before any work, so a bad path fails in a second, not after decomposition.
     check_output_path(args.output, (args.model,))
     for extra in (args.report, args.html):
@@ -158,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
             lower=lower,
             compensate=args.compensate,
             compensate_samples=args.compensate_samples or None,
+            sensitivity=args.sensitivity,
             latency_ratio=args.latency_ratio,
             latency_threads=args.latency_threads,
         )
