@@ -7,6 +7,7 @@ The data path reads in one direction: load → find → decompose → plan → r
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -488,6 +489,12 @@ def _compress_to_budget(
     held = None
     if source is not None:
         calib, held = split_holdout(source, holdout)
+        if sensitivity and not calib.reiterable:  # fail before the statistics pass, not after it
+            raise TTGraphError(
+                "sensitivity",
+                "sensitivity reads calibration samples after the statistics pass: give a folder, a file or a list "
+                "of feeds, not a one-pass iterable",
+            )
         stats = collect_statistics(original, convs, calib, progress=progress, desc="calibrate")
         if held.length:
             held_stats = collect_statistics(original, convs, held, progress=progress, desc="held-out")
@@ -514,9 +521,9 @@ def _compress_to_budget(
         layer_cands = attach_latencies(layer_cands, threads=latency_threads, progress=progress)
     weights = None
     if sensitivity:
-        from ttgraph.sensitivity import first_samples, measured_sensitivities
+        from ttgraph.sensitivity import measured_sensitivities
 
-        probe_feeds = first_samples(calib, sensitivity)
+        probe_feeds = list(itertools.islice(calib, sensitivity))
         weights = measured_sensitivities(original, layer_cands, probe_feeds, metric=metric, progress=progress)
     alloc = allocate(layer_cands, budget, metric=metric, weights=weights)
     comp, comp_skipped = None, None

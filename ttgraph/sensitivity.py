@@ -18,7 +18,6 @@ keeps 0.934 of its detections instead of 0.842 at 0.8 of the 1×1 MACs (0.895 vs
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import onnx
@@ -69,22 +68,3 @@ def measured_sensitivities(
         error = float(np.mean([e / n for e, n in zip(errors, norms, strict=True) if n > 0] or [0.0]))
         weights[layer.label] = error / max(probe.error**2, 1e-12)
     return weights
-
-
-def first_samples(source: Any, count: int) -> list[Feed]:
-    """The first ``count`` feeds of a calibration source that can be read again (sensitivity reads them after
-    the statistics pass)."""
-    if count < 1:
-        raise TTGraphError("sensitivity", f"sensitivity needs at least one calibration sample, got {count}")
-    if getattr(source, "reiterable", True) is False:
-        raise TTGraphError(
-            "sensitivity",
-            "sensitivity reads calibration samples after the statistics pass: give a folder, a file or a list "
-            "of feeds, not a one-pass iterable",
-        )
-    out: list[Feed] = []
-    for feed in source:
-        if len(out) >= count:
-            break
-        out.append(feed)
-    return out
