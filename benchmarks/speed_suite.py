@@ -17,7 +17,9 @@ fraction of the original's detections (score ≥ 0.5, decoded and NMS-ed by rapi
 that the compressed model reproduces (same class, IoU ≥ 0.9). Count-based fidelities (layout, cls) come with their
 95 % Wilson interval: 12 held-out pages hold only ~76 detections, so 0.96 there is anything from 0.89 to 0.99 —
 use ``--heldout`` to tighten it before reading a goal as met or missed. ``lost`` counts the layout detections not
-matched, and how many of them the original scored within 0.05 of its threshold (borderline flips).
+matched, and how many of them the original scored within 0.05 of its threshold (borderline flips); ``extra``
+the compressed model's detections with no original one of the same class at IoU ≥ 0.5 (the matched fraction alone
+would not see spurious boxes).
 
     python benchmarks/speed_suite.py [--models layout,det,cls] [--macs-ratios 0.5,0.7] [--budget macs|latency]
                                      [--no-compensate] [--sensitivity N] [--out suite-out] [--markdown]
@@ -130,12 +132,13 @@ def fidelity(name: str, original: onnx.ModelProto, model: onnx.ModelProto, held:
     input_name = a.get_inputs()[0].name
     xs = [pre(img) for img in held]
     if name == "layout":
-        lost, lost_loose, total = [], 0, 0
+        lost, lost_loose, extra, total = [], 0, 0, 0
         for img, x in zip(held, xs, strict=True):
             ref = layout_detections(img.shape[:2], x, a.run(None, {input_name: x}))
             got = layout_detections(img.shape[:2], x, b.run(None, {input_name: x}))
             lost += unmatched(ref, got)
             lost_loose += len(unmatched(ref, got, iou=0.5))
+            extra += len(unmatched(got, ref, iou=0.5))
             total += len(ref)
         hits = total - len(lost)
         return {
@@ -146,6 +149,7 @@ def fidelity(name: str, original: onnx.ModelProto, model: onnx.ModelProto, held:
             "matched_at_iou_0.5": (total - lost_loose) / max(total, 1),
             "lost": len(lost),
             f"lost_with_original_score_below_{BORDERLINE_SCORE}": sum(s < BORDERLINE_SCORE for *_, s in lost),
+            "extra_at_iou_0.5": extra,  # the compressed model's detections the original has nothing like
         }
     ref = [a.run(None, {input_name: x})[0] for x in xs]
     got = [b.run(None, {input_name: x})[0] for x in xs]
