@@ -558,8 +558,8 @@ def _compress_to_budget(
             else:
                 conv = dataclasses.replace(lc.conv, bias=lc.bias(chosen))
                 rewrites.append(LayerRewrite(conv, lc.cores(chosen), chosen.order))
-        reports.append(_budget_layer_report(lc, chosen, alloc, stats, held_stats, metric))
-        reports[-1].sensitivity = None if weights is None else weights.get(lc.label)
+        sensitivity_weight = None if weights is None else weights.get(lc.label)
+        reports.append(_budget_layer_report(lc, chosen, alloc, stats, held_stats, metric, sensitivity_weight))
     RewriteAsTT(rewrites)(graph)
     rewritten = _export(graph, original)
     _record_provenance(rewritten, [r for r in reports if r.format != "dense"])
@@ -770,6 +770,7 @@ def _budget_layer_report(
     stats: CalibrationStatistics | None,
     held: CalibrationStatistics | None,
     metric: str,
+    sensitivity: float | None = None,
 ) -> LayerReport:
     conv = lc.conv
     pixels = conv.pixels
@@ -817,6 +818,7 @@ def _budget_layer_report(
         heldout_error=held_error,
         kept_dense_reason=alloc.reasons.get(conv.label) if chosen.kind == "dense" else None,
         curve=points,
+        sensitivity=sensitivity,
     )
 
 
