@@ -226,3 +226,32 @@ def test_bad_calibration_inputs_are_one_line_errors(tmp_path):
         calibration_source(42, model)
     with pytest.raises(TTGraphError, match="no samples"):
         collect_statistics(model, _analyse(model)[1].candidates, [])
+
+
+@pytest.mark.parametrize(
+    ("feed", "needle"),
+    [
+        ({"x": np.ones((1, 6, 8, 9), np.float32)}, r"input 'x' has shape 1×6×8×9, the model expects 1×6×8×10"),
+        ({"x": np.ones((6, 8, 10), np.float32)}, r"input 'x' has shape 6×8×10, the model expects 1×6×8×10"),
+        ({"x": np.ones((1, 6, 8, 10))}, r"input 'x' is float64, the model expects float32"),
+        ({"image": np.ones((1, 6, 8, 10), np.float32)}, r"a feed needs the model inputs \['x'\], got 'image'"),
+    ],
+)
+def test_feeds_that_do_not_fit_the_model_are_one_line_errors_naming_the_sample(feed, needle):
+    """Checked before onnxruntime sees them (it would raise a multi-line error from deep in a pass)."""
+    model = two_conv_model()
+    good = feeds(3)
+    source = calibration_source([*good, feed], model)
+    with pytest.raises(TTGraphError, match=f"4 feed dicts, sample 3: {needle}"):
+        collect_statistics(model, _analyse(model)[1].candidates, source)
+    with pytest.raises(TTGraphError, match=needle):  # a held-out split reads single samples with fetch
+        list(split_holdout(calibration_source([*good, feed], model), 1)[1])
+
+
+def test_a_npy_file_of_the_wrong_image_size_names_the_file(tmp_path):
+    model = two_conv_model()
+    np.save(tmp_path / "lines.npy", np.zeros((4, 6, 8, 12), np.float32))
+    source = calibration_source(tmp_path / "lines.npy", model)
+    needle = r"lines\.npy, sample 0: input 'x' has shape 1×6×8×12, the model expects 1×6×8×10"
+    with pytest.raises(TTGraphError, match=needle):
+        collect_statistics(model, _analyse(model)[1].candidates, source)

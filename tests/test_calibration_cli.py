@@ -127,6 +127,15 @@ def test_bad_budget_options_are_one_line_errors(setup, tmp_path, args, needle):
     assert_clean_error(ttgraph_cli("compress", model, "-o", tmp_path / "o.onnx", "--quiet", *args), needle)
 
 
+def test_a_npy_file_of_the_wrong_sample_shape_is_a_one_line_error(setup, tmp_path):
+    model, _ = setup
+    np.save(tmp_path / "x.npy", np.zeros((4, 3, 20, 24), np.float32))
+    out = tmp_path / "o.onnx"
+    proc = ttgraph_cli("compress", model, "-o", out, "--calib", tmp_path / "x.npy", "--macs-ratio", "0.5")
+    assert_clean_error(proc, "x.npy, sample 0: input 'x' has shape 1×3×20×24, the model expects 1×3×24×24")
+    assert not out.exists()
+
+
 def test_html_renders_from_the_json_report_alone(setup, tmp_path):
     model, folder = setup
     report = tmp_path / "r.json"

@@ -56,6 +56,7 @@ __all__ = [
     "LayerStatistics",
     "Preprocess",
     "calibration_source",
+    "check_feed",
     "collect_statistics",
     "expose_tensors",
     "holdout_indices",
@@ -390,7 +391,63 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
     )
 
 
+def check_feed(inputs: Sequence[onnx.ValueInfoProto], feed: Mapping[str, Any], where: str) -> None:
+    """Raise a one-line :class:`TTGraphError` naming ``where`` unless ``feed`` has exactly the model's inputs,
+    each an array of the input's element type and rank whose static dims match — before onnxruntime fails
+    with a traceback."""
+    names = [i.name for i in inputs]
+    extra = [k for k in feed if k not in names]
+    missing = [n for n in names if n not in feed]
+    if missing or extra:
+        found = ", ".join(map(repr, feed)) or "nothing"
+        raise TTGraphError(where, f"a feed needs the model inputs {names}, got {found}")
+    for value in inputs:
+        dims = input_dims(value)
+        shape = tuple(np.shape(feed[value.name]))
+        fits = len(shape) == len(dims) and all(d is None or d == s for d, s in zip(dims, shape, strict=True))
+        if dims and not fits:
+            got = "×".join(map(str, shape)) or "scalar"
+            expected = "×".join("?" if d is None else str(d) for d in dims)
+            raise TTGraphError(where, f"input {value.name!r} has shape {got}, the model expects {expected}")
+        dtype, want = np.asarray(feed[value.name]).dtype, _input_dtype(value)
+        if dtype != want:
+            raise TTGraphError(where, f"input {value.name!r} is {dtype}, the model expects {want}")
+
+
+def _checked(source: CalibrationSource, model: onnx.ModelProto) -> CalibrationSource:
+    """``source`` with every feed it yields checked against the model's inputs (:func:`check_feed`)."""
+    inputs = _model_inputs(model)
+    opened, fetched = source.open, source.fetch
+
+    def open_checked() -> Iterator[dict[str, np.ndarray]]:
+        for i, feed in enumerate(opened()):
+            check_feed(inputs, feed, f"{source.description}, sample {i}")
+            yield feed
+
+    def fetch_checked(i: int) -> dict[str, np.ndarray]:
+        assert fetched is not None
+        feed = fetched(i)
+        check_feed(inputs, feed, f"{source.description}, sample {i}")
+        return feed
+
+    source.open = open_checked
+    source.fetch = fetch_checked if fetched is not None else None
+    return source
+
+
 def calibration_source(
+    data: Any,
+    model: onnx.ModelProto,
+    preprocess: Preprocess | str | None = None,
+) -> CalibrationSource:
+    """Every supported calibration input as a :class:`CalibrationSource` whose feeds are checked against the
+    model's inputs (names, ranks, static dims: one clear error instead of onnxruntime's traceback)."""
+    if isinstance(data, CalibrationSource):
+        return data
+    return _checked(_calibration_source(data, model, preprocess), model)
+
+
+def _calibration_source(
     data: Any,
     model: onnx.ModelProto,
     preprocess: Preprocess | str | None = None,
@@ -408,8 +465,6 @@ def calibration_source(
     >>> len(src), src.reiterable
     (3, True)
     """
-    if isinstance(data, CalibrationSource):
-        return data
     if isinstance(data, str | os.PathLike):
         p = Path(data)
         if not p.exists():

@@ -7,6 +7,7 @@ data: ``--calib DIR_OR_FILE [--preprocess SPEC] --macs-ratio R`` (or ``--params-
 from __future__ import annotations
 
 import argparse
+import sys
 
 from passes.lower import DEFAULT_PASSES, PASSES
 from ttgraph.api import CompressionReport, compress
@@ -111,8 +112,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"exact fast-lowering passes run after the rewrite, comma-separated (default: {','.join(DEFAULT_PASSES)})",
     )
     lowering.add_argument("--no-lower", action="store_true", help="run no fast-lowering pass")
-    p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars (shown only when stderr is a terminal) and no table"
+    )
     p.set_defaults(func=run)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars on a terminal only: in a pipeline's log they are carriage-return noise, and a bad input's
+    one-line error would not stand alone."""
+    return not args.quiet and sys.stderr.isatty()
 
 
 def _holdout(text: str) -> int | float:
@@ -156,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
             cores=args.cores,
             input_shapes=shapes,
             layers=args.layer,
-            progress=not args.quiet,
+            progress=_progress(args),
             calibration=args.calib,
             preprocess=args.preprocess,
             holdout=_holdout(args.holdout),
@@ -181,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
             tolerance=args.tolerance,
             input_shapes=shapes,
             layers=args.layer,
-            progress=not args.quiet,
+            progress=_progress(args),
             lower=lower,
         )
     if not args.no_verify and result.report.verification is None:
