@@ -106,6 +106,21 @@ def test_plan_cli_rejects_inconsistent_modes():
     assert proc.returncode == 2 and proc.stderr.startswith("ttgraph: error: --modes-in")
 
 
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--modes-in", "8,48", "--modes-out", "48,8", "--ranks", "8", "--hw", "0x80"], "--hw: expected a positive"),
+        (["--modes-in", "8,48", "--modes-out", "48,8", "--ranks", "8", "--batch", "0"], "--batch: expected a positive"),
+        (["MODEL", "--ranks", "8"], "--ranks: describes one layer"),
+    ],
+)
+def test_plan_cli_names_the_option_at_fault(tmp_path, args, needle):
+    path = tmp_path / "tt.onnx"
+    onnx.save(ttgraph.compress(conv_model(32, 32), cores=2, rank=4).model, path)
+    proc = cli("plan", *[path if a == "MODEL" else a for a in args])
+    assert proc.returncode == 2 and proc.stderr.startswith(f"ttgraph: error: {needle}"), proc.stderr
+
+
 def test_compressing_a_lowrank_model_again_leaves_its_factors_alone(tmp_path):
     model = conv_model(32, 32)
     once = ttgraph.compress(model, cores=1, rank=4)
@@ -113,3 +128,28 @@ def test_compressing_a_lowrank_model_again_leaves_its_factors_alone(tmp_path):
     assert twice.report.layers == []
     assert [s.reason for s in twice.report.skipped] == ["already a TT factor written by ttgraph"] * 2
     assert len(twice.model.graph.node) == len(once.model.graph.node)
+
+
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        (lambda text: text[:40], "metadata 'ttgraph' is not valid JSON"),
+        (lambda text: json.dumps({"version": "x", "layers": None}), "metadata 'ttgraph' has no list of layers"),
+        (lambda text: text.replace('"pixels":', '"pixel":'), "layer 0 lacks or mistypes pixels"),
+        (lambda text: text.replace('"name":"conv"', '"name":"ghost"'), "names layer 'ghost', whose factors are not"),
+    ],
+)
+def test_damaged_ttgraph_metadata_is_a_one_line_error_for_plan_and_compress(tmp_path, damage, needle):
+    """Metadata edited by hand or cut short: plan and a second compress say so instead of a KeyError."""
+    model = ttgraph.compress(conv_model(32, 32), cores=2, rank=4).model
+    prop = next(p for p in model.metadata_props if p.key == "ttgraph")
+    assert '"name":"conv"' in prop.value
+    prop.value = damage(prop.value)
+    path = tmp_path / "damaged.onnx"
+    onnx.save(model, path)
+    proc = cli("plan", path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"ttgraph: error: {path}: ") and needle in proc.stderr
+    if "ghost" not in needle:  # compress reads the metadata to leave its own factors alone
+        proc = cli("compress", path, "-o", tmp_path / "again.onnx", "--rank", "2")
+        assert proc.returncode == 2 and needle in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr

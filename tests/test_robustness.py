@@ -242,3 +242,18 @@ def test_kill_during_save_leaves_the_old_file_or_nothing(tmp_path):
     content = out.read_bytes()
     assert content == b"previous content" or onnx.load_model_from_string(content).graph.node[0].op_type == "Conv"
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["big.onnx"]
+
+
+def test_reports_are_placed_only_once_the_model_is_written(tmp_path):
+    """A model that cannot be saved (its name is taken by a folder) leaves no report: reports are staged first."""
+    result = ttgraph.compress(conv_model(16, 16), rank=4)
+    (tmp_path / "model.onnx").mkdir()
+    report, html = tmp_path / "r.json", tmp_path / "r.html"
+    with pytest.raises(ttgraph.TTGraphError, match="directory"):
+        result.save(tmp_path / "model.onnx", report_path=report)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no report, no temporary file
+    with pytest.raises(ttgraph.TTGraphError, match="two outputs"):
+        result.save(tmp_path / "m.onnx", report_path=report, html_path=report)
+    result.save(tmp_path / "m.onnx", report_path=report, html_path=html)
+    assert json.loads(report.read_text())["layers"] and "<table" in html.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "model.onnx", "r.html", "r.json"]

@@ -36,7 +36,7 @@ from ttgraph.contraction import contraction_macs, left_to_right, planned_order
 from ttgraph.costs import COUNTED_OPS, model_macs
 from ttgraph.decompose import Candidate, LayerCandidates, build_candidates, describe
 from ttgraph.errors import TTGraphError
-from ttgraph.files import check_output_path, write_atomic
+from ttgraph.files import check_output_path, distinct_outputs, staged_writes
 from ttgraph.model_io import (
     InputShapes,
     ModelSource,
@@ -213,15 +213,27 @@ class CompressionResult:
     source: ModelSource | None = field(default=None, repr=False)
     decomposition: Decomposition | None = field(default=None, repr=False)
 
-    def save(self, path: str | os.PathLike[str], report_path: str | os.PathLike[str] | None = None) -> Path:
-        """Write the model (and optionally the JSON report); never over the input model."""
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        report_path: str | os.PathLike[str] | None = None,
+        html_path: str | os.PathLike[str] | None = None,
+    ) -> Path:
+        """Write the model and optionally the JSON and HTML reports, all or none of them (a full disk
+        leaves nothing half-done), never over the input model."""
         inputs = (self.source,) if isinstance(self.source, str | os.PathLike) else ()
+        distinct_outputs([path, report_path, html_path])
+        extras: list[tuple[str | os.PathLike[str], bytes]] = []
         if report_path is not None:
             check_output_path(report_path, inputs)
-        target = save_model(self.model, path, source=self.source)
-        if report_path is not None:
-            write_atomic(report_path, self.report.to_json().encode())
-        return target
+            extras.append((report_path, self.report.to_json().encode()))
+        if html_path is not None:
+            from ttgraph.report_html import render_html
+
+            check_output_path(html_path, inputs)
+            extras.append((html_path, render_html(self.report).encode()))
+        with staged_writes(extras):
+            return save_model(self.model, path, source=self.source)
 
     def verify(self, feeds: Iterable[Feed]) -> list[OutputError]:
         """Compare the rewritten model with the original on ``feeds`` (onnxruntime)."""
@@ -365,7 +377,7 @@ def compress(
     name = source_name(model)
     original = load_model(model, input_shapes)
     graph, found, shapes = _analyse(original)
-    _skip_our_own_factors(found, provenance(original))
+    _skip_our_own_factors(found, provenance(original, name))
     candidates = _select_layers(found, layers, name)
     opset = int(graph.opset or 13)
     rewrites, reports = [], []
@@ -482,7 +494,7 @@ def _compress_to_budget(
             original = load_model(model, input_shapes)
             source = calibration_source(calibration, original, preprocess)
     graph, found, shapes = _analyse(original)
-    _skip_our_own_factors(found, provenance(original))
+    _skip_our_own_factors(found, provenance(original, name))
     convs = _select_layers(found, layers, name)
     opset = int(graph.opset or 13)
     stats = held_stats = None
@@ -890,11 +902,41 @@ def _record_provenance(model: onnx.ModelProto, layers: list[LayerReport]) -> Non
     model.metadata_props.add(key=PROVENANCE_KEY, value=json.dumps(value, separators=(",", ":")))
 
 
-def provenance(model: onnx.ModelProto) -> dict[str, Any] | None:
-    """The ttgraph metadata of a compressed model, or None for a model ttgraph did not write."""
+_PROVENANCE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "format": str,
+    "modes_in": list,
+    "modes_out": list,
+    "ranks": list,
+    "order": list,
+    "pixels": (int, type(None)),
+}
+
+
+def provenance(model: onnx.ModelProto, source: str = "<model>") -> dict[str, Any] | None:
+    """The ttgraph metadata of a compressed model, or None for a model ttgraph did not write. Metadata that
+    is not what :func:`_record_provenance` writes (edited by hand, cut short) is a one-line error naming
+    ``source``, not a KeyError later."""
     for prop in model.metadata_props:
-        if prop.key == PROVENANCE_KEY:
-            return json.loads(prop.value)
+        if prop.key != PROVENANCE_KEY:
+            continue
+        where = f"metadata {PROVENANCE_KEY!r}"
+        try:
+            meta = json.loads(prop.value)
+        except ValueError as err:
+            raise TTGraphError(source, f"{where} is not valid JSON: {err}") from err
+        layers = meta.get("layers") if isinstance(meta, dict) else None
+        if not isinstance(layers, list):
+            raise TTGraphError(source, f"{where} has no list of layers")
+        for i, layer in enumerate(layers):
+            bad = [
+                k
+                for k, kind in _PROVENANCE_FIELDS.items()
+                if not isinstance(layer, dict) or not isinstance(layer.get(k, ...), kind)
+            ]
+            if bad:
+                raise TTGraphError(source, f"{where}: layer {i} lacks or mistypes {', '.join(bad)}")
+        return meta
     return None
 
 

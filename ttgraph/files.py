@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -48,6 +48,42 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
         staged.write_bytes(data)
         os.replace(staged, target)
     return target
+
+
+@contextmanager
+def staged_writes(files: Sequence[tuple[str | os.PathLike[str], bytes]]) -> Iterator[None]:
+    """Write every file to a temporary beside it, run the body (e.g. the model's own atomic write), then
+    rename them all into place: a full disk, or a body that fails, leaves none of them behind."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, data in files:
+            target = check_output_path(path)
+            try:
+                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+                staged.append((tmp, target))
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+            except OSError as err:
+                raise TTGraphError(target, f"cannot write: {err.strerror or err}") from err
+        yield
+        for tmp, target in staged:
+            os.replace(tmp, target)
+        staged = []
+    finally:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def distinct_outputs(paths: Sequence[str | os.PathLike[str] | None]) -> None:
+    """Two outputs of one run (model, report, HTML) must not be the same file: the last would replace the first."""
+    given = [Path(p) for p in paths if p]
+    for i, a in enumerate(given):
+        for b in given[:i]:
+            if _same_file(a, b):
+                raise TTGraphError(
+                    a, "the same file is given for two outputs (model, report, HTML report); give each its own name"
+                )
 
 
 def _same_file(a: Path, b: Path) -> bool:

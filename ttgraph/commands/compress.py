@@ -14,7 +14,7 @@ from ttgraph.api import CompressionReport, compress
 from ttgraph.commands.common import add_input_shape_option, format_table
 from ttgraph.costs import human
 from ttgraph.errors import TTGraphError
-from ttgraph.files import check_output_path
+from ttgraph.files import check_output_path, distinct_outputs
 from ttgraph.model_io import parse_input_shapes
 from ttgraph.verify import random_feed
 
@@ -151,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         )
     # Check every output path before any work, so a bad path fails in a second, not after decomposition.
     check_output_path(args.output, (args.model,))
+    distinct_outputs([args.output, args.report, args.html])
     for extra in (args.report, args.html):
         if extra:
             check_output_path(extra, (args.model,))
@@ -203,11 +204,7 @@ def run(args: argparse.Namespace) -> int:
                 "inputs": "one standard-normal input, seed 0 (a smoke test, not an accuracy measure)",
                 "outputs": [e.to_dict() for e in result.verify([feed])],
             }
-    result.save(args.output, report_path=args.report)
-    if args.html:
-        from ttgraph.report_html import write_html
-
-        write_html(result.report, args.html)
+    result.save(args.output, report_path=args.report, html_path=args.html)
     if not args.quiet:
         print(render(result.report))
     written = [p for p in (args.report, args.html) if p]

@@ -45,6 +45,10 @@ def _pixels(args: argparse.Namespace) -> int:
         h, w = (int(v) for v in args.hw.lower().split("x"))
     except ValueError:
         raise TTGraphError("--hw", f"expected HxW such as 80x80, got {args.hw!r}") from None
+    if h < 1 or w < 1:
+        raise TTGraphError("--hw", f"expected a positive HxW such as 80x80, got {args.hw!r}")
+    if args.batch < 1:
+        raise TTGraphError("--batch", f"expected a positive batch, got {args.batch}")
     return args.batch * h * w
 
 
@@ -63,6 +67,10 @@ def _plan(args: argparse.Namespace, modes_in, modes_out, ranks, pixels: int) -> 
 
 def run(args: argparse.Namespace) -> int:
     if args.model:
+        one_layer = ("cin", "cout", "modes_in", "modes_out", "ranks")
+        given = [f"--{key.replace('_', '-')}" for key in one_layer if getattr(args, key) is not None]
+        if given:
+            raise TTGraphError(given[0], "describes one layer, a MODEL's layers come from its metadata: give either")
         return _run_model(args)
     if not (args.modes_in and args.modes_out and args.ranks):
         raise TTGraphError("plan", "give a compressed MODEL, or --modes-in, --modes-out and --ranks")
@@ -86,9 +94,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_model(args: argparse.Namespace) -> int:
     model = load_model(args.model)
-    meta = provenance(model)
+    meta = provenance(model, args.model)
     if meta is None:
         raise TTGraphError(args.model, "no ttgraph metadata: plan works on models written by `ttgraph compress`")
+    nodes = [node.name for node in model.graph.node]
+    for layer in meta["layers"]:
+        if layer["format"] != "dense" and not any(n.startswith(f"{layer['name']}/tt/") for n in nodes):
+            missing = f"the metadata names layer {layer['name']!r}, whose factors are not in the graph"
+            raise TTGraphError(args.model, missing)
     rows, out = [], []
     for layer in meta["layers"]:
         if layer["format"] != "tt":
