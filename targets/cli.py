@@ -114,8 +114,10 @@ def _add_shape_option(p: argparse.ArgumentParser) -> None:
 
 
 def _log_to_stderr() -> None:
+    """Progress lines (preparing, building, tuning) on a terminal only, like compress's progress bars: in a
+    pipeline's log the summary on stdout says what was done, and a bad input's error stays one line."""
     logger = logging.getLogger("ttgraph.targets")
-    if not logger.handlers:
+    if not logger.handlers and sys.stderr.isatty():
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("ttgraph: %(message)s"))
         logger.addHandler(handler)
@@ -272,8 +274,14 @@ def _labels(paths: list[str]) -> list[str]:
 
 
 def _load_inputs(path: str) -> dict[str, np.ndarray]:
+    """The ``--inputs`` file: an .npz with one array per model input, keyed by input name."""
+    expected = "expected an .npz with one array per model input, keyed by input name (np.savez(path, x=array))"
     try:
-        with np.load(path) as data:
-            return {name: data[name] for name in data.files}
+        data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise TTGraphError(path, f"cannot read inputs: expected an .npz keyed by input name ({err})") from err
+        reason = "not a numeric array file" if "pickle" in str(err) else str(err)
+        raise TTGraphError(path, f"cannot read inputs: {expected}; {reason}") from err
+    if isinstance(data, np.ndarray):
+        raise TTGraphError(path, f"{expected}, got a single .npy array")
+    with data:
+        return {name: data[name] for name in data.files}

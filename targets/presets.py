@@ -162,7 +162,7 @@ def resolve_target(spec: str | Mapping[str, Any]) -> TargetPreset:
     name = _ALIASES.get(text, text)
     if name in PRESETS:
         return PRESETS[name]
-    if text.startswith("{"):
+    if text.startswith(("{", "[", '"')) or text in ("null", "true", "false") or text[:1].isdigit():
         try:
             value = json.loads(text)
         except json.JSONDecodeError as err:
@@ -170,7 +170,7 @@ def resolve_target(spec: str | Mapping[str, Any]) -> TargetPreset:
                 "--target", f"malformed JSON target: {err.msg} at line {err.lineno} column {err.colno}"
             ) from err
         if not isinstance(value, dict):
-            raise TTGraphError("--target", "JSON target must be an object")
+            raise TTGraphError("--target", f'a JSON target must be an object like {{"kind": "llvm"}}, got {text!r}')
         return preset_from_dict(value)
     known = ", ".join(PRESETS)
     raise TTGraphError("--target", f"unknown target preset {text!r}; expected one of {known}, or a JSON target dict")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import onnx
 import pytest
 from conftest import conv_model
@@ -58,6 +59,34 @@ def test_bench_on_a_bad_file_is_a_one_line_error(pair, tmp_path, capsys, bad):
     assert main(["bench", str(a), str(path), "--runs", "2", "--no-memory"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ttgraph: error:") and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    ("other", "needle"),
+    [
+        ("bigger", "other.onnx: input 'x' has shape 1×32×16×16, the model expects 1×32×24×24"),
+        ("inputs.npy", "inputs.npy: expected an .npz with one array per model input, keyed by input name"),
+        ("wrong.npz", "orig.onnx: input 'x' has shape 1×32×8×8, the model expects 1×32×16×16"),
+        ("nan.npz", "orig.onnx: input 'x' holds NaN or infinite values"),
+    ],
+)
+def test_bench_inputs_that_do_not_fit_a_model_are_one_line_errors(pair, tmp_path, capsys, other, needle):
+    """Every model runs the same feed; onnxruntime would stop with a traceback on one it cannot take."""
+    a, b = pair
+    args = ["bench", str(a), str(b), "--runs", "2", "--warmup", "0", "--threads", "1", "--no-memory"]
+    if other == "bigger":
+        onnx.save(conv_model(32, 32, hw=(24, 24), seed=1), tmp_path / "other.onnx")
+        args[2] = str(tmp_path / "other.onnx")
+    elif other == "inputs.npy":
+        np.save(tmp_path / other, np.zeros((1, 32, 16, 16), np.float32))
+        args += ["--inputs", str(tmp_path / other)]
+    else:
+        shape = (1, 32, 8, 8) if other == "wrong.npz" else (1, 32, 16, 16)
+        np.savez(tmp_path / other, x=np.full(shape, np.nan if other == "nan.npz" else 0, np.float32))
+        args += ["--inputs", str(tmp_path / other)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ttgraph: error:") and "\n" not in err and needle in err, err
 
 
 def test_bench_of_one_model_without_a_device_is_an_error(pair, capsys):

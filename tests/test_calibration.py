@@ -169,6 +169,8 @@ def test_npy_and_npz_files_feed_samples_along_axis_zero(tmp_path):
         calibration_source(tmp_path / "bad.npz", model)
     with pytest.raises(TTGraphError, match="no such file"):
         calibration_source(tmp_path / "nothere.npy", model)
+    with pytest.raises(TTGraphError, match="--preprocess: applies to images; x.npy holds samples"):
+        calibration_source(tmp_path / "x.npy", model, "imagenet")
 
 
 class Reader:

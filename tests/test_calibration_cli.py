@@ -136,6 +136,41 @@ def test_a_npy_file_of_the_wrong_sample_shape_is_a_one_line_error(setup, tmp_pat
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("samples", "needle"),
+    [
+        (np.full((4, 3, 24, 24), np.nan, np.float32), "x.npy, sample 0: input 'x' holds NaN or infinite values"),
+        (np.zeros((4, 3, 24, 24), np.uint8), "x.npy: array 'x' is uint8, the model input is float32"),
+    ],
+)
+def test_calibration_samples_that_cannot_be_right_are_one_line_errors(setup, tmp_path, samples, needle):
+    """NaNs would stop the whitening's eigensolver with a traceback; raw uint8 pixels would be cast silently."""
+    model, _ = setup
+    np.save(tmp_path / "x.npy", samples)
+    proc = ttgraph_cli(
+        "compress", model, "-o", tmp_path / "o.onnx", "--calib", tmp_path / "x.npy", "--macs-ratio", "0.5"
+    )
+    assert_clean_error(proc, needle)
+
+
+def test_the_model_and_its_reports_are_distinct_files_written_all_or_none(setup, tmp_path):
+    model, folder = setup
+    out = tmp_path / "o.onnx"
+    budget = ["--calib", folder, "--macs-ratio", "0.7"]
+    assert_clean_error(ttgraph_cli("compress", model, "-o", out, *budget, "--report", out), "two outputs")
+    assert_clean_error(
+        ttgraph_cli("compress", model, "-o", out, *budget, "--html", tmp_path / "." / "o.onnx"), "two outputs"
+    )
+    assert not out.exists()
+    # the HTML report cannot be written (its name is taken by a folder): found before any work, nothing written
+    (tmp_path / "r.html").mkdir()
+    proc = ttgraph_cli(
+        "compress", model, "-o", out, *budget, "--report", tmp_path / "r.json", "--html", tmp_path / "r.html"
+    )
+    assert_clean_error(proc, "r.html")
+    assert not out.exists() and not (tmp_path / "r.json").exists()
+
+
 def test_html_renders_from_the_json_report_alone(setup, tmp_path):
     model, folder = setup
     report = tmp_path / "r.json"

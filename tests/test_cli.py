@@ -139,6 +139,11 @@ def test_malformed_input_shape(small_model, spec):
     assert_clean_error(ttgraph_cli("inspect", small_model, "--input-shape", spec), "--input-shape", spec)
 
 
+def test_an_input_shape_given_twice_differently_is_refused(small_model):
+    proc = ttgraph_cli("inspect", small_model, "--input-shape", "x=1,3,8,8", "--input-shape", "x=1,3,16,16")
+    assert_clean_error(proc, "--input-shape", "'x' is given twice, as [1, 3, 8, 8] and [1, 3, 16, 16]")
+
+
 def test_output_path_equal_to_input_is_refused(small_model):
     before = sha256(small_model)
     assert_clean_error(

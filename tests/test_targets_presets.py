@@ -62,7 +62,7 @@ def test_json_target_dict_gets_its_linker_and_format_from_kind_and_triple():
     [
         ("arm64-iphone", "unknown target preset 'arm64-iphone'"),
         ('{"kind": "llvm", "mtriple": }', "malformed JSON target"),
-        ('["llvm"]', "unknown target preset"),
+        ('["llvm"]', 'a JSON target must be an object like {"kind": "llvm"}'),
         ('{"mtriple": "aarch64-linux-gnu"}', 'needs a string "kind"'),
     ],
 )

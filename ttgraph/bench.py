@@ -28,6 +28,7 @@ import onnx
 
 from ttgraph.errors import TTGraphError
 from ttgraph.model_io import InputShapes, ModelSource, graph_inputs, input_dims, load_model, source_name
+from ttgraph.verify import check_feed
 
 Runner = Callable[[], Any]
 # (model, feed, threads) -> a zero-argument callable that runs the model once
@@ -44,14 +45,16 @@ def onnxruntime_runner(model: onnx.ModelProto, feed: dict[str, np.ndarray], thre
     return lambda: sess.run(names, feed)
 
 
-def feed_for(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    """A seeded uniform [-1, 1) input per graph input (dims must be static)."""
+def feed_for(model: onnx.ModelProto, seed: int = 0, name: str | None = None) -> dict[str, np.ndarray]:
+    """A seeded uniform [-1, 1) input per graph input (dims must be static; ``name`` is the model's, for errors)."""
     rng = np.random.default_rng(seed)
     feed = {}
     for value in graph_inputs(model):
         dims = input_dims(value)
         if any(d is None for d in dims):
-            raise TTGraphError(value.name, f"input has dynamic dims {dims}; fix them with --input-shape")
+            raise TTGraphError(
+                name or value.name, f"input {value.name!r} has dynamic dims {dims}; fix them with --input-shape"
+            )
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
         feed[value.name] = rng.uniform(-1, 1, dims).astype(dtype)
     return feed
@@ -213,12 +216,16 @@ def compare(
     if warmup < 0 or runs < 1 or any(t < 1 for t in threads):
         raise TTGraphError("bench", "--runs and --threads must be ≥ 1, --warmup ≥ 0")
     protos = {label: load_model(m, input_shapes) for label, m in models.items()}
-    first = next(iter(protos.values()))
-    feed = feed if feed is not None else feed_for(first)
+    reference, first = next(iter(protos.items()))
+    given = feed is not None
+    feed = feed if feed is not None else feed_for(first, name=reference)
     for label, proto in protos.items():
         names = {v.name for v in graph_inputs(proto)}
         if names != set(feed):
-            raise TTGraphError(label, f"inputs {sorted(names)} differ from the reference's {sorted(feed)}")
+            what = f"the given inputs' {sorted(feed)}" if given else f"the reference {reference}'s {sorted(names)}"
+            raise TTGraphError(label, f"inputs {sorted(names)} differ from {what}")
+        # every model runs the same feed: a shape or type it cannot take is one line here, not onnxruntime's traceback
+        check_feed(graph_inputs(proto), feed, label)
     factory = factory or onnxruntime_runner
     report = BenchReport(
         {label: source_name(m) for label, m in models.items()}, runtime, warmup, runs, device=device or cpu_model()

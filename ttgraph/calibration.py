@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from ttgraph.errors import TTGraphError
 from ttgraph.model_io import graph_inputs, input_dims
+from ttgraph.verify import check_feed
 
 Feed = Mapping[str, np.ndarray]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
@@ -56,7 +57,6 @@ __all__ = [
     "LayerStatistics",
     "Preprocess",
     "calibration_source",
-    "check_feed",
     "collect_statistics",
     "expose_tensors",
     "holdout_indices",
@@ -336,14 +336,14 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
         try:
             arrays = {inputs[0].name: np.load(p, mmap_mode="r", allow_pickle=False)}
         except (OSError, ValueError) as err:
-            raise TTGraphError(p, f"cannot read as .npy: {err}") from err
+            raise TTGraphError(p, f"cannot read as .npy: {_numpy_reason(err)}") from err
         getter: Callable[[str], np.ndarray] = arrays.__getitem__
         counts = {k: int(v.shape[0]) if v.ndim else 0 for k, v in arrays.items()}
     elif p.suffix.lower() == ".npz":
         try:
             archive = np.load(p, allow_pickle=False)
         except (OSError, ValueError) as err:
-            raise TTGraphError(p, f"cannot read as .npz: {err}") from err
+            raise TTGraphError(p, f"cannot read as .npz: {_numpy_reason(err)}") from err
         keys = set(archive.files)
         missing = [n for n in by_name if n not in keys]
         if missing:
@@ -374,6 +374,14 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
         if rank and getter(n).ndim != rank:
             raise TTGraphError(p, f"array {n!r} has rank {getter(n).ndim}, the model input has rank {rank}")
     dtypes = {n: _input_dtype(by_name[n]) for n in by_name}
+    for n in by_name:
+        kind = getter(n).dtype.kind
+        if (kind in "fc") != (dtypes[n].kind in "fc"):  # e.g. raw uint8 pixels for a float input
+            raise TTGraphError(
+                p,
+                f"array {n!r} is {getter(n).dtype}, the model input is {dtypes[n]}: save preprocessed samples "
+                "of the input's type (or give a folder of images with --preprocess)",
+            )
     if total % step:
         raise TTGraphError(p, f"{total} samples do not fill batches of {step} (the model's batch dim)")
 
@@ -389,29 +397,6 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
     return CalibrationSource(
         lambda: (fetch(i) for i in range(count)), count, True, f"{total} samples in {p.name}", fetch
     )
-
-
-def check_feed(inputs: Sequence[onnx.ValueInfoProto], feed: Mapping[str, Any], where: str) -> None:
-    """Raise a one-line :class:`TTGraphError` naming ``where`` unless ``feed`` has exactly the model's inputs,
-    each an array of the input's element type and rank whose static dims match — before onnxruntime fails
-    with a traceback."""
-    names = [i.name for i in inputs]
-    extra = [k for k in feed if k not in names]
-    missing = [n for n in names if n not in feed]
-    if missing or extra:
-        found = ", ".join(map(repr, feed)) or "nothing"
-        raise TTGraphError(where, f"a feed needs the model inputs {names}, got {found}")
-    for value in inputs:
-        dims = input_dims(value)
-        shape = tuple(np.shape(feed[value.name]))
-        fits = len(shape) == len(dims) and all(d is None or d == s for d, s in zip(dims, shape, strict=True))
-        if dims and not fits:
-            got = "×".join(map(str, shape)) or "scalar"
-            expected = "×".join("?" if d is None else str(d) for d in dims)
-            raise TTGraphError(where, f"input {value.name!r} has shape {got}, the model expects {expected}")
-        dtype, want = np.asarray(feed[value.name]).dtype, _input_dtype(value)
-        if dtype != want:
-            raise TTGraphError(where, f"input {value.name!r} is {dtype}, the model expects {want}")
 
 
 def _checked(source: CalibrationSource, model: onnx.ModelProto) -> CalibrationSource:
@@ -433,6 +418,11 @@ def _checked(source: CalibrationSource, model: onnx.ModelProto) -> CalibrationSo
     source.open = open_checked
     source.fetch = fetch_checked if fetched is not None else None
     return source
+
+
+def _numpy_reason(err: Exception) -> str:
+    """numpy's reason, without its advice to unpickle an untrusted file."""
+    return "not a numeric array file (object arrays are not read)" if "pickle" in str(err) else str(err)
 
 
 def calibration_source(
@@ -471,6 +461,8 @@ def _calibration_source(
             raise TTGraphError(p, "no such file or folder")
         if p.is_dir() or p.suffix.lower() in IMAGE_SUFFIXES:
             return image_source(_image_files(p), model, preprocess)
+        if preprocess is not None:  # the user expects it applied; it cannot be, to samples already tensors
+            raise TTGraphError("--preprocess", f"applies to images; {p.name} holds samples that are fed as they are")
         return array_source(p, model)
     if isinstance(data, CalibrationDataReaderLike) and not isinstance(data, Mapping):
         reader = data

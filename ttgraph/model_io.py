@@ -161,6 +161,8 @@ def parse_input_shapes(specs: Sequence[str] | None) -> dict[str, list[int]]:
             values = None
         if not name or values is None or any(v <= 0 for v in values):
             raise TTGraphError("--input-shape", f"expected NAME=D1,D2,... with positive integers, got {spec!r}")
+        if name in shapes and shapes[name] != values:
+            raise TTGraphError("--input-shape", f"{name!r} is given twice, as {shapes[name]} and {values}")
         shapes[name] = values
     return shapes
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -48,6 +49,32 @@ def session(model: onnx.ModelProto, threads: int | None = None, name: str = "<mo
     except Exception as err:  # onnxruntime raises several unrelated types
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TTGraphError(name, f"onnxruntime cannot load the model: {first}") from err
+
+
+def check_feed(inputs: Sequence[onnx.ValueInfoProto], feed: Mapping[str, Any], where: str) -> None:
+    """Raise a one-line :class:`TTGraphError` naming ``where`` unless ``feed`` has exactly the model's inputs,
+    each a finite array of the input's element type and rank whose static dims match — before onnxruntime
+    fails with a traceback (or NaNs reach an eigensolver)."""
+    names = [i.name for i in inputs]
+    extra = [k for k in feed if k not in names]
+    missing = [n for n in names if n not in feed]
+    if missing or extra:
+        found = ", ".join(map(repr, feed)) or "nothing"
+        raise TTGraphError(where, f"a feed needs the model inputs {names}, got {found}")
+    for value in inputs:
+        dims = input_dims(value)
+        shape = tuple(np.shape(feed[value.name]))
+        fits = len(shape) == len(dims) and all(d is None or d == s for d, s in zip(dims, shape, strict=True))
+        if dims and not fits:
+            got = "×".join(map(str, shape)) or "scalar"
+            expected = "×".join("?" if d is None else str(d) for d in dims)
+            raise TTGraphError(where, f"input {value.name!r} has shape {got}, the model expects {expected}")
+        array = np.asarray(feed[value.name])
+        dtype, want = array.dtype, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
+        if dtype != want:
+            raise TTGraphError(where, f"input {value.name!r} is {dtype}, the model expects {want}")
+        if dtype.kind in "fc" and not np.isfinite(array).all():
+            raise TTGraphError(where, f"input {value.name!r} holds NaN or infinite values")
 
 
 def random_feed(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
