@@ -119,5 +119,6 @@ def test_compress_to_a_latency_budget_measures_allocates_and_reports(tmp_path, m
     alloc = result.report.allocation
     assert alloc["metric"] == "latency" and alloc["budget"]["latency_ratio"] == 0.9
     assert alloc["latency_ratio"] <= 0.9 and alloc["layers_compressed"] >= 1
+    assert alloc["latency_measured_on"].startswith("onnxruntime ")  # the device the budget holds for
     assert all(layer.format in ("dense", "lowrank") for layer in result.report.layers)
     assert result.report.verification["outputs"][0]["rel_l2"] < 1  # a real model came out and runs

@@ -620,6 +620,8 @@ def _compress_to_budget(
             "params_ratio": params[1] / params[0] if params[0] else None,
             "latency_ratio": alloc.ratio if timed else None,
             "latency_threads": latency_threads if timed else None,
+            # where the times were measured: a budget for another device (a phone) needs its own measurements
+            "latency_measured_on": _latency_device() if timed else None,
             "layers_compressed": len(alloc.compressed()),
         },
         lowering=lowering,
@@ -869,6 +871,14 @@ def _layer_report(
         weight_error=relative_error(conv.weight, tt_reconstruct(factors)),
         note=note,
     )
+
+
+def _latency_device() -> str:
+    import onnxruntime
+
+    from ttgraph.bench import cpu_model
+
+    return f"onnxruntime {onnxruntime.__version__} on {cpu_model()}"
 
 
 def _totals(layers: list[LayerReport]) -> dict[str, Any]:

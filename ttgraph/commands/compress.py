@@ -262,7 +262,8 @@ def render(report: CompressionReport) -> str:
             f"budget {a['metric']}: {a['layers_compressed']} of {len(report.layers)} layers compressed; "
             f"objective Σ err² = {a['objective_value']:.4g}"
             + (
-                f"; measured 1×1 time {a['latency_ratio']:.3f}× ({a['latency_threads']} thread(s))"
+                f"; measured 1×1 time {a['latency_ratio']:.3f}× ({a['latency_threads']} thread(s), "
+                f"{a.get('latency_measured_on') or 'this machine'})"
                 if a.get("latency_ratio") is not None
                 else ""
             )
