@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ttgraph.errors import TTGraphError
-from ttgraph.files import check_output_path
+from ttgraph.files import check_output_path, usual_permissions
 from ttgraph.model_io import ModelSource, source_name
 
 from .frontend import PreparedModel, prepare_for_tvm
@@ -365,6 +365,7 @@ def _export(executable: Any, out: Path, linker: str | None, preset: TargetPreset
     try:
         with tempfile.TemporaryDirectory(prefix="ttgraph-export-") as workspace:
             executable.export_library(os.fspath(tmp), workspace_dir=workspace, **kwargs)
+        usual_permissions(tmp, executable=out.suffix == ".so")
         os.replace(tmp, out)
     except OSError as err:
         raise TTGraphError(out, f"cannot write the library: {err.strerror or err}") from err

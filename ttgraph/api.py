@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,7 @@ from ttgraph.model_io import (
     save_model,
     source_name,
 )
+from ttgraph.planner import COST_MODELS
 from ttgraph.shapes import Shape, infer_shapes
 from ttgraph.tt import TTFormat, relative_error, scale_ranks, tt_format, tt_reconstruct, tt_svd
 from ttgraph.verify import Feed, OutputError, compare_outputs
@@ -95,6 +97,10 @@ class InspectReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def to_json(self) -> str:
+        """Strict JSON, like :meth:`CompressionReport.to_json`."""
+        return json.dumps(_plain(self.to_dict()), indent=2, allow_nan=False) + "\n"
 
 
 def inspect(model: ModelSource, input_shapes: InputShapes | None = None) -> InspectReport:
@@ -186,7 +192,20 @@ class CompressionReport:
         return asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2) + "\n"
+        """Strict JSON: numpy values as plain numbers, a NaN or infinite measurement as null."""
+        return json.dumps(_plain(self.to_dict()), indent=2, allow_nan=False) + "\n"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 @dataclass
@@ -266,6 +285,24 @@ def choose_format(
     return fmt, note
 
 
+def _integer(name: str, value: Any) -> Any:
+    """``value`` as a plain int (numpy integers included); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TTGraphError(name, f"expected an integer, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
+def _real(name: str, value: Any) -> Any:
+    """``value`` as a plain finite float (numpy floats and ints included); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(float(value)):
+        raise TTGraphError(name, f"expected a finite number, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
 def compress(
     model: ModelSource,
     *,
@@ -332,6 +369,31 @@ def compress(
     >>> result = compress("det.onnx", calibration="pages/", preprocess="paddleocr-det,size=640x640",
     ...                   macs_ratio=0.5)  # doctest: +SKIP
     """
+    # A pipeline passes numpy scalars, strings where lists go, etc.: one clear error (or a plain value for the
+    # report's JSON) here, not a TypeError deep inside the work or a report that cannot be written after it.
+    if not isinstance(model, str | os.PathLike | bytes | bytearray | onnx.ModelProto):
+        raise TTGraphError("model", f"expected a path, bytes or an onnx.ModelProto, got {type(model).__name__}")
+    cores = _integer("cores", cores)
+    rank, rank_multiple = _integer("rank", rank), _integer("rank_multiple", rank_multiple)
+    rank_ratio, tolerance = _real("rank_ratio", rank_ratio), _real("tolerance", tolerance)
+    macs_ratio, params_ratio = _real("macs_ratio", macs_ratio), _real("params_ratio", params_ratio)
+    max_error, latency_ratio = _real("max_error", max_error), _real("latency_ratio", latency_ratio)
+    latency_threads, sensitivity = _integer("latency_threads", latency_threads), _integer("sensitivity", sensitivity)
+    compensate_samples = _integer("compensate_samples", compensate_samples)
+    if compensate_samples is not None and compensate_samples < 1:
+        raise TTGraphError("compensate_samples", f"expected ≥ 1 (or None: automatic), got {compensate_samples}")
+    holdout = _integer("holdout", holdout) if isinstance(holdout, numbers.Integral) else _real("holdout", holdout)
+    if input_shapes is not None:
+        if not isinstance(input_shapes, Mapping):
+            kind = type(input_shapes).__name__
+            raise TTGraphError("input_shapes", f"expected a dict {{input name: dims}}, got {kind}")
+        if any(isinstance(dims, str) for dims in input_shapes.values()):
+            raise TTGraphError("input_shapes", "expected integer dims such as [1, 3, 640, 640], got a string")
+        input_shapes = {k: [_integer(f"input_shapes[{k!r}]", d) for d in dims] for k, dims in input_shapes.items()}
+    layers = [layers] if isinstance(layers, str) else layers
+    lower = [name.strip() for name in lower.split(",") if name.strip()] if isinstance(lower, str) else lower
+    if isinstance(plan_cost, str) and plan_cost not in COST_MODELS:
+        raise TTGraphError("plan_cost", f"unknown cost model {plan_cost!r} (known: {', '.join(COST_MODELS)})")
     budgeted = any(x is not None for x in (macs_ratio, params_ratio, max_error, latency_ratio))
     rules = sum(x is not None for x in (rank, rank_ratio, tolerance))
     if budgeted and rules:

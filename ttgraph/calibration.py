@@ -8,6 +8,7 @@
   mean/std; presets in :data:`PRESETS`, e.g. ``"imagenet"``, ``"paddleocr-det"``);
 - a ``.npy`` file (one array, samples on axis 0, for single-input models; memory-mapped) or a ``.npz``
   file (one array per model input, keyed by input name, samples on axis 0);
+- a numpy array in memory (read like a ``.npy`` file);
 - any Python iterable of feed dicts (a list is re-iterable, a generator is read once);
 - an onnxruntime ``CalibrationDataReader`` (anything with ``get_next()``), used as is: ``get_next()``
   until it returns ``None``.
@@ -477,17 +478,52 @@ def _calibration_source(
         return CalibrationSource(read, None, False, f"data reader {type(reader).__name__}")
     if isinstance(data, Mapping):
         return CalibrationSource(lambda: iter([dict(data)]), 1, True, "one feed dict")
+    if isinstance(data, np.ndarray):
+        return _ndarray_source(data, model)
     if isinstance(data, Sequence) and not isinstance(data, str | bytes):
         items = data
-        return CalibrationSource(
-            lambda: (dict(f) for f in items), len(items), True, f"{len(items)} feed dicts", lambda i: dict(items[i])
-        )
+        odd = next((i for i, f in enumerate(items) if not isinstance(f, Mapping)), None)
+        if odd is not None:
+            got = type(items[odd]).__name__
+            raise TTGraphError("calibration", f"item {odd} is a {got}, expected a feed dict {{input name: array}}")
+        label = f"{len(items)} feed dict" + ("" if len(items) == 1 else "s")
+        return CalibrationSource(lambda: (dict(f) for f in items), len(items), True, label, lambda i: dict(items[i]))
     if isinstance(data, Iterable):
         iterator = iter(data)
-        return CalibrationSource(lambda: (dict(f) for f in iterator), None, False, "an iterable of feed dicts")
+
+        def feeds() -> Iterator[dict[str, np.ndarray]]:
+            for i, f in enumerate(iterator):
+                if not isinstance(f, Mapping):
+                    got = type(f).__name__
+                    raise TTGraphError(
+                        "calibration", f"item {i} is a {got}, expected a feed dict {{input name: array}}"
+                    )
+                yield dict(f)
+
+        return CalibrationSource(feeds, None, False, "an iterable of feed dicts")
     raise TTGraphError(
         "calibration",
         f"expected a path, an iterable of feed dicts or a CalibrationDataReader, got {type(data).__name__}",
+    )
+
+
+def _ndarray_source(data: np.ndarray, model: onnx.ModelProto) -> CalibrationSource:
+    """An array in memory, read like a ``.npy`` file: samples on axis 0, single-input models."""
+    inputs = _model_inputs(model)
+    if len(inputs) != 1:
+        raise TTGraphError(
+            "calibration", f"an array feeds single-input models; this one has {len(inputs)}: give feed dicts"
+        )
+    name, step = inputs[0].name, _batch_size(inputs[0])
+    if data.ndim == 0 or len(data) == 0 or len(data) % step:
+        raise TTGraphError("calibration", f"an array of shape {data.shape} does not hold whole batches of {step}")
+    count = len(data) // step
+
+    def fetch(i: int) -> dict[str, np.ndarray]:
+        return {name: data[i * step : (i + 1) * step]}
+
+    return CalibrationSource(
+        lambda: (fetch(i) for i in range(count)), count, True, f"{len(data)} samples in an array", fetch
     )
 
 

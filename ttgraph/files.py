@@ -50,6 +50,14 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     return target
 
 
+def usual_permissions(path: str | os.PathLike[str], executable: bool = False) -> None:
+    """The mode a plain ``open()`` (or a linker) would give ``path`` under the current umask: a file staged
+    with ``mkstemp`` is 0600, which a service reading the output as another user cannot open."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if executable else 0o666) & ~umask)
+
+
 @contextmanager
 def staged_writes(files: Sequence[tuple[str | os.PathLike[str], bytes]]) -> Iterator[None]:
     """Write every file to a temporary beside it, run the body (e.g. the model's own atomic write), then
@@ -61,6 +69,7 @@ def staged_writes(files: Sequence[tuple[str | os.PathLike[str], bytes]]) -> Iter
             try:
                 fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
                 staged.append((tmp, target))
+                usual_permissions(tmp)
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
             except OSError as err:

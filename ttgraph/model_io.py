@@ -7,6 +7,7 @@ Models come from users who did not write them, so every failure here becomes a o
 from __future__ import annotations
 
 import copy
+import numbers
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -264,7 +265,14 @@ def input_dims(value: onnx.ValueInfoProto) -> list[int | None]:
 def set_input_shapes(model: onnx.ModelProto, shapes: InputShapes, name: str = "<model>") -> None:
     """Fix the named inputs' shapes in place; intermediate value_info is dropped so it is re-inferred."""
     inputs = {i.name: i for i in graph_inputs(model)}
+    if not isinstance(shapes, Mapping):
+        raise TTGraphError("input_shapes", f"expected a dict {{input name: dims}}, got {type(shapes).__name__}")
     for input_name, dims in shapes.items():
+        if isinstance(dims, str) or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in dims):
+            raise TTGraphError("input_shapes", f"{input_name!r}: expected integer dims, got {dims!r}")
+        if any(d < 1 for d in dims):
+            raise TTGraphError("input_shapes", f"{input_name!r}: dims must be positive, got {list(dims)}")
+        dims = [int(d) for d in dims]
         if input_name not in inputs:
             known = ", ".join(inputs) or "none"
             raise TTGraphError(name, f"--input-shape names unknown input {input_name!r} (inputs: {known})")

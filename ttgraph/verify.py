@@ -103,23 +103,35 @@ def compare_outputs(
 ) -> list[OutputError]:
     """Run both models on every feed; per output, the error of the rewritten against the original.
 
-    ``source`` names the original model in error messages.
+    ``source`` names the original model in error messages. No feeds, or a feed the model cannot take, is an
+    error (an empty comparison would read as a perfect one); a NaN in one output but not the other is an
+    infinite difference.
     """
     a, b = session(original, name=source), session(rewritten, name=f"{source} (rewritten)")
     names = [o.name for o in a.get_outputs()]
+    inputs = graph_inputs(original)
     max_abs = dict.fromkeys(names, 0.0)
     peak = dict.fromkeys(names, 0.0)
     diff_sq = dict.fromkeys(names, 0.0)
     ref_sq = dict.fromkeys(names, 0.0)
-    for feed in feeds:
+    count = 0
+    for count, feed in enumerate(feeds, 1):
+        where = f"{source}: verification input {count - 1}"
+        if not isinstance(feed, Mapping):
+            raise TTGraphError(where, f"expected a feed dict {{input name: array}}, got {type(feed).__name__}")
+        check_feed(inputs, feed, where)
         refs, gots = _run(a, names, feed, source), _run(b, names, feed, f"{source} (rewritten)")
         for name, ref, got in zip(names, refs, gots, strict=True):
-            ref = np.asarray(ref, np.float64)
-            diff = np.abs(ref - np.asarray(got, np.float64))
+            ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+            diff = np.abs(np.where(np.isnan(ref) & np.isnan(got), 0.0, ref - got))
+            diff[np.isnan(diff)] = np.inf
+            ref = np.where(np.isfinite(ref), ref, 0.0)
             max_abs[name] = max(max_abs[name], float(diff.max(initial=0.0)))
             peak[name] = max(peak[name], float(np.abs(ref).max(initial=0.0)))
             diff_sq[name] += float(np.sum(diff**2))
             ref_sq[name] += float(np.sum(ref**2))
+    if count == 0:
+        raise TTGraphError(source, "no verification inputs: nothing was compared")
     return [
         OutputError(
             name,

@@ -1,0 +1,86 @@
+"""ttgraph called from a pipeline: plain values in its reports, TTGraphError for what the caller got wrong,
+no comparison that reads as perfect when nothing was compared, outputs readable by another user."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from importlib import resources
+
+import numpy as np
+import pytest
+
+import ttgraph
+from tests.conftest import conv_model
+
+
+def test_numpy_scalars_and_arrays_as_options_give_a_plain_json_report(tmp_path):
+    result = ttgraph.compress(
+        conv_model(16, 16, hw=(6, 6), batch="n"),
+        rank_ratio=np.float32(0.5),
+        input_shapes={"x": np.array([1, 16, 6, 6])},
+    )
+    result.save(tmp_path / "m.onnx", report_path=tmp_path / "m.json")
+    options = json.loads((tmp_path / "m.json").read_text())["options"]
+    assert options["rank_ratio"] == 0.5 and options["input_shapes"] == {"x": [1, 16, 6, 6]}
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"rank_ratio": "0.5"}, "rank_ratio: expected a finite number, got '0.5'"),
+        ({"rank": 2.5}, "rank: expected an integer, got 2.5"),
+        ({"rank": True}, "rank: expected an integer, got True"),
+        ({"rank": 2, "cores": "2"}, "cores: expected an integer"),
+        ({"rank": 2, "input_shapes": ["x=1,16,6,6"]}, "input_shapes: expected a dict"),
+        ({"rank": 2, "input_shapes": {"x": [1, 16, 0, 6]}}, "input_shapes: 'x': dims must be positive"),
+        ({"rank": 2, "plan_cost": "bogus"}, "plan_cost: unknown cost model 'bogus'"),
+        ({"macs_ratio": 0.5, "calibration": [np.zeros((1, 16, 6, 6), np.float32)]}, "item 0 is a ndarray"),
+        ({"macs_ratio": 0.5, "calibration": [], "compensate_samples": 0}, "compensate_samples: expected ≥ 1"),
+    ],
+)
+def test_wrong_option_types_and_values_are_ttgraph_errors_before_any_work(options, needle):
+    with pytest.raises(ttgraph.TTGraphError, match=needle.replace("(", r"\(").replace("[", r"\[")):
+        ttgraph.compress(conv_model(16, 16, hw=(6, 6)), **options)
+
+
+def test_one_name_where_a_list_goes_is_that_name():
+    model = conv_model(16, 16, hw=(6, 6))
+    conv = ttgraph.inspect(model).layers[0].name
+    result = ttgraph.compress(model, rank=4, layers=conv, lower="fold-affine")
+    assert [layer.name for layer in result.report.layers] == [conv]
+
+
+def test_an_array_in_memory_calibrates_like_a_npy_file():
+    model = conv_model(16, 16, hw=(6, 6))
+    samples = np.random.default_rng(0).standard_normal((10, 16, 6, 6)).astype(np.float32)
+    result = ttgraph.compress(model, calibration=samples, holdout=2, macs_ratio=0.5)
+    assert result.report.calibration["samples"] == 8 and "10 samples in an array" in result.report.calibration["source"]
+
+
+def test_verification_needs_real_inputs():
+    model = conv_model(16, 16, hw=(6, 6))
+    result = ttgraph.compress(model, rank=4)
+    with pytest.raises(ttgraph.TTGraphError, match="no verification inputs"):
+        result.verify([])
+    with pytest.raises(ttgraph.TTGraphError, match="verification input 0: input 'x' holds NaN"):
+        result.verify([{"x": np.full((1, 16, 6, 6), np.nan, np.float32)}])
+    with pytest.raises(ttgraph.TTGraphError, match="verification input 0: expected a feed dict"):
+        result.verify([np.zeros((1, 16, 6, 6), np.float32)])
+    assert result.verify([{"x": np.ones((1, 16, 6, 6), np.float32)}])[0].rel_l2 < 1
+
+
+def test_outputs_get_the_permissions_a_plain_open_would_give(tmp_path):
+    old = os.umask(0o022)
+    try:
+        result = ttgraph.compress(conv_model(16, 16, hw=(6, 6)), rank=4)
+        result.save(tmp_path / "m.onnx", report_path=tmp_path / "m.json", html_path=tmp_path / "m.html")
+    finally:
+        os.umask(old)
+    for name in ("m.onnx", "m.json", "m.html"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+def test_the_package_says_it_is_typed():
+    assert resources.files("ttgraph").joinpath("py.typed").is_file()
