@@ -84,3 +84,10 @@ def test_outputs_get_the_permissions_a_plain_open_would_give(tmp_path):
 
 def test_the_package_says_it_is_typed():
     assert resources.files("ttgraph").joinpath("py.typed").is_file()
+
+
+def test_ttgraph_compile_is_the_typed_tvm_entry_point_loaded_on_use():
+    from targets.compile import compile_model
+
+    assert ttgraph.compile is compile_model
+    assert {"tune_minutes", "tune_tracker", "tune_key"} <= set(compile_model.__annotations__)

@@ -7,13 +7,11 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ttgraph.api import CompressionReport, CompressionResult, InspectReport, LayerReport, compress, inspect
 from ttgraph.errors import TTGraphError
-from ttgraph.model_io import ModelSource, load_model, parse_input_shapes, save_model
+from ttgraph.model_io import load_model, parse_input_shapes, save_model
 from ttgraph.tt import TTFormat, tt_reconstruct, tt_svd
 from ttgraph.verify import OutputError, compare_outputs
 
@@ -38,35 +36,14 @@ __all__ = [
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from targets.compile import CompileResult
+    from targets.compile import compile_model as compile  # noqa: A004
 
 
-def compile(  # noqa: A001
-    model: ModelSource,
-    target: str | Mapping[str, Any],
-    output: str | os.PathLike[str],
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
-    tune: int = 0,
-    tune_db: str | os.PathLike[str] | None = None,
-    tune_minutes: float | None = None,
-    tune_tracker: str | None = None,
-    tune_key: str | None = None,
-) -> CompileResult:
-    """Compile a model with Apache TVM for a target preset (``ttgraph compile --list-targets``) or target dict.
+def __getattr__(name: str) -> Any:
+    """``ttgraph.compile`` is :func:`targets.compile.compile_model` (TVM), imported on first use: ttgraph works
+    without TVM, and ``targets`` imports ttgraph itself."""
+    if name == "compile":
+        from targets.compile import compile_model
 
-    A thin door to :func:`targets.compile.compile_model` (same arguments), imported here on use so ttgraph
-    works without TVM.
-    """
-    from targets.compile import compile_model
-
-    return compile_model(
-        model,
-        target,
-        output,
-        input_shapes,
-        tune=tune,
-        tune_db=tune_db,
-        tune_minutes=tune_minutes,
-        tune_tracker=tune_tracker,
-        tune_key=tune_key,
-    )
+        return compile_model
+    raise AttributeError(f"module 'ttgraph' has no attribute {name!r}")
