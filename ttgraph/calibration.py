@@ -432,7 +432,8 @@ def calibration_source(
     preprocess: Preprocess | str | None = None,
 ) -> CalibrationSource:
     """Every supported calibration input as a :class:`CalibrationSource` whose feeds are checked against the
-    model's inputs (names, ranks, static dims: one clear error instead of onnxruntime's traceback)."""
+    model's inputs (names, element types, static dims, finite values: one clear error instead of onnxruntime's
+    traceback or NaN statistics)."""
     if isinstance(data, CalibrationSource):
         return data
     return _checked(_calibration_source(data, model, preprocess), model)
