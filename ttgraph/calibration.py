@@ -370,19 +370,19 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
         raise TTGraphError(p, "no samples (axis 0 is empty)")
     batch = {n: _batch_size(by_name[n]) for n in by_name}
     step = max(batch.values())
-    for n in counts:
-        rank = len(input_dims(by_name[n]))
-        if rank and getter(n).ndim != rank:
-            raise TTGraphError(p, f"array {n!r} has rank {getter(n).ndim}, the model input has rank {rank}")
     dtypes = {n: _input_dtype(by_name[n]) for n in by_name}
-    for n in by_name:
-        kind = getter(n).dtype.kind
-        if (kind in "fc") != (dtypes[n].kind in "fc"):  # e.g. raw uint8 pixels for a float input
+    for n in counts:
+        array = getter(n)  # a .npz member is read whole: once here
+        rank = len(input_dims(by_name[n]))
+        if rank and array.ndim != rank:
+            raise TTGraphError(p, f"array {n!r} has rank {array.ndim}, the model input has rank {rank}")
+        if (array.dtype.kind in "fc") != (dtypes[n].kind in "fc"):  # e.g. raw uint8 pixels for a float input
             raise TTGraphError(
                 p,
-                f"array {n!r} is {getter(n).dtype}, the model input is {dtypes[n]}: save preprocessed samples "
+                f"array {n!r} is {array.dtype}, the model input is {dtypes[n]}: save preprocessed samples "
                 "of the input's type (or give a folder of images with --preprocess)",
             )
+        del array
     if total % step:
         raise TTGraphError(p, f"{total} samples do not fill batches of {step} (the model's batch dim)")
 
