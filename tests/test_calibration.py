@@ -212,8 +212,12 @@ def test_single_pass_sources_hold_out_their_first_feeds():
     calib, held = split_holdout(calibration_source(iter(data), two_conv_model()), 2)
     assert [f["x"] is d["x"] for f, d in zip(held, data[:2], strict=True)] == [True, True]
     assert len(list(calib)) == 4
-    with pytest.raises(TTGraphError, match="int"):
-        split_holdout(calibration_source(iter(data), two_conv_model()), 0.5)
+    # unknown length and a fraction: held out as they stream past (the defaults work with a generator)
+    calib, held = split_holdout(calibration_source(iter(data), two_conv_model()), 0.5)
+    assert held.length == 0 and [f["x"] is d["x"] for f, d in zip(calib, data[0::2], strict=True)] == [True] * 3
+    assert held.length == 3 and [f["x"] is d["x"] for f, d in zip(held, data[1::2], strict=True)] == [True] * 3
+    with pytest.raises(TTGraphError, match="fraction must be in"):
+        split_holdout(calibration_source(iter(data), two_conv_model()), 1.5)
 
 
 def test_bad_calibration_inputs_are_one_line_errors(tmp_path):

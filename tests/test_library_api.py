@@ -59,6 +59,15 @@ def test_an_array_in_memory_calibrates_like_a_npy_file():
     assert result.report.calibration["samples"] == 8 and "10 samples in an array" in result.report.calibration["source"]
 
 
+def test_a_generator_calibrates_with_the_default_holdout():
+    model = conv_model(16, 16, hw=(6, 6))
+    rng = np.random.default_rng(1)
+    feeds = ({"x": rng.standard_normal((1, 16, 6, 6)).astype(np.float32)} for _ in range(20))
+    report = ttgraph.compress(model, calibration=feeds, macs_ratio=0.5).report  # holdout 0.1: samples 9 and 19
+    assert report.calibration["samples"] == 18 and report.calibration["heldout_samples"] == 2
+    assert report.verification["samples"] == 2 and report.compensation["applied"] is False  # one pass only
+
+
 def test_verification_needs_real_inputs():
     model = conv_model(16, 16, hw=(6, 6))
     result = ttgraph.compress(model, rank=4)

@@ -552,7 +552,8 @@ def split_holdout(source: CalibrationSource, holdout: int | float) -> tuple[Cali
 
     A re-iterable source of known length holds out the evenly spread samples of :func:`holdout_indices`.
     A single-pass source (generator, data reader) holds out its first feeds (an int ``holdout``, or the
-    fraction of a known length): they are read into memory now, the rest streams to calibration.
+    fraction of a known length): they are read into memory now, the rest streams to calibration. One of
+    unknown length with a fraction holds out samples as they stream past (:func:`_split_stream`).
     """
     if source.length is not None and source.reiterable:
         held = holdout_indices(source.length, holdout)
@@ -580,10 +581,7 @@ def split_holdout(source: CalibrationSource, holdout: int | float) -> tuple[Cali
             raise TTGraphError("holdout", f"a held-out count must be ≥ 0, got {holdout}")
         count = holdout
     else:
-        raise TTGraphError(
-            "holdout",
-            f"{source.description} has no known length: give the held-out count as an int, not {holdout}",
-        )
+        return _split_stream(source, float(holdout))
     stream = iter(source)
     held_feeds = []
     for _ in range(count):
@@ -597,6 +595,27 @@ def split_holdout(source: CalibrationSource, holdout: int | float) -> tuple[Cali
         lambda: iter(held_feeds), len(held_feeds), True, f"{len(held_feeds)} held out of {source.description}"
     )
     return calib, heldout
+
+
+def _split_stream(source: CalibrationSource, fraction: float) -> tuple[CalibrationSource, CalibrationSource]:
+    """A single pass of unknown length, ``fraction`` held out: sample ``i`` is held out when
+    ``⌊(i+1)·f⌋ > ⌊i·f⌋`` (with 0.1, samples 9, 19, …), kept in memory while the rest streams to calibration.
+    The held-out source is complete once the calibration stream has been read (as compress reads them)."""
+    if not 0 <= fraction < 1:
+        raise TTGraphError("holdout", f"a held-out fraction must be in [0, 1), got {fraction}")
+    held_feeds: list[dict[str, np.ndarray]] = []
+    heldout = CalibrationSource(lambda: iter(held_feeds), 0, True, f"held out of {source.description}")
+
+    def calibrate() -> Iterator[dict[str, np.ndarray]]:
+        for i, feed in enumerate(source):
+            if math.floor((i + 1) * fraction) > math.floor(i * fraction):
+                held_feeds.append(feed)
+            else:
+                yield feed
+        heldout.length = len(held_feeds)
+        heldout.description = f"{len(held_feeds)} held out of {source.description}"
+
+    return CalibrationSource(calibrate, None, False, source.description), heldout
 
 
 # --------------------------------------------------------------------------------------------- statistics
