@@ -23,7 +23,15 @@ import pytest
 from tvm_helpers import REQUIRE_CROSS, compressed, det_input, line_input, need_tool, pointwise_model, record
 
 from targets.compile import compile_model
-from targets.qemu import a64_home, find_a64_python, free_port, qemu_rpc_server, run_under_qemu, serving_process
+from targets.qemu import (
+    _group_running,
+    a64_home,
+    find_a64_python,
+    free_port,
+    qemu_rpc_server,
+    run_under_qemu,
+    serving_process,
+)
 from targets.rpc import bench, connect, run_remote
 from targets.run import onnxruntime_outputs, relative_errors
 from ttgraph.errors import TTGraphError
@@ -184,7 +192,7 @@ def test_served_process_is_stopped_even_when_the_body_fails(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         with serving_process(cmd, "127.0.0.1", port) as proc:
             raise RuntimeError("boom")
-    assert proc.poll() is not None
+    assert proc.poll() is not None and not _group_running(proc.pid)  # the tracker's child process too
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0
 
