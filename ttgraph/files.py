@@ -41,12 +41,10 @@ def staging_dir(target: Path) -> Iterator[Path]:
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    """Write ``data`` to ``path`` through a temporary file and a rename (:func:`staged_writes` of one file)."""
     target = check_output_path(path)
-    with staging_dir(target) as tmp:
-        staged = tmp / target.name
-        staged.write_bytes(data)
-        os.replace(staged, target)
+    with staged_writes([(target, data)]):
+        pass
     return target
 
 
