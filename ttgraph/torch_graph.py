@@ -1,0 +1,398 @@
+"""An ONNX graph as a differentiable PyTorch module, so that the factors of a rewritten model can be fitted by
+gradient descent (:mod:`ttgraph.distill`).
+
+Why not onnx2torch: it imports torchvision at import time, and a torchvision wheel must match the torch build
+exactly (PyPI's beside a CPU torch fails to import), which would make a CPU-only install of the distillation
+extra impossible. The executor below covers the operators of the CNN detectors and classifiers ttgraph is
+built for — convolutions, normalization, the exported activations, pooling, resizing, reshaping — and names
+any other operator in a one-line error before any work starts.
+
+Every initializer becomes a tensor of the module; the ones named in ``trainable`` become parameters, all the
+others stay constants (buffers). Shapes are static (the model's input shapes are fixed before compression), so
+``Shape`` and the index arithmetic around it evaluate to constants as they run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ttgraph.errors import TTGraphError
+
+try:  # the distillation extra: pip install "ttgraph[distill]"
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+except ImportError:  # pragma: no cover - exercised only without the extra
+    torch = None  # type: ignore[assignment]
+    F = None  # type: ignore[assignment]
+
+__all__ = ["GraphModule", "check_runnable", "require_torch", "supported_ops"]
+
+
+def require_torch(what: str = "distillation") -> None:
+    """A one-line error when PyTorch is missing, saying how to install it."""
+    if torch is None:
+        raise TTGraphError("options", f"{what} needs PyTorch: pip install 'ttgraph[distill]'")
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _pads(attrs: Mapping[str, Any], rank: int) -> list[int]:
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+        raise ValueError(f"auto_pad={attrs['auto_pad']!r} is not supported; export with explicit pads")
+    return list(attrs.get("pads", [0] * (2 * rank)))
+
+
+def _padded(x, pads: list[int], value: float = 0.0):
+    """Apply ONNX pads ``[b1, b2, …, e1, e2, …]``; returns the input and the symmetric pads left for the op."""
+    rank = len(pads) // 2
+    begin, end = pads[:rank], pads[rank:]
+    if begin == end:
+        return x, begin
+    flat: list[int] = []
+    for b, e in zip(reversed(begin), reversed(end), strict=True):
+        flat += [b, e]
+    return F.pad(x, flat, value=value), [0] * rank
+
+
+def _conv(attrs, x, w, b=None):
+    rank = w.dim() - 2
+    x, pads = _padded(x, _pads(attrs, rank))
+    conv = (F.conv1d, F.conv2d, F.conv3d)[rank - 1]
+    return conv(
+        x,
+        w,
+        b,
+        stride=attrs.get("strides", [1] * rank),
+        padding=pads,
+        dilation=attrs.get("dilations", [1] * rank),
+        groups=attrs.get("group", 1),
+    )
+
+
+def _conv_transpose(attrs, x, w, b=None):
+    rank = w.dim() - 2
+    pads = _pads(attrs, rank)
+    if pads[:rank] != pads[rank:] or "output_shape" in attrs:
+        raise ValueError("ConvTranspose with asymmetric pads or output_shape is not supported")
+    conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[rank - 1]
+    return conv(
+        x,
+        w,
+        b,
+        stride=attrs.get("strides", [1] * rank),
+        padding=pads[:rank],
+        output_padding=attrs.get("output_padding", [0] * rank),
+        groups=attrs.get("group", 1),
+        dilation=attrs.get("dilations", [1] * rank),
+    )
+
+
+def _batch_norm(attrs, x, scale, bias, mean, var):
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    inv = scale / torch.sqrt(var + attrs.get("epsilon", 1e-5))
+    return x * inv.reshape(shape) + (bias - mean * inv).reshape(shape)
+
+
+def _clip(attrs, x, lo=None, hi=None):
+    lo = attrs.get("min") if lo is None else lo
+    hi = attrs.get("max") if hi is None else hi
+    if lo is not None:
+        x = torch.maximum(x, torch.as_tensor(lo, dtype=x.dtype))
+    if hi is not None:
+        x = torch.minimum(x, torch.as_tensor(hi, dtype=x.dtype))
+    return x
+
+
+def _hard_sigmoid(attrs, x):
+    return torch.clamp(x * attrs.get("alpha", 0.2) + attrs.get("beta", 0.5), 0.0, 1.0)
+
+
+def _pool(kind: str):
+    def run(attrs, x):
+        rank = x.dim() - 2
+        kernel = attrs["kernel_shape"]
+        pad_value = -math.inf if kind == "max" else 0.0
+        x, pads = _padded(x, _pads(attrs, rank), pad_value)
+        strides = attrs.get("strides", [1] * rank)
+        ceil = bool(attrs.get("ceil_mode", 0))
+        if kind == "max":
+            return (F.max_pool1d, F.max_pool2d, F.max_pool3d)[rank - 1](
+                x, kernel, strides, pads, attrs.get("dilations", [1] * rank), ceil
+            )
+        include = bool(attrs.get("count_include_pad", 0))
+        return (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[rank - 1](x, kernel, strides, pads, ceil, include)
+
+    return run
+
+
+def _reshape(attrs, x, shape):
+    dims = [int(d) for d in shape.tolist()]
+    if not attrs.get("allowzero", 0):
+        dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+    return x.reshape(dims)
+
+
+def _flatten(attrs, x):
+    axis = attrs.get("axis", 1) % max(x.dim(), 1)
+    return x.reshape(int(np.prod(x.shape[:axis])), -1)
+
+
+def _axes(attrs, axes_input, dim):
+    axes = attrs.get("axes") if axes_input is None else [int(a) for a in axes_input.tolist()]
+    return None if axes is None else [a % dim for a in axes]
+
+
+def _reduce(fn):
+    def run(attrs, x, axes=None):
+        dims = _axes(attrs, axes, x.dim())
+        keep = bool(attrs.get("keepdims", 1))
+        if dims is None:
+            dims = list(range(x.dim()))
+        return fn(x, dim=dims, keepdim=keep)
+
+    return run
+
+
+def _unsqueeze(attrs, x, axes=None):
+    dims = sorted(_axes(attrs, axes, x.dim() + len(attrs.get("axes", axes.tolist() if axes is not None else []))))
+    for d in dims:
+        x = x.unsqueeze(d)
+    return x
+
+
+def _squeeze(attrs, x, axes=None):
+    dims = _axes(attrs, axes, x.dim())
+    if dims is None:
+        return x.squeeze()
+    for d in sorted(dims, reverse=True):
+        x = x.squeeze(d)
+    return x
+
+
+def _slice(attrs, x, starts=None, ends=None, axes=None, steps=None):
+    if starts is None:  # opset < 10: attributes
+        starts, ends, axes = attrs["starts"], attrs["ends"], attrs.get("axes")
+    else:
+        starts, ends = starts.tolist(), ends.tolist()
+        axes = None if axes is None else axes.tolist()
+        steps = None if steps is None else steps.tolist()
+    axes = list(range(len(starts))) if axes is None else [a % x.dim() for a in axes]
+    steps = [1] * len(starts) if steps is None else steps
+    index: list[Any] = [slice(None)] * x.dim()
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        if step <= 0:
+            raise ValueError("Slice with a negative step is not supported")
+        size = x.shape[axis]
+        start = max(0, min(size, start + size if start < 0 else start))
+        end = max(0, min(size, end + size if end < 0 else end))
+        index[axis] = slice(start, end, step)
+    return x[tuple(index)]
+
+
+def _resize(attrs, x, roi=None, scales=None, sizes=None):
+    mode = attrs.get("mode", b"nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if sizes is not None and sizes.numel():
+        out = [int(s) for s in sizes.tolist()[2:]]
+    else:
+        out = [int(math.floor(d * float(s))) for d, s in zip(x.shape[2:], scales.tolist()[2:], strict=True)]
+    transform = attrs.get("coordinate_transformation_mode", b"half_pixel")
+    transform = transform.decode() if isinstance(transform, bytes) else transform
+    if mode == "nearest":
+        nearest = attrs.get("nearest_mode", b"round_prefer_floor")
+        nearest = nearest.decode() if isinstance(nearest, bytes) else nearest
+        if all(o % d == 0 for o, d in zip(out, x.shape[2:], strict=True)) and transform == "asymmetric":
+            return F.interpolate(x, size=out, mode="nearest")  # integer upsampling: every rule picks the same
+        if transform == "asymmetric" and nearest == "floor":
+            return F.interpolate(x, size=out, mode="nearest")
+        raise ValueError(f"Resize nearest with {transform}/{nearest} is not supported")
+    if mode == "linear":
+        if transform in ("half_pixel", "pytorch_half_pixel"):
+            return F.interpolate(x, size=out, mode="bilinear" if x.dim() == 4 else "linear", align_corners=False)
+        if transform == "align_corners":
+            return F.interpolate(x, size=out, mode="bilinear" if x.dim() == 4 else "linear", align_corners=True)
+    raise ValueError(f"Resize mode {mode} with {transform} is not supported")
+
+
+def _softmax(attrs, x):
+    return torch.softmax(x, dim=attrs.get("axis", -1))
+
+
+def _split(attrs, x, split=None, *, outputs: int = 1):
+    axis = attrs.get("axis", 0)
+    sizes = attrs.get("split") if split is None else split.tolist()
+    if sizes is None:
+        sizes = [x.shape[axis] // outputs] * outputs
+    return tuple(torch.split(x, list(sizes), dim=axis))
+
+
+def _gemm(attrs, a, b, c=None):
+    a = a.t() if attrs.get("transA", 0) else a
+    b = b.t() if attrs.get("transB", 0) else b
+    y = attrs.get("alpha", 1.0) * (a @ b)
+    return y if c is None else y + attrs.get("beta", 1.0) * c
+
+
+def _cast(attrs, x):
+    dtype = helper.tensor_dtype_to_np_dtype(attrs["to"])
+    return x.to(torch.from_numpy(np.zeros(0, dtype)).dtype)
+
+
+def _gather(attrs, x, index):
+    axis = attrs.get("axis", 0) % x.dim()
+    idx = index.long() % x.shape[axis]
+    picked = torch.index_select(x, axis, idx.reshape(-1))
+    return picked.reshape([*x.shape[:axis], *idx.shape, *x.shape[axis + 1 :]])
+
+
+_OPS: dict[str, Callable[..., Any]] = {
+    "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
+    "BatchNormalization": _batch_norm,
+    "Add": lambda a, x, y: x + y,
+    "Sub": lambda a, x, y: x - y,
+    "Mul": lambda a, x, y: x * y,
+    "Div": lambda a, x, y: x / y,
+    "Pow": lambda a, x, y: x**y,
+    "Neg": lambda a, x: -x,
+    "Sqrt": lambda a, x: torch.sqrt(x),
+    "Exp": lambda a, x: torch.exp(x),
+    "Relu": lambda a, x: torch.relu(x),
+    "LeakyRelu": lambda a, x: F.leaky_relu(x, a.get("alpha", 0.01)),
+    "Sigmoid": lambda a, x: torch.sigmoid(x),
+    "Tanh": lambda a, x: torch.tanh(x),
+    "HardSigmoid": _hard_sigmoid,
+    "HardSwish": lambda a, x: F.hardswish(x),
+    "Clip": _clip,
+    "Identity": lambda a, x: x,
+    "Dropout": lambda a, x, *rest: x,
+    "MatMul": lambda a, x, y: x @ y,
+    "Gemm": _gemm,
+    "Softmax": _softmax,
+    "GlobalAveragePool": lambda a, x: x.mean(dim=tuple(range(2, x.dim())), keepdim=True),
+    "GlobalMaxPool": lambda a, x: x.amax(dim=tuple(range(2, x.dim())), keepdim=True),
+    "MaxPool": _pool("max"),
+    "AveragePool": _pool("avg"),
+    "ReduceMean": _reduce(torch.mean),
+    "ReduceSum": _reduce(torch.sum),
+    "Reshape": _reshape,
+    "Flatten": _flatten,
+    "Transpose": lambda a, x: x.permute(*(a.get("perm") or list(reversed(range(x.dim()))))),
+    "Concat": lambda a, *xs: torch.cat(xs, dim=a["axis"]),
+    "Split": _split,
+    "Slice": _slice,
+    "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze,
+    "Resize": _resize,
+    "Cast": _cast,
+    "Gather": _gather,
+    "Shape": lambda a, x: torch.tensor(list(x.shape), dtype=torch.int64),
+}
+
+
+def supported_ops() -> list[str]:
+    """The ONNX operators the executor runs (default domain)."""
+    return sorted(_OPS)
+
+
+def check_runnable(model: onnx.ModelProto, source: str = "<model>") -> None:
+    """One line naming the operators the executor cannot run (checked before any work, not after it)."""
+    unknown = sorted(
+        {
+            f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
+            for n in model.graph.node
+            if n.domain not in ("", "ai.onnx") or n.op_type not in {*_OPS, "Constant"}
+        }
+    )
+    if unknown:
+        raise TTGraphError(
+            source, f"distillation cannot run operator(s) {', '.join(unknown)} (supported: {', '.join(_OPS)})"
+        )
+
+
+def _tensor(array: np.ndarray):
+    return torch.from_numpy(np.array(array, copy=True))
+
+
+class GraphModule(torch.nn.Module if torch is not None else object):  # type: ignore[misc]
+    """Runs an ONNX graph node by node with PyTorch ops. ``trainable`` initializers are ``nn.Parameter``s
+    (float32 for training); ``forward`` takes the model's inputs by name and returns the requested tensors."""
+
+    def __init__(self, model: onnx.ModelProto, trainable: Iterable[str] = (), source: str = "<model>"):
+        require_torch()
+        super().__init__()
+        check_runnable(model, source)
+        graph = model.graph
+        wanted = set(trainable)
+        self.parameter_names: dict[str, str] = {}  # initializer name → attribute name
+        self.constants: dict[str, Any] = {}
+        for init in graph.initializer:
+            array = numpy_helper.to_array(init)
+            if init.name in wanted:
+                attr = f"p{len(self.parameter_names)}"
+                self.register_parameter(attr, torch.nn.Parameter(_tensor(array.astype(np.float32))))
+                self.parameter_names[init.name] = attr
+            else:
+                self.constants[init.name] = _tensor(array)
+        missing = wanted - set(self.parameter_names)
+        if missing:
+            raise TTGraphError(source, f"no initializer named {sorted(missing)[0]!r} to train")
+        self.nodes = list(graph.node)
+        self.attrs = [_attrs(n) for n in self.nodes]
+        for node, attrs in zip(self.nodes, self.attrs, strict=True):
+            if node.op_type == "Constant":
+                self.constants[node.output[0]] = _tensor(numpy_helper.to_array(attrs["value"]))
+        self.inputs = [i.name for i in graph.input if i.name not in self.constants and i.name not in wanted]
+        self.source = source
+
+    def parameter(self, name: str):
+        return getattr(self, self.parameter_names[name])
+
+    def forward(self, feeds: Mapping[str, Any], outputs: Sequence[str], batch: int = 1) -> list[Any]:
+        """Run the graph on ``feeds``. ``batch`` > 1: each input holds ``batch`` of the model's inputs stacked on
+        axis 0, and a Reshape to a constant shape scales its leading dim by ``batch`` (a CNN exported for batch
+        1 reshapes to ``[1, …]``); :func:`ttgraph.distill.distill` checks the batched outputs against
+        sample-by-sample ones before it relies on them."""
+        values: dict[str, Any] = dict(self.constants)
+        for name, attr in self.parameter_names.items():
+            values[name] = getattr(self, attr)
+        for name in self.inputs:
+            values[name] = feeds[name]
+        batched = set(self.inputs) if batch > 1 else set()  # tensors that carry the stacked samples
+        for node, attrs in zip(self.nodes, self.attrs, strict=True):
+            if node.op_type == "Constant":
+                continue
+            if node.op_type != "Shape" and batched.intersection(node.input):
+                batched.update(node.output)
+            args = [values[i] if i else None for i in node.input]
+            while args and args[-1] is None:
+                args.pop()
+            try:
+                if node.op_type == "Reshape" and node.input[0] in batched:
+                    dims = [int(d) for d in args[1].tolist()]
+                    if dims and dims[0] > 0 and args[0].shape[0] == dims[0] * batch:
+                        dims[0] *= batch
+                    result = _reshape(attrs, args[0], torch.tensor(dims))
+                elif node.op_type == "Split":
+                    result = _split(attrs, *args, outputs=len(node.output))
+                else:
+                    result = _OPS[node.op_type](attrs, *args)
+            except (ValueError, RuntimeError, KeyError, IndexError) as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise TTGraphError(
+                    self.source, f"distillation cannot run node {node.name!r} ({node.op_type}): {first}"
+                ) from err
+            if isinstance(result, tuple):
+                for name, value in zip(node.output, result, strict=False):
+                    values[name] = value
+            else:
+                values[node.output[0]] = result
+        return [values[name] for name in outputs]
