@@ -19,6 +19,11 @@ took is printed per budget.
     python benchmarks/budget_sweep.py det [--calib 32] [--heldout 8] [--budgets 0.3,0.5,0.7] [--comp-samples 8]
     python benchmarks/budget_sweep.py cls [--calib 256] [--heldout 400] [--cores 4] [--no-compensate]
     python benchmarks/budget_sweep.py det --budgets 0.5 --sensitivity 4    # weighted vs unweighted allocation
+    python benchmarks/budget_sweep.py cls --budgets 0.3 --distill 4 --distill-samples 4096   # + distillation
+
+With ``--distill E`` the allocated and compensated rewrite is then distilled (:mod:`ttgraph.distill`, E epochs
+over ``--distill-samples`` calibration inputs — the first ones of the same generated set, disjoint from the
+held-out inputs; the keep-or-not decision reads further inputs of neither set) and scored in one more column.
 """
 
 from __future__ import annotations
@@ -73,6 +78,9 @@ def main() -> int:
     parser.add_argument("--comp-samples", type=int, help="calibration inputs the compensation reads")
     parser.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--rank-multiple", type=int, default=1)
+    parser.add_argument("--distill", type=int, default=0, metavar="E", help="also distill E epochs (needs torch)")
+    parser.add_argument("--distill-samples", type=int, metavar="N", help="calibration inputs distillation reads")
+    parser.add_argument("--distill-lr", type=float, default=1e-3)
     parser.add_argument(
         "--sensitivity",
         type=int,
@@ -107,10 +115,19 @@ def main() -> int:
     original = session(model)
     reference = [original.run(None, {"x": x})[0] for x in held]
 
+    def det_feeds(kind: str, count: int) -> list[dict[str, np.ndarray]]:
+        return [{"x": pre.apply(det_image(kind, i, shape[2]))} for i in range(count)]
+
+    def cls_feeds(first: int, count: int) -> list[dict[str, np.ndarray]]:
+        return [{"x": pre.apply(text_line_image(first + i, i % 2 == 1))} for i in range(count)]
+
+    n_distill = (args.distill_samples or n_cal) if args.distill else 0
     if args.model == "det":
-        comp_feeds = [{"x": pre.apply(det_image("calib", i, shape[2]))} for i in range(min(n_comp, n_cal))]
+        comp_feeds = det_feeds("calib", min(n_comp, n_cal))
+        distill_feeds, keep_feeds = det_feeds("calib", n_distill), det_feeds("heldout", 4 if n_distill else 0)
     else:
-        comp_feeds = [{"x": pre.apply(text_line_image(i, i % 2 == 1))} for i in range(min(n_comp, n_cal))]
+        comp_feeds = cls_feeds(0, min(n_comp, n_cal))
+        distill_feeds, keep_feeds = cls_feeds(0, n_distill), cls_feeds(2_000_000, 64 if n_distill else 0)
 
     def compensated(alloc, layers):
         start = time.perf_counter()
@@ -119,8 +136,25 @@ def main() -> int:
         )
         return comp.fits, time.perf_counter() - start
 
-    def score(alloc, layers, fits=None) -> float:
-        sess = session(rewrite_allocation(model, layers, alloc, fits))
+    def distilled(alloc, layers, fits):
+        from ttgraph.distill import distill
+
+        compressed = [lc.label for lc in layers if alloc.choices[lc.label].kind != "dense"]
+        start = time.perf_counter()
+        result = distill(
+            model,
+            rewrite_allocation(model, layers, alloc, fits),
+            compressed,
+            distill_feeds,
+            keep_feeds,
+            epochs=args.distill,
+            lr=args.distill_lr,
+            batch=16 if args.model == "cls" else 4,
+        )
+        return result.model, time.perf_counter() - start
+
+    def score(alloc, layers, fits=None, rewritten=None) -> float:
+        sess = session(rewritten if rewritten is not None else rewrite_allocation(model, layers, alloc, fits))
         outs = [sess.run(None, {"x": x})[0] for x in held]
         if args.model == "det":
             return binary_iou(reference, outs)
@@ -145,6 +179,9 @@ def main() -> int:
     if args.compensate:
         heads[1:1] = ["data alloc+comp"]
         heads[4:4] = ["data u.rank+comp"]
+        if args.distill:
+            heads[2:2] = ["+distill"]
+            print(f"distillation: {args.distill} epochs over {len(distill_feeds)} calibration inputs")
         print(f"compensation: {len(comp_feeds)} calibration inputs, layers refitted level by level")
     print(f"{'budget':>6}  " + "  ".join(f"{h:>16}" for h in heads) + ("  comp seconds" if args.compensate else ""))
     for ratio in (float(b) for b in args.budgets.split(",")):
@@ -160,6 +197,10 @@ def main() -> int:
                     fits, took = compensated(chosen, layers)
                     cells.append(f"{score(chosen, layers, fits):.4f} ({chosen.ratio:.3f})")
                     seconds.append(f"{took:.0f}")
+                    if args.distill and k == 0:
+                        rewritten, took = distilled(chosen, layers, fits)
+                        cells.append(f"{score(chosen, layers, rewritten=rewritten):.4f} ({chosen.ratio:.3f})")
+                        seconds.append(f"{took:.0f}")
         tail = ("  " + "/".join(seconds)) if seconds else ""
         print(f"{ratio:>6}  " + "  ".join(f"{c:>16}" for c in cells) + tail, flush=True)
     return 0

@@ -187,6 +187,7 @@ class CompressionReport:
     allocation: dict[str, Any] | None = None  # budget, metric, achieved ratios, objective
     lowering: dict[str, Any] | None = None  # fast-lowering passes run after the rewrite (ttgraph.lowering)
     compensation: dict[str, Any] | None = None  # per-layer and end-to-end errors before/after compensation
+    distillation: dict[str, Any] | None = None  # losses and end-to-end held-out errors before/after distillation
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -329,6 +330,10 @@ def compress(
     latency_ratio: float | None = None,
     latency_threads: int = 1,
     sensitivity: int = 0,
+    distill: int = 0,
+    distill_lr: float = 1e-3,
+    distill_batch: int = 16,
+    distill_train: str = "factors",
 ) -> CompressionResult:
     """Rewrite the model's 1×1 convs as TT cores of order ``cores`` (1 = low-rank, 2..8 = TT-matrix).
 
@@ -361,6 +366,12 @@ def compress(
     the first N calibration samples with that layer alone factored (:mod:`ttgraph.sensitivity`; one model run
     per layer and sample; it helps the PicoDet layout detector and hurts the PP-OCR models, so it is off).
 
+    ``distill`` = E > 0 epochs (needs PyTorch: ``pip install 'ttgraph[distill]'``) then fits the compressed
+    layers' factors by gradient descent to the original model's outputs on the calibration samples, end to end
+    (:mod:`ttgraph.distill`; steps of ``distill_batch`` samples, Adam at ``distill_lr``; ``distill_train="all"``
+    also frees the other weights); the result is kept only if the held-out loss goes down (the report's
+    ``distillation``).
+
     ``lower`` runs the exact fast-lowering passes of :mod:`passes.lower` on the rewritten model (all by
     default; a list names them; False runs none); the report's ``lowering`` says what each changed.
 
@@ -380,6 +391,14 @@ def compress(
     max_error, latency_ratio = _real("max_error", max_error), _real("latency_ratio", latency_ratio)
     latency_threads, sensitivity = _integer("latency_threads", latency_threads), _integer("sensitivity", sensitivity)
     compensate_samples = _integer("compensate_samples", compensate_samples)
+    distill, distill_batch = _integer("distill", distill), _integer("distill_batch", distill_batch)
+    distill_lr = _real("distill_lr", distill_lr)
+    if distill < 0 or distill_batch < 1 or not distill_lr > 0 or distill_train not in ("factors", "all"):
+        raise TTGraphError(
+            "options",
+            "distillation needs epochs ≥ 0, a batch ≥ 1, a learning rate > 0 and train 'factors' or 'all' "
+            f"(got {distill}, {distill_batch}, {distill_lr}, {distill_train!r})",
+        )
     if compensate_samples is not None and compensate_samples < 1:
         raise TTGraphError("compensate_samples", f"expected ≥ 1 (or None: automatic), got {compensate_samples}")
     holdout = _integer("holdout", holdout) if isinstance(holdout, numbers.Integral) else _real("holdout", holdout)
@@ -424,12 +443,15 @@ def compress(
             latency_threads=latency_threads,
             lower=lower,
             sensitivity=sensitivity,
+            distill=(distill, distill_lr, distill_batch, distill_train),
         )
         return result
     if calibration is not None:
         raise TTGraphError("options", "calibration data drives a budget: give macs_ratio, params_ratio or max_error")
     if sensitivity:
         raise TTGraphError("options", "sensitivity weights a budget's allocation: give macs_ratio, params_ratio, ...")
+    if distill:
+        raise TTGraphError("options", "distillation fits to calibration data: give a budget and calibration")
     if rank is not None and rank < 1:
         raise TTGraphError("options", f"rank must be ≥ 1, got {rank}")
     if rank_ratio is not None and not 0 < rank_ratio <= 1:
@@ -534,15 +556,23 @@ def _compress_to_budget(
     latency_threads: int = 1,
     lower: bool | Sequence[str] = True,
     sensitivity: int = 0,
+    distill: tuple[int, float, int, str] = (0, 1e-3, 16, "factors"),
 ) -> CompressionResult:
     """compress() with a global budget: calibrate → decompose → (sensitivity) → allocate → compensate → rewrite →
-    verify."""
+    (distill) → lower → verify."""
     from ttgraph.fidelity import heldout_fidelity
 
     if method not in ("data", "weight"):
         raise TTGraphError("options", f"method must be 'data' or 'weight', got {method!r}")
     if calibration is None and method == "data":
         raise TTGraphError("options", "a budget needs calibration data (calibration=..., CLI --calib)")
+    epochs = distill[0]
+    if epochs and (calibration is None or method != "data"):
+        raise TTGraphError("options", "distillation needs calibration data and data-aware candidates (method='data')")
+    if epochs:
+        from ttgraph.torch_graph import check_runnable, require_torch
+
+        require_torch()  # before the statistics pass, not after it
     if sensitivity < 0 or (sensitivity and calibration is None):
         raise TTGraphError("options", f"sensitivity needs calibration data and a sample count ≥ 1, got {sensitivity}")
     name = source_name(model)
@@ -555,6 +585,8 @@ def _compress_to_budget(
             input_shapes = fixed
             original = load_model(model, input_shapes)
             source = calibration_source(calibration, original, preprocess)
+    if epochs:
+        check_runnable(original, name)
     graph, found, shapes = _analyse(original)
     _skip_our_own_factors(found, provenance(original, name))
     convs = _select_layers(found, layers, name)
@@ -563,6 +595,12 @@ def _compress_to_budget(
     held = None
     if source is not None:
         calib, held = split_holdout(source, holdout)
+        if epochs and not calib.reiterable:
+            raise TTGraphError(
+                "distill",
+                "distillation reads the calibration samples once per epoch: give a folder, a file or a list of "
+                "feeds, not a one-pass iterable",
+            )
         if sensitivity and not calib.reiterable:  # fail before the statistics pass, not after it
             raise TTGraphError(
                 "sensitivity",
@@ -638,7 +676,24 @@ def _compress_to_budget(
     rewritten = _export(graph, original)
     _record_provenance(rewritten, [r for r in reports if r.format != "dense"])
     check_model(rewritten, f"{name} (rewritten)")
-    unlowered = rewritten  # what the per-layer error statistics read: lowering may fold away a conv's input tensor
+    compensated = rewritten  # what the compensation report's "after" reads
+    distillation = None
+    if epochs and alloc.compressed():
+        from ttgraph.distill import distill as run_distillation
+
+        distillation = run_distillation(
+            original,
+            rewritten,
+            [r.name for r in reports if r.format != "dense"],
+            calib,  # type: ignore[arg-type]
+            held if held is not None and held.length else None,
+            epochs=epochs,
+            lr=distill[1],
+            batch=distill[2],
+            train=distill[3],
+            progress=progress,
+        )
+        rewritten = distillation.model
     rewritten, lowering = _lower(rewritten, lower, _first_feed(held))
     macs = alloc.totals("macs") if all(c.pixels is not None for c in convs) else None
     params = alloc.totals("params")
@@ -656,6 +711,10 @@ def _compress_to_budget(
             "compensate": compensate,
             "compensate_samples": compensate_samples,
             "sensitivity": sensitivity,
+            "distill": epochs,
+            "distill_lr": distill[1],
+            "distill_batch": distill[2],
+            "distill_train": distill[3],
             "plan_cost": plan_cost,
             "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
         },
@@ -707,9 +766,27 @@ def _compress_to_budget(
             "inputs": f"{held.length} held-out calibration samples (not used to fit)",
             **heldout_fidelity(original, rewritten, held, source=name),
         }
+    before_distillation = report.verification
+    if epochs and distillation is None:
+        report.distillation = {"applied": False, "reason": "no layer was compressed"}
+    if distillation is not None:
+        before_distillation = None
+        if check_feeds is not None:
+            before_distillation = {
+                "inputs": (report.verification or {}).get("inputs"),
+                **heldout_fidelity(original, compensated, check_feeds, source=name),
+            }
+        report.distillation = {
+            **distillation.to_dict(),
+            "end_to_end": {
+                "inputs": (report.verification or {}).get("inputs"),
+                "before": (before_distillation or {}).get("outputs"),
+                "after": (report.verification or {}).get("outputs"),
+            },
+        }
     if comp is not None or comp_skipped is not None:
         report.compensation = _compensation_report(
-            comp, comp_skipped, original, unlowered, layer_cands, alloc, check_feeds, report.verification, name
+            comp, comp_skipped, original, compensated, layer_cands, alloc, check_feeds, before_distillation, name
         )
     return result
 

@@ -152,6 +152,38 @@ def _endtoend_figure(verification: dict[str, Any] | None) -> str | None:
     return _png(fig)
 
 
+def _loss_figure(curve: list[float]) -> str | None:
+    if len(curve) < 2:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 2.4))
+    ax.plot(range(1, len(curve) + 1), curve, color="#4477aa")
+    ax.set_yscale("log")
+    ax.set_xlabel("step (averaged)", fontsize=8)
+    ax.set_ylabel("loss", fontsize=8)
+    ax.set_title("distillation loss on the calibration samples", fontsize=9)
+    return _png(fig)
+
+
+def _before_after(ends: dict[str, Any] | None) -> list[str]:
+    """A table of each output's held-out fidelity before and after a step (compensation, distillation)."""
+    ends = ends or {}
+    if not ends.get("before") or not ends.get("after"):
+        return []
+    e = html.escape
+    rows = [
+        "<table><tr><th class='l'>output (held out)</th><th>rel L2 before</th><th>rel L2 after</th>"
+        "<th>top-1 before</th><th>top-1 after</th><th>IoU before</th><th>IoU after</th></tr>"
+    ]
+    for b, a in zip(ends["before"], ends["after"], strict=False):
+        rows.append(
+            f"<tr><td class='l'>{e(b['name'])}</td><td>{b['rel_l2']:.4g}</td><td>{a['rel_l2']:.4g}</td>"
+            f"<td>{_err(b.get('top1_agreement'))}</td><td>{_err(a.get('top1_agreement'))}</td>"
+            f"<td>{_err(b.get('binary_iou'))}</td><td>{_err(a.get('binary_iou'))}</td></tr>"
+        )
+    return [*rows, "</table>"]
+
+
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;font-size:12px}
@@ -226,19 +258,7 @@ def render_html(report: Any) -> str:
             f"<h2>Error compensation</h2><p>{e(str(comp.get('method')))}; {comp.get('samples')} calibration samples, "
             f"{comp.get('passes')} passes, {comp.get('seconds')} s. Error: {e(str(comp.get('error')))}.</p>"
         )
-        ends = comp.get("end_to_end") or {}
-        if ends.get("before") and ends.get("after"):
-            parts.append(
-                "<table><tr><th class='l'>output (held out)</th><th>rel L2 before</th><th>rel L2 after</th>"
-                "<th>top-1 before</th><th>top-1 after</th><th>IoU before</th><th>IoU after</th></tr>"
-            )
-            for b, a in zip(ends["before"], ends["after"], strict=False):
-                parts.append(
-                    f"<tr><td class='l'>{e(b['name'])}</td><td>{b['rel_l2']:.4g}</td><td>{a['rel_l2']:.4g}</td>"
-                    f"<td>{_err(b.get('top1_agreement'))}</td><td>{_err(a.get('top1_agreement'))}</td>"
-                    f"<td>{_err(b.get('binary_iou'))}</td><td>{_err(a.get('binary_iou'))}</td></tr>"
-                )
-            parts.append("</table>")
+        parts += _before_after(comp.get("end_to_end"))
         parts.append(
             "<table><tr><th class='l'>layer</th><th>calib err before</th><th>calib err after</th>"
             "<th>held-out err before</th><th>held-out err after</th></tr>"
@@ -250,6 +270,23 @@ def render_html(report: Any) -> str:
                 f"<td>{_err(row.get('heldout_error_after'))}</td></tr>"
             )
         parts.append("</table>")
+    dist = r.get("distillation")
+    if dist and not dist.get("applied"):
+        parts.append(f"<h2>Distillation</h2><p>not applied: {e(str(dist.get('reason')))}</p>")
+    elif dist:
+        kept = "kept" if dist.get("kept") else "not kept: the held-out loss did not go down"
+        parts.append(
+            f"<h2>Distillation</h2><p>{dist.get('parameters')} parameters ({e(str(dist.get('train')))}), "
+            f"{dist.get('epochs')} epochs, {dist.get('steps')} steps of {dist.get('batch')} samples over "
+            f"{dist.get('samples')} calibration samples, {dist.get('seconds')} s; {kept}. Loss: "
+            f"{e(str(dist.get('loss')))}: calibration {_sig(dist.get('calibration_loss_before'))} → "
+            f"{_sig(dist.get('calibration_loss_after'))}, held out ({dist.get('heldout_samples')} samples) "
+            f"{_sig(dist.get('heldout_loss_before'))} → {_sig(dist.get('heldout_loss_after'))}.</p>"
+        )
+        parts += _before_after(dist.get("end_to_end"))
+        img = _loss_figure(dist.get("loss_curve") or [])
+        if img:
+            parts.append(f"<img src='{img}' alt='distillation loss'>")
     weighted = any(layer.get("sensitivity") is not None for layer in layers)
     parts.append(
         "<h2>Layers</h2><table><tr><th class='l'>layer</th><th>Cout×Cin</th><th>stride</th>"
