@@ -569,10 +569,6 @@ def _compress_to_budget(
     epochs = distill[0]
     if epochs and (calibration is None or method != "data"):
         raise TTGraphError("options", "distillation needs calibration data and data-aware candidates (method='data')")
-    if epochs:
-        from ttgraph.torch_graph import check_runnable, require_torch
-
-        require_torch()  # before the statistics pass, not after it
     if sensitivity < 0 or (sensitivity and calibration is None):
         raise TTGraphError("options", f"sensitivity needs calibration data and a sample count ≥ 1, got {sensitivity}")
     name = source_name(model)
@@ -585,7 +581,10 @@ def _compress_to_budget(
             input_shapes = fixed
             original = load_model(model, input_shapes)
             source = calibration_source(calibration, original, preprocess)
-    if epochs:
+    if epochs:  # before the statistics pass, not after it
+        from ttgraph.torch_graph import check_runnable, require_torch
+
+        require_torch()
         check_runnable(original, name)
     graph, found, shapes = _analyse(original)
     _skip_our_own_factors(found, provenance(original, name))
@@ -676,7 +675,9 @@ def _compress_to_budget(
     rewritten = _export(graph, original)
     _record_provenance(rewritten, [r for r in reports if r.format != "dense"])
     check_model(rewritten, f"{name} (rewritten)")
-    compensated = rewritten  # what the compensation report's "after" reads
+    # what the compensation report's "after" reads: before distillation, and unlowered (lowering may fold away a
+    # conv's input tensor)
+    compensated = rewritten
     distillation = None
     if epochs and alloc.compressed():
         from ttgraph.distill import distill as run_distillation
