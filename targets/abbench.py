@@ -22,6 +22,22 @@ from .presets import resolve_target
 from .run import ordered_inputs
 
 
+def _configure_threadpool(threads: int) -> None:
+    """Give TVM's CPU thread pool ``threads`` workers (affinity mode 0, big cores). Configuring it pins the
+    calling thread to one core, and every thread started from it later inherits that — onnxruntime sessions
+    and PyTorch in the same process would then share one core (seen: distillation after a TVM bench ran
+    several times slower) — so the caller's CPU set is put back."""
+    import tvm
+
+    config = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
+    if config is None:
+        return
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    config(0, threads)
+    if allowed is not None and os.sched_getaffinity(0) != allowed:
+        os.sched_setaffinity(0, allowed)
+
+
 def tvm_factory(
     target: str = "x86_64",
     *,
@@ -57,9 +73,7 @@ def tvm_factory(
         path = library(model, feed)
         names = [i.name for i in model.graph.input if i.name in feed]
         if session is None:
-            config = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
-            if config is not None:
-                config(0, threads)  # affinity mode 0 (big cores), threads
+            _configure_threadpool(threads)
             dev = tvm.device(device, 0)
             vm = relax.VirtualMachine(tvm.runtime.load_module(os.fspath(path)), dev)
             args = [tvm.runtime.tensor(x, dev) for x in ordered_inputs(feed, names)]
