@@ -87,6 +87,20 @@ def test_a_softmax_output_is_distilled_on_its_centred_logits(cls_path):
     assert producer.op_type != "Softmax" and target.centre == (1,)  # opset 11: axis 1 of a 2-D output
 
 
+def test_a_single_step_run_from_a_reiterable_source(small):
+    """One epoch of fewer samples than a batch is one step (the schedule has no decay phase; it divided by
+    zero), from a re-iterable source that is not a list."""
+    original, compressed, layers = small
+    lines = _lines(0, 40)
+
+    class Source:
+        def __iter__(self):
+            yield from (dict(f) for f in lines)
+
+    result = distill(original, compressed, layers, Source(), None, epochs=1, batch=64, lr=1e-5)
+    assert result.steps == 1 and result.samples == 40
+
+
 def test_a_diverging_fit_is_not_kept(small):
     original, compressed, layers = small
     result = distill(original, compressed, layers, _lines(0, 32), _lines(500_000, 16), epochs=1, lr=1e3)

@@ -18,6 +18,7 @@ step size warmed up linearly over the first tenth of the steps, then cosine-deca
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -221,15 +222,19 @@ def _shuffled(source: Iterable[Feed], window: int, rng: np.random.Generator) -> 
     yield from pool
 
 
-def _mean_loss(student: _Student, teacher: _Teacher, source: Iterable[Feed], chunk: int) -> tuple[float, int]:
-    total, count, part = 0.0, 0, []
+def _batches(source: Iterable[Feed], size: int) -> Iterator[list[Feed]]:
+    """Consecutive lists of ``size`` samples (the last may be shorter), read lazily: memory holds one batch."""
+    it = iter(source)
+    while part := list(itertools.islice(it, size)):
+        yield part
+
+
+def _mean_loss(student: _Student, teacher: _Teacher, source: Iterable[Feed]) -> tuple[float, int]:
+    total, count = 0.0, 0
     with torch.no_grad():
-        for feed in [*source, None]:
-            if feed is not None:
-                part.append(feed)
-            if part and (feed is None or len(part) == chunk):
-                total += student.loss(part, [teacher(f) for f in part], len(part), backward=False)
-                count, part = count + len(part), []
+        for part in _batches(source, student.batch):
+            total += student.loss(part, [teacher(f) for f in part], len(part), backward=False)
+            count += len(part)
     return (total / count if count else float("nan")), count
 
 
@@ -278,9 +283,8 @@ def distill(
     ]
     module = GraphModule(compressed, names)
     student = _Student(module, targets, scale, probe, batch)
-    chunk = max(student.batch, 1)
-    train_before, samples = _mean_loss(student, teacher, calibration, chunk)
-    held_before, held_count = _mean_loss(student, teacher, heldout, chunk) if heldout is not None else (None, 0)
+    train_before, samples = _mean_loss(student, teacher, calibration)
+    held_before, held_count = _mean_loss(student, teacher, heldout) if heldout is not None else (None, 0)
     if held_count == 0:
         held_before = None
     params = [module.parameter(n) for n in names]
@@ -292,28 +296,22 @@ def distill(
     def rate(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     rng = np.random.default_rng(seed)
     history: list[float] = []
     with tqdm(total=total, desc="distill", unit="step", disable=not progress, leave=False) as bar:
         for _ in range(epochs):
-            part: list[Feed] = []
-            for feed in [*_shuffled(calibration, SHUFFLE_BATCHES * batch, rng), None]:
-                if feed is not None:
-                    part.append(feed)
-                if not part or (feed is not None and len(part) < batch):
-                    continue
+            for part in _batches(_shuffled(calibration, SHUFFLE_BATCHES * batch, rng), batch):
                 optimizer.zero_grad()
                 history.append(student.loss(part, [teacher(f) for f in part], 1.0, backward=True))
                 optimizer.step()
                 schedule.step()
                 bar.update()
                 bar.set_postfix(loss=f"{history[-1]:.4g}")
-                part = []
-    train_after, _ = _mean_loss(student, teacher, calibration, chunk)
-    held_after = _mean_loss(student, teacher, heldout, chunk)[0] if held_before is not None else None
+    train_after, _ = _mean_loss(student, teacher, calibration)
+    held_after = _mean_loss(student, teacher, heldout)[0] if held_before is not None else None
     kept = held_after < held_before if held_before is not None else train_after < train_before  # type: ignore[operator]
     result = compressed
     if kept:
