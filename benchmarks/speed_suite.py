@@ -19,10 +19,12 @@ that the compressed model reproduces (same class, IoU ≥ 0.9). Count-based fide
 use ``--heldout`` to tighten it before reading a goal as met or missed. ``lost`` counts the layout detections not
 matched, and how many of them the original scored within 0.05 of its threshold (borderline flips); ``extra``
 the compressed model's detections with no original one of the same class at IoU ≥ 0.5 (the matched fraction alone
-would not see spurious boxes).
+would not see spurious boxes). ``--distill E`` then distills the compressed layers (:mod:`ttgraph.distill`) on the
+calibration images, the epoch kept chosen on ``--distill-holdout`` of them — more images help it: ``--calib``.
 
     python benchmarks/speed_suite.py [--models layout,det,cls] [--macs-ratios 0.5,0.7] [--budget macs|latency]
-                                     [--no-compensate] [--sensitivity N] [--out suite-out] [--markdown]
+                                     [--no-compensate] [--sensitivity N] [--distill E [--calib N]]
+                                     [--out suite-out] [--markdown]
 """
 
 from __future__ import annotations
@@ -205,10 +207,14 @@ def run_model(name: str, args: argparse.Namespace, out: Path) -> list[dict]:
             original,
             calibration=feeds,
             rank_multiple=16,
-            holdout=0,
+            # distillation picks its epoch on held-out calibration samples (spread through the calibration set;
+            # the fidelity pages below are a third set)
+            holdout=args.distill_holdout if args.distill else 0,
             lower=False,
             compensate=not args.no_compensate,
             sensitivity=args.sensitivity,
+            distill=args.distill,
+            distill_lr=args.distill_lr,
             **{f"{args.budget}_ratio": ratio},  # type: ignore[arg-type]
         )
         seconds = time.perf_counter() - start
@@ -227,6 +233,7 @@ def run_model(name: str, args: argparse.Namespace, out: Path) -> list[dict]:
             "macs_ratio_budget": ratio,
             "compensated": not args.no_compensate,
             "sensitivity_samples": args.sensitivity,
+            "distillation": {k: v for k, v in (result.report.distillation or {}).items() if k != "loss_curve"},
             "compress_seconds": round(seconds, 1),
             "calibration_images": n_cal,
             "heldout_images": n_held,
@@ -304,6 +311,13 @@ def main() -> int:
     parser.add_argument("--no-compensate", action="store_true", help="per-layer fits only (no error compensation)")
     parser.add_argument(
         "--sensitivity", type=int, default=0, metavar="N", help="weight the allocation by sensitivities on N images"
+    )
+    parser.add_argument(
+        "--distill", type=int, default=0, metavar="E", help="distill E epochs over the calibration images (torch)"
+    )
+    parser.add_argument("--distill-lr", type=float, default=1e-3, help="distillation step size (default 1e-3)")
+    parser.add_argument(
+        "--distill-holdout", type=int, default=6, metavar="N", help="calibration images distillation judges epochs on"
     )
     parser.add_argument("--calib", type=int, help="calibration images (default per model)")
     parser.add_argument("--heldout", type=int, help="held-out images (default per model)")

@@ -69,6 +69,9 @@ def test_distillation_lowers_held_out_loss_and_changes_only_the_factors(small):
     assert result.kept and result.stacked
     assert result.heldout_after < result.heldout_before
     assert result.train_after < result.train_before
+    # the epoch returned is the one with the lowest held-out loss
+    assert result.heldout_after == min(result.heldout_curve)
+    assert result.best_epoch == 1 + result.heldout_curve.index(result.heldout_after)
     assert result.steps == 2 * 4 and result.samples == 64 and result.heldout_samples == 32
     factors = set(factor_initializers(compressed, layers))
     before, after = _initializers(compressed), _initializers(result.model)
@@ -101,11 +104,15 @@ def test_a_single_step_run_from_a_reiterable_source(small):
     assert result.steps == 1 and result.samples == 40
 
 
-def test_a_diverging_fit_is_not_kept(small):
+def test_a_diverging_fit_backs_off_and_is_not_kept(small):
+    """Each epoch that makes the held-out loss worse sends the factors back and divides the step size by ten;
+    when no epoch beats the start, the input model is returned."""
     original, compressed, layers = small
-    result = distill(original, compressed, layers, _lines(0, 32), _lines(500_000, 16), epochs=1, lr=1e3)
-    assert not result.kept
+    result = distill(original, compressed, layers, _lines(0, 32), _lines(500_000, 16), epochs=2, lr=1e3)
+    assert not result.kept and result.best_epoch == 0
     assert result.model is compressed
+    assert result.step_size_reductions == 2 and len(result.heldout_curve) == 2
+    assert result.heldout_after == result.heldout_before
 
 
 def test_compress_distills_and_reports_on_held_out_lines(cls_path, tmp_path):

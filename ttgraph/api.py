@@ -369,8 +369,8 @@ def compress(
     ``distill`` = E > 0 epochs (needs PyTorch: ``pip install 'ttgraph[distill]'``) then fits the compressed
     layers' factors by gradient descent to the original model's outputs on the calibration samples, end to end
     (:mod:`ttgraph.distill`; steps of ``distill_batch`` samples, Adam at ``distill_lr``; ``distill_train="all"``
-    also frees the other weights); the result is kept only if the held-out loss goes down (the report's
-    ``distillation``).
+    also frees the other weights); the held-out loss after each epoch picks the epoch kept (none, if no epoch
+    lowers it) and an epoch that raises it cuts the step size tenfold (the report's ``distillation``).
 
     ``lower`` runs the exact fast-lowering passes of :mod:`passes.lower` on the rewritten model (all by
     default; a list names them; False runs none); the report's ``lowering`` says what each changed.

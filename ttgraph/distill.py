@@ -8,7 +8,9 @@ outputs, end to end — with the compressed layers' factors and biases as the on
 ranks: the same params and MACs; ``train="all"`` also frees every other conv/matmul weight and bias). It starts
 from the compensated factors and streams the calibration source once per epoch, the original model (the
 teacher) running beside it in onnxruntime, so memory does not grow with the number of samples. Held-out inputs
-it never fits decide whether the result is kept: if their loss does not go down, the input model is returned.
+it never fits are scored after every epoch: an epoch that makes their loss worse sends the factors back to the
+best epoch so far and divides the step size by ten (a step size too large for the model costs an epoch, not the
+whole run), and the best epoch is what is returned — the input model if none beat the start.
 
 Loss per output: ``Σ(y − t)² / Σ(t − t̄)²`` (scale-free, so outputs of different magnitudes weigh alike),
 averaged over samples. An output that is a Softmax is distilled on its logits, centred over the softmax axis
@@ -39,6 +41,7 @@ __all__ = ["Distillation", "Target", "distill", "distill_targets", "factor_initi
 
 _FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
 SHUFFLE_BATCHES = 16  # samples are shuffled within a window of this many batches as the source streams past
+BACKOFF = 10  # the step size is divided by this after an epoch that makes the held-out loss worse
 
 
 def factor_initializers(model: onnx.ModelProto, layers: Sequence[str]) -> list[str]:
@@ -115,7 +118,10 @@ class Distillation:
     heldout_before: float | None
     heldout_after: float | None
     kept: bool
+    best_epoch: int = 0  # the epoch whose factors were kept (0: none beat the start)
+    step_size_reductions: int = 0
     history: list[float] = field(default_factory=list, repr=False)
+    heldout_curve: list[float] = field(default_factory=list, repr=False)  # held-out loss after each epoch
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,8 +142,33 @@ class Distillation:
             "heldout_loss_before": self.heldout_before,
             "heldout_loss_after": self.heldout_after,
             "kept": self.kept,
+            "best_epoch": self.best_epoch,
+            "step_size_reductions": self.step_size_reductions,
             "loss_curve": _curve(self.history),
+            "heldout_loss_per_epoch": self.heldout_curve,
         }
+
+
+class _Best:
+    """The factors of the epoch with the lowest held-out loss so far (epoch 0: the factors distillation started
+    from), to go back to when an epoch makes things worse and to return at the end."""
+
+    def __init__(self, params: list[Any], loss: float | None):
+        self.params, self.loss, self.epoch = params, loss, 0
+        self.saved = [p.detach().clone() for p in params]
+
+    def offer(self, loss: float, epoch: int) -> bool:
+        """Remember the current factors if ``loss`` beats the best so far; say whether it did."""
+        if not loss < self.loss:  # NaN is never better
+            return False
+        self.loss, self.epoch = loss, epoch
+        self.saved = [p.detach().clone() for p in self.params]
+        return True
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for p, saved in zip(self.params, self.saved, strict=True):
+                p.copy_(saved)
 
 
 def _curve(history: list[float], points: int = 100) -> list[float]:
@@ -293,26 +324,46 @@ def distill(
     total = epochs * per_epoch
     warmup = max(1, total // 10)  # Adam's first steps move every parameter by about lr: start small
 
-    def rate(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    # a back-off (an epoch that made the held-out loss worse) divides the step size by BACKOFF and restarts the
+    # warm-up: Adam's moments are reset with the factors, and fresh moments move every parameter by about lr
+    backoff: dict[str, float] = {"scale": 1.0, "since": 0, "cuts": 0}
 
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+    def rate(step: int) -> float:
+        cosine = 0.5 * (1 + math.cos(math.pi * max(0, step - warmup) / max(1, total - warmup)))
+        ramp = min(1.0, (step - backoff["since"] + 1) / warmup)
+        return backoff["scale"] * ramp * cosine
+
     rng = np.random.default_rng(seed)
     history: list[float] = []
+    held_curve: list[float] = []
+    best = _Best(params, held_before)
     with tqdm(total=total, desc="distill", unit="step", disable=not progress, leave=False) as bar:
         for _ in range(epochs):
             for part in _batches(_shuffled(calibration, SHUFFLE_BATCHES * batch, rng), batch):
                 optimizer.zero_grad()
                 history.append(student.loss(part, [teacher(f) for f in part], 1.0, backward=True))
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * rate(len(history) - 1)
                 optimizer.step()
-                schedule.step()
                 bar.update()
                 bar.set_postfix(loss=f"{history[-1]:.4g}")
+            if held_before is None:
+                continue
+            held_curve.append(_mean_loss(student, teacher, heldout)[0])  # type: ignore[arg-type]
+            if not best.offer(held_curve[-1], len(held_curve)):
+                # worse than the best epoch so far (a step size too large for this model, or overfitting): go
+                # back to the best factors, forget Adam's moments and continue with a smaller step
+                best.restore()
+                optimizer.state.clear()
+                backoff["scale"] /= BACKOFF
+                backoff["since"] = len(history)
+                backoff["cuts"] += 1
+                bar.set_postfix(loss=f"{history[-1]:.4g}", step_size=f"{lr * backoff['scale']:.2g}")
+    if held_before is not None:
+        best.restore()
     train_after, _ = _mean_loss(student, teacher, calibration)
-    held_after = _mean_loss(student, teacher, heldout)[0] if held_before is not None else None
-    kept = held_after < held_before if held_before is not None else train_after < train_before  # type: ignore[operator]
+    held_after = best.loss if held_before is not None else None
+    kept = best.epoch > 0 if held_before is not None else train_after < train_before
     result = compressed
     if kept:
         result = onnx.ModelProto()
@@ -339,5 +390,8 @@ def distill(
         heldout_before=held_before,
         heldout_after=held_after,
         kept=bool(kept),
+        best_epoch=best.epoch if held_before is not None else epochs,
+        step_size_reductions=int(backoff["cuts"]),
         history=history,
+        heldout_curve=held_curve,
     )

@@ -152,16 +152,21 @@ def _endtoend_figure(verification: dict[str, Any] | None) -> str | None:
     return _png(fig)
 
 
-def _loss_figure(curve: list[float]) -> str | None:
+def _loss_figure(curve: list[float], heldout: list[float]) -> str | None:
+    """The training loss along the steps, and the held-out loss after each epoch (what picks the epoch kept)."""
     if len(curve) < 2:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 2.4))
-    ax.plot(range(1, len(curve) + 1), curve, color="#4477aa")
+    ax.plot(range(1, len(curve) + 1), curve, color="#4477aa", label="calibration (per step)")
+    if heldout:
+        ends = [len(curve) * (e + 1) / len(heldout) for e in range(len(heldout))]
+        ax.plot(ends, heldout, "o--", color="#cc6677", label="held out (per epoch)")
+        ax.legend(fontsize=7)
     ax.set_yscale("log")
     ax.set_xlabel("step (averaged)", fontsize=8)
     ax.set_ylabel("loss", fontsize=8)
-    ax.set_title("distillation loss on the calibration samples", fontsize=9)
+    ax.set_title("distillation loss", fontsize=9)
     return _png(fig)
 
 
@@ -274,7 +279,11 @@ def render_html(report: Any) -> str:
     if dist and not dist.get("applied"):
         parts.append(f"<h2>Distillation</h2><p>not applied: {e(str(dist.get('reason')))}</p>")
     elif dist:
-        kept = "kept" if dist.get("kept") else "not kept: the held-out loss did not go down"
+        kept = "not kept: no epoch lowered the held-out loss"
+        if dist.get("kept"):
+            kept = f"kept the factors of epoch {dist.get('best_epoch')} (lowest held-out loss)"
+        if dist.get("step_size_reductions"):
+            kept += f"; step size divided by ten {dist['step_size_reductions']} time(s) after a worse epoch"
         parts.append(
             f"<h2>Distillation</h2><p>{dist.get('parameters')} parameters ({e(str(dist.get('train')))}), "
             f"{dist.get('epochs')} epochs, {dist.get('steps')} steps of {dist.get('batch')} samples over "
@@ -284,7 +293,7 @@ def render_html(report: Any) -> str:
             f"{_sig(dist.get('heldout_loss_before'))} → {_sig(dist.get('heldout_loss_after'))}.</p>"
         )
         parts += _before_after(dist.get("end_to_end"))
-        img = _loss_figure(dist.get("loss_curve") or [])
+        img = _loss_figure(dist.get("loss_curve") or [], dist.get("heldout_loss_per_epoch") or [])
         if img:
             parts.append(f"<img src='{img}' alt='distillation loss'>")
     weighted = any(layer.get("sensitivity") is not None for layer in layers)

@@ -106,10 +106,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=0,
         metavar="EPOCHS",
         help="then fit the compressed layers' factors to the original model's outputs by gradient descent over the "
-        "calibration samples, EPOCHS passes (needs PyTorch: pip install 'ttgraph[distill]'; kept only if the "
-        "held-out loss goes down; default 0 = off)",
+        "calibration samples, EPOCHS passes (needs PyTorch: pip install 'ttgraph[distill]'; the epoch with the "
+        "lowest held-out loss is kept, none if no epoch lowers it; default 0 = off)",
     )
-    budget.add_argument("--distill-lr", type=float, default=1e-3, metavar="LR", help="Adam step size (default 1e-3)")
+    budget.add_argument(
+        "--distill-lr",
+        type=float,
+        default=1e-3,
+        metavar="LR",
+        help="Adam step size (default 1e-3; divided by ten after each epoch that makes the held-out loss worse)",
+    )
     budget.add_argument(
         "--distill-batch", type=int, default=16, metavar="N", help="calibration samples per step (default 16)"
     )
@@ -322,6 +328,10 @@ def render(report: CompressionReport) -> str:
             f"({dist['seconds']:.1f} s): held-out loss {_number(dist['heldout_loss_before'])} → "
             f"{_number(dist['heldout_loss_after'])}"
         )
+        if dist.get("step_size_reductions"):
+            line += f", step size cut tenfold {dist['step_size_reductions']}×"
+        if dist["kept"] and dist["best_epoch"] < dist["epochs"]:
+            line += f", epoch {dist['best_epoch']} kept"
         line += _end_to_end(dist.get("end_to_end")) if dist["kept"] else "; not kept (no better on held-out samples)"
         lines.append(line)
     if report.verification:
