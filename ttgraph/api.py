@@ -594,7 +594,7 @@ def _compress_to_budget(
     held = None
     if source is not None:
         calib, held = split_holdout(source, holdout)
-        if not calib.reiterable:
+        if epochs and not calib.reiterable:
             raise TTGraphError(
                 "distill",
                 "distillation reads the calibration samples once per epoch: give a folder, a file or a list of "
