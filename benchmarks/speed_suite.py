@@ -23,7 +23,8 @@ would not see spurious boxes). ``--distill E`` then distills the compressed laye
 calibration images, the epoch kept chosen on ``--distill-holdout`` of them — more images help it: ``--calib``.
 
     python benchmarks/speed_suite.py [--models layout,det,cls] [--macs-ratios 0.5,0.7] [--budget macs|latency]
-                                     [--no-compensate] [--sensitivity N] [--distill E [--calib N]]
+                                     [--no-compensate] [--comp-samples N] [--sensitivity N]
+                                     [--distill E [--calib N]]
                                      [--out suite-out] [--markdown]
 """
 
@@ -212,6 +213,7 @@ def run_model(name: str, args: argparse.Namespace, out: Path) -> list[dict]:
             holdout=args.distill_holdout if args.distill else 0,
             lower=False,
             compensate=not args.no_compensate,
+            compensate_samples=args.comp_samples,
             sensitivity=args.sensitivity,
             distill=args.distill,
             distill_lr=args.distill_lr,
@@ -232,6 +234,7 @@ def run_model(name: str, args: argparse.Namespace, out: Path) -> list[dict]:
             "budget": args.budget,
             "macs_ratio_budget": ratio,
             "compensated": not args.no_compensate,
+            "compensation_samples": (result.report.compensation or {}).get("samples"),
             "sensitivity_samples": args.sensitivity,
             "distillation": {k: v for k, v in (result.report.distillation or {}).items() if k != "loss_curve"},
             "compress_seconds": round(seconds, 1),
@@ -309,6 +312,9 @@ def main() -> int:
     )
     parser.add_argument("--budget", choices=("macs", "latency"), default="macs", help="what the ratios bound")
     parser.add_argument("--no-compensate", action="store_true", help="per-layer fits only (no error compensation)")
+    parser.add_argument(
+        "--comp-samples", type=int, metavar="N", help="calibration images compensation reads (default: automatic)"
+    )
     parser.add_argument(
         "--sensitivity", type=int, default=0, metavar="N", help="weight the allocation by sensitivities on N images"
     )
