@@ -325,13 +325,13 @@ def distill(
     warmup = max(1, total // 10)  # Adam's first steps move every parameter by about lr: start small
 
     # a back-off (an epoch that made the held-out loss worse) divides the step size by BACKOFF and restarts the
-    # warm-up: Adam's moments are reset with the factors, and fresh moments move every parameter by about lr
-    backoff: dict[str, float] = {"scale": 1.0, "since": 0, "cuts": 0}
+    # warm-up at step ``since``: Adam's moments are reset with the factors, and fresh moments move every
+    # parameter by about lr
+    scale, since, cuts = 1.0, 0, 0
 
     def rate(step: int) -> float:
         cosine = 0.5 * (1 + math.cos(math.pi * max(0, step - warmup) / max(1, total - warmup)))
-        ramp = min(1.0, (step - backoff["since"] + 1) / warmup)
-        return backoff["scale"] * ramp * cosine
+        return scale * min(1.0, (step - since + 1) / warmup) * cosine
 
     rng = np.random.default_rng(seed)
     history: list[float] = []
@@ -355,10 +355,8 @@ def distill(
                 # back to the best factors, forget Adam's moments and continue with a smaller step
                 best.restore()
                 optimizer.state.clear()
-                backoff["scale"] /= BACKOFF
-                backoff["since"] = len(history)
-                backoff["cuts"] += 1
-                bar.set_postfix(loss=f"{history[-1]:.4g}", step_size=f"{lr * backoff['scale']:.2g}")
+                scale, since, cuts = scale / BACKOFF, len(history), cuts + 1
+                bar.set_postfix(loss=f"{history[-1]:.4g}", step_size=f"{lr * scale:.2g}")
     if held_before is not None:
         best.restore()
     train_after, _ = _mean_loss(student, teacher, calibration)
@@ -391,7 +389,7 @@ def distill(
         heldout_after=held_after,
         kept=bool(kept),
         best_epoch=best.epoch if held_before is not None else epochs,
-        step_size_reductions=int(backoff["cuts"]),
+        step_size_reductions=cuts,
         history=history,
         heldout_curve=held_curve,
     )
