@@ -100,22 +100,42 @@ def _background(rng: np.random.Generator, size: int, photos: tuple[str, ...]) ->
 def text_page(seed: int, size: int = 640, photos: tuple[str, ...] = CALIB_PHOTOS) -> np.ndarray:
     """A rendered page of text lines (RGB uint8, ``size``²): varied fonts, sizes, colours, backgrounds
     (photo backgrounds are crops of ``photos``)."""
+    return text_page_lines(seed, size, photos)[0]
+
+
+def text_page_lines(
+    seed: int, size: int = 640, photos: tuple[str, ...] = CALIB_PHOTOS
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """:func:`text_page` and where its lines are: one 4×2 float polygon per line (the ink's bounding box, turned
+    with the page when the page is rotated; clipped to the page), the ground truth a text detector should find."""
     rng = np.random.default_rng(seed)
     img, dark = _background(rng, size, photos)
     draw = ImageDraw.Draw(img)
+    boxes = []
     y = int(rng.integers(5, 40))
     while y < size - 20:
         font_size = int(rng.choice([14, 18, 22, 26, 32, 40, 52]))
         x = int(rng.integers(5, size // 3))
         words = [WORDS[int(i)] for i in rng.integers(len(WORDS), size=int(rng.integers(1, 9)))]
         colour = rng.integers(185, 256, 3) if dark else rng.integers(0, 80, 3)
-        draw.text((x, y), " ".join(words), fill=tuple(int(v) for v in colour), font=_font(rng, font_size))
+        font = _font(rng, font_size)
+        text = " ".join(words)
+        draw.text((x, y), text, fill=tuple(int(v) for v in colour), font=font)
+        left, top, right, bottom = draw.textbbox((x, y), text, font=font)
+        right, bottom = min(right, size), min(bottom, size)
+        if right > left and bottom > top:
+            boxes.append(np.array([[left, top], [right, top], [right, bottom], [left, bottom]], np.float64))
         y += int(font_size * rng.uniform(1.3, 2.6))
     if rng.random() < 0.3:
-        img = img.rotate(float(rng.uniform(-4, 4)), resample=Image.BILINEAR, fillcolor=img.getpixel((0, 0)))
+        angle = float(rng.uniform(-4, 4))
+        img = img.rotate(angle, resample=Image.BILINEAR, fillcolor=img.getpixel((0, 0)))
+        # PIL turns the page counter-clockwise about its centre; y points down
+        c, s, mid = np.cos(np.radians(angle)), np.sin(np.radians(angle)), size / 2
+        turn = np.array([[c, -s], [s, c]])
+        boxes = [np.clip((b - mid) @ turn + mid, 0, size) for b in boxes]
     if rng.random() < 0.2:
         img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.0))))
-    return np.asarray(img)
+    return np.asarray(img), [b.astype(np.float32) for b in boxes]
 
 
 def det_image(kind: str, index: int, size: int = 640) -> np.ndarray:
@@ -135,6 +155,11 @@ def det_images(kind: str, count: int, size: int = 640) -> list[np.ndarray]:
 def heldout_pages(count: int, size: int = 640) -> list[np.ndarray]:
     """``count`` rendered pages only (what a text detector is for), disjoint from every calibration image."""
     return [text_page(200_000 + i, size, HELDOUT_PHOTOS) for i in range(count)]
+
+
+def heldout_page_lines(count: int, size: int = 640) -> list[list[np.ndarray]]:
+    """The line polygons of the pages of :func:`heldout_pages` (same seeds)."""
+    return [text_page_lines(200_000 + i, size, HELDOUT_PHOTOS)[1] for i in range(count)]
 
 
 def write_images(images: list[np.ndarray], folder: Path) -> Path:
