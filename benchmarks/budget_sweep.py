@@ -24,6 +24,14 @@ took is printed per budget.
 With ``--distill E`` the allocated and compensated rewrite is then distilled (:mod:`ttgraph.distill`, E epochs
 over ``--distill-samples`` calibration inputs — the first ones of the same generated set, disjoint from the
 held-out inputs; the keep-or-not decision reads further inputs of neither set) and scored in one more column.
+
+With ``--task`` each budget also gets a line on what the OCR pipeline the models ship in (rapidocr, its own
+post-processing and settings: ``tests/ocr_metrics.py``) would do with the allocated rewrite's outputs (and the
+compensated and distilled ones'): for ``det`` the F1 of its text boxes (IoU ≥ 0.5) against the original's boxes
+and against the rendered lines themselves; for ``cls`` how often it turns a line over exactly when the original
+does (rapidocr turns one over on "180" above its ``cls_thresh``), how many lines end the right way up, its accuracy
+against the rendered orientation,
+and its top-1 agreement on the lines the original is sure of (top score ≥ ``cls_thresh``) and on the others.
 """
 
 from __future__ import annotations
@@ -37,7 +45,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.calib_material import binary_iou, det_image, heldout_pages, text_line_image  # noqa: E402
+from tests.calib_material import (  # noqa: E402
+    binary_iou,
+    det_image,
+    heldout_page_lines,
+    heldout_pages,
+    text_line_image,
+)
 from ttgraph.allocate import Budget, allocate, uniform_allocation  # noqa: E402
 from ttgraph.api import _analyse, rewrite_allocation  # noqa: E402
 from ttgraph.calibration import PRESETS, collect_statistics  # noqa: E402
@@ -68,6 +82,56 @@ def matched_uniform(layers, total: int, metric: str, by: str):
     return uniform_allocation(layers, hi, metric, by=by)
 
 
+class PipelineView:
+    """The ``--task`` view: what rapidocr would do with held-out outputs, against the original's and the truth."""
+
+    def __init__(self, model: str, reference: list[np.ndarray], count: int) -> None:
+        from tests.ocr_metrics import box_score, rapidocr_config, text_boxes, turned_over
+
+        self.model, self._box_score, self._text_boxes, self._turned_over = model, box_score, text_boxes, turned_over
+        if model == "det":
+            self.lines = heldout_page_lines(count)
+            self.boxes = [text_boxes(r) for r in reference]
+            lines = box_score(self.lines, self.boxes)
+            self.original = (
+                f"{lines.found} text boxes on {count} pages, F1 {lines.f1:.3f} against the {lines.reference} "
+                f"rendered lines (precision {lines.precision:.3f}, recall {lines.recall:.3f})"
+            )
+        else:
+            self.probs = np.stack([np.ravel(r) for r in reference])
+            self.truth = np.arange(count) % 2 == 1  # held-out line i is rendered upside down when i is odd
+            self.flip = [str(label) for label in rapidocr_config()["Cls"]["label_list"]].index("180")
+            self.turned = turned_over(self.probs)
+            self.sure = self.probs.max(axis=1) >= float(rapidocr_config()["Cls"]["cls_thresh"])
+            self.original = (
+                f"top-1 accuracy {self._accuracy(self.probs):.4f} against the rendered orientation, sure of "
+                f"{self.sure.sum()} of {count} lines, turns over {self.turned.sum()} ({self.truth.sum()} are "
+                f"upside down): {np.mean(self.turned == self.truth):.4f} of the lines end the right way up"
+            )
+
+    def _accuracy(self, probs: np.ndarray) -> float:
+        return float(np.mean((probs.argmax(axis=1) == self.flip) == self.truth))
+
+    def summary(self, outs: list[np.ndarray]) -> str:
+        if self.model == "det":
+            boxes = [self._text_boxes(o) for o in outs]
+            same, lines = self._box_score(self.boxes, boxes), self._box_score(self.lines, boxes)
+            return (
+                f"box F1 {same.f1:.3f} against the original's boxes (precision {same.precision:.3f}, recall "
+                f"{same.recall:.3f}), {lines.f1:.3f} against the rendered lines ({lines.found} boxes, precision "
+                f"{lines.precision:.3f}, recall {lines.recall:.3f})"
+            )
+        probs = np.stack([np.ravel(o) for o in outs])
+        agree = probs.argmax(axis=1) == self.probs.argmax(axis=1)
+        turned = self._turned_over(probs)
+        return (
+            f"turns over as the original {np.mean(turned == self.turned):.4f}, right way up "
+            f"{np.mean(turned == self.truth):.4f}, "
+            f"accuracy {self._accuracy(probs):.4f}, top-1 agreement {agree[self.sure].mean():.4f} where the "
+            f"original is sure, {agree[~self.sure].mean():.4f} on its other {int((~self.sure).sum())} lines"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", choices=sorted(SETUPS))
@@ -81,6 +145,9 @@ def main() -> int:
     parser.add_argument("--distill", type=int, default=0, metavar="E", help="also distill E epochs (needs torch)")
     parser.add_argument("--distill-samples", type=int, metavar="N", help="calibration inputs distillation reads")
     parser.add_argument("--distill-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--task", action="store_true", help="also what rapidocr would do with the outputs (boxes, rotations)"
+    )
     parser.add_argument(
         "--sensitivity",
         type=int,
@@ -153,12 +220,20 @@ def main() -> int:
         )
         return result.model, time.perf_counter() - start
 
-    def score(alloc, layers, fits=None, rewritten=None) -> float:
+    tasks: list[str] = []  # the --task summaries of the row being measured
+
+    def score(alloc, layers, fits=None, rewritten=None, task: str | None = None) -> float:
         sess = session(rewritten if rewritten is not None else rewrite_allocation(model, layers, alloc, fits))
         outs = [sess.run(None, {"x": x})[0] for x in held]
+        if args.task and task:
+            tasks.append(f"{task}: {pipeline.summary(outs)}")
         if args.model == "det":
             return binary_iou(reference, outs)
         return float(np.mean([a.argmax() == b.argmax() for a, b in zip(reference, outs, strict=True)]))
+
+    if args.task:
+        pipeline = PipelineView(args.model, reference, n_held)
+        print(f"task view (rapidocr's post-processing), original: {pipeline.original}")
 
     if args.sensitivity:
         feeds = comp_feeds[: args.sensitivity]
@@ -192,17 +267,23 @@ def main() -> int:
             if layers is data:
                 picks.append(matched_uniform(layers, alloc.cost_after, metric, "rank"))
             for k, chosen in enumerate(picks):
-                cells.append(f"{score(chosen, layers):.4f} ({chosen.ratio:.3f})")
+                main = layers is data and k == 0  # the allocated data-aware rewrite: the --task view follows it
+                cells.append(f"{score(chosen, layers, task='alloc' if main else None):.4f} ({chosen.ratio:.3f})")
                 if args.compensate and layers is data and k in (0, 2):
                     fits, took = compensated(chosen, layers)
-                    cells.append(f"{score(chosen, layers, fits):.4f} ({chosen.ratio:.3f})")
+                    got = score(chosen, layers, fits, task="+comp" if main else None)
+                    cells.append(f"{got:.4f} ({chosen.ratio:.3f})")
                     seconds.append(f"{took:.0f}")
                     if args.distill and k == 0:
                         rewritten, took = distilled(chosen, layers, fits)
-                        cells.append(f"{score(chosen, layers, rewritten=rewritten):.4f} ({chosen.ratio:.3f})")
+                        got = score(chosen, layers, rewritten=rewritten, task="+distill")
+                        cells.append(f"{got:.4f} ({chosen.ratio:.3f})")
                         seconds.append(f"{took:.0f}")
         tail = ("  " + "/".join(seconds)) if seconds else ""
         print(f"{ratio:>6}  " + "  ".join(f"{c:>16}" for c in cells) + tail, flush=True)
+        for line in tasks:
+            print(f"{'':>6}  task view, {line}", flush=True)
+        tasks.clear()
     return 0
 
 
