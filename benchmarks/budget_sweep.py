@@ -30,8 +30,8 @@ post-processing and settings: ``tests/ocr_metrics.py``) would do with the alloca
 compensated and distilled ones'): for ``det`` the F1 of its text boxes (IoU ≥ 0.5) against the original's boxes
 and against the rendered lines themselves; for ``cls`` how often it turns a line over exactly when the original
 does (rapidocr turns one over on "180" above its ``cls_thresh``), how many lines end the right way up, its accuracy
-against the rendered orientation,
-and its top-1 agreement on the lines the original is sure of (top score ≥ ``cls_thresh``) and on the others.
+against the rendered orientation, and its top-1 agreement on the lines the original is sure of (top score ≥
+``cls_thresh``) and on the others.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from tests.calib_material import (  # noqa: E402
     heldout_pages,
     text_line_image,
 )
+from tests.ocr_metrics import box_score, rapidocr_config, text_boxes, turned_over  # noqa: E402
 from ttgraph.allocate import Budget, allocate, uniform_allocation  # noqa: E402
 from ttgraph.api import _analyse, rewrite_allocation  # noqa: E402
 from ttgraph.calibration import PRESETS, collect_statistics  # noqa: E402
@@ -86,9 +87,7 @@ class PipelineView:
     """The ``--task`` view: what rapidocr would do with held-out outputs, against the original's and the truth."""
 
     def __init__(self, model: str, reference: list[np.ndarray], count: int) -> None:
-        from tests.ocr_metrics import box_score, rapidocr_config, text_boxes, turned_over
-
-        self.model, self._box_score, self._text_boxes, self._turned_over = model, box_score, text_boxes, turned_over
+        self.model = model
         if model == "det":
             self.lines = heldout_page_lines(count)
             self.boxes = [text_boxes(r) for r in reference]
@@ -114,8 +113,8 @@ class PipelineView:
 
     def summary(self, outs: list[np.ndarray]) -> str:
         if self.model == "det":
-            boxes = [self._text_boxes(o) for o in outs]
-            same, lines = self._box_score(self.boxes, boxes), self._box_score(self.lines, boxes)
+            boxes = [text_boxes(o) for o in outs]
+            same, lines = box_score(self.boxes, boxes), box_score(self.lines, boxes)
             return (
                 f"box F1 {same.f1:.3f} against the original's boxes (precision {same.precision:.3f}, recall "
                 f"{same.recall:.3f}), {lines.f1:.3f} against the rendered lines ({lines.found} boxes, precision "
@@ -123,7 +122,7 @@ class PipelineView:
             )
         probs = np.stack([np.ravel(o) for o in outs])
         agree = probs.argmax(axis=1) == self.probs.argmax(axis=1)
-        turned = self._turned_over(probs)
+        turned = turned_over(probs)
         return (
             f"turns over as the original {np.mean(turned == self.turned):.4f}, right way up "
             f"{np.mean(turned == self.truth):.4f}, "
@@ -267,11 +266,11 @@ def main() -> int:
             if layers is data:
                 picks.append(matched_uniform(layers, alloc.cost_after, metric, "rank"))
             for k, chosen in enumerate(picks):
-                main = layers is data and k == 0  # the allocated data-aware rewrite: the --task view follows it
-                cells.append(f"{score(chosen, layers, task='alloc' if main else None):.4f} ({chosen.ratio:.3f})")
+                shown = layers is data and k == 0  # the allocated data-aware rewrite: the --task view follows it
+                cells.append(f"{score(chosen, layers, task='alloc' if shown else None):.4f} ({chosen.ratio:.3f})")
                 if args.compensate and layers is data and k in (0, 2):
                     fits, took = compensated(chosen, layers)
-                    got = score(chosen, layers, fits, task="+comp" if main else None)
+                    got = score(chosen, layers, fits, task="+comp" if shown else None)
                     cells.append(f"{got:.4f} ({chosen.ratio:.3f})")
                     seconds.append(f"{took:.0f}")
                     if args.distill and k == 0:
