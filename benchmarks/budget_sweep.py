@@ -30,7 +30,7 @@ post-processing and settings: ``tests/ocr_metrics.py``) would do with the alloca
 compensated and distilled ones'): for ``det`` the F1 of its text boxes (IoU ≥ 0.5) against the original's boxes
 and against the rendered lines themselves; for ``cls`` how often it turns a line over exactly when the original
 does (rapidocr turns one over on "180" above its ``cls_thresh``), how many lines end the right way up, its accuracy
-against the rendered orientation, and its top-1 agreement on the lines the original is sure of (top score ≥
+against the rendered orientation, and its top-1 agreement on the lines the original is sure of (top score above
 ``cls_thresh``) and on the others.
 """
 
@@ -52,7 +52,7 @@ from tests.calib_material import (  # noqa: E402
     heldout_pages,
     text_line_image,
 )
-from tests.ocr_metrics import box_score, rapidocr_config, text_boxes, turned_over  # noqa: E402
+from tests.ocr_metrics import box_score, says_upside_down, sure, text_boxes, turned_over  # noqa: E402
 from ttgraph.allocate import Budget, allocate, uniform_allocation  # noqa: E402
 from ttgraph.api import _analyse, rewrite_allocation  # noqa: E402
 from ttgraph.calibration import PRESETS, collect_statistics  # noqa: E402
@@ -99,9 +99,8 @@ class PipelineView:
         else:
             self.probs = np.stack([np.ravel(r) for r in reference])
             self.truth = np.arange(count) % 2 == 1  # held-out line i is rendered upside down when i is odd
-            self.flip = [str(label) for label in rapidocr_config()["Cls"]["label_list"]].index("180")
             self.turned = turned_over(self.probs)
-            self.sure = self.probs.max(axis=1) >= float(rapidocr_config()["Cls"]["cls_thresh"])
+            self.sure = sure(self.probs)
             self.original = (
                 f"top-1 accuracy {self._accuracy(self.probs):.4f} against the rendered orientation, sure of "
                 f"{self.sure.sum()} of {count} lines, turns over {self.turned.sum()} ({self.truth.sum()} are "
@@ -109,7 +108,7 @@ class PipelineView:
             )
 
     def _accuracy(self, probs: np.ndarray) -> float:
-        return float(np.mean((probs.argmax(axis=1) == self.flip) == self.truth))
+        return float(np.mean(says_upside_down(probs) == self.truth))
 
     def summary(self, outs: list[np.ndarray]) -> str:
         if self.model == "det":

@@ -89,11 +89,20 @@ def box_score(reference: list[list[np.ndarray]], found: list[list[np.ndarray]], 
     return BoxScore(matched, sum(map(len, reference)), sum(map(len, found)))
 
 
-def turned_over(probs: np.ndarray) -> np.ndarray:
-    """Per text line (rows of the classifier's ``N×2`` softmax, labels as in rapidocr's ``label_list``):
-    whether rapidocr rotates it — label "180" and score above ``cls_thresh``."""
-    cls = rapidocr_config()["Cls"]
+def sure(probs: np.ndarray) -> np.ndarray:
+    """Per text line (rows of the classifier's ``N×C`` softmax): whether its top score is above rapidocr's
+    ``cls_thresh`` — the only lines rapidocr acts on."""
     probs = np.asarray(probs).reshape(len(probs), -1)
-    flip = [i for i, label in enumerate(cls["label_list"]) if "180" in str(label)]
-    best = probs.argmax(axis=1)
-    return np.isin(best, flip) & (probs.max(axis=1) > float(cls["cls_thresh"]))
+    return probs.max(axis=1) > float(rapidocr_config()["Cls"]["cls_thresh"])
+
+
+def says_upside_down(probs: np.ndarray) -> np.ndarray:
+    """Per text line: whether the classifier's top label is rapidocr's "180"."""
+    probs = np.asarray(probs).reshape(len(probs), -1)
+    flip = [i for i, label in enumerate(rapidocr_config()["Cls"]["label_list"]) if "180" in str(label)]
+    return np.isin(probs.argmax(axis=1), flip)
+
+
+def turned_over(probs: np.ndarray) -> np.ndarray:
+    """Per text line: whether rapidocr rotates it — label "180" and score above ``cls_thresh``."""
+    return says_upside_down(probs) & sure(probs)
