@@ -136,6 +136,31 @@ def test_image_folder_is_read_sorted_resized_and_normalized(tmp_path):
     assert not np.allclose(bgr, x)  # channel order matters
 
 
+@pytest.mark.parametrize(
+    "spec", ["paddleocr-det,size=8x12", "imagenet,size=8x12,layout=nhwc", "channels=gray,size=8x12"]
+)
+def test_grey_level_noise_is_one_grey_level_of_the_image_within_its_range(spec):
+    """In the image's own units the noise is -1, 0 or +1 grey level per pixel and channel, and never takes a
+    pixel outside 0..255 (a black or white pixel moves one way only)."""
+    pre = parse_preprocess(spec)
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (8, 12, 3)).astype(np.uint8)
+    img[0], img[1] = 0, 255
+    x = pre.apply(img)
+    noisy = pre.grey_level_noise(seed=4)(x)
+    assert noisy.dtype == x.dtype and noisy.shape == x.shape
+
+    def grey(t):  # the preprocessing undone: channels in the model's order, grey levels
+        t = t[0] if pre.layout == "NHWC" else t[0].transpose(1, 2, 0)
+        return (t * np.asarray(pre.std) + np.asarray(pre.mean)) / pre.scale
+
+    moved = grey(noisy) - grey(x)
+    np.testing.assert_allclose(moved, np.round(moved), atol=1e-3)
+    assert set(np.round(moved).ravel().tolist()) == {-1.0, 0.0, 1.0}
+    assert grey(noisy).min() > -1e-3 and grey(noisy).max() < 255 + 1e-3
+    assert np.all(moved[0] > -1e-3) and np.all(moved[1] < 1e-3)
+
+
 def test_dynamic_image_input_needs_a_size_and_says_so(tmp_path):
     folder = write_images(tmp_path / "imgs", 2)
     model = conv_model(3, 4, hw=("h", "w"))

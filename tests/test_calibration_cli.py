@@ -71,7 +71,11 @@ def test_budget_from_an_image_folder_writes_model_report_and_html(setup, tmp_pat
                 "calibration_error", "heldout_error", "kept_dense_reason", "curve"):  # fmt: skip
         assert key in layer
     assert data["verification"]["samples"] == 3 and data["verification"]["outputs"][0]["rel_l2"] < 1
+    # for scale, the original against itself under ±1 grey level of noise on the held-out images: small, not nil
+    moved = data["verification"]["original_under_input_noise"]
+    assert moved["samples"] == 3 and 0 < moved["outputs"][0]["rel_l2"] < 0.05
     text = page.read_text()
+    assert "the original under ±1 grey level" in text
     assert text.count("<img") >= 3 and "conv1" in text
     onnx.checker.check_model(onnx.load(out))
     comp = data["compensation"]  # on by default
@@ -93,6 +97,7 @@ def test_no_compensate_and_compensate_samples_options(setup, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "b.json").read_text())["compensation"]["samples"] == 4
     assert "compensated" in proc.stdout and "held out" in proc.stdout
+    assert "for scale, the original under ±1 grey level" in proc.stdout
 
 
 def test_params_budget_from_npy_and_error_cap(setup, tmp_path):
@@ -100,9 +105,14 @@ def test_params_budget_from_npy_and_error_cap(setup, tmp_path):
     arr = np.random.default_rng(2).standard_normal((10, 3, 24, 24)).astype(np.float32)
     np.save(tmp_path / "x.npy", arr)
     out = tmp_path / "out.onnx"
-    proc = ttgraph_cli("compress", model, "-o", out, "--calib", tmp_path / "x.npy", "--params-ratio", "0.7")
+    proc = ttgraph_cli(
+        "compress", model, "-o", out, "--calib", tmp_path / "x.npy", "--params-ratio", "0.7", "--report",
+        tmp_path / "r.json",
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "budget params" in proc.stdout and "held-out" in proc.stdout
+    # samples that are not images have no grey level: no yardstick rather than a made-up one
+    assert "original_under_input_noise" not in json.loads((tmp_path / "r.json").read_text())["verification"]
     proc = ttgraph_cli("compress", model, "-o", out, "--calib", tmp_path / "x.npy", "--max-error", "0.2")
     assert proc.returncode == 0, proc.stderr
 

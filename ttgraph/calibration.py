@@ -131,6 +131,29 @@ class Preprocess:
             x = x.transpose(2, 0, 1)
         return np.ascontiguousarray(x[None], dtype=dtype)
 
+    def grey_level_noise(self, levels: int = 1, seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+        """A function adding ±``levels`` grey levels of uniform integer noise to inputs made by :meth:`apply`
+        (clipped to what a 0..255 image gives): a change to the image no one would see, and so a yardstick for
+        how much any change to the model moves its outputs.
+
+        >>> add = PRESETS["unit"].grey_level_noise(seed=1)
+        >>> x = PRESETS["unit"].with_size((2, 2)).apply(np.full((2, 2, 3), 128, np.uint8))
+        >>> np.unique(np.round((add(x) - x) * 255)).tolist()
+        [-1.0, 0.0, 1.0]
+        """
+        rng = np.random.default_rng(seed)
+        shape = (1, -1, 1, 1) if self.layout == "NCHW" else (1, 1, 1, -1)
+        mean, std = np.asarray(self.mean, np.float64), np.asarray(self.std, np.float64)
+        step = (self.scale / std).reshape(shape)
+        black, white = (-mean / std).reshape(shape), ((255 * self.scale - mean) / std).reshape(shape)
+        low, high = np.minimum(black, white), np.maximum(black, white)
+
+        def add(x: np.ndarray) -> np.ndarray:
+            noisy = x + rng.integers(-levels, levels + 1, x.shape) * step
+            return np.clip(noisy, low, high).astype(x.dtype)
+
+        return add
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -239,6 +262,8 @@ class CalibrationSource:
     reiterable: bool
     description: str
     fetch: Callable[[int], dict[str, np.ndarray]] | None = field(default=None, repr=False)
+    # images: (input name, the preprocessing that made it), so a report can say what a grey level does
+    images: tuple[str, Preprocess] | None = field(default=None, repr=False)
     _used: bool = field(default=False, repr=False)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
@@ -314,7 +339,12 @@ def image_source(
 
     where = paths[0].parent if paths else "?"
     return CalibrationSource(
-        lambda: (fetch(i) for i in range(len(paths))), len(paths), True, f"{len(paths)} images in {where}", fetch
+        lambda: (fetch(i) for i in range(len(paths))),
+        len(paths),
+        True,
+        f"{len(paths)} images in {where}",
+        fetch,
+        (name, spec),
     )
 
 
@@ -569,9 +599,9 @@ def split_holdout(source: CalibrationSource, holdout: int | float) -> tuple[Cali
         def picker(indices: list[int]) -> Callable[[int], dict[str, np.ndarray]] | None:
             return None if fetch is None else (lambda k: fetch(indices[k]))
 
-        calib = CalibrationSource(part(kept), len(kept), True, source.description, picker(kept))
+        calib = CalibrationSource(part(kept), len(kept), True, source.description, picker(kept), source.images)
         heldout = CalibrationSource(
-            part(held), len(held), True, f"{len(held)} held out of {source.description}", picker(held)
+            part(held), len(held), True, f"{len(held)} held out of {source.description}", picker(held), source.images
         )
         return calib, heldout
     if source.length is not None:

@@ -12,7 +12,7 @@ took no part in calibration and reports, per model output,
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -43,10 +43,14 @@ def heldout_fidelity(
     *,
     iou_threshold: float = IOU_THRESHOLD,
     source: str = "<model>",
+    perturb: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Compare both models on ``feeds``: ``{"samples": n, "outputs": [per-output dict]}`` (module docstring)."""
+    """Compare both models on ``feeds``: ``{"samples": n, "outputs": [per-output dict]}`` (module docstring).
+
+    With ``perturb`` the second model reads every input array changed by it: the original against itself under
+    input noise is the yardstick :func:`ttgraph.api.compress` reports beside the rewritten model's fidelity."""
     a = session(original, name=source)
-    b = session(rewritten, name=f"{source} (rewritten)")
+    b = a if rewritten is original else session(rewritten, name=f"{source} (rewritten)")
     names = [o.name for o in a.get_outputs()]
     acc: dict[str, dict[str, Any]] = {
         n: {"diff_sq": 0.0, "ref_sq": 0.0, "max_abs": 0.0, "peak": 0.0, "agree": 0, "count": 0, "inter": 0, "union": 0}
@@ -58,7 +62,7 @@ def heldout_fidelity(
     for feed in feeds:
         check_feed(inputs, feed, f"{source}: held-out input {samples}")
         refs = a.run(names, dict(feed))
-        gots = b.run(names, dict(feed))
+        gots = b.run(names, {k: perturb(v) for k, v in feed.items()} if perturb else dict(feed))
         samples += 1
         for name, ref, got in zip(names, refs, gots, strict=True):
             r, g = np.asarray(ref, np.float64), np.asarray(got, np.float64)

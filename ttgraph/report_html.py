@@ -251,7 +251,15 @@ def render_html(report: Any) -> str:
                 f"<tr><td class='l'>{e(out['name'])}</td><td>{out['rel_l2']:.4g}</td><td>{out['max_abs']:.4g}</td>"
                 f"<td>{_err(out.get('top1_agreement'))}</td><td>{_err(out.get('binary_iou'))}</td></tr>"
             )
-        parts.append(f"</table><p>{e(str(ver.get('inputs', '')))}</p>")
+        noisy = ver.get("original_under_input_noise")
+        for out in (noisy or {}).get("outputs", []):
+            parts.append(
+                f"<tr><td class='l'>for scale: the original under ±1 grey level, {e(out['name'])}</td>"
+                f"<td>{out['rel_l2']:.4g}</td><td>{out['max_abs']:.4g}</td>"
+                f"<td>{_err(out.get('top1_agreement'))}</td><td>{_err(out.get('binary_iou'))}</td></tr>"
+            )
+        note = f" The last rows: the original against itself, {noisy['noise']}." if noisy else ""
+        parts.append(f"</table><p>{e(str(ver.get('inputs', '')) + note)}</p>")
         img = _endtoend_figure(ver)
         if img:
             parts.append(f"<img src='{img}' alt='end-to-end error'>")

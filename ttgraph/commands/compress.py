@@ -164,6 +164,19 @@ def _end_to_end(ends: dict | None) -> str:
     return text
 
 
+def _fidelity(out: dict) -> str:
+    """One output's line of the verification: ``max |Δ| …, rel L2 …, IoU(>0.3) …``."""
+    text = f"max |Δ| {out['max_abs']:.3g}"
+    if "max_rel" in out:
+        text += f", max rel {out['max_rel']:.3g}"
+    text += f", rel L2 {out['rel_l2']:.3g}"
+    if "top1_agreement" in out:
+        text += f", top-1 agreement {out['top1_agreement']:.4f}"
+    if "binary_iou" in out:
+        text += f", IoU(>{out['iou_threshold']:g}) {out['binary_iou']:.4f}"
+    return text
+
+
 def _holdout(text: str) -> int | float:
     try:
         value = float(text)
@@ -335,16 +348,12 @@ def render(report: CompressionReport) -> str:
         line += _end_to_end(dist.get("end_to_end")) if dist["kept"] else "; not kept (no better on held-out samples)"
         lines.append(line)
     if report.verification:
+        noisy = report.verification.get("original_under_input_noise") or {}
+        moved = {out["name"]: out for out in noisy.get("outputs", [])}
         for out in report.verification["outputs"]:
-            text = f"output {out['name']}: max |Δ| {out['max_abs']:.3g}"
-            if "max_rel" in out:
-                text += f", max rel {out['max_rel']:.3g}"
-            text += f", rel L2 {out['rel_l2']:.3g}"
-            if "top1_agreement" in out:
-                text += f", top-1 agreement {out['top1_agreement']:.4f}"
-            if "binary_iou" in out:
-                text += f", IoU(>{out['iou_threshold']:g}) {out['binary_iou']:.4f}"
-            lines.append(f"{text} ({report.verification['inputs']})")
+            lines.append(f"output {out['name']}: {_fidelity(out)} ({report.verification['inputs']})")
+            if out["name"] in moved:
+                lines.append(f"  for scale, the original under {noisy['noise']}: {_fidelity(moved[out['name']])}")
     else:
         lines.append("not verified: the model has dynamic input dims (fix them with --input-shape)")
     return "\n".join(lines)
