@@ -343,20 +343,21 @@ def compress(
     finds cheapest under ``plan_cost`` ("flops" or "roofline"). ``verify_feeds`` are inputs on which the result is
     compared with the original in onnxruntime (the report's ``verification``).
 
-    **Or a global budget from calibration data** instead of a rank rule: ``macs_ratio`` (MACs of the rewritten
-    1×1 layers, as emitted, over the original 1×1 MACs), ``params_ratio``, and/or ``max_error`` (a cap on
-    every layer's calibration output error). ``calibration`` is a folder of images or an image (read with
-    ``preprocess``, see :func:`ttgraph.calibration.parse_preprocess`), a ``.npy``/``.npz`` file, an iterable of
-    feed dicts or an onnxruntime ``CalibrationDataReader``; ``holdout`` samples (a count or a fraction) are set
-    aside for verification. Per layer, candidates of order 1..``cores`` are fitted to the calibration
-    statistics (``method="data"``; ``"weight"`` is the data-free SVD baseline) and the allocation picks one per
-    layer, or keeps it dense (:mod:`ttgraph.decompose`, :mod:`ttgraph.allocate`). Low-rank ranks are
-    multiples of ``rank_multiple`` (16 suits AVX-512 onnxruntime kernels). ``compensate`` (data-aware budgets
-    with a re-readable calibration source) then refits the compressed layers, in dependency order, to the
-    original layers' outputs given the compressed network's inputs on the first ``compensate_samples``
-    calibration samples (None: as many as hold :data:`COMPENSATE_ELEMENTS` input values, at least 8 — 8 images
-    at 640×640, 303 lines at 48×192), see :mod:`ttgraph.compensate`; the report's ``compensation`` gives
-    per-layer and end-to-end held-out errors before and after.
+    **Or a global budget from calibration data** instead of a rank rule: ``macs_ratio`` (MACs of the rewritten 1×1
+    layers, as emitted, over the original 1×1 MACs), ``params_ratio``, and/or ``max_error`` (a cap on every layer's
+    calibration output error). ``calibration`` is a folder of images or an image (read with ``preprocess``, see
+    :func:`ttgraph.calibration.parse_preprocess`), a ``.npy``/``.npz`` file, an iterable of feed dicts or an
+    onnxruntime ``CalibrationDataReader``; ``holdout`` samples (a count or a fraction) are set aside for
+    verification (with images, ``verification["original_under_input_noise"]`` gives, for scale, the original against
+    itself when those images change by ±1 grey level). Per layer, candidates of order 1..``cores`` are fitted to the
+    calibration statistics (``method="data"``; ``"weight"`` is the data-free SVD baseline) and the allocation picks
+    one per layer, or keeps it dense (:mod:`ttgraph.decompose`, :mod:`ttgraph.allocate`). Low-rank ranks are
+    multiples of ``rank_multiple`` (16 suits AVX-512 onnxruntime kernels). ``compensate`` (data-aware budgets with a
+    re-readable calibration source) then refits the compressed layers, in dependency order, to the original layers'
+    outputs given the compressed network's inputs on the first ``compensate_samples`` calibration samples (None: as
+    many as hold :data:`COMPENSATE_ELEMENTS` input values, at least 8 — 8 images at 640×640, 303 lines at 48×192),
+    see :mod:`ttgraph.compensate`; the report's ``compensation`` gives per-layer and end-to-end held-out errors
+    before and after.
 
     ``latency_ratio`` is a budget on the 1×1 layers' time measured in onnxruntime at ``latency_threads``
     (:func:`ttgraph.latency.attach_latencies`: each layer's dense and low-rank forms timed A/B, cached on disk)
