@@ -246,16 +246,15 @@ def render_html(report: Any) -> str:
             "<h2>End-to-end fidelity on held-out inputs</h2><table><tr><th class='l'>output</th>"
             "<th>rel L2</th><th>max |Δ|</th><th>top-1 agreement</th><th>binary IoU</th></tr>"
         )
-        for out in ver.get("outputs", []):
-            parts.append(
-                f"<tr><td class='l'>{e(out['name'])}</td><td>{out['rel_l2']:.4g}</td><td>{out['max_abs']:.4g}</td>"
-                f"<td>{_err(out.get('top1_agreement'))}</td><td>{_err(out.get('binary_iou'))}</td></tr>"
-            )
         noisy = ver.get("original_under_input_noise")
-        for out in (noisy or {}).get("outputs", []):
+        fidelity = [(out["name"], out) for out in ver.get("outputs", [])]
+        fidelity += [
+            (f"for scale: the original under ±1 grey level, {out['name']}", out)
+            for out in (noisy or {}).get("outputs", [])
+        ]
+        for label, out in fidelity:
             parts.append(
-                f"<tr><td class='l'>for scale: the original under ±1 grey level, {e(out['name'])}</td>"
-                f"<td>{out['rel_l2']:.4g}</td><td>{out['max_abs']:.4g}</td>"
+                f"<tr><td class='l'>{e(label)}</td><td>{out['rel_l2']:.4g}</td><td>{out['max_abs']:.4g}</td>"
                 f"<td>{_err(out.get('top1_agreement'))}</td><td>{_err(out.get('binary_iou'))}</td></tr>"
             )
         note = f" The last rows: the original against itself, {noisy['noise']}." if noisy else ""
