@@ -48,9 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.calib_material import (  # noqa: E402
     binary_iou,
     det_image,
+    heldout_lines,
     heldout_page_lines,
     heldout_pages,
     text_line_image,
+    top1_agreement,
 )
 from tests.ocr_metrics import box_score, says_upside_down, sure, text_boxes, turned_over  # noqa: E402
 from ttgraph.allocate import Budget, allocate, uniform_allocation  # noqa: E402
@@ -165,7 +167,7 @@ def main() -> int:
         held = [pre.apply(img) for img in heldout_pages(n_held, shape[2])]
     else:
         calib = (pre.apply(text_line_image(i, i % 2 == 1)) for i in range(n_cal))
-        held = [pre.apply(text_line_image(1_000_000 + i, i % 2 == 1)) for i in range(n_held)]
+        held = [pre.apply(img) for img in heldout_lines(n_held)]
     start = time.perf_counter()
     stats = collect_statistics(model, found.candidates, ({"x": x} for x in calib), progress=True, total=n_cal)
     print(f"{args.model}: calibrated on {stats.samples} images in {time.perf_counter() - start:.1f} s")
@@ -227,7 +229,7 @@ def main() -> int:
             tasks.append(f"{task}: {pipeline.summary(outs)}")
         if args.model == "det":
             return binary_iou(reference, outs)
-        return float(np.mean([a.argmax() == b.argmax() for a, b in zip(reference, outs, strict=True)]))
+        return top1_agreement(reference, outs)
 
     if args.task:
         pipeline = PipelineView(args.model, reference, n_held)

@@ -35,7 +35,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.calib_material import binary_iou, det_image, heldout_pages, text_line_image  # noqa: E402
+from tests.calib_material import (  # noqa: E402
+    binary_iou,
+    det_image,
+    heldout_lines,
+    heldout_pages,
+    text_line_image,
+    top1_agreement,
+)
 from ttgraph.calibration import PRESETS  # noqa: E402
 from ttgraph.examples import example_model  # noqa: E402
 from ttgraph.model_io import load_model  # noqa: E402
@@ -80,7 +87,7 @@ def main() -> int:
         held = heldout_pages(n_held, shape[2])
         calib = [det_image("calib", i, shape[2]) for i in range(n_cal)]
     else:
-        held = [text_line_image(1_000_000 + i, i % 2 == 1) for i in range(n_held)]
+        held = heldout_lines(n_held)
         calib = [text_line_image(i, i % 2 == 1) for i in range(n_cal)]
 
     original = session(model)
@@ -93,7 +100,7 @@ def main() -> int:
     def fidelity(outs: list[np.ndarray]) -> float:
         if args.model == "det":
             return binary_iou(reference, outs)
-        return float(np.mean([a.argmax() == b.argmax() for a, b in zip(reference, outs, strict=True)]))
+        return top1_agreement(reference, outs)
 
     what = "IoU (>0.3) on held-out pages" if args.model == "det" else "top-1 agreement on held-out lines"
     print(f"{args.model}: the original model's {what} ({n_held}) against itself, after")

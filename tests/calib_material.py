@@ -162,6 +162,12 @@ def heldout_page_lines(count: int, size: int = 640) -> list[list[np.ndarray]]:
     return [text_page_lines(200_000 + i, size, HELDOUT_PHOTOS)[1] for i in range(count)]
 
 
+def heldout_lines(count: int) -> list[np.ndarray]:
+    """``count`` rendered text lines for the direction classifier, disjoint from every calibration line; line
+    ``i`` is upside down when ``i`` is odd."""
+    return [text_line_image(1_000_000 + i, i % 2 == 1) for i in range(count)]
+
+
 def write_images(images: list[np.ndarray], folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(images):
@@ -196,6 +202,11 @@ def binary_iou(a: list[np.ndarray], b: list[np.ndarray], threshold: float = 0.3)
         inter += int(np.logical_and(bx, by).sum())
         union += int(np.logical_or(bx, by).sum())
     return inter / union if union else 1.0
+
+
+def top1_agreement(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """The share of outputs (class scores) whose arg-max class is the same in ``a`` and ``b``."""
+    return float(np.mean([x.argmax() == y.argmax() for x, y in zip(a, b, strict=True)]))
 
 
 def document_page(seed: int, height: int = 800, width: int = 608, photos: tuple[str, ...] = CALIB_PHOTOS) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import ttgraph
-from tests.calib_material import binary_iou, det_image, heldout_pages, text_line_image, write_images
+from tests.calib_material import binary_iou, det_image, heldout_lines, heldout_pages, text_line_image, write_images
 from tests.conftest import CLS_SHAPE, DET_SHAPE
 from ttgraph.allocate import uniform_allocation
 from ttgraph.api import _analyse, rewrite_allocation
@@ -161,7 +161,7 @@ def cls_data(tmp_path_factory):
     calib = np.concatenate([pre.apply(text_line_image(i, i % 2 == 1)) for i in range(272)])
     path = tmp_path_factory.mktemp("cls_calib") / "lines.npy"
     np.save(path, calib)
-    held = [{"x": pre.apply(text_line_image(1_000_000 + i, i % 2 == 1))} for i in range(400)]
+    held = [{"x": pre.apply(img)} for img in heldout_lines(400)]
     return path, held
 
 
