@@ -24,6 +24,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from passes.find_pointwise import constant_value
+from passes.names import FreshNames
 
 TINY = float(np.finfo(np.float32).tiny)
 
@@ -197,18 +198,6 @@ def _set_conv_parts(conv: gs.Node, w: np.ndarray, b: np.ndarray, names) -> None:
     conv.inputs.extend([weight, bias])
 
 
-class _Names:
-    def __init__(self, graph: gs.Graph):
-        self.used = set(graph.tensors().keys())
-
-    def __call__(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.used:
-            name, k = f"{base}_{k}", k + 1
-        self.used.add(name)
-        return name
-
-
 class FoldAffineIntoConv:
     """Fold per-channel constant affine ops next to a Conv into its weight and bias.
 
@@ -221,7 +210,7 @@ class FoldAffineIntoConv:
     def __call__(self, graph: gs.Graph) -> PassResult:
         result = PassResult(self.name)
         outs = _graph_outputs(graph)
-        names = _Names(graph)
+        names = FreshNames(graph)
         changed = True
         while changed:
             changed = False

@@ -15,6 +15,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from passes.find_pointwise import PointwiseConv
+from passes.names import FreshNames
 from ttgraph.contraction import contraction_steps, step_matrix
 from ttgraph.shapes import is_static
 from ttgraph.tt import format_of
@@ -38,7 +39,7 @@ class RewriteAsTT:
         self.rewrites = list(rewrites)
 
     def __call__(self, graph: gs.Graph) -> gs.Graph:
-        names = _NameSource(graph)
+        names = FreshNames(graph)
         opset = int(graph.opset or 13)
         for rewrite in self.rewrites:
             emitter = _Emitter(graph, rewrite, names, opset)
@@ -46,22 +47,8 @@ class RewriteAsTT:
         return graph.cleanup().toposort()
 
 
-class _NameSource:
-    """Fresh node and tensor names, never colliding with what the graph already has."""
-
-    def __init__(self, graph: gs.Graph):
-        self.used = {n.name for n in graph.nodes} | set(graph.tensors().keys())
-
-    def __call__(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.used:
-            name, k = f"{base}_{k}", k + 1
-        self.used.add(name)
-        return name
-
-
 class _Emitter:
-    def __init__(self, graph: gs.Graph, rewrite: LayerRewrite, names: _NameSource, opset: int):
+    def __init__(self, graph: gs.Graph, rewrite: LayerRewrite, names: FreshNames, opset: int):
         self.graph, self.rewrite, self.names, self.opset = graph, rewrite, names, opset
         self.conv = rewrite.conv
         self.dtype = self.conv.weight_dtype
