@@ -55,7 +55,7 @@ from tests.calib_material import (  # noqa: E402
     top1_agreement,
 )
 from tests.ocr_metrics import box_score, says_upside_down, sure, text_boxes, turned_over  # noqa: E402
-from ttgraph.allocate import Budget, allocate, uniform_allocation  # noqa: E402
+from ttgraph.allocate import Budget, allocate, uniform_allocation_reaching  # noqa: E402
 from ttgraph.api import _analyse, rewrite_allocation  # noqa: E402
 from ttgraph.calibration import PRESETS, collect_statistics  # noqa: E402
 from ttgraph.compensate import compensate  # noqa: E402
@@ -70,19 +70,6 @@ SETUPS = {
     "det": ("det", (1, 3, 640, 640), "paddleocr-det", "macs", 32, 8, 8),
     "cls": ("cls", (1, 3, 48, 192), "paddleocr-cls", "params", 256, 400, 256),
 }
-
-
-def matched_uniform(layers, total: int, metric: str, by: str):
-    """The uniform allocation (same cost fraction, or same rank fraction, in every layer) with the smallest
-    fraction whose total cost reaches ``total``."""
-    lo, hi = 0.0, 1.0
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if uniform_allocation(layers, mid, metric, by=by).cost_after >= total:
-            hi = mid
-        else:
-            lo = mid
-    return uniform_allocation(layers, hi, metric, by=by)
 
 
 class PipelineView:
@@ -263,9 +250,9 @@ def main() -> int:
         cells, seconds = [], []
         for layers in (data, weight):
             alloc = allocate(layers, Budget(**{f"{metric}_ratio": ratio}))
-            picks = [alloc, matched_uniform(layers, alloc.cost_after, metric, "cost")]
+            picks = [alloc, uniform_allocation_reaching(layers, alloc.cost_after, metric, by="cost")]
             if layers is data:
-                picks.append(matched_uniform(layers, alloc.cost_after, metric, "rank"))
+                picks.append(uniform_allocation_reaching(layers, alloc.cost_after, metric, by="rank"))
             for k, chosen in enumerate(picks):
                 shown = layers is data and k == 0  # the allocated data-aware rewrite: the --task view follows it
                 cells.append(f"{score(chosen, layers, task='alloc' if shown else None):.4f} ({chosen.ratio:.3f})")

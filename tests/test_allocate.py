@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from ttgraph.allocate import Budget, allocate, uniform_allocation
+from ttgraph.allocate import Budget, allocate, uniform_allocation, uniform_allocation_reaching
 from ttgraph.decompose import Candidate, LayerCandidates
 from ttgraph.errors import TTGraphError
 
@@ -56,6 +56,16 @@ def test_allocation_meets_the_budget_and_beats_uniform_on_uneven_layers():
     assert alloc.damage < 0.5 * uniform.damage
     assert alloc.choices["a"].cost("macs") < alloc.choices["b"].cost("macs")
     assert alloc.ratio == pytest.approx(alloc.cost_after / 200)
+
+
+def test_uniform_baseline_at_an_allocations_cost_is_the_cheapest_uniform_one_reaching_it():
+    a = synthetic_layer("a", [10, 30, 50, 70, 90], [0.30, 0.12, 0.05, 0.02, 0.01], 100)
+    b = synthetic_layer("b", [20, 40, 60, 80], [0.95, 0.80, 0.50, 0.20], 100)
+    for total in (30, 70, 110, 150):
+        uniform = uniform_allocation_reaching([a, b], total)
+        assert uniform.cost_after >= total
+        fractions = [f for f in np.linspace(0.01, 1, 100) if uniform_allocation([a, b], f).cost_after >= total]
+        assert uniform.cost_after == min(uniform_allocation([a, b], f).cost_after for f in fractions)
 
 
 @pytest.mark.parametrize("seed", range(20))

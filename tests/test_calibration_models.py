@@ -21,25 +21,12 @@ import pytest
 import ttgraph
 from tests.calib_material import binary_iou, det_image, heldout_lines, heldout_pages, text_line_image, write_images
 from tests.conftest import CLS_SHAPE, DET_SHAPE
-from ttgraph.allocate import uniform_allocation
+from ttgraph.allocate import uniform_allocation_reaching
 from ttgraph.api import _analyse, rewrite_allocation
 from ttgraph.calibration import PRESETS, collect_statistics
 from ttgraph.decompose import build_candidates
 from ttgraph.model_io import load_model
 from ttgraph.verify import session
-
-
-def matched_uniform(layers, total: int, metric: str, by: str):
-    """Uniform allocation (``by`` cost fraction or rank fraction) with at least ``total`` cost."""
-    lo, hi = 0.0, 1.0
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if uniform_allocation(layers, mid, metric, by=by).cost_after >= total:
-            hi = mid
-        else:
-            lo = mid
-    return uniform_allocation(layers, hi, metric, by=by)
-
 
 # ------------------------------------------------------------------------------------------------ detector
 
@@ -66,7 +53,7 @@ def det_run(det_path, tmp_path_factory):
         return binary_iou(reference, [sess.run(None, f)[0] for f in pages])
 
     dec = result.decomposition
-    uniform = matched_uniform(dec.layers, dec.allocation.cost_after, "macs", by="rank")
+    uniform = uniform_allocation_reaching(dec.layers, dec.allocation.cost_after, "macs", by="rank")
     run = {
         "result": result,
         "original": original,
@@ -193,7 +180,7 @@ def cls_runs(cls_path, cls_data):
             "weight_agreement": agreement(original, weight.model, held),
         }
     dec = runs[0.3]["result"].decomposition
-    uniform = matched_uniform(dec.layers, dec.allocation.cost_after, "params", by="cost")
+    uniform = uniform_allocation_reaching(dec.layers, dec.allocation.cost_after, "params", by="cost")
     runs["uniform_0.3"] = agreement(original, rewrite_allocation(original, dec.layers, uniform), held)
     print(f"\nclassifier held-out agreement: 0.3 compensated {runs[0.3]['agreement']:.4f}, uncompensated "
           f"{runs[0.3]['uncompensated']:.4f}; 0.5 {runs[0.5]['agreement']:.4f}")  # fmt: skip

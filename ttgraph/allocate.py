@@ -17,7 +17,8 @@ the step with the least added damage per saved cost, until the budget is met —
 the hull vertices reach — then spend what the last step over-saved on the upgrades (any Pareto point)
 that remove the most damage per unit cost. Ties break by layer order, so the result is deterministic.
 
-:func:`uniform_allocation` is the baseline: the same cost fraction (or rank fraction) in every layer.
+:func:`uniform_allocation` is the baseline: the same cost fraction (or rank fraction) in every layer;
+:func:`uniform_allocation_reaching` the same baseline at the cost an allocation reached, for a fair comparison.
 
 Measured on the rapidocr models (``benchmarks/budget_sweep.py``): the allocation beats uniform ranks on the
 detector at 0.5 and 0.7 of the MACs but loses to it at 0.3, where Σ ε² over-spends on thin neck layers whose
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from ttgraph.decompose import Candidate, LayerCandidates, Metric
 from ttgraph.errors import TTGraphError
 
-__all__ = ["Allocation", "Budget", "allocate", "uniform_allocation"]
+__all__ = ["Allocation", "Budget", "allocate", "uniform_allocation", "uniform_allocation_reaching"]
 
 
 @dataclass(frozen=True)
@@ -271,3 +272,28 @@ def uniform_allocation(
     after = sum(c.cost(metric) for c in choices.values())
     damage = sum(_damage(c, 1.0) for c in choices.values())
     return Allocation(metric, choices, before, after, damage, None, reasons, list(layers))
+
+
+def uniform_allocation_reaching(
+    layers: Sequence[LayerCandidates], total: int, metric: Metric = "macs", *, by: str = "cost"
+) -> Allocation:
+    """The cheapest :func:`uniform_allocation` whose total cost reaches ``total``: uniform costs or ranks at what
+    an :func:`allocate` result spends, so the two compare at equal cost.
+
+    Every fraction at which some layer's pick can change is tried (a cost fraction of a candidate, or a rank
+    k / full rank): the total is not monotone in the fraction — below a layer's cheapest candidate that layer
+    falls back to dense — so a bisection could end on an all-dense model."""
+    fractions: set[float] = {1.0}
+    for layer in layers:
+        if by == "rank":
+            full = min(layer.conv.cout, layer.conv.cin)
+            fractions.update(k / full for k in range(1, full + 1))
+        else:
+            dense = layer.dense.cost(metric)
+            fractions.update(c.cost(metric) / dense for c in layer.candidates if 0 < c.cost(metric) <= dense)
+    best: Allocation | None = None
+    for fraction in sorted(fractions):
+        uniform = uniform_allocation(layers, fraction, metric, by=by)
+        if uniform.cost_after >= total and (best is None or uniform.cost_after < best.cost_after):
+            best = uniform
+    return best if best is not None else uniform_allocation(layers, 1.0, metric, by=by)
