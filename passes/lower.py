@@ -189,7 +189,7 @@ def _conv_parts(conv: gs.Node) -> tuple[np.ndarray, np.ndarray] | None:
     return w.astype(np.float64), b.astype(np.float64)
 
 
-def _set_conv_parts(conv: gs.Node, w: np.ndarray, b: np.ndarray, names) -> None:
+def _set_conv_parts(conv: gs.Node, w: np.ndarray, b: np.ndarray, names: FreshNames) -> None:
     base = conv.name or conv.outputs[0].name
     weight = gs.Constant(names(f"{base}/folded_w"), np.ascontiguousarray(w.astype(np.float32)))
     bias = gs.Constant(names(f"{base}/folded_b"), np.ascontiguousarray(b.astype(np.float32)))
@@ -230,7 +230,7 @@ class FoldAffineIntoConv:
         return result
 
     @staticmethod
-    def _fold_after(conv: gs.Node, outs: set[str], names) -> str | None:
+    def _fold_after(conv: gs.Node, outs: set[str], names: FreshNames) -> str | None:
         y = conv.outputs[0]
         nxt = _only_consumer(y, outs)
         parts = _conv_parts(conv)
@@ -274,7 +274,7 @@ class FoldAffineIntoConv:
         return f"{nxt.op} {nxt.name or z.name} → {conv.name}"
 
     @staticmethod
-    def _fold_before(conv: gs.Node, outs: set[str], names) -> str | None:
+    def _fold_before(conv: gs.Node, outs: set[str], names: FreshNames) -> str | None:
         x = conv.inputs[0]
         prev = x.inputs[0] if len(x.inputs) == 1 else None
         parts = _conv_parts(conv)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from importlib import resources
 
 import numpy as np
@@ -100,3 +102,13 @@ def test_ttgraph_compile_is_the_typed_tvm_entry_point_loaded_on_use():
 
     assert ttgraph.compile is compile_model
     assert {"tune_minutes", "tune_tracker", "tune_key"} <= set(compile_model.__annotations__)
+
+
+@pytest.mark.parametrize("first", ["passes", "passes.lower", "passes.rewrite_tt", "targets", "ttgraph.planner"])
+def test_any_package_can_be_imported_first(first):
+    # a pipeline that only lowers (``from passes import Lower``) imports passes before ttgraph; passes uses
+    # ttgraph's own modules, and ttgraph's pipeline uses passes: neither order may meet a half-built module
+    code = f"import {first}; import ttgraph; from passes import Lower; print(ttgraph.compress.__name__, Lower.__name__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr.strip().splitlines()[-1:]
+    assert done.stdout.split() == ["compress", "Lower"]

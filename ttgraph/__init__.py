@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ttgraph.api import CompressionReport, CompressionResult, InspectReport, LayerReport, compress, inspect
 from ttgraph.errors import TTGraphError
 from ttgraph.model_io import load_model, parse_input_shapes, save_model
 from ttgraph.tt import TTFormat, tt_reconstruct, tt_svd
@@ -37,13 +36,21 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from targets.compile import compile_model as compile  # noqa: A004
+    from ttgraph.api import CompressionReport, CompressionResult, InspectReport, LayerReport, compress, inspect
+
+_API = ("CompressionReport", "CompressionResult", "InspectReport", "LayerReport", "compress", "inspect")
 
 
 def __getattr__(name: str) -> Any:
-    """``ttgraph.compile`` is :func:`targets.compile.compile_model` (TVM), imported on first use: ttgraph works
-    without TVM, and ``targets`` imports ttgraph itself."""
+    """The pipeline (:mod:`ttgraph.api`) and ``ttgraph.compile`` (:func:`targets.compile.compile_model`, TVM) are
+    imported on first use: ttgraph works without TVM, and ``passes`` and ``targets`` import ttgraph's own modules,
+    so importing either of them first must not pull in the pipeline that imports them back."""
     if name == "compile":
         from targets.compile import compile_model
 
         return compile_model
+    if name in _API:
+        from ttgraph import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'ttgraph' has no attribute {name!r}")
