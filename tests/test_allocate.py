@@ -68,6 +68,13 @@ def test_uniform_baseline_at_an_allocations_cost_is_the_cheapest_uniform_one_rea
         assert uniform.cost_after == min(uniform_allocation([a, b], f).cost_after for f in fractions)
 
 
+def test_uniform_baseline_reaches_a_cost_whose_fraction_rounds_down():
+    # 15/22·22 < 15 in floating point: the fraction at which layer a can afford 15 MACs must still admit them
+    a = synthetic_layer("a", [5, 15], [0.5, 0.1], 22)
+    b = synthetic_layer("b", [10, 90], [0.5, 0.1], 100)
+    assert uniform_allocation_reaching([a, b], 25).cost_after == 25  # a at 15, b at 10 (next: 105)
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_allocation_is_optimal_at_every_lagrangian_budget(seed):
     layers = random_layers(np.random.default_rng(seed))

@@ -290,7 +290,11 @@ def uniform_allocation_reaching(
             fractions.update(k / full for k in range(1, full + 1))
         else:
             dense = layer.dense.cost(metric)
-            fractions.update(c.cost(metric) / dense for c in layer.candidates if 0 < c.cost(metric) <= dense)
+            # a hair above cost/dense: uniform_allocation admits cost ≤ fraction·dense, and cost/dense·dense can
+            # round below cost (15/22·22 < 15), which would skip the very candidate this fraction is for
+            fractions.update(
+                min(1.0, c.cost(metric) / dense * (1 + 1e-12)) for c in layer.candidates if 0 < c.cost(metric) <= dense
+            )
     best: Allocation | None = None
     for fraction in sorted(fractions):
         uniform = uniform_allocation(layers, fraction, metric, by=by)
