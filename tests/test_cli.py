@@ -166,10 +166,17 @@ def test_unwritable_output_location_is_refused_before_any_work(small_model, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.onnx"]
 
 
-def test_debug_shows_the_traceback(tmp_path):
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback(tmp_path, where):
     missing = tmp_path / "nope.onnx"
-    proc = ttgraph_cli("--debug", "inspect", missing)
+    args = ("--debug", "inspect", missing) if where == "before" else ("inspect", missing, "--debug")
+    proc = ttgraph_cli(*args)
     assert proc.returncode == 2 and "Traceback" in proc.stderr and "no such file" in proc.stderr
+
+
+def test_no_traceback_without_debug(tmp_path):
+    proc = ttgraph_cli("inspect", tmp_path / "nope.onnx")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
 
 
 def test_bad_rank_options_are_one_line_errors(small_model, tmp_path):

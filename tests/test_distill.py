@@ -162,7 +162,7 @@ def test_a_one_pass_source_is_refused_before_the_statistics(cls_path):
 
 def test_without_pytorch_the_error_says_how_to_install_it(cls_path, monkeypatch):
     monkeypatch.setattr(ttgraph.torch_graph, "torch", None)
-    with pytest.raises(TTGraphError, match=r"needs PyTorch: pip install 'ttgraph\[distill\]'"):
+    with pytest.raises(TTGraphError, match=r"needs PyTorch: pip install 'torch>=2.2'"):
         ttgraph.compress(cls_path, calibration=_lines(0, 4), params_ratio=0.3, distill=1)
 
 

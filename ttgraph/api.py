@@ -340,8 +340,8 @@ def compress(
     Exactly one rank rule: ``rank`` caps every bond rank, ``rank_ratio`` in (0, 1] scales the full ranks
     (1.0 is an exact rewrite), ``tolerance`` picks the smallest ranks with relative weight error ≤ it.
     ``layers`` restricts the rewrite to the named convs. Each layer is contracted in the order the DP planner
-    finds cheapest under ``plan_cost`` ("flops" or "roofline"). ``verify_feeds`` are inputs on which the result is
-    compared with the original in onnxruntime (the report's ``verification``).
+    finds cheapest under ``plan_cost`` ("flops", "roofline" or "measured"). ``verify_feeds`` are inputs on which
+    the result is compared with the original in onnxruntime (the report's ``verification``).
 
     **Or a global budget from calibration data** instead of a rank rule: ``macs_ratio`` (MACs of the rewritten 1×1
     layers, as emitted, over the original 1×1 MACs), ``params_ratio``, and/or ``max_error`` (a cap on every layer's
@@ -367,9 +367,9 @@ def compress(
     the first N calibration samples with that layer alone factored (:mod:`ttgraph.sensitivity`; one model run
     per layer and sample; it helps the PicoDet layout detector and hurts the PP-OCR models, so it is off).
 
-    ``distill`` = E > 0 epochs (needs PyTorch: ``pip install 'ttgraph[distill]'``) then fits the compressed
-    layers' factors by gradient descent to the original model's outputs on the calibration samples, end to end
-    (:mod:`ttgraph.distill`; steps of ``distill_batch`` samples, Adam at ``distill_lr``; ``distill_train="all"``
+    ``distill`` = E > 0 epochs (needs PyTorch: ``pip install 'torch>=2.2'``, the ``distill`` extra) then fits the
+    compressed layers' factors by gradient descent to the original model's outputs on the calibration samples, end to
+    end (:mod:`ttgraph.distill`; steps of ``distill_batch`` samples, Adam at ``distill_lr``; ``distill_train="all"``
     also frees the other weights); the held-out loss after each epoch picks the epoch kept (none, if no epoch
     lowers it) and an epoch that raises it cuts the step size tenfold (the report's ``distillation``).
 

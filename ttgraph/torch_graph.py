@@ -24,7 +24,7 @@ from onnx import helper, numpy_helper
 
 from ttgraph.errors import TTGraphError
 
-try:  # the distillation extra: pip install "ttgraph[distill]"
+try:  # the distillation extra: pip install -e ".[distill]"
     import torch
     import torch.nn.functional as F  # noqa: N812
 except ImportError:  # pragma: no cover - exercised only without the extra
@@ -37,7 +37,10 @@ __all__ = ["GraphModule", "check_runnable", "require_torch", "supported_ops"]
 def require_torch(what: str = "distillation") -> None:
     """A one-line error when PyTorch is missing, saying how to install it."""
     if torch is None:
-        raise TTGraphError("options", f"{what} needs PyTorch: pip install 'ttgraph[distill]'")
+        raise TTGraphError(
+            "options",
+            f"{what} needs PyTorch: pip install 'torch>=2.2' (in ttgraph's checkout: pip install -e '.[distill]')",
+        )
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:

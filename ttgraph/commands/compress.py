@@ -106,7 +106,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=0,
         metavar="EPOCHS",
         help="then fit the compressed layers' factors to the original model's outputs by gradient descent over the "
-        "calibration samples, EPOCHS passes (needs PyTorch: pip install 'ttgraph[distill]'; the epoch with the "
+        "calibration samples, EPOCHS passes (needs PyTorch: pip install 'torch>=2.2'; the epoch with the "
         "lowest held-out loss is kept, none if no epoch lowers it; default 0 = off)",
     )
     budget.add_argument(

@@ -15,7 +15,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="list 1×1 conv candidates and skipped convs", description=__doc__)
     p.add_argument("model", help="ONNX model file")
     add_input_shape_option(p)
-    p.add_argument("--json", action="store_true", help="print JSON (keys: layers, skipped, totals)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON (keys: model, layers, skipped, model_macs, unknown_macs_nodes, pointwise_macs, "
+        "pointwise_params)",
+    )
     p.set_defaults(func=run)
 
 
