@@ -44,6 +44,20 @@ def test_bench_json_has_ratios_pair_by_pair_for_each_thread_count(pair, tmp_path
     assert plot.stat().st_size > 1000
 
 
+def test_bench_speedup_is_reference_time_over_model_time(pair, tmp_path, capsys):
+    """A model with 49× the MACs (7×7 kernel, same shapes) is slower: its speedup over the light reference is
+    well below 1, and with the roles swapped the light one's is well above 1."""
+    light = pair[0]
+    heavy = tmp_path / "heavy.onnx"
+    onnx.save(conv_model(32, 32, kernel=7, pads=3, hw=(16, 16), seed=2), heavy)
+    speedups = []
+    for ref, other in ((light, heavy), (heavy, light)):
+        assert main(["bench", str(ref), str(other), "--warmup", "1", "--runs", "7", "--json"]) == 0
+        row = json.loads(capsys.readouterr().out)["results"][0]
+        speedups.append(row["speedup"][other.name]["median"])
+    assert speedups[0] < 0.5 < 2 < speedups[1]
+
+
 def test_bench_table_names_the_reference_and_the_speedup(pair, capsys):
     a, b = pair
     assert main(["bench", str(a), str(b), "--threads", "1", "--warmup", "0", "--runs", "3", "--no-memory"]) == 0

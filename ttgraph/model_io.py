@@ -242,6 +242,9 @@ def check_model(model: onnx.ModelProto, name: str = "<model>") -> None:
     except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TTGraphError(name, f"fails onnx.checker: {first}") from err
+    except UnicodeDecodeError as err:  # the checker's complaint quotes a name whose bytes are not UTF-8
+        reason = f"corrupt file: a name or string in the graph is not valid UTF-8 ({err.reason})"
+        raise TTGraphError(name, reason) from err
 
 
 def _touch(path: Path) -> Path:
