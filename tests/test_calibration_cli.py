@@ -113,8 +113,15 @@ def test_params_budget_from_npy_and_error_cap(setup, tmp_path):
     assert "budget params" in proc.stdout and "held-out" in proc.stdout
     # samples that are not images have no grey level: no yardstick rather than a made-up one
     assert "original_under_input_noise" not in json.loads((tmp_path / "r.json").read_text())["verification"]
-    proc = ttgraph_cli("compress", model, "-o", out, "--calib", tmp_path / "x.npy", "--max-error", "0.2")
+    report = tmp_path / "cap.json"
+    proc = ttgraph_cli(
+        "compress", model, "-o", out, "--calib", tmp_path / "x.npy", "--max-error", "0.2", "--no-compensate",
+        "--report", report,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    layers = json.loads(report.read_text())["layers"]
+    compressed = [layer for layer in layers if layer["format"] != "dense"]
+    assert compressed and all(layer["calibration_error"] <= 0.2 for layer in layers)
 
 
 @pytest.mark.parametrize(
