@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -177,6 +179,18 @@ def test_unwritable_output_location_is_refused_before_any_work(small_model, tmp_
     assert sha256(small_model) == before
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.onnx"]
+
+
+@pytest.mark.parametrize("flag", ["-o", "--report"])
+def test_an_output_that_is_a_fifo_is_refused_and_left_a_fifo(small_model, tmp_path, flag):
+    """The atomic rename would replace a special file with a regular one (run as root with ``-o /dev/null``,
+    that is the machine's /dev/null); a FIFO stands in for it here."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    args = ["-o", fifo] if flag == "-o" else ["-o", tmp_path / "out.onnx", flag, fifo]
+    assert_clean_error(ttgraph_cli("compress", small_model, *args, "--rank", "2"), "FIFO")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe", "small.onnx"]
 
 
 @pytest.mark.parametrize("where", ["before", "after"])

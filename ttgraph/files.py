@@ -22,6 +22,8 @@ def check_output_path(path: str | os.PathLike[str], inputs: tuple[str | os.PathL
         raise TTGraphError(target, f"output directory {os.fspath(parent)!r} does not exist")
     if target.is_dir():
         raise TTGraphError(target, "output path is a directory")
+    if target.exists() and not target.is_file():  # the rename would replace a device or FIFO (as root: /dev/null)
+        raise TTGraphError(target, "output path is a device, FIFO or socket, not a file; choose a file to write")
     try:  # os.access says yes to root everywhere; only a real file tells whether we can write here
         with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{target.name}.probe."):
             pass
