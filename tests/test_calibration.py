@@ -286,3 +286,55 @@ def test_a_npy_file_of_the_wrong_image_size_names_the_file(tmp_path):
     needle = r"lines\.npy, sample 0: input 'x' has shape 1×6×8×12, the model expects 1×6×8×10"
     with pytest.raises(TTGraphError, match=needle):
         collect_statistics(model, _analyse(model)[1].candidates, source)
+
+
+def test_sixteen_bit_images_are_scaled_and_wider_ones_refused(tmp_path):
+    """``convert("RGB")`` alone clips 16-bit grey to 0..255 (every value above 255 white): they are scaled
+    instead; 32-bit integer and float images have no agreed scale and are refused, naming the file."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.array([[0, 257, 1028, 65535]] * 2, np.uint16)).save(folder / "a16.png")
+    model = image_model(hw=(2, 4))
+    (x,) = [f["x"] for f in calibration_source(folder, model, "unit")]
+    np.testing.assert_allclose(x[0, 0, 0], [0, 1 / 255, 4 / 255, 1], atol=1e-6)
+    Image.fromarray(np.full((2, 4), 0.5, np.float32)).save(folder / "b.tif")
+    with pytest.raises(TTGraphError, match=r"b\.tif: a floating-point image has no 0\.\.255 scale"):
+        list(calibration_source(folder, model, "unit"))
+
+
+def test_an_image_whose_header_claims_a_huge_size_is_a_one_line_error(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)  # 9e8 grey pixels: PIL's bomb guard
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+    (folder / "bomb.png").write_bytes(png)
+    with pytest.raises(TTGraphError, match=r"bomb\.png: cannot read as an image: .*decompression bomb"):
+        list(calibration_source(folder, image_model(hw=(2, 4)), "unit"))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "needle"),
+    [
+        ("empty.npy", b"", r"cannot read as \.npy: No data left"),
+        ("empty.npz", b"", r"cannot read as \.npz: No data left"),
+        ("zip.npz", b"PK\x03\x04garbage", r"cannot read as \.npz: File is not a zip file"),
+        ("objects.npz", None, r"cannot read array 'x': not a numeric array file"),
+        ("complex.npy", None, r"array 'x' is complex64, the model input is float32"),
+    ],
+)
+def test_array_files_that_cannot_be_read_are_one_line_errors(tmp_path, name, content, needle):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    elif name == "objects.npz":
+        np.savez(path, x=np.array([None] * 4, dtype=object))
+    else:
+        np.save(path, np.ones((4, 6, 8, 10), np.complex64))
+    with pytest.raises(TTGraphError, match=needle):
+        list(calibration_source(path, two_conv_model()))

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -117,7 +118,7 @@ class Preprocess:
             raise TTGraphError("--preprocess", "no image size: give size=HxW or fix the model input shape")
         if isinstance(image, np.ndarray):
             image = Image.fromarray(image)
-        image = image.convert("L" if self.channels == "GRAY" else "RGB")
+        image = _eight_bit(image).convert("L" if self.channels == "GRAY" else "RGB")
         height, width = self.size
         if image.size != (width, height):
             image = image.resize((width, height), Image.BILINEAR)
@@ -334,7 +335,7 @@ def image_source(
         try:
             with Image.open(paths[i]) as img:
                 return {name: spec.apply(img, dtype)}
-        except (OSError, UnidentifiedImageError) as err:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
             raise TTGraphError(paths[i], f"cannot read as an image: {err}") from err
 
     where = paths[0].parent if paths else "?"
@@ -346,6 +347,21 @@ def image_source(
         fetch,
         (name, spec),
     )
+
+
+def _eight_bit(image: Any) -> Any:
+    """16-bit greyscale scaled to 0..255 (``convert`` would clip every value above 255 to white); 32-bit
+    integer and float images have no agreed 0..255 scale, so they are refused rather than guessed."""
+    from PIL import Image
+
+    if image.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(image, np.float64) / 257.0).round().astype(np.uint8))
+    if image.mode in ("I", "F"):
+        kind = "32-bit integer" if image.mode == "I" else "floating-point"
+        raise TTGraphError(
+            getattr(image, "filename", "") or "image", f"a {kind} image has no 0..255 scale: save it as 8 or 16 bit"
+        )
+    return image
 
 
 def _batch_size(value: onnx.ValueInfoProto) -> int:
@@ -366,14 +382,14 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
             raise TTGraphError(p, f"a .npy file feeds single-input models; this one has {len(inputs)} (use .npz)")
         try:
             arrays = {inputs[0].name: np.load(p, mmap_mode="r", allow_pickle=False)}
-        except (OSError, ValueError) as err:
+        except _UNREADABLE as err:
             raise TTGraphError(p, f"cannot read as .npy: {_numpy_reason(err)}") from err
         getter: Callable[[str], np.ndarray] = arrays.__getitem__
         counts = {k: int(v.shape[0]) if v.ndim else 0 for k, v in arrays.items()}
     elif p.suffix.lower() == ".npz":
         try:
             archive = np.load(p, allow_pickle=False)
-        except (OSError, ValueError) as err:
+        except _UNREADABLE as err:
             raise TTGraphError(p, f"cannot read as .npz: {_numpy_reason(err)}") from err
         keys = set(archive.files)
         missing = [n for n in by_name if n not in keys]
@@ -383,9 +399,12 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
             )
         counts = {}
         for n in by_name:
-            with np.load(p, mmap_mode="r", allow_pickle=False) as z:
-                arr = z[n]
-                counts[n] = int(arr.shape[0]) if arr.ndim else 0
+            try:
+                with np.load(p, mmap_mode="r", allow_pickle=False) as z:
+                    arr = z[n]
+            except _UNREADABLE as err:
+                raise TTGraphError(p, f"cannot read array {n!r}: {_numpy_reason(err)}") from err
+            counts[n] = int(arr.shape[0]) if arr.ndim else 0
 
         def getter(name: str) -> np.ndarray:
             return np.load(p, allow_pickle=False)[name]
@@ -406,7 +425,9 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
         rank = len(input_dims(by_name[n]))
         if rank and array.ndim != rank:
             raise TTGraphError(p, f"array {n!r} has rank {array.ndim}, the model input has rank {rank}")
-        if (array.dtype.kind in "fc") != (dtypes[n].kind in "fc"):  # e.g. raw uint8 pixels for a float input
+        if (array.dtype.kind in "fc") != (dtypes[n].kind in "fc") or (array.dtype.kind == "c") != (
+            dtypes[n].kind == "c"
+        ):  # e.g. raw uint8 pixels for a float input; complex samples would lose their imaginary part
             raise TTGraphError(
                 p,
                 f"array {n!r} is {array.dtype}, the model input is {dtypes[n]}: save preprocessed samples "
@@ -449,6 +470,10 @@ def _checked(source: CalibrationSource, model: onnx.ModelProto) -> CalibrationSo
     source.open = open_checked
     source.fetch = fetch_checked if fetched is not None else None
     return source
+
+
+# what numpy raises on a file it cannot read: empty (EOFError), not a zip (BadZipFile), object arrays (ValueError)
+_UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile)
 
 
 def _numpy_reason(err: Exception) -> str:
