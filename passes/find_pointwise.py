@@ -104,8 +104,9 @@ def node_labels(nodes: list[gs.Node]) -> dict[int, str]:
 class FindPointwiseConvs:
     """Analysis pass: list rewritable 1×1 convs (with shapes, when known) and every skipped conv with a reason."""
 
-    def __init__(self, shapes: dict[str, Shape] | None = None):
+    def __init__(self, shapes: dict[str, Shape] | None = None, fed: frozenset[str] | set[str] = frozenset()):
         self.shapes = shapes or {}
+        self.fed = fed  # initializers that are graph inputs too: defaults a caller may replace at run time
 
     def __call__(self, graph: gs.Graph) -> FoundConvs:
         found = FoundConvs()
@@ -141,6 +142,9 @@ class FindPointwiseConvs:
             if source == "DequantizeLinear":
                 return skip("weight is quantized (QDQ: DequantizeLinear); quantized convs are not rewritten")
             return skip(f"weight {w_tensor.name!r} is not a constant (comes from {source})")
+        for tensor in node.inputs[1:3]:
+            if tensor.name in self.fed:
+                return skip(f"{tensor.name!r} is a graph input with a default value: it may be fed at run time")
         if weight.ndim < 3:
             return skip(f"weight has rank {weight.ndim}, a Conv weight needs rank ≥ 3")
         kernel = tuple(int(k) for k in weight.shape[2:])
@@ -161,6 +165,8 @@ class FindPointwiseConvs:
             return skip(f"weight {w_tensor.name!r} is shared by {consumers} nodes")
         if weight.dtype.type not in FLOAT_DTYPES:
             return skip(f"weight dtype {weight.dtype} is not a supported float type (float32/float64/float16)")
+        if not np.isfinite(weight).all():
+            return skip(f"weight {w_tensor.name!r} holds NaN or infinite values")
         pads = [int(p) for p in node.attrs.get("pads", [])]
         auto_pad = node.attrs.get("auto_pad", "NOTSET")
         auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)

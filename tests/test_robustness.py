@@ -95,6 +95,33 @@ def test_every_opset_from_7_to_21_is_rewritten_exactly(opset):
     assert compare_outputs(model, result.model, [feed_for(model, [1, 24, 9, 10])])[0].max_rel < 1e-5
 
 
+def test_a_weight_that_is_also_a_graph_input_is_left_alone_and_stays_an_input():
+    """From IR 4 an initializer listed among the inputs is a default the caller may feed: not a constant to
+    factor, and the written model must still accept it (onnx-graphsurgeon alone drops it from the inputs)."""
+    model = conv_model(8, 8, hw=(4, 4))
+    model.graph.node.append(helper.make_node("Identity", ["y"], ["y2"], name="copy"))  # something to keep
+    w = next(t for t in model.graph.initializer if len(t.dims) == 4)
+    model.graph.input.append(helper.make_tensor_value_info(w.name, w.data_type, w.dims))
+    report = ttgraph.inspect(model)
+    assert not report.layers and "may be fed at run time" in report.skipped[0].reason
+    lowrank = conv_model(8, 8, hw=(4, 4))  # the same conv with a plain constant weight is rewritten
+    assert ttgraph.inspect(lowrank).layers
+    out = ttgraph.compress(model, rank=2).model
+    assert [i.name for i in out.graph.input] == ["x", w.name]
+    onnx.checker.check_model(out)
+
+
+def test_a_weight_holding_nan_is_skipped_with_the_reason():
+    model = conv_model(8, 8, hw=(4, 4))
+    w = next(t for t in model.graph.initializer if len(t.dims) == 4)
+    value = numpy_helper.to_array(w).copy()
+    value[0, 0] = np.nan
+    w.CopyFrom(numpy_helper.from_array(value, w.name))
+    (skipped,) = ttgraph.inspect(model).skipped
+    assert "NaN or infinite" in skipped.reason
+    assert not ttgraph.compress(model, rank=2).report.layers  # left dense, not an SVD that does not converge
+
+
 def test_fp16_weights_are_computed_in_float64_and_written_back_as_fp16():
     model = model_of(
         [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")],

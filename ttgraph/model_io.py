@@ -68,11 +68,16 @@ def envelope(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def adopt_envelope(model: onnx.ModelProto, original: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` (a freshly exported graph) with the original's envelope — IR version, opsets, producer, metadata —
-    in place of its own, the graph not copied; before IR 4 every initializer is also listed as a graph input."""
+    in place of its own, the graph not copied; before IR 4 every initializer is also listed as a graph input.
+    From IR 4 on, an initializer the original listed as an input too (a default the caller may feed) is listed
+    again: onnx-graphsurgeon imports it as a constant and exports it without the input."""
     for descriptor in model.DESCRIPTOR.fields:
         if descriptor.name != "graph":
             model.ClearField(descriptor.name)
     model.MergeFrom(envelope(original))
+    listed = {i.name for i in model.graph.input}
+    kept = {i.name for i in model.graph.initializer}
+    model.graph.input.extend(i for i in original.graph.input if i.name in kept and i.name not in listed)
     if model.ir_version < 4:
         listed = {i.name for i in model.graph.input}
         for init in model.graph.initializer:
