@@ -124,6 +124,23 @@ def test_params_budget_from_npy_and_error_cap(setup, tmp_path):
     assert compressed and all(layer["calibration_error"] <= 0.2 for layer in layers)
 
 
+def test_a_model_onnxruntime_cannot_run_is_named_by_its_file(tmp_path):
+    """Calibration runs the model in onnxruntime, which has no float64 Conv: the one line names the file
+    (not the in-memory copy, "<model>")."""
+    model = stacked_model(tmp_path / "m.onnx")
+    proto = onnx.load(model)
+    for init in proto.graph.initializer:
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float64), init.name))
+    for value in (*proto.graph.input, *proto.graph.output):
+        value.type.tensor_type.elem_type = TensorProto.DOUBLE
+    onnx.save(proto, model)
+    np.save(tmp_path / "x.npy", np.zeros((4, 3, 24, 24)))
+    proc = ttgraph_cli(
+        "compress", model, "-o", tmp_path / "o.onnx", "--calib", tmp_path / "x.npy", "--macs-ratio", "0.5"
+    )
+    assert_clean_error(proc, f"{model}: onnxruntime cannot load the model")
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

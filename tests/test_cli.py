@@ -116,16 +116,20 @@ def _bad_files(tmp_path: Path, det_path: Path) -> dict[str, tuple[Path, str]]:
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
     )
     invalid.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    nodeless = tmp_path / "nodeless.onnx"
+    graph = helper.make_graph([], "g", [], [])
+    nodeless.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
     return {
         "png": (png, "cannot parse as an ONNX model"),
         "json": (js, "cannot parse as an ONNX model"),
         "truncated": (truncated, "cannot parse as an ONNX model (truncated"),
         "empty": (empty, "empty file"),
         "checker": (invalid, "fails onnx.checker"),
+        "nodeless": (nodeless, "the graph has no nodes"),
     }
 
 
-@pytest.mark.parametrize("case", ["png", "json", "truncated", "empty", "checker"])
+@pytest.mark.parametrize("case", ["png", "json", "truncated", "empty", "checker", "nodeless"])
 @pytest.mark.parametrize("command", ["inspect", "compress"])
 def test_bad_model_files_give_one_line_and_exit_2(tmp_path, det_path, case, command):
     path, message = _bad_files(tmp_path, det_path)[case]

@@ -36,7 +36,7 @@ from ttgraph.compensate import compensate as run_compensation
 from ttgraph.contraction import contraction_macs, left_to_right, planned_order
 from ttgraph.costs import COUNTED_OPS, model_macs
 from ttgraph.decompose import Candidate, LayerCandidates, build_candidates, describe
-from ttgraph.errors import TTGraphError
+from ttgraph.errors import TTGraphError, naming
 from ttgraph.files import check_output_path, distinct_outputs, staged_writes
 from ttgraph.model_io import (
     InputShapes,
@@ -433,27 +433,30 @@ def compress(
     if not 1 <= cores <= MAX_CORES:
         raise TTGraphError("options", f"cores must be between 1 and {MAX_CORES}, got {cores}")
     if budgeted:
-        result = _compress_to_budget(
-            model,
-            Budget(macs_ratio=macs_ratio, params_ratio=params_ratio, max_error=max_error, latency_ratio=latency_ratio),
-            calibration=calibration,
-            preprocess=preprocess,
-            holdout=holdout,
-            cores=cores,
-            method=method,
-            rank_multiple=rank_multiple,
-            input_shapes=input_shapes,
-            layers=layers,
-            plan_cost=plan_cost,
-            verify_feeds=verify_feeds,
-            progress=progress,
-            compensate=compensate,
-            compensate_samples=compensate_samples,
-            latency_threads=latency_threads,
-            lower=lower,
-            sensitivity=sensitivity,
-            distill=(distill, distill_lr, distill_batch, distill_train),
-        )
+        with naming(source_name(model)):
+            result = _compress_to_budget(
+                model,
+                Budget(
+                    macs_ratio=macs_ratio, params_ratio=params_ratio, max_error=max_error, latency_ratio=latency_ratio
+                ),
+                calibration=calibration,
+                preprocess=preprocess,
+                holdout=holdout,
+                cores=cores,
+                method=method,
+                rank_multiple=rank_multiple,
+                input_shapes=input_shapes,
+                layers=layers,
+                plan_cost=plan_cost,
+                verify_feeds=verify_feeds,
+                progress=progress,
+                compensate=compensate,
+                compensate_samples=compensate_samples,
+                latency_threads=latency_threads,
+                lower=lower,
+                sensitivity=sensitivity,
+                distill=(distill, distill_lr, distill_batch, distill_train),
+            )
         return result
     if calibration is not None:
         raise TTGraphError("options", "calibration data drives a budget: give macs_ratio, params_ratio or max_error")

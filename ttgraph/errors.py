@@ -7,6 +7,8 @@ status 2; library callers catch :class:`TTGraphError` and read its fields.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class TTGraphError(Exception):
@@ -29,3 +31,14 @@ class TTGraphError(Exception):
         if self.node:
             text = f"{text} ({self.node})"
         return " ".join(text.split())
+
+
+@contextmanager
+def naming(source: str) -> Iterator[None]:
+    """Errors a step raises about ``"<model>"`` (the in-memory copy it was handed) name the file instead."""
+    try:
+        yield
+    except TTGraphError as err:
+        if err.source == "<model>" and source != "<model>":
+            raise TTGraphError(source, err.what, err.node) from err
+        raise

@@ -186,6 +186,8 @@ def load_model(source: ModelSource, input_shapes: InputShapes | None = None, *, 
         model = _parse(bytes(source), name)
     else:
         model = _load_path(Path(source))
+    if not model.graph.node or not model.graph.output:
+        raise TTGraphError(name, "the graph has no nodes or no outputs: there is nothing to run or rewrite")
     if check:
         check_model(model, name)
     if input_shapes:
