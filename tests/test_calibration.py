@@ -338,3 +338,10 @@ def test_array_files_that_cannot_be_read_are_one_line_errors(tmp_path, name, con
         np.save(path, np.ones((4, 6, 8, 10), np.complex64))
     with pytest.raises(TTGraphError, match=needle):
         list(calibration_source(path, two_conv_model()))
+
+
+def test_an_image_size_the_fixed_input_cannot_take_is_refused_before_reading_images(tmp_path):
+    folder = write_images(tmp_path / "imgs", 2)
+    with pytest.raises(TTGraphError, match=r"size=99999x99999, but the model input 'x' is 32x48"):
+        calibration_source(folder, image_model(), "unit,size=99999x99999")  # no 40 GB resize first
+    assert list(calibration_source(folder, image_model(), "unit,size=32x48"))  # the input's own size is fine

@@ -145,6 +145,7 @@ def test_a_model_onnxruntime_cannot_run_is_named_by_its_file(tmp_path):
     ("args", "needle"),
     [
         (["--macs-ratio", "0.5"], "--calib"),
+        (["--latency-ratio", "0.9", "--latency-threads", "0", "--calib", "IMGS"], "latency threads must be ≥ 1"),
         (["--rank", "2", "--macs-ratio", "0.5", "--calib", "IMGS"], "not both"),
         ([], "not both and not neither"),
         (["--rank", "2", "--calib", "IMGS"], "go with a budget"),

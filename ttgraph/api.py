@@ -402,6 +402,8 @@ def compress(
     compensate_samples = _integer("compensate_samples", compensate_samples)
     distill, distill_batch = _integer("distill", distill), _integer("distill_batch", distill_batch)
     distill_lr = _real("distill_lr", distill_lr)
+    if latency_threads < 1:
+        raise TTGraphError("options", f"latency threads must be ≥ 1, got {latency_threads}")
     if distill < 0 or distill_batch < 1 or not distill_lr > 0 or distill_train not in ("factors", "all"):
         raise TTGraphError(
             "options",

@@ -321,6 +321,13 @@ def image_source(
                 "(--preprocess size=HxW) or fix the input shape (--input-shape)",
             )
         spec = spec.with_size((int(hw[0]), int(hw[1])))  # type: ignore[arg-type]
+    fixed = dims[2:4] if spec.layout == "NCHW" else dims[1:3]
+    if None not in fixed and tuple(fixed) != spec.size:  # before any image is resized to a size that cannot run
+        raise TTGraphError(
+            "--preprocess",
+            f"size={spec.size[0]}x{spec.size[1]}, but the model input {value.name!r} is "
+            f"{fixed[0]}x{fixed[1]}; leave size out or fix a dynamic input with --input-shape",
+        )
     channel_dim = dims[1] if spec.layout == "NCHW" else dims[3]
     want = 1 if spec.channels == "GRAY" else 3
     if channel_dim is not None and channel_dim != want:
