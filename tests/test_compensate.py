@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import ttgraph
@@ -173,3 +174,11 @@ def test_compensation_and_lowering_together_when_lowering_folds_away_a_conv_inpu
     assert layers["conv2"]["heldout_error_after"] < layers["conv2"]["heldout_error_before"]  # conv1's error undone
     plain = ttgraph.compress(model, compensate=False, **options)
     assert output_error(model, result.model, feeds(8, 99)) < 0.95 * output_error(model, plain.model, feeds(8, 99))
+
+
+def test_activations_beyond_float32_products_are_a_one_line_error_naming_the_layer():
+    """Samples a thousand orders of magnitude off (unscaled data in a float model) overflow the float32
+    products compensation accumulates; the error says so instead of an eigensolver's LinAlgError."""
+    huge = [{"x": f["x"] * np.float32(1e30)} for f in feeds(12, 3)]
+    with pytest.raises(ttgraph.errors.TTGraphError, match=r"overflow.*scaled as the model expects\? \(conv"):
+        ttgraph.compress(stacked_convs(), calibration=huge, holdout=4, macs_ratio=0.4, rank_multiple=2)

@@ -918,4 +918,11 @@ def collect_statistics(
     if samples == 0:
         raise TTGraphError("calibration", "the calibration data gave no samples")
     layers = {s.label: shared[(s.tensor, s.stride)] for s in specs}
+    for label, st in layers.items():  # float64 overflows near 1e154 per value: no fit can use such statistics
+        if not np.isfinite(st.gram).all():
+            raise TTGraphError(
+                getattr(feeds, "description", "") or "calibration",
+                "the activations overflow float64 statistics: are the samples scaled as the model expects?",
+                label,
+            )
     return CalibrationStatistics(layers, samples, time.perf_counter() - start, getattr(feeds, "description", ""))

@@ -99,9 +99,10 @@ class PairStatistics:
         for xa, xb in zip(a, b, strict=True):
             ta = np.ascontiguousarray(xa.reshape(self.cin, -1), dtype=np.float32)
             tb = np.ascontiguousarray(xb.reshape(self.cin, -1), dtype=np.float32)
-            self.gram_c += ta @ ta.T
-            self.cross += ta @ tb.T
-            self.gram += tb @ tb.T
+            with np.errstate(over="ignore", invalid="ignore"):  # float32 products: refit says if they overflowed
+                self.gram_c += ta @ ta.T
+                self.cross += ta @ tb.T
+                self.gram += tb @ tb.T
             self.sum_c += ta.sum(axis=1, dtype=np.float64)
             self.sum += tb.sum(axis=1, dtype=np.float64)
             self.rows += ta.shape[1]
@@ -188,6 +189,7 @@ def refit(
     lc: LayerCandidates, candidate: Candidate, st: PairStatistics, *, damping: float = DEFAULT_DAMPING
 ) -> LayerFit:
     """The compensated factors and bias of one layer from its :class:`PairStatistics` (module docstring)."""
+    _check_finite(st, lc.label)
     w, b0 = _target(lc)
     n = max(st.rows, 1)
     mu_c, mu = st.sum_c / n, st.sum / n
@@ -270,7 +272,19 @@ def accumulated_error(
     return math.sqrt(num / ref) if ref > 0 else math.sqrt(num)
 
 
+def _check_finite(st: PairStatistics, label: str) -> None:
+    """Statistics of activations beyond float32's range (|x| ≳ 1e19) hold inf/NaN: say so, not a LinAlgError."""
+    if not all(np.isfinite(m).all() for m in (st.gram_c, st.cross, st.gram)):
+        raise TTGraphError(
+            "calibration",
+            "the activations overflow the compensation's float32 products: are the samples scaled as the "
+            "model expects?",
+            label,
+        )
+
+
 def _layer_error(lc: LayerCandidates, candidate: Candidate, fit: LayerFit | None, st: PairStatistics) -> float:
+    _check_finite(st, lc.label)
     w, b0 = _target(lc)
     if fit is not None:
         return accumulated_error(st, w, b0, fit.approx, b0 * 0 if fit.bias is None else fit.bias)
