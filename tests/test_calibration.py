@@ -345,3 +345,10 @@ def test_an_image_size_the_fixed_input_cannot_take_is_refused_before_reading_ima
     with pytest.raises(TTGraphError, match=r"size=99999x99999, but the model input 'x' is 32x48"):
         calibration_source(folder, image_model(), "unit,size=99999x99999")  # no 40 GB resize first
     assert list(calibration_source(folder, image_model(), "unit,size=32x48"))  # the input's own size is fine
+
+
+def test_preprocessing_given_with_samples_that_are_not_images_is_refused():
+    """The CLI refuses --preprocess with a .npy; the library did the same for paths but ignored it for feed
+    dicts and readers, leaving the caller believing it was applied."""
+    with pytest.raises(TTGraphError, match=r"preprocess: applies to images; list calibration data is fed as it is"):
+        calibration_source(feeds(3), two_conv_model(), "unit")

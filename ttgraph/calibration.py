@@ -528,6 +528,8 @@ def _calibration_source(
         if preprocess is not None:  # the user expects it applied; it cannot be, to samples already tensors
             raise TTGraphError("--preprocess", f"applies to images; {p.name} holds samples that are fed as they are")
         return array_source(p, model)
+    if preprocess is not None:
+        raise TTGraphError("preprocess", f"applies to images; {type(data).__name__} calibration data is fed as it is")
     if isinstance(data, CalibrationDataReaderLike) and not isinstance(data, Mapping):
         reader = data
 
