@@ -40,9 +40,19 @@ def test_numpy_scalars_and_arrays_as_options_give_a_plain_json_report(tmp_path):
         ({"rank": 2, "plan_cost": "bogus"}, "plan_cost: unknown cost model 'bogus'"),
         ({"macs_ratio": 0.5, "calibration": [np.zeros((1, 16, 6, 6), np.float32)]}, "item 0 is a ndarray"),
         ({"macs_ratio": 0.5, "calibration": [], "compensate_samples": 0}, "compensate_samples: expected ≥ 1"),
+        ({"rank": 2, "input_shapes": {"x": 3}}, "input_shapes: expected a list of integer dims per input"),
+        ({"rank": 2, "layers": 5}, "layers: expected conv names"),
+        ({"rank": 2, "layers": [5]}, "layers: expected conv names"),
+        ({"rank": 2, "lower": 5}, "lower: expected True, False or pass names"),
+        ({"rank": 2, "verify_feeds": 5}, "verify_feeds: expected a list of feed dicts, got int"),
+        ({"macs_ratio": 0.5, "calibration": [], "latency_threads": 0}, "latency threads must be ≥ 1"),
+        ({"macs_ratio": 0.5, "calibration": "READER"}, "get_next.. returned int, expected a dict"),
     ],
 )
 def test_wrong_option_types_and_values_are_ttgraph_errors_before_any_work(options, needle):
+    if options.get("calibration") == "READER":  # a CalibrationDataReader whose get_next() gives no dicts
+        items = iter([1, 2])
+        options["calibration"] = type("Reader", (), {"get_next": lambda self: next(items, None)})()
     with pytest.raises(ttgraph.TTGraphError, match=needle.replace("(", r"\(").replace("[", r"\[")):
         ttgraph.compress(conv_model(16, 16, hw=(6, 6)), **options)
 

@@ -417,11 +417,17 @@ def compress(
         if not isinstance(input_shapes, Mapping):
             kind = type(input_shapes).__name__
             raise TTGraphError("input_shapes", f"expected a dict {{input name: dims}}, got {kind}")
-        if any(isinstance(dims, str) for dims in input_shapes.values()):
-            raise TTGraphError("input_shapes", "expected integer dims such as [1, 3, 640, 640], got a string")
+        if any(isinstance(dims, str) or not isinstance(dims, Iterable) for dims in input_shapes.values()):
+            raise TTGraphError("input_shapes", "expected a list of integer dims per input, such as [1, 3, 640, 640]")
         input_shapes = {k: [_integer(f"input_shapes[{k!r}]", d) for d in dims] for k, dims in input_shapes.items()}
     layers = [layers] if isinstance(layers, str) else layers
+    if layers is not None and (not isinstance(layers, Iterable) or not all(isinstance(n, str) for n in layers)):
+        raise TTGraphError("layers", f"expected conv names (a string or a list of strings), got {layers!r}")
     lower = [name.strip() for name in lower.split(",") if name.strip()] if isinstance(lower, str) else lower
+    if not isinstance(lower, bool) and (not isinstance(lower, Iterable) or not all(isinstance(n, str) for n in lower)):
+        raise TTGraphError("lower", f"expected True, False or pass names, got {lower!r}")
+    if verify_feeds is not None and (isinstance(verify_feeds, Mapping) or not isinstance(verify_feeds, Iterable)):
+        raise TTGraphError("verify_feeds", f"expected a list of feed dicts, got {type(verify_feeds).__name__}")
     if isinstance(plan_cost, str) and plan_cost not in COST_MODELS:
         raise TTGraphError("plan_cost", f"unknown cost model {plan_cost!r} (known: {', '.join(COST_MODELS)})")
     budgeted = any(x is not None for x in (macs_ratio, params_ratio, max_error, latency_ratio))

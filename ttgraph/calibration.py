@@ -538,6 +538,11 @@ def _calibration_source(
                 item = reader.get_next()
                 if item is None:
                     return
+                if not isinstance(item, Mapping):
+                    raise TTGraphError(
+                        f"data reader {type(reader).__name__}",
+                        f"get_next() returned {type(item).__name__}, expected a dict {{input name: array}} or None",
+                    )
                 yield dict(item)
 
         return CalibrationSource(read, None, False, f"data reader {type(reader).__name__}")

@@ -56,6 +56,8 @@ def check_feed(inputs: Sequence[onnx.ValueInfoProto], feed: Mapping[str, Any], w
     each a finite array of the input's element type and rank whose static dims match — before onnxruntime
     fails with a traceback (or NaNs reach an eigensolver)."""
     names = [i.name for i in inputs]
+    if not isinstance(feed, Mapping):
+        raise TTGraphError(where, f"expected a feed dict {{input name: array}}, got {type(feed).__name__}")
     extra = [k for k in feed if k not in names]
     missing = [n for n in names if n not in feed]
     if missing or extra:
