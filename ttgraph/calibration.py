@@ -432,9 +432,9 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
         rank = len(input_dims(by_name[n]))
         if rank and array.ndim != rank:
             raise TTGraphError(p, f"array {n!r} has rank {array.ndim}, the model input has rank {rank}")
-        if (array.dtype.kind in "fc") != (dtypes[n].kind in "fc") or (array.dtype.kind == "c") != (
-            dtypes[n].kind == "c"
-        ):  # e.g. raw uint8 pixels for a float input; complex samples would lose their imaginary part
+        # real float, complex or integer must match: raw uint8 pixels for a float input, or complex samples
+        # (their imaginary part would be dropped), are mistakes a cast would hide
+        if _number_kind(array.dtype) != _number_kind(dtypes[n]):
             raise TTGraphError(
                 p,
                 f"array {n!r} is {array.dtype}, the model input is {dtypes[n]}: save preprocessed samples "
@@ -477,6 +477,10 @@ def _checked(source: CalibrationSource, model: onnx.ModelProto) -> CalibrationSo
     source.open = open_checked
     source.fetch = fetch_checked if fetched is not None else None
     return source
+
+
+def _number_kind(dtype: np.dtype) -> str:
+    return dtype.kind if dtype.kind in "fc" else "integer"
 
 
 # what numpy raises on a file it cannot read: empty (EOFError), not a zip (BadZipFile), object arrays (ValueError)
