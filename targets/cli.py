@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,9 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+MAX_THREADS = 1024  # beyond any machine's cores; 100000 made onnxruntime hang creating its pool
+
+
 def _parse_threads(text: str | None) -> list[int]:
     import os
 
@@ -207,6 +211,8 @@ def _parse_threads(text: str | None) -> list[int]:
         values = []
     if not values or min(values) < 1:
         raise TTGraphError("--threads", f"expected thread counts like 1,2, got {text!r}")
+    if max(values) > MAX_THREADS:
+        raise TTGraphError("--threads", f"at most {MAX_THREADS} threads, got {max(values)}")
     return values
 
 
@@ -220,6 +226,10 @@ def _run_ab(args: argparse.Namespace) -> int:
         from ttgraph.files import check_output_path
 
         check_output_path(args.plot, tuple(args.models))
+        if Path(args.plot).suffix.lower() != ".png":
+            raise TTGraphError(args.plot, "--plot writes a PNG: name it *.png")
+    if args.output:
+        raise TTGraphError("-o", "keeping the built library goes with timing one model over --rpc; A/B keeps none")
     for path in args.models:
         if not Path(path).is_file():
             raise TTGraphError(path, "no such model file")
@@ -278,10 +288,10 @@ def _load_inputs(path: str) -> dict[str, np.ndarray]:
     expected = "expected an .npz with one array per model input, keyed by input name (np.savez(path, x=array))"
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+        if isinstance(data, np.ndarray):
+            raise TTGraphError(path, f"{expected}, got a single .npy array")
+        with data:  # the members are read here, inside the guard: a damaged one is the same one line
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         reason = "not a numeric array file" if "pickle" in str(err) else str(err)
         raise TTGraphError(path, f"cannot read inputs: {expected}; {reason}") from err
-    if isinstance(data, np.ndarray):
-        raise TTGraphError(path, f"{expected}, got a single .npy array")
-    with data:
-        return {name: data[name] for name in data.files}

@@ -45,6 +45,7 @@ from .tune import check_minutes, describe_bound
 log = logging.getLogger("ttgraph.targets")
 
 # nvcc flags TVM itself uses for its generated kernels (tvm.support.nvcc).
+MAX_TRIALS = 1_000_000  # far beyond any tuning run; TVM's trial counter is a 64-bit int
 _NVCC_FLAGS = [
     "-O3",
     "-U__CUDA_NO_HALF_OPERATORS__",
@@ -142,8 +143,8 @@ def compile_model(
     preset = resolve_target(target)
     out = _check_output(preset, output, model)
     linker = _check_linker(preset, out)
-    if tune < 0:
-        raise TTGraphError("--tune", f"expected a number of trials >= 0, got {tune}")
+    if not 0 <= tune <= MAX_TRIALS:
+        raise TTGraphError("--tune", f"expected a number of trials from 0 to {MAX_TRIALS}, got {tune}")
     check_minutes(tune_minutes)
     tuning = bool(tune) or tune_minutes is not None
     tracker = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -74,6 +75,36 @@ def test_bench_on_a_bad_file_is_a_one_line_error(pair, tmp_path, capsys, bad):
     assert main(["bench", str(a), str(path), "--runs", "2", "--no-memory"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ttgraph: error:") and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--inputs", "EMPTY"], "empty.npz: cannot read inputs: expected an .npz"),
+        (["--inputs", "NOTZIP"], "notzip.npz: cannot read inputs: expected an .npz"),
+        (["--plot", "PLOT.txt"], "--plot writes a PNG: name it *.png"),
+        (["-o", "lib.so"], "-o: keeping the built library goes with timing one model over --rpc"),
+        (["--threads", "100000"], "--threads: at most 1024 threads"),
+        (["RENAMED"], "renamed.onnx: inputs ['z'] differ from the reference orig.onnx's ['x']"),
+    ],
+)
+def test_bench_options_that_cannot_work_are_one_line_errors_before_timing(pair, tmp_path, capsys, extra, needle):
+    a, b = pair
+    (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "notzip.npz").write_bytes(b"PK\x03\x04garbage")
+    renamed = onnx.load(b)
+    renamed.graph.input[0].name = "z"
+    for node in renamed.graph.node:
+        node.input[:] = ["z" if n == "x" else n for n in node.input]
+    onnx.save(renamed, tmp_path / "renamed.onnx")
+    subst = {"EMPTY": "empty.npz", "NOTZIP": "notzip.npz", "PLOT.txt": "plot.txt", "RENAMED": "renamed.onnx"}
+    extra = [str(tmp_path / subst[x]) if x in subst else x for x in extra]
+    models = [str(a), *(extra if extra[0].endswith(".onnx") else [str(b)])]
+    options = [] if extra[0].endswith(".onnx") else extra
+    assert main(["bench", *models, "--runs", "2", "--warmup", "0", "--no-memory", *options]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ttgraph: error:") and "\n" not in err and needle in err
+    assert not (tmp_path / "plot.txt").exists() and not Path("lib.so").exists()
 
 
 @pytest.mark.parametrize(

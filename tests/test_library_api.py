@@ -37,6 +37,7 @@ def test_numpy_scalars_and_arrays_as_options_give_a_plain_json_report(tmp_path):
         ({"rank": 2, "cores": "2"}, "cores: expected an integer"),
         ({"rank": 2, "input_shapes": ["x=1,16,6,6"]}, "input_shapes: expected a dict"),
         ({"rank": 2, "input_shapes": {"x": [1, 16, 0, 6]}}, "input_shapes: 'x': dims must be positive"),
+        ({"rank": 2, "input_shapes": {"x": [1, 16, 10**23, 6]}}, "input_shapes: 'x': dims must be positive and below"),
         ({"rank": 2, "plan_cost": "bogus"}, "plan_cost: unknown cost model 'bogus'"),
         ({"macs_ratio": 0.5, "calibration": [np.zeros((1, 16, 6, 6), np.float32)]}, "item 0 is a ndarray"),
         ({"macs_ratio": 0.5, "calibration": [], "compensate_samples": 0}, "compensate_samples: expected ≥ 1"),

@@ -112,6 +112,10 @@ def test_plan_cli_rejects_inconsistent_modes():
         (["--modes-in", "8,48", "--modes-out", "48,8", "--ranks", "8", "--hw", "0x80"], "--hw: expected a positive"),
         (["--modes-in", "8,48", "--modes-out", "48,8", "--ranks", "8", "--batch", "0"], "--batch: expected a positive"),
         (["MODEL", "--ranks", "8"], "--ranks: describes one layer"),
+        (
+            ["--modes-in", ",".join(["2"] * 24), "--modes-out", ",".join(["2"] * 24), "--ranks", "2"],
+            "--modes-in: at most 8",
+        ),
     ],
 )
 def test_plan_cli_names_the_option_at_fault(tmp_path, args, needle):

@@ -157,6 +157,13 @@ def test_tuning_bounded_by_time_stops_and_keeps_what_it_measured(tmp_path):
     assert max(relative_errors(ref, run_library(tmp_path / "t.so", feed))) <= X86_TOLERANCE
 
 
+@pytest.mark.parametrize("trials", [-5, 10**20])
+def test_tuning_trials_out_of_range_are_refused_before_building(tmp_path, trials):
+    with pytest.raises(TTGraphError, match=r"--tune: expected a number of trials from 0 to 1000000"):
+        compile_model(pointwise_model(), "x86_64", tmp_path / "m.so", tune=trials)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("minutes", [0.0, -1.0, float("nan")])
 def test_tuning_time_bound_must_be_positive(tmp_path, minutes):
     with pytest.raises(TTGraphError, match="expected a positive number of minutes"):

@@ -13,6 +13,7 @@ medians of the absolute times beside it. Runtimes: onnxruntime here (:func:`onnx
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import statistics
@@ -27,6 +28,7 @@ import numpy as np
 import onnx
 
 from ttgraph.errors import TTGraphError
+from ttgraph.files import write_atomic
 from ttgraph.model_io import InputShapes, ModelSource, graph_inputs, input_dims, load_model, source_name
 from ttgraph.verify import check_feed
 
@@ -176,8 +178,10 @@ class BenchReport:
         ax.set_title(f"{self.runtime}: ratio of times, A/B alternated")
         ax.legend(fontsize="small")
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110)
         plt.close(fig)
+        write_atomic(path, buffer.getvalue())
 
 
 def cpu_model() -> str:
@@ -222,7 +226,7 @@ def compare(
     for label, proto in protos.items():
         names = {v.name for v in graph_inputs(proto)}
         if names != set(feed):
-            what = f"the given inputs' {sorted(feed)}" if given else f"the reference {reference}'s {sorted(names)}"
+            what = f"the given inputs' {sorted(feed)}" if given else f"the reference {reference}'s {sorted(feed)}"
             raise TTGraphError(label, f"inputs {sorted(names)} differ from {what}")
         # every model runs the same feed: a shape or type it cannot take is one line here, not onnxruntime's traceback
         check_feed(graph_inputs(proto), feed, label)

@@ -272,6 +272,9 @@ def input_dims(value: onnx.ValueInfoProto) -> list[int | None]:
     ]
 
 
+_MAX_DIM = 2**31 - 1  # larger than any real tensor dim, and ONNX stores dims as int64
+
+
 def set_input_shapes(model: onnx.ModelProto, shapes: InputShapes, name: str = "<model>") -> None:
     """Fix the named inputs' shapes in place; intermediate value_info is dropped so it is re-inferred."""
     inputs = {i.name: i for i in graph_inputs(model)}
@@ -280,8 +283,10 @@ def set_input_shapes(model: onnx.ModelProto, shapes: InputShapes, name: str = "<
     for input_name, dims in shapes.items():
         if isinstance(dims, str) or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in dims):
             raise TTGraphError("input_shapes", f"{input_name!r}: expected integer dims, got {dims!r}")
-        if any(d < 1 for d in dims):
-            raise TTGraphError("input_shapes", f"{input_name!r}: dims must be positive, got {list(dims)}")
+        if any(d < 1 or d > _MAX_DIM for d in dims):
+            raise TTGraphError(
+                "input_shapes", f"{input_name!r}: dims must be positive and below 2^31, got {list(dims)}"
+            )
         dims = [int(d) for d in dims]
         if input_name not in inputs:
             known = ", ".join(inputs) or "none"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ttgraph.api import provenance
+from ttgraph.api import MAX_CORES, provenance
 from ttgraph.commands.common import format_table
 from ttgraph.costs import human
 from ttgraph.errors import TTGraphError
@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         raise TTGraphError("--modes-out", f"multiply to {_prod(args.modes_out)}, but --cout is {args.cout}")
     if len(args.modes_in) != len(args.modes_out):
         raise TTGraphError("--modes-in", "--modes-in and --modes-out need the same number of modes")
+    if len(args.modes_in) > MAX_CORES:  # the DP is exponential in the modes: 24 ran for minutes
+        raise TTGraphError("--modes-in", f"at most {MAX_CORES} modes (TT cores), got {len(args.modes_in)}")
     ranks = args.ranks[0] if len(args.ranks) == 1 else args.ranks
     plan, naive = _plan(args, args.modes_in, args.modes_out, ranks, _pixels(args))
     if args.json:
