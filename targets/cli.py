@@ -138,6 +138,8 @@ def run_compile(args: argparse.Namespace) -> int:
         return 0
     if not args.model:
         raise TTGraphError("compile", "expected a MODEL to compile (or --list-targets)")
+    if args.key and not args.tracker:
+        raise TTGraphError("--key", "names a device registered with a tracker: give --tracker HOST:PORT too")
     from .compile import compile_model
 
     _log_to_stderr()

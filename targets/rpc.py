@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from ttgraph.errors import TTGraphError
-from ttgraph.model_io import ModelSource
+from ttgraph.model_io import ModelSource, graph_inputs, load_model
+from ttgraph.verify import check_feed
 
 from .compile import CompileResult, compile_model
 from .presets import resolve_target
@@ -197,6 +198,10 @@ def bench(
     preset = resolve_target(target)
     if bool(rpc) == bool(tracker):
         raise TTGraphError("--rpc", "give exactly one of --rpc HOST:PORT or --tracker HOST:PORT --key KEY")
+    if not tolerance >= 0:  # also NaN: every comparison would fail
+        raise TTGraphError("--tolerance", f"expected a relative error ≥ 0, got {tolerance}")
+    if isinstance(inputs, Mapping):  # names, types, static dims, NaN: one line here, not after the build
+        check_feed(graph_inputs(load_model(model, check=False)), inputs, "--inputs")
     device = "cuda" if preset.is_cuda else "cpu"
     if input_shapes is None and isinstance(inputs, Mapping):
         input_shapes = {name: list(np.shape(value)) for name, value in inputs.items()}

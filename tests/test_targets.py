@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import conv_model
 from tvm_helpers import compressed, det_input, line_input, pointwise_model, record, resize_model
 
 from targets.cli import add_parser
@@ -157,6 +159,26 @@ def test_tuning_bounded_by_time_stops_and_keeps_what_it_measured(tmp_path):
     assert max(relative_errors(ref, run_library(tmp_path / "t.so", feed))) <= X86_TOLERANCE
 
 
+@pytest.mark.parametrize(
+    ("inputs", "tolerance", "needle"),
+    [
+        ({"x": np.zeros((1, 8, 4, 4), np.int64)}, 1e-3, "--inputs: input 'x' is int64, the model expects float32"),
+        ({"x": np.full((1, 8, 4, 4), np.nan, np.float32)}, 1e-3, "--inputs: input 'x' holds NaN"),
+        ({"z": np.zeros((1, 8, 4, 4), np.float32)}, 1e-3, "--inputs: a feed needs the model inputs ['x'], got 'z'"),
+        (None, -1.0, "--tolerance: expected a relative error ≥ 0"),
+    ],
+)
+def test_timing_one_model_on_a_device_checks_its_inputs_before_connecting(tmp_path, inputs, tolerance, needle):
+    """Port 1 refuses connections: these must fail on the inputs first, not on the device or after a build."""
+    from targets.rpc import bench
+
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_model(8, 8, hw=(4, 4)), path)
+    with pytest.raises(TTGraphError, match=re.escape(needle)):
+        bench(path, "x86_64", rpc="127.0.0.1:1", inputs=inputs, tolerance=tolerance)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
 @pytest.mark.parametrize("trials", [-5, 10**20])
 def test_tuning_trials_out_of_range_are_refused_before_building(tmp_path, trials):
     with pytest.raises(TTGraphError, match=r"--tune: expected a number of trials from 0 to 1000000"):
@@ -183,3 +205,13 @@ def test_tuning_time_bound_must_be_positive(tmp_path, minutes):
 )
 def test_a_learned_cost_model_is_used_only_where_the_budget_pays_for_it(trials, minutes, xgb, expected):
     assert search_setup(trials, minutes, xgb) == expected
+
+
+def test_a_device_key_without_a_tracker_is_refused(tmp_path, capsys):
+    from ttgraph.cli import main
+
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_model(8, 8, hw=(4, 4)), path)
+    assert main(["compile", str(path), "--key", "phone", "-o", str(tmp_path / "m.so")]) == 2
+    assert "--key: names a device registered with a tracker" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
