@@ -44,8 +44,9 @@ from .tune import check_minutes, describe_bound
 
 log = logging.getLogger("ttgraph.targets")
 
-# nvcc flags TVM itself uses for its generated kernels (tvm.support.nvcc).
 MAX_TRIALS = 1_000_000  # far beyond any tuning run; TVM's trial counter is a 64-bit int
+
+# nvcc flags TVM itself uses for its generated kernels (tvm.support.nvcc).
 _NVCC_FLAGS = [
     "-O3",
     "-U__CUDA_NO_HALF_OPERATORS__",
