@@ -313,9 +313,25 @@ def make_target(preset: TargetPreset, *, for_tuning: bool = False) -> Any:
     if for_tuning and spec.get("kind") == "llvm" and "num-cores" not in spec:
         spec["num-cores"] = _physical_cores()
     try:
-        return tvm.target.Target(spec)
+        target = tvm.target.Target(spec)
     except Exception as err:  # ValueError / TVMError from the target parser
         raise TTGraphError("--target", f"TVM rejects the target {preset.target_json()}: {_first_line(err)}") from err
+    _check_cpu(tvm, spec)
+    return target
+
+
+def _check_cpu(tvm: Any, spec: dict[str, Any]) -> None:
+    """An ``mcpu`` LLVM does not know is only a warning to TVM, which then builds generic code: for a phone
+    that silently loses the tuning the user asked for (a typo such as "cortex-a67"), so it is an error here."""
+    cpu = spec.get("mcpu")
+    if spec.get("kind") != "llvm" or not cpu:
+        return
+    codegen = tvm.target.codegen
+    triple = str(spec.get("mtriple") or codegen.llvm_get_system_triple())
+    if not codegen.llvm_is_valid_cpu(str(cpu), triple):
+        raise TTGraphError(
+            "--target", f"LLVM knows no CPU {cpu!r} for {triple} (TVM would build generic code); check the name"
+        )
 
 
 def import_relax(prepared: PreparedModel, name: str) -> Any:

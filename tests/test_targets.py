@@ -107,6 +107,14 @@ def test_target_tvm_rejects_is_a_one_line_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_cpu_llvm_does_not_know_is_refused_not_built_generic(tmp_path):
+    """TVM only warns about an unknown ``mcpu`` and builds generic code (a typo would lose the phone's tuning)."""
+    with pytest.raises(TTGraphError, match="LLVM knows no CPU 'cortex-a67' for aarch64-linux-gnu"):
+        compile_model(pointwise_model(), '{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a67"}',
+                      tmp_path / "m.so")  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_compile_cli_writes_the_library(tmp_path, capsys):
     model_path = tmp_path / "pw.onnx"
     onnx.save(pointwise_model(), model_path)
