@@ -17,12 +17,12 @@ import argparse
 import json
 import logging
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ttgraph.calibration import UNREADABLE_ARRAY, numpy_reason
 from ttgraph.errors import TTGraphError
 from ttgraph.model_io import parse_input_shapes
 
@@ -294,6 +294,5 @@ def _load_inputs(path: str) -> dict[str, np.ndarray]:
             raise TTGraphError(path, f"{expected}, got a single .npy array")
         with data:  # the members are read here, inside the guard: a damaged one is the same one line
             return {name: data[name] for name in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        reason = "not a numeric array file" if "pickle" in str(err) else str(err)
-        raise TTGraphError(path, f"cannot read inputs: {expected}; {reason}") from err
+    except UNREADABLE_ARRAY as err:
+        raise TTGraphError(path, f"cannot read inputs: {expected}; {numpy_reason(err)}") from err

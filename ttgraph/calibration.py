@@ -389,15 +389,15 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
             raise TTGraphError(p, f"a .npy file feeds single-input models; this one has {len(inputs)} (use .npz)")
         try:
             arrays = {inputs[0].name: np.load(p, mmap_mode="r", allow_pickle=False)}
-        except _UNREADABLE as err:
-            raise TTGraphError(p, f"cannot read as .npy: {_numpy_reason(err)}") from err
+        except UNREADABLE_ARRAY as err:
+            raise TTGraphError(p, f"cannot read as .npy: {numpy_reason(err)}") from err
         getter: Callable[[str], np.ndarray] = arrays.__getitem__
         counts = {k: int(v.shape[0]) if v.ndim else 0 for k, v in arrays.items()}
     elif p.suffix.lower() == ".npz":
         try:
             archive = np.load(p, allow_pickle=False)
-        except _UNREADABLE as err:
-            raise TTGraphError(p, f"cannot read as .npz: {_numpy_reason(err)}") from err
+        except UNREADABLE_ARRAY as err:
+            raise TTGraphError(p, f"cannot read as .npz: {numpy_reason(err)}") from err
         keys = set(archive.files)
         missing = [n for n in by_name if n not in keys]
         if missing:
@@ -409,8 +409,8 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
             try:
                 with np.load(p, mmap_mode="r", allow_pickle=False) as z:
                     arr = z[n]
-            except _UNREADABLE as err:
-                raise TTGraphError(p, f"cannot read array {n!r}: {_numpy_reason(err)}") from err
+            except UNREADABLE_ARRAY as err:
+                raise TTGraphError(p, f"cannot read array {n!r}: {numpy_reason(err)}") from err
             counts[n] = int(arr.shape[0]) if arr.ndim else 0
 
         def getter(name: str) -> np.ndarray:
@@ -484,10 +484,10 @@ def _number_kind(dtype: np.dtype) -> str:
 
 
 # what numpy raises on a file it cannot read: empty (EOFError), not a zip (BadZipFile), object arrays (ValueError)
-_UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+UNREADABLE_ARRAY = (OSError, ValueError, EOFError, zipfile.BadZipFile)
 
 
-def _numpy_reason(err: Exception) -> str:
+def numpy_reason(err: Exception) -> str:
     """numpy's reason, without its advice to unpickle an untrusted file."""
     return "not a numeric array file (object arrays are not read)" if "pickle" in str(err) else str(err)
 
