@@ -131,7 +131,11 @@ class _Emitter:
     def _output_shape(self, sliced: gs.Tensor) -> gs.Tensor:
         """``[N, Cout, *spatial]``: a constant when the conv's output shape is static, else read at run time."""
         shape = self.conv.output_shape
-        if shape is not None and is_static(shape) and len(shape) == 2 + self.conv.spatial_rank:
+        # a model with a dynamic input may still carry a stale static value_info (a batch-1 export made dynamic)
+        fixed_inputs = all(
+            i.shape is not None and all(isinstance(d, int) and d >= 0 for d in i.shape) for i in self.graph.inputs
+        )
+        if fixed_inputs and shape is not None and is_static(shape) and len(shape) == 2 + self.conv.spatial_rank:
             return self.const("out.shape", np.array(shape, np.int64))
         rank = self.conv.spatial_rank
         dims = self.node("Shape", "in_shape", [sliced])

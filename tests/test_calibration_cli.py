@@ -217,14 +217,30 @@ def test_html_renders_from_the_json_report_alone(setup, tmp_path):
     assert "<table" in text and "Error vs cost" in text
 
 
-def test_dynamic_input_dims_are_fixed_from_the_calibration_data_for_mac_counting(tmp_path):
-    import ttgraph
+def test_dynamic_input_dims_are_fixed_from_the_calibration_data_for_mac_counting_only(tmp_path):
     from tests.conftest import conv_model
 
-    model = conv_model(16, 24, hw=("h", "w"), batch="n")
+    onnx.save_model(conv_model(16, 24, hw=("h", "w"), batch="n"), tmp_path / "m.onnx")
     arr = np.random.default_rng(3).standard_normal((8, 16, 10, 12)).astype(np.float32)
     np.save(tmp_path / "x.npy", arr)
-    result = ttgraph.compress(model, calibration=tmp_path / "x.npy", macs_ratio=0.6, holdout=2)
-    assert result.report.options["input_shapes"] == {"x": [1, 16, 10, 12]}
-    assert result.report.totals["macs_before"] == 16 * 24 * 10 * 12
-    assert result.report.totals["macs_ratio"] <= 0.6
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    proc = ttgraph_cli(
+        "compress", tmp_path / "m.onnx", "-o", out, "--calib", tmp_path / "x.npy", "--macs-ratio", "0.6",
+        "--holdout", "2", "--report", report,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "MACs counted at the first calibration sample's size, x=1,16,10,12" in proc.stdout
+    data = json.loads(report.read_text())
+    assert data["options"]["input_shapes"] == {"x": [1, 16, 10, 12]}
+    assert data["totals"]["macs_before"] == 16 * 24 * 10 * 12
+    assert data["totals"]["macs_ratio"] <= 0.6
+    dims = [d.dim_param or d.dim_value for d in onnx.load(out).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["n", 16, "h", "w"]
+
+
+def test_no_verify_says_so(setup, tmp_path):
+    model, _ = setup
+    proc = ttgraph_cli("compress", model, "-o", tmp_path / "out.onnx", "--rank", "4", "--no-verify")
+    assert proc.returncode == 0, proc.stderr
+    assert "not verified (--no-verify)" in proc.stdout
+    assert "dynamic input dims" not in proc.stdout

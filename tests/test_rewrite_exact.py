@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import ttgraph
 from tests.conftest import (
@@ -84,6 +85,44 @@ def test_dynamic_batch_and_spatial_dims_are_kept_and_run_at_any_size():
     assert out_x[0] == "n" and out_x[2:] == ["h", "w"]
     for shape in ([1, 24, 7, 5], [3, 24, 16, 12]):
         assert_exact(compare_outputs(model, result.model, [feed_for(model, shape)]), 1e-5)
+
+
+def test_a_stale_static_value_info_does_not_pin_a_dynamic_batch():
+    """A batch-1 export made dynamic by editing its input keeps value_info and outputs at batch 1."""
+    model = conv_model(16, 24, batch="n", hw=(8, 8))
+    model.graph.value_info.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 24, 8, 8]))
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    result = ttgraph.compress(model, cores=2, rank_ratio=1.0)
+    assert result.report.layers[0].cores == 2
+    assert_exact(compare_outputs(model, result.model, [feed_for(model, [2, 16, 8, 8])]), 1e-5)
+
+
+def test_a_budget_counts_macs_at_the_first_samples_size_but_keeps_the_dynamic_dims():
+    # W = A ⊗ B: exactly TT rank 1 over modes 4×4, so the budget picks a TT layer, whose output shape is then
+    # read at run time
+    rng = np.random.default_rng(0)
+    model = conv_model(16, 16, batch="n", hw=("h", "w"), bias=False)
+    kron = np.kron(rng.standard_normal((4, 4)), rng.standard_normal((4, 4))).astype(np.float32)
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(kron.reshape(16, 16, 1, 1), "w"))
+    calib = [feed_for(model, [1, 16, 8, 8], seed=s) for s in range(12)]
+    result = ttgraph.compress(model, calibration=calib, macs_ratio=0.5, cores=2, compensate=False)
+    assert result.report.layers[0].cores == 2
+    assert result.report.options["input_shapes"] == {"x": [1, 16, 8, 8]}
+    assert result.report.options["input_shapes_from"] == "calibration"
+    assert result.report.totals["macs_before"] == 16 * 16 * 64
+    dims = [d.dim_param or d.dim_value for d in result.model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["n", 16, "h", "w"]
+    assert_exact(compare_outputs(model, result.model, [feed_for(model, [3, 16, 10, 6])]), 1e-4)
+    assert_exact(result.verify([feed_for(model, [2, 16, 5, 7])]), 1e-4)
+
+
+def test_samples_of_several_sizes_for_a_macs_budget_are_refused_with_the_reason():
+    model = conv_model(16, 24, batch="n", hw=("h", "w"))
+    calib = [feed_for(model, [1, 16, 8, 8]), feed_for(model, [1, 16, 12, 12])]
+    with pytest.raises(ttgraph.TTGraphError, match="first calibration sample fixed the model's dynamic dims"):
+        ttgraph.compress(model, calibration=calib, macs_ratio=0.5, holdout=0)
+    with pytest.raises(ttgraph.TTGraphError, match="input dims are dynamic: give input_shapes"):
+        ttgraph.compress(model, calibration=iter(calib), macs_ratio=0.5, holdout=0)
 
 
 def test_prime_channel_counts_fall_back_to_lowrank_with_a_note():

@@ -11,7 +11,8 @@ import itertools
 import json
 import numbers
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from ttgraph.model_io import (
     ModelSource,
     adopt_envelope,
     check_model,
+    declare_io_like,
     graph_inputs,
     input_dims,
     load_model,
@@ -52,7 +54,7 @@ from ttgraph.model_io import (
 from ttgraph.planner import COST_MODELS
 from ttgraph.shapes import Shape, infer_shapes
 from ttgraph.tt import TTFormat, relative_error, scale_ranks, tt_format, tt_reconstruct, tt_svd
-from ttgraph.verify import Feed, OutputError, compare_outputs
+from ttgraph.verify import Feed, FeedShapeError, OutputError, compare_outputs
 
 MAX_CORES = 8
 
@@ -267,7 +269,8 @@ class CompressionResult:
         """Compare the rewritten model with the original on ``feeds`` (onnxruntime)."""
         if self.source is None:
             raise TTGraphError(None, "this result does not hold its original model")
-        original = load_model(self.source, self.report.options.get("input_shapes") or None)
+        given = self.report.options.get("input_shapes_from") != "calibration"
+        original = load_model(self.source, (self.report.options.get("input_shapes") or None) if given else None)
         return compare_outputs(original, self.model, feeds, source_name(self.source))
 
 
@@ -580,8 +583,6 @@ def _compress_to_budget(
 ) -> CompressionResult:
     """compress() with a global budget: calibrate → decompose → (sensitivity) → allocate → compensate → rewrite →
     (distill) → lower → verify."""
-    from ttgraph.fidelity import heldout_fidelity
-
     if method not in ("data", "weight"):
         raise TTGraphError("options", f"method must be 'data' or 'weight', got {method!r}")
     if calibration is None and method == "data":
@@ -594,13 +595,87 @@ def _compress_to_budget(
     name = source_name(model)
     original = load_model(model, input_shapes)
     source = None
+    declared = None  # the model as given, when its dynamic dims are fixed from the data only to count MACs
     if calibration is not None:
         source = calibration_source(calibration, original, preprocess)
         fixed = _fixed_shapes_from_data(original, source) if not input_shapes else None
         if fixed:
-            input_shapes = fixed
+            declared, input_shapes = original, fixed
             original = load_model(model, input_shapes)
             source = calibration_source(calibration, original, preprocess)
+    with _one_size_from_data(fixed=declared is not None, shapes=input_shapes):
+        return _compress_fixed(
+            model,
+            name,
+            original,
+            declared,
+            source,
+            budget,
+            holdout=holdout,
+            cores=cores,
+            method=method,
+            rank_multiple=rank_multiple,
+            input_shapes=input_shapes,
+            layers=layers,
+            plan_cost=plan_cost,
+            verify_feeds=verify_feeds,
+            progress=progress,
+            compensate=compensate,
+            compensate_samples=compensate_samples,
+            latency_threads=latency_threads,
+            lower=lower,
+            sensitivity=sensitivity,
+            distill=distill,
+        )
+
+
+@contextmanager
+def _one_size_from_data(*, fixed: bool, shapes: InputShapes | None) -> Iterator[None]:
+    """A sample of another size than the first, when the first fixed the model's dynamic dims, is refused
+    with why: one input shape is what MACs are counted at."""
+    try:
+        yield
+    except FeedShapeError as err:
+        if not fixed:
+            raise
+        first = ", ".join(f"{k}: {'×'.join(map(str, v))}" for k, v in (shapes or {}).items())
+        raise TTGraphError(
+            err.source,
+            f"{err.what}: the first calibration sample fixed the model's dynamic dims ({first}) to count MACs "
+            "at one input shape; give samples of one size (the written model keeps its dynamic dims)",
+            err.node,
+        ) from err
+
+
+def _compress_fixed(
+    model: ModelSource,
+    name: str,
+    original: onnx.ModelProto,
+    declared: onnx.ModelProto | None,
+    source: Any,
+    budget: Budget,
+    *,
+    holdout: int | float,
+    cores: int,
+    method: str,
+    rank_multiple: int,
+    input_shapes: InputShapes | None,
+    layers: Sequence[str] | None,
+    plan_cost: str,
+    verify_feeds: Iterable[Feed] | None,
+    progress: bool,
+    compensate: bool,
+    compensate_samples: int | None,
+    latency_threads: int,
+    lower: bool | Sequence[str],
+    sensitivity: int,
+    distill: tuple[int, float, int, str],
+) -> CompressionResult:
+    """The budget path on a model whose input dims are fixed (given, or from the first calibration sample:
+    then ``declared`` is the model as given, whose dims the written model gets back)."""
+    from ttgraph.fidelity import heldout_fidelity
+
+    epochs = distill[0]
     if epochs:  # before the statistics pass, not after it
         from ttgraph.torch_graph import check_runnable, require_torch
 
@@ -609,6 +684,12 @@ def _compress_to_budget(
     graph, found, shapes = _analyse(original)
     _skip_our_own_factors(found, provenance(original, name))
     convs = _select_layers(found, layers, name)
+    if budget.ratio is not None and budget.metric != "params" and any(c.pixels is None for c in convs):
+        raise TTGraphError(
+            name,
+            "a MACs or time budget needs the input's spatial size and the model's input dims are dynamic: give "
+            "input_shapes (--input-shape), or calibration data that can be read twice (its first sample fixes them)",
+        )
     opset = int(graph.opset or 13)
     stats = held_stats = None
     held = None
@@ -682,12 +763,14 @@ def _compress_to_budget(
         if chosen.kind == "dense" and fit is not None and fit.weight is not None:
             _replace_dense(lc.conv, fit)
         if chosen.kind != "dense":
+            # dims fixed from the data: the TT layers read their output shape at run time, like the model's
+            shape = lc.conv.output_shape if declared is None else None
             if fit is not None:
                 dtype = lc.conv.bias.dtype if lc.conv.bias is not None else lc.conv.weight_dtype
-                conv = dataclasses.replace(lc.conv, bias=fit.bias.astype(dtype))
+                conv = dataclasses.replace(lc.conv, bias=fit.bias.astype(dtype), output_shape=shape)
                 rewrites.append(LayerRewrite(conv, [c.copy() for c in fit.cores], chosen.order))
             else:
-                conv = dataclasses.replace(lc.conv, bias=lc.bias(chosen))
+                conv = dataclasses.replace(lc.conv, bias=lc.bias(chosen), output_shape=shape)
                 rewrites.append(LayerRewrite(conv, lc.cores(chosen), chosen.order))
         sensitivity_weight = None if weights is None else weights.get(lc.label)
         reports.append(_budget_layer_report(lc, chosen, alloc, stats, held_stats, metric, sensitivity_weight))
@@ -716,6 +799,8 @@ def _compress_to_budget(
         )
         rewritten = distillation.model
     rewritten, lowering = _lower(rewritten, lower, _first_feed(held))
+    if declared is not None:
+        rewritten = declare_io_like(rewritten, declared)
     macs = alloc.totals("macs") if all(c.pixels is not None for c in convs) else None
     params = alloc.totals("params")
     report = CompressionReport(
@@ -738,6 +823,8 @@ def _compress_to_budget(
             "distill_train": distill[3],
             "plan_cost": plan_cost,
             "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
+            # "calibration": read from the first sample to count MACs; the written model keeps its dynamic dims
+            "input_shapes_from": None if not input_shapes else "given" if declared is None else "calibration",
         },
         layers=reports,
         skipped=found.skipped,
@@ -771,7 +858,7 @@ def _compress_to_budget(
     result = CompressionResult(
         rewritten,
         report,
-        model if not isinstance(model, onnx.ModelProto) else original,
+        model if not isinstance(model, onnx.ModelProto) else original if declared is None else declared,
         Decomposition(stats, held_stats, layer_cands, alloc, comp) if stats is not None else None,  # type: ignore[arg-type]
     )
     check_feeds: Any = None

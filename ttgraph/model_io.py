@@ -310,6 +310,20 @@ def set_input_shapes(model: onnx.ModelProto, shapes: InputShapes, name: str = "<
     del model.graph.value_info[:]
 
 
+def declare_io_like(model: onnx.ModelProto, declared: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with the types ``declared`` gives its graph inputs and outputs (their dynamic dims) and only
+    ``declared``'s value_info: for a model whose dims were fixed from calibration data only to count MACs,
+    so what is written still runs at every size the original does. Edits ``model`` in place."""
+    types = {v.name: v.type for v in [*declared.graph.input, *declared.graph.output]}
+    for value in [*model.graph.input, *model.graph.output]:
+        if value.name in types:
+            value.type.CopyFrom(types[value.name])
+    produced = {name for node in model.graph.node for name in node.output}
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(v for v in declared.graph.value_info if v.name in produced)
+    return model
+
+
 def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *, source: ModelSource | None = None) -> Path:
     """Write ``model`` to ``path`` atomically; weights go to ``<name>.data`` beside it when over 2 GB.
 

@@ -264,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
             }
     result.save(args.output, report_path=args.report, html_path=args.html)
     if not args.quiet:
-        print(render(result.report))
+        print(render(result.report, verify_skipped=args.no_verify))
     written = [p for p in (args.report, args.html) if p]
     print(f"wrote {args.output}" + "".join(f" and {p}" for p in written))
     return 0
@@ -274,7 +274,7 @@ def _err(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def render(report: CompressionReport) -> str:
+def render(report: CompressionReport, *, verify_skipped: bool = False) -> str:
     calibrated = report.calibration is not None
     rows = []
     for layer in report.layers:
@@ -304,6 +304,9 @@ def render(report: CompressionReport) -> str:
     if "macs_ratio" in t:
         line += f", MACs {human(t['macs_before'])}→{human(t['macs_after'])} ({t['macs_ratio']:.3f}×)"
     lines.append(line)
+    if report.options.get("input_shapes_from") == "calibration":
+        at = ", ".join(f"{k}={','.join(map(str, v))}" for k, v in report.options["input_shapes"].items())
+        lines.append(f"MACs counted at the first calibration sample's size, {at}; the model keeps its dynamic dims")
     notes = [f"  {layer.name}: {layer.note}" for layer in report.layers if layer.note]
     if notes:
         lines += ["notes:", *notes]
@@ -354,6 +357,8 @@ def render(report: CompressionReport) -> str:
             lines.append(f"output {out['name']}: {_fidelity(out)} ({report.verification['inputs']})")
             if out["name"] in moved:
                 lines.append(f"  for scale, the original under {noisy['noise']}: {_fidelity(moved[out['name']])}")
+    elif verify_skipped:
+        lines.append("not verified (--no-verify)")
     else:
         lines.append("not verified: the model has dynamic input dims (fix them with --input-shape)")
     return "\n".join(lines)
