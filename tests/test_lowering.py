@@ -143,6 +143,29 @@ def test_batchnorm_after_conv_is_folded():
     assert report["max_rel_error"] is not None and report["max_rel_error"] < 1e-5
 
 
+def test_weights_a_caller_may_feed_are_neither_folded_nor_dropped():
+    """Every initializer listed as a graph input too (PyTorch's keep_initializers_as_inputs): defaults."""
+    w, b = _weights(6, 4)
+    rng = np.random.default_rng(1)
+    bn = {"s": rng.uniform(0.5, 2, 6), "t": rng.standard_normal(6), "mu": rng.standard_normal(6), "v": np.ones(6)}
+    nodes = [
+        _conv("c", "x", "h", w, b),
+        helper.make_node("BatchNormalization", ["h", "s", "t", "mu", "v"], ["z"]),
+        helper.make_node("Relu", ["z"], ["y"]),
+    ]
+    model = _model(nodes, {"c_w": w, "c_b": b, **bn})
+    inits = {i.name: i for i in model.graph.initializer}
+    model.graph.input.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, i.dims) for n, i in inits.items())
+    names = [i.name for i in model.graph.input]
+    lowered, report = lower_model(model, ["fold-affine", "flush-subnormals"])
+    assert [i.name for i in lowered.graph.input] == names
+    assert report["passes"][0]["count"] == 0
+    # the caller overrides two of them
+    feed = {**_feed(), "c_w": np.zeros(w.shape, np.float32), "t": np.full(6, 2.0, np.float32)}
+    _assert_same(model, lowered, feed)
+    _assert_same(model, lowered, _feed())
+
+
 @pytest.mark.parametrize("shape", [(1, 6, 1, 1), (6, 1, 1), (1,), ()])
 def test_mul_div_add_sub_after_a_grouped_padded_conv_are_folded(shape):
     w, _ = _weights(6, 2, k=3)

@@ -45,6 +45,7 @@ from ttgraph.model_io import (
     adopt_envelope,
     check_model,
     declare_io_like,
+    fed_initializers,
     graph_inputs,
     input_dims,
     load_model,
@@ -67,15 +68,7 @@ def _compute_tensors(model: onnx.ModelProto) -> list[str]:
 def _analyse(model: onnx.ModelProto) -> tuple[gs.Graph, FoundConvs, dict[str, Shape]]:
     shapes = infer_shapes(model, wanted=_compute_tensors(model))
     graph = gs.import_onnx(model)
-    return graph, FindPointwiseConvs(shapes, fed=_fed_initializers(model))(graph), shapes
-
-
-def _fed_initializers(model: onnx.ModelProto) -> set[str]:
-    """Initializers listed among the graph inputs: defaults the caller may override (onnx-graphsurgeon imports
-    them as constants and drops them from the inputs; :func:`~ttgraph.model_io.adopt_envelope` puts them back)."""
-    if model.ir_version < 4:  # there every initializer must be listed as an input: none is meant to be fed
-        return set()
-    return {i.name for i in model.graph.initializer} & {i.name for i in model.graph.input}
+    return graph, FindPointwiseConvs(shapes, fed=fed_initializers(model))(graph), shapes
 
 
 # ----------------------------------------------------------------------------------------------- inspect

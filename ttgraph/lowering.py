@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 
 from passes.lower import DEFAULT_PASSES, Lower
 from ttgraph.errors import TTGraphError
-from ttgraph.model_io import adopt_envelope, check_model, graph_inputs, input_dims
+from ttgraph.model_io import adopt_envelope, check_model, fed_initializers, graph_inputs, input_dims
 
 
 def lower_model(
@@ -34,8 +34,13 @@ def lower_model(
     except ValueError as err:
         raise TTGraphError("--lower", str(err)) from err
     graph = gs.import_onnx(_with_shapes(model))
+    fed = fed_initializers(model)
+    _as_inputs(graph, fed)
     lower(graph)
-    lowered = adopt_envelope(gs.export_onnx(graph), model)
+    exported = gs.export_onnx(graph)
+    exported.graph.initializer.extend(i for i in model.graph.initializer if i.name in fed)
+    lowered = adopt_envelope(exported, model)
+    _input_order(lowered, model)
     check_model(lowered, "<lowered>")
     report: dict[str, Any] = {
         "passes": [r.to_dict() for r in lower.results],
@@ -54,6 +59,24 @@ def lower_model(
         else:
             report["max_rel_error"] = max((e.max_rel for e in errors), default=0.0)
     return lowered, report
+
+
+def _as_inputs(graph: gs.Graph, fed: set[str]) -> None:
+    """Initializers a caller may feed become plain graph inputs while the passes run, so none folds them away
+    (their defaults are put back after export)."""
+    for tensor in list(graph.tensors().values()):
+        if isinstance(tensor, gs.Constant) and tensor.name in fed:
+            tensor.to_variable(dtype=tensor.dtype, shape=list(tensor.shape))
+            tensor.type = "tensor_type"  # what Variable() sets and to_variable() does not (graphsurgeon 0.6)
+            graph.inputs.append(tensor)
+
+
+def _input_order(lowered: onnx.ModelProto, model: onnx.ModelProto) -> None:
+    """The graph inputs in the original's order (positional callers rely on it)."""
+    rank = {v.name: k for k, v in enumerate(model.graph.input)}
+    ordered = sorted(lowered.graph.input, key=lambda v: rank.get(v.name, len(rank)))
+    del lowered.graph.input[:]
+    lowered.graph.input.extend(ordered)
 
 
 def _with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -86,6 +86,15 @@ def adopt_envelope(model: onnx.ModelProto, original: onnx.ModelProto) -> onnx.Mo
     return model
 
 
+def fed_initializers(model: onnx.ModelProto) -> set[str]:
+    """Initializers listed among the graph inputs: defaults the caller may override (onnx-graphsurgeon imports
+    them as constants and drops them from the inputs; :func:`adopt_envelope` puts them back). No pass may read
+    them as constants."""
+    if model.ir_version < 4:  # there every initializer must be listed as an input: none is meant to be fed
+        return set()
+    return {i.name for i in model.graph.initializer} & {i.name for i in model.graph.input}
+
+
 def _copy_fields(source: Any, target: Any, skip: str) -> None:
     """Copy every set field but ``skip`` from one protobuf message to another of the same type."""
     for field, value in source.ListFields():
