@@ -255,15 +255,13 @@ class FoldAffineIntoConv:
             vec = None if value is None else _channel_vector(value, cout, rank)
             if vec is None or (nxt.op in ("Sub", "Div") and nxt.inputs[0] is not y):
                 return None
-            ones, zeros = np.ones(cout), np.zeros(cout)
-            a, c = {
-                "Mul": (vec, zeros),
-                "Div": (1.0 / vec, zeros),
-                "Add": (ones, vec),
-                "Sub": (ones, -vec),
-            }[nxt.op]
             if nxt.op == "Div" and np.any(vec == 0):
                 return None
+            ones, zeros = np.ones(cout), np.zeros(cout)
+            if nxt.op in ("Mul", "Div"):
+                a, c = (vec if nxt.op == "Mul" else 1.0 / vec), zeros
+            else:
+                a, c = ones, (vec if nxt.op == "Add" else -vec)
         else:
             return None
         _set_conv_parts(conv, w * a.reshape((-1,) + (1,) * (rank - 1)), b * a + c, names)

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from conftest import conv_model, det_input, photo
 from onnx import TensorProto, helper, numpy_helper
@@ -316,3 +317,24 @@ def test_cli_no_lower_and_lowering_line(tmp_path, capsys):
     assert "BatchNormalization" in _ops(onnx.load(tmp_path / "b.onnx"))
     assert main(["compress", str(src), "-o", str(tmp_path / "c.onnx"), "--rank-ratio", "1", "--lower", "nope"]) == 2
     assert "unknown pass 'nope'" in capsys.readouterr().err
+
+
+def test_a_lowering_that_changes_the_outputs_is_rolled_back(monkeypatch):
+    """The safety net under the exact passes: a (deliberately) wrong one is measured and undone."""
+    import passes.lower
+
+    class DoubleEveryWeight:
+        name = "double-every-weight"
+
+        def __call__(self, graph):
+            for tensor in graph.tensors().values():
+                if isinstance(tensor, gs.Constant):
+                    tensor.values = tensor.values * 2
+            return passes.lower.PassResult(self.name, count=1)
+
+    monkeypatch.setitem(passes.lower.PASSES, DoubleEveryWeight.name, DoubleEveryWeight)
+    w, b = _weights(6, 4)
+    model = _model([_conv("c", "x", "y", w, b)], {"c_w": w, "c_b": b})
+    lowered, report = lower_model(model, [DoubleEveryWeight.name])
+    assert report["rolled_back"] and report["max_rel_error"] > 0.5
+    assert lowered is model

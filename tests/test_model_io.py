@@ -6,9 +6,10 @@ import copy
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 import ttgraph
 from tests.conftest import conv_model, feed_for, sha256
@@ -95,3 +96,46 @@ def test_result_save_refuses_to_overwrite_its_source(tmp_path):
     os.chdir(tmp_path)
     with pytest.raises(TTGraphError, match="output path is the input"):
         result.save(Path("m.onnx"))
+
+
+def _sparse(dense: np.ndarray, name: str) -> onnx.SparseTensorProto:
+    idx = np.flatnonzero(dense).astype(np.int64)
+    values = numpy_helper.from_array(dense.reshape(-1)[idx], name)
+    return helper.make_sparse_tensor(values, numpy_helper.from_array(idx, f"{name}_idx"), list(dense.shape))
+
+
+@pytest.mark.parametrize("where", ["weight", "shift", "constant"])
+def test_sparse_tensors_are_read_as_their_values(where):
+    """A pruned weight, a per-channel shift or a Constant stored sparse: onnx-graphsurgeon reads them as zeros."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((24, 16, 1, 1)).astype(np.float32)
+    w[np.abs(w) < 1] = 0
+    shift = np.zeros((1, 24, 1, 1), np.float32)
+    shift[0, 3], shift[0, 7] = 1.5, -2.0
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Add", ["c", "shift"], ["y"], name="add"),
+    ]
+    dense = {"w": w, "shift": shift}
+    stored = {"weight": "w", "shift": "shift", "constant": "shift"}[where]  # the tensor not stored dense
+    model = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 24, 8, 8])],
+            [numpy_helper.from_array(v, k) for k, v in dense.items() if k != stored],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    if where == "constant":
+        model.graph.node.insert(0, helper.make_node("Constant", [], ["shift"], sparse_value=_sparse(shift, "s")))
+    else:
+        model.graph.sparse_initializer.append(_sparse(dense[stored], stored))
+    onnx.checker.check_model(model)
+    result = ttgraph.compress(model, rank_ratio=1.0)
+    assert [layer.name for layer in result.report.layers] == ["conv"]
+    assert result.report.layers[0].weight_error < 1e-6
+    feed = {"x": rng.standard_normal((1, 16, 8, 8)).astype(np.float32)}
+    for e in compare_outputs(model, result.model, [feed]):
+        assert e.max_rel < 1e-5, e

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError, EncodeError
 
@@ -197,11 +198,44 @@ def load_model(source: ModelSource, input_shapes: InputShapes | None = None, *, 
         model = _load_path(Path(source))
     if not model.graph.node or not model.graph.output:
         raise TTGraphError(name, "the graph has no nodes or no outputs: there is nothing to run or rewrite")
+    _densify_sparse(model, name)
     if check:
         check_model(model, name)
     if input_shapes:
         set_input_shapes(model, input_shapes, name)
     return model
+
+
+def _densify_sparse(model: onnx.ModelProto, name: str) -> None:
+    """Sparse initializers and ``Constant(sparse_value=…)`` become dense tensors of the same values: onnx-graphsurgeon
+    reads sparse values as zeros of the wrong type (wrong outputs, unloadable models). The written model then
+    stores them dense."""
+    graph = model.graph
+    for sparse in list(graph.sparse_initializer):
+        graph.initializer.append(_dense(sparse, name))
+    del graph.sparse_initializer[:]
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "sparse_value":
+                    dense = _dense(attr.sparse_tensor, name)
+                    attr.Clear()
+                    attr.CopyFrom(onnx.helper.make_attribute("value", dense))
+
+
+def _dense(sparse: onnx.SparseTensorProto, name: str) -> onnx.TensorProto:
+    from onnx import numpy_helper
+
+    dims = tuple(int(d) for d in sparse.dims)
+    try:
+        values = numpy_helper.to_array(sparse.values).reshape(-1)
+        indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+        flat = indices.reshape(-1) if indices.ndim == 1 else np.ravel_multi_index(tuple(indices.T), dims)
+        dense = np.zeros(int(np.prod(dims)), values.dtype)
+        dense[flat] = values
+    except (ValueError, IndexError) as err:
+        raise TTGraphError(name, f"sparse tensor {sparse.values.name!r} is malformed: {err}") from err
+    return numpy_helper.from_array(dense.reshape(dims), sparse.values.name)
 
 
 def _load_path(path: Path) -> onnx.ModelProto:

@@ -315,7 +315,13 @@ def render(report: CompressionReport, *, verify_skipped: bool = False) -> str:
         err = report.lowering.get("max_rel_error")
         lines.append(
             f"lowering: {', '.join(done) or 'nothing to change'}; nodes {report.lowering['nodes_before']}→"
-            f"{report.lowering['nodes_after']}" + ("" if err is None else f", max rel. change {err:.2g}")
+            f"{report.lowering['nodes_after']}"
+            + ("" if err is None else f", max rel. change {err:.2g}")
+            + (
+                "; rolled back (the passes are exact: please report this model)"
+                if report.lowering.get("rolled_back")
+                else ""
+            )
         )
     if report.allocation:
         a = report.allocation
