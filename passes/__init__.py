@@ -4,15 +4,28 @@ The compression pipeline runs them in the order listed in :mod:`ttgraph.api`; th
 passes of :mod:`passes.lower` run last, on the rewritten model.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from passes.find_pointwise import FindPointwiseConvs, PointwiseConv, SkippedConv
 from passes.lower import FlushSubnormals, FoldAffineIntoConv, FuseHardSwish, Lower, PassResult
 from passes.rewrite_tt import LayerRewrite, RewriteAsTT
 
-# graphsurgeon prints its warnings (e.g. "BFLOAT16 has no NumPy type") on stdout, which would corrupt
-# `ttgraph inspect --json`; what matters to users (a skipped conv and why) our passes report themselves.
-G_LOGGER.severity = G_LOGGER.ERROR
+
+@contextmanager
+def quiet_graphsurgeon() -> Iterator[None]:
+    """graphsurgeon prints its warnings (e.g. "BFLOAT16 has no NumPy type") on stdout, which would corrupt
+    ``ttgraph inspect --json`` or a calling pipeline's output; what matters to users (a skipped conv and why) our
+    passes report themselves. Only while ttgraph works: the caller's own setting is restored after."""
+    before = G_LOGGER.severity
+    G_LOGGER.severity = max(before, G_LOGGER.ERROR)
+    try:
+        yield
+    finally:
+        G_LOGGER.severity = before
+
 
 __all__ = [
     "FindPointwiseConvs",
@@ -22,6 +35,7 @@ __all__ = [
     "LayerRewrite",
     "Lower",
     "PassResult",
+    "quiet_graphsurgeon",
     "PointwiseConv",
     "RewriteAsTT",
     "SkippedConv",

@@ -36,7 +36,7 @@ from typing import Any
 
 from ttgraph.errors import TTGraphError
 from ttgraph.files import check_output_path, usual_permissions
-from ttgraph.model_io import ModelSource, source_name
+from ttgraph.model_io import ModelSource, source_files, source_name
 
 from .frontend import PreparedModel, prepare_for_tvm
 from .presets import TargetPreset, resolve_target
@@ -258,8 +258,7 @@ def _check_output(preset: TargetPreset, output: str | os.PathLike[str], model: M
             else f"a {preset.export_format} library"
         )
         raise TTGraphError(out, f"target {preset.name} exports {hint}; name the output *{preset.export_format}")
-    inputs = (model,) if isinstance(model, str | os.PathLike) else ()
-    return check_output_path(out, inputs)
+    return check_output_path(out, source_files(model))
 
 
 def _check_linker(preset: TargetPreset, out: Path) -> str | None:

@@ -14,6 +14,7 @@ import torch  # noqa: E402, F401  (the test extra pins it: a broken install fail
 from onnx import numpy_helper
 
 import ttgraph  # noqa: E402
+import ttgraph.api  # noqa: E402
 import ttgraph.torch_graph  # noqa: E402
 from tests.calib_material import text_line_image  # noqa: E402
 from ttgraph.calibration import PRESETS  # noqa: E402
@@ -181,3 +182,49 @@ def test_a_model_it_cannot_run_is_refused_before_any_work(tmp_path):
     calib = np.random.default_rng(1).standard_normal((4, 8, 4, 4)).astype(np.float32)
     with pytest.raises(TTGraphError, match=r"erf\.onnx: distillation cannot run operator\(s\) Erf"):
         ttgraph.compress(str(path), calibration=calib, params_ratio=0.5, distill=1, holdout=1)
+
+
+def _conv_then(op: str, opset: int, **attrs) -> onnx.ModelProto:
+    from onnx import TensorProto, helper
+
+    w = np.random.default_rng(0).standard_normal((8, 8, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+            helper.make_node(op, ["c"], ["y"], name="after", **attrs),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)],
+        [numpy_helper.from_array(w, "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_a_model_pytorch_runs_differently_is_refused_before_any_work(monkeypatch):
+    """A translation that differs from onnxruntime's would be fitted and kept: it is caught on the first sample."""
+    model = _conv_then("AveragePool", 13, kernel_shape=[3, 3], pads=[1, 1, 0, 0])  # asymmetric pads
+    calib = np.random.default_rng(1).standard_normal((4, 8, 6, 6)).astype(np.float32)
+    monkeypatch.setattr(ttgraph.api, "collect_statistics", lambda *a, **k: pytest.fail("ran the statistics pass"))
+    with pytest.raises(TTGraphError, match=r"differently from onnxruntime .* first at node 'after' \(AveragePool\)"):
+        ttgraph.compress(model, calibration=calib, params_ratio=0.5, distill=1, holdout=1)
+
+
+def test_a_softmax_before_opset_13_flattens_like_onnxruntime():
+    x = np.random.default_rng(2).standard_normal((1, 8, 6, 6)).astype(np.float32)
+    ttgraph.torch_graph.check_agrees(_conv_then("Softmax", 11, axis=1), {"x": x})  # raises if they differ
+    pool = _conv_then("AveragePool", 13, kernel_shape=[3, 3], pads=[1, 1, 0, 0])
+    with pytest.raises(TTGraphError, match="differently"):
+        ttgraph.torch_graph.check_agrees(pool, {"x": x})
+
+
+def test_distillation_leaves_the_callers_torch_random_state_and_threads_alone():
+    calib = np.random.default_rng(1).standard_normal((8, 8, 6, 6)).astype(np.float32)
+    threads = torch.get_num_threads()
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    result = ttgraph.compress(_conv_then("Relu", 13), calibration=calib, params_ratio=0.5, distill=1, holdout=2)
+    assert result.report.distillation is not None and result.report.distillation["applied"]
+    assert torch.equal(torch.rand(3), expected)
+    assert torch.get_num_threads() == threads

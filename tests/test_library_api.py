@@ -48,6 +48,9 @@ def test_numpy_scalars_and_arrays_as_options_give_a_plain_json_report(tmp_path):
         ({"rank": 2, "verify_feeds": 5}, "verify_feeds: expected a list of feed dicts, got int"),
         ({"macs_ratio": 0.5, "calibration": [], "latency_threads": 0}, "latency threads must be ≥ 1"),
         ({"macs_ratio": 0.5, "calibration": "READER"}, "get_next.. returned int, expected a dict"),
+        ({"macs_ratio": 0.5, "calibration": [], "holdout": None}, "holdout: expected a count"),
+        ({"rank": 2, "plan_cost": None}, "plan_cost: unknown cost model None"),
+        ({"rank": 2, "plan_cost": len}, "plan_cost: unknown cost model"),
     ],
 )
 def test_wrong_option_types_and_values_are_ttgraph_errors_before_any_work(options, needle):
@@ -123,3 +126,35 @@ def test_any_package_can_be_imported_first(first):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr.strip().splitlines()[-1:]
     assert done.stdout.split() == ["compress", "Lower"]
+
+
+def test_inspect_checks_its_arguments_like_compress():
+    with pytest.raises(ttgraph.TTGraphError, match="model: expected a path, bytes or an onnx.ModelProto, got int"):
+        ttgraph.inspect(3)  # type: ignore[arg-type]
+    with pytest.raises(ttgraph.TTGraphError, match="input_shapes: expected a list of integer dims"):
+        ttgraph.inspect(conv_model(16, 16, batch="n"), input_shapes={"x": None})  # type: ignore[dict-item]
+
+
+def test_an_empty_verify_feeds_is_an_error_with_a_budget_too():
+    model = conv_model(16, 16, hw=(6, 6))
+    calib = [{"x": np.random.default_rng(s).standard_normal((1, 16, 6, 6)).astype(np.float32)} for s in range(8)]
+    with pytest.raises(ttgraph.TTGraphError, match="no verification inputs"):
+        ttgraph.compress(model, calibration=calib, macs_ratio=0.5, verify_feeds=[])
+
+
+def test_the_callers_matplotlib_backend_and_graphsurgeon_logging_are_left_alone(tmp_path):
+    import matplotlib
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    matplotlib.use("svg")
+    G_LOGGER.severity = G_LOGGER.VERBOSE
+    try:
+        model = conv_model(16, 16, hw=(6, 6))
+        calib = [{"x": np.random.default_rng(s).standard_normal((1, 16, 6, 6)).astype(np.float32)} for s in range(8)]
+        result = ttgraph.compress(model, calibration=calib, macs_ratio=0.5)
+        result.save(tmp_path / "m.onnx", html_path=tmp_path / "m.html")
+        assert "data:image/png;base64," in (tmp_path / "m.html").read_text()
+        assert matplotlib.get_backend().lower() == "svg"
+        assert G_LOGGER.severity == G_LOGGER.VERBOSE
+    finally:
+        G_LOGGER.severity = G_LOGGER.INFO

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,18 @@ def test_external_data_model_loads_compresses_and_saves(tmp_path):
     reloaded = onnx.load(out)
     errors = compare_outputs(model, reloaded, [feed_for(model, [1, 64, 6, 6])])
     assert errors[0].max_rel < 1e-5
+    assert {p.name: sha256(p) for p in src.parent.iterdir()} == before
+    for victim in (src.parent / "ext.weights", src):  # neither may be replaced, by the model or a report
+        with pytest.raises(TTGraphError, match="output path is the input model's file"):
+            result.save(victim)
+        with pytest.raises(TTGraphError, match="output path is the input model's file"):
+            result.save(tmp_path / "other.onnx", report_path=victim)
+    out_cli = subprocess.run(
+        [sys.executable, "-m", "ttgraph", "compress", src, "-o", src.parent / "ext.weights", "--rank", "2"],
+        capture_output=True,
+        text=True,
+    )
+    assert out_cli.returncode == 2 and "input model's file" in out_cli.stderr
     assert {p.name: sha256(p) for p in src.parent.iterdir()} == before
 
 

@@ -132,6 +132,8 @@ def test_compressing_a_lowrank_model_again_leaves_its_factors_alone(tmp_path):
     assert twice.report.layers == []
     assert [s.reason for s in twice.report.skipped] == ["already a TT factor written by ttgraph"] * 2
     assert len(twice.model.graph.node) == len(once.model.graph.node)
+    seen = ttgraph.inspect(once.model)  # inspect lists what compress would do
+    assert seen.layers == [] and [s.reason for s in seen.skipped] == [s.reason for s in twice.report.skipped]
 
 
 @pytest.mark.parametrize(

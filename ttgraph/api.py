@@ -22,6 +22,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from tqdm.auto import tqdm
 
+from passes import quiet_graphsurgeon
 from passes.find_pointwise import FindPointwiseConvs, FoundConvs, PointwiseConv, SkippedConv
 from passes.rewrite_tt import LayerRewrite, RewriteAsTT
 from ttgraph.allocate import Allocation, Budget, allocate
@@ -50,6 +51,7 @@ from ttgraph.model_io import (
     input_dims,
     load_model,
     save_model,
+    source_files,
     source_name,
 )
 from ttgraph.planner import COST_MODELS
@@ -106,13 +108,15 @@ class InspectReport:
         return json.dumps(_plain(self.to_dict()), indent=2, allow_nan=False) + "\n"
 
 
+@quiet_graphsurgeon()
 def inspect(model: ModelSource, input_shapes: InputShapes | None = None) -> InspectReport:
     """List a model's 1×1 conv candidates (with MACs and share of the model's MACs) and skipped convs.
 
     MACs need static spatial sizes: fix dynamic input dims with ``input_shapes``.
     """
-    proto = load_model(model, input_shapes)
+    proto = load_model(model, _checked_shapes(input_shapes))
     _, found, shapes = _analyse(proto)
+    _skip_our_own_factors(found, provenance(proto, source_name(model)))  # as compress will
     total, unknown = model_macs(proto, shapes)
     known = total if total > 0 else None
     layers = [
@@ -244,7 +248,7 @@ class CompressionResult:
     ) -> Path:
         """Write the model and optionally the JSON and HTML reports, all or none of them (a full disk
         leaves nothing half-done), never over the input model."""
-        inputs = (self.source,) if isinstance(self.source, str | os.PathLike) else ()
+        inputs = source_files(self.source)
         distinct_outputs([path, report_path, html_path])
         extras: list[tuple[str | os.PathLike[str], bytes]] = []
         if report_path is not None:
@@ -308,13 +312,30 @@ def _real(name: str, value: Any) -> Any:
     return float(value)
 
 
+Integer = int | np.integer[Any]  # numpy numbers are fine: a pipeline computes its options
+Real = float | np.floating[Any]
+
+
+def _checked_shapes(input_shapes: Any) -> dict[str, list[int]] | None:
+    """``input_shapes`` as plain ``{name: [int, …]}`` (numpy dims included), or a one-line error."""
+    if input_shapes is None:
+        return None
+    if not isinstance(input_shapes, Mapping):
+        kind = type(input_shapes).__name__
+        raise TTGraphError("input_shapes", f"expected a dict {{input name: dims}}, got {kind}")
+    if any(isinstance(dims, str) or not isinstance(dims, Iterable) for dims in input_shapes.values()):
+        raise TTGraphError("input_shapes", "expected a list of integer dims per input, such as [1, 3, 640, 640]")
+    return {k: [_integer(f"input_shapes[{k!r}]", d) for d in dims] for k, dims in input_shapes.items()}
+
+
+@quiet_graphsurgeon()
 def compress(
     model: ModelSource,
     *,
-    cores: int = 1,
-    rank: int | None = None,
-    rank_ratio: float | None = None,
-    tolerance: float | None = None,
+    cores: Integer = 1,
+    rank: Integer | None = None,
+    rank_ratio: Real | None = None,
+    tolerance: Real | None = None,
     input_shapes: InputShapes | None = None,
     layers: Sequence[str] | None = None,
     plan_cost: str = "flops",
@@ -322,21 +343,21 @@ def compress(
     progress: bool = False,
     calibration: Any = None,
     preprocess: str | Preprocess | None = None,
-    holdout: int | float = 0.1,
-    macs_ratio: float | None = None,
-    params_ratio: float | None = None,
-    max_error: float | None = None,
+    holdout: Integer | Real = 0.1,
+    macs_ratio: Real | None = None,
+    params_ratio: Real | None = None,
+    max_error: Real | None = None,
     method: str = "data",
-    rank_multiple: int = 1,
+    rank_multiple: Integer = 1,
     lower: bool | Sequence[str] = True,
     compensate: bool = True,
-    compensate_samples: int | None = None,
-    latency_ratio: float | None = None,
-    latency_threads: int = 1,
-    sensitivity: int = 0,
-    distill: int = 0,
-    distill_lr: float = 1e-3,
-    distill_batch: int = 16,
+    compensate_samples: Integer | None = None,
+    latency_ratio: Real | None = None,
+    latency_threads: Integer = 1,
+    sensitivity: Integer = 0,
+    distill: Integer = 0,
+    distill_lr: Real = 1e-3,
+    distill_batch: Integer = 16,
     distill_train: str = "factors",
 ) -> CompressionResult:
     """Rewrite the model's 1×1 convs as TT cores of order ``cores`` (1 = low-rank, 2..8 = TT-matrix).
@@ -387,8 +408,7 @@ def compress(
     """
     # A pipeline passes numpy scalars, strings where lists go, etc.: one clear error (or a plain value for the
     # report's JSON) here, not a TypeError deep inside the work or a report that cannot be written after it.
-    if not isinstance(model, str | os.PathLike | bytes | bytearray | onnx.ModelProto):
-        raise TTGraphError("model", f"expected a path, bytes or an onnx.ModelProto, got {type(model).__name__}")
+    source_name(model)  # a model of the wrong type: one line now
     cores = _integer("cores", cores)
     rank, rank_multiple = _integer("rank", rank), _integer("rank_multiple", rank_multiple)
     rank_ratio, tolerance = _real("rank_ratio", rank_ratio), _real("tolerance", tolerance)
@@ -408,14 +428,10 @@ def compress(
         )
     if compensate_samples is not None and compensate_samples < 1:
         raise TTGraphError("compensate_samples", f"expected ≥ 1 (or None: automatic), got {compensate_samples}")
+    if holdout is None:
+        raise TTGraphError("holdout", "expected a count (8) or a fraction (0.1) of the calibration samples, got None")
     holdout = _integer("holdout", holdout) if isinstance(holdout, numbers.Integral) else _real("holdout", holdout)
-    if input_shapes is not None:
-        if not isinstance(input_shapes, Mapping):
-            kind = type(input_shapes).__name__
-            raise TTGraphError("input_shapes", f"expected a dict {{input name: dims}}, got {kind}")
-        if any(isinstance(dims, str) or not isinstance(dims, Iterable) for dims in input_shapes.values()):
-            raise TTGraphError("input_shapes", "expected a list of integer dims per input, such as [1, 3, 640, 640]")
-        input_shapes = {k: [_integer(f"input_shapes[{k!r}]", d) for d in dims] for k, dims in input_shapes.items()}
+    input_shapes = _checked_shapes(input_shapes)
     layers = [layers] if isinstance(layers, str) else layers
     if layers is not None and (not isinstance(layers, Iterable) or not all(isinstance(n, str) for n in layers)):
         raise TTGraphError("layers", f"expected conv names (a string or a list of strings), got {layers!r}")
@@ -424,7 +440,7 @@ def compress(
         raise TTGraphError("lower", f"expected True, False or pass names, got {lower!r}")
     if verify_feeds is not None and (isinstance(verify_feeds, Mapping) or not isinstance(verify_feeds, Iterable)):
         raise TTGraphError("verify_feeds", f"expected a list of feed dicts, got {type(verify_feeds).__name__}")
-    if isinstance(plan_cost, str) and plan_cost not in COST_MODELS:
+    if not isinstance(plan_cost, str) or plan_cost not in COST_MODELS:
         raise TTGraphError("plan_cost", f"unknown cost model {plan_cost!r} (known: {', '.join(COST_MODELS)})")
     budgeted = any(x is not None for x in (macs_ratio, params_ratio, max_error, latency_ratio))
     rules = sum(x is not None for x in (rank, rank_ratio, tolerance))
@@ -694,6 +710,12 @@ def _compress_fixed(
                 "distillation reads the calibration samples once per epoch: give a folder, a file or a list of "
                 "feeds, not a one-pass iterable",
             )
+        if epochs:  # a translation PyTorch runs otherwise would be fitted and kept: check before any work
+            from ttgraph.torch_graph import check_agrees
+
+            first = next(iter(calib), None)
+            if first is not None:
+                check_agrees(original, first, name)
         if sensitivity and not calib.reiterable:  # fail before the statistics pass, not after it
             raise TTGraphError(
                 "sensitivity",

@@ -157,13 +157,11 @@ class BenchReport:
 
     def plot(self, path: str | os.PathLike[str]) -> None:
         """Bars of the median speedup per model and thread count, whiskers at p10/p90."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # not pyplot: the caller's backend stays as it is
 
         labels = list(self.models)
-        fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(self.rows) * len(labels), 3.2))
+        fig = Figure(figsize=(1.8 + 1.6 * len(self.rows) * len(labels), 3.2))
+        ax = fig.subplots()
         width = 0.8 / len(labels)
         for j, label in enumerate(labels):
             xs = [i + j * width for i in range(len(self.rows))]
@@ -180,7 +178,6 @@ class BenchReport:
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=110)
-        plt.close(fig)
         write_atomic(path, buffer.getvalue())
 
 

@@ -20,10 +20,11 @@ step size warmed up linearly over the first tenth of the steps, then cosine-deca
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ttgraph.calibration import expose_tensors
 from ttgraph.errors import TTGraphError
-from ttgraph.torch_graph import GraphModule, require_torch, torch
+from ttgraph.torch_graph import GraphModule, check_agrees, require_torch, torch
 from ttgraph.verify import Feed, session
 
 __all__ = ["Distillation", "Target", "distill", "distill_targets", "factor_initializers", "weight_initializers"]
@@ -269,6 +270,23 @@ def _mean_loss(student: _Student, teacher: _Teacher, source: Iterable[Feed]) -> 
     return (total / count if count else float("nan")), count
 
 
+def _leaves_torch_as_it_was(fn: Callable[..., Distillation]) -> Callable[..., Distillation]:
+    """A library call must not reseed the caller's PyTorch random generator or change its thread count."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Distillation:
+        require_torch()
+        threads = torch.get_num_threads()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
+
+
+@_leaves_torch_as_it_was
 def distill(
     original: onnx.ModelProto,
     compressed: onnx.ModelProto,
@@ -312,6 +330,7 @@ def distill(
     scale = [
         max(float(np.mean([np.sum((w[k] - w[k].mean()) ** 2) for w in wanted])), 1e-12) for k in range(len(targets))
     ]
+    check_agrees(compressed, probe[0], "<compressed model>")
     module = GraphModule(compressed, names)
     student = _Student(module, targets, scale, probe, batch)
     train_before, samples = _mean_loss(student, teacher, calibration)

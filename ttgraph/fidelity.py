@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ttgraph.errors import TTGraphError
 from ttgraph.model_io import graph_inputs
 from ttgraph.verify import Feed, check_feed, session
 
@@ -82,6 +83,8 @@ def heldout_fidelity(
                 inter, union = binary_iou(r, g, iou_threshold)
                 s["inter"] += inter
                 s["union"] += union
+    if not samples:  # not a perfect score
+        raise TTGraphError(source, "no verification inputs: nothing was compared")
     outputs = []
     for name in names:
         s = acc[name]

@@ -14,6 +14,7 @@ from typing import Any
 import onnx
 import onnx_graphsurgeon as gs
 
+from passes import quiet_graphsurgeon
 from passes.lower import DEFAULT_PASSES, Lower
 from ttgraph.errors import TTGraphError
 from ttgraph.model_io import adopt_envelope, check_model, fed_initializers, graph_inputs, input_dims
@@ -21,6 +22,7 @@ from ttgraph.model_io import adopt_envelope, check_model, fed_initializers, grap
 ROLLBACK_ERROR = 1e-3  # measured output change (relative to the output's largest value) beyond float rounding
 
 
+@quiet_graphsurgeon()
 def lower_model(
     model: onnx.ModelProto,
     passes: Sequence[str] = DEFAULT_PASSES,

@@ -21,13 +21,15 @@ from google.protobuf.message import DecodeError, EncodeError
 from ttgraph.errors import TTGraphError
 from ttgraph.files import check_output_path, staging_dir, write_atomic
 
-ModelSource = str | os.PathLike[str] | bytes | onnx.ModelProto
-InputShapes = Mapping[str, Sequence[int]]
+ModelSource = str | os.PathLike[str] | bytes | bytearray | onnx.ModelProto
+# dims as ints, numpy ints or an integer array: what a pipeline has at hand
+InputShapes = Mapping[str, Sequence[int | np.integer[Any]] | np.ndarray[Any, np.dtype[np.integer[Any]]]]
 
 # Protobuf cannot serialize a message of 2 GiB or more; such models keep their weights outside.
 PROTOBUF_LIMIT = 2**31 - 1
 _EXTERNAL_THRESHOLD = 1024  # bytes: tensors at least this big go to the external data file
 _PAGE = 4096  # external data offsets are page-aligned
+_SMALL_MODEL = 64 << 20  # bytes: a .onnx file this small is read again to find its external data files
 
 
 def fits_protobuf(model: onnx.ModelProto) -> bool:
@@ -154,7 +156,9 @@ def write_external(model: onnx.ModelProto, directory: str | os.PathLike[str], fi
 
 
 def source_name(source: ModelSource) -> str:
-    """How error messages name a model source."""
+    """How error messages name a model source (one that is none of them is a one-line error)."""
+    if not isinstance(source, str | os.PathLike | bytes | bytearray | onnx.ModelProto):
+        raise TTGraphError("model", f"expected a path, bytes or an onnx.ModelProto, got {type(source).__name__}")
     if isinstance(source, onnx.ModelProto):
         return "<model>"
     if isinstance(source, bytes | bytearray):
@@ -367,16 +371,37 @@ def declare_io_like(model: onnx.ModelProto, declared: onnx.ModelProto) -> onnx.M
     return model
 
 
+def source_files(source: ModelSource | None) -> tuple[Path, ...]:
+    """The files a model given by path is made of: the ``.onnx`` and the external data files it names, none of
+    which an output may replace."""
+    if not isinstance(source, str | os.PathLike):
+        return ()
+    path = Path(source)
+    files = [path]
+    try:
+        if path.stat().st_size <= _SMALL_MODEL:  # a model with external data keeps little in the .onnx itself
+            proto = onnx.load(os.fspath(path), load_external_data=False)
+            for tensor in onnx.external_data_helper._get_all_tensors(proto):
+                if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                    where = {e.key: e.value for e in tensor.external_data}.get("location")
+                    if where:
+                        files.append(path.parent / where)
+    except Exception:  # unreadable now: the load already named what was wrong; nothing more to protect
+        pass
+    return tuple(dict.fromkeys(files))
+
+
 def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *, source: ModelSource | None = None) -> Path:
     """Write ``model`` to ``path`` atomically; weights go to ``<name>.data`` beside it when over 2 GB.
 
     Refuses to overwrite ``source`` (the file the model came from). Nothing is left behind on failure.
     """
-    inputs = (source,) if isinstance(source, str | os.PathLike) else ()
+    inputs = source_files(source)
     target = check_output_path(path, inputs)
     if fits_protobuf(model):
         return write_atomic(target, model.SerializeToString())
     data_name = f"{target.name}.data"
+    check_output_path(target.parent / data_name, inputs)
     with staging_dir(target) as tmp:
         staged = write_external(model, tmp, target.name)
         os.replace(tmp / data_name, target.parent / data_name)

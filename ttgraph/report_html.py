@@ -24,21 +24,19 @@ from ttgraph.files import write_atomic
 __all__ = ["render_html", "write_html"]
 
 
-def _pyplot():
+def _subplots(*grid: int, figsize: tuple[float, float], **kwargs: Any) -> tuple[Any, Any]:
+    """A figure and its axes, drawn off screen without pyplot: the caller's matplotlib backend stays as it is."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=True)
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise TTGraphError("--html", "the HTML report needs matplotlib: pip install matplotlib") from err
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kwargs)
 
 
 def _png(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    _pyplot().close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -62,13 +60,12 @@ def _as_dict(report: Any) -> dict[str, Any]:
 
 
 def _curves_figure(layers: list[dict[str, Any]], metric: str) -> str | None:
-    plt = _pyplot()
     with_curves = [layer for layer in layers if layer.get("curve")]
     if not with_curves:
         return None
     cols = 6
     rows = math.ceil(len(with_curves) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 2.2), squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=(cols * 2.6, rows * 2.2), squeeze=False)
     key = "macs" if metric == "macs" else "params"
     for ax, layer in zip(axes.flat, with_curves, strict=False):
         dense = layer[f"{key}_before"] or 1
@@ -93,13 +90,12 @@ def _curves_figure(layers: list[dict[str, Any]], metric: str) -> str | None:
 
 
 def _bars_figure(layers: list[dict[str, Any]], key: str, title: str) -> str | None:
-    plt = _pyplot()
     before = [layer[f"{key}_before"] for layer in layers]
     after = [layer[f"{key}_after"] for layer in layers]
     if any(v is None for v in before + after):
         return None
     names = [layer["name"] for layer in layers]
-    fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(names)), 3.2))
+    fig, ax = _subplots(figsize=(max(6, 0.28 * len(names)), 3.2))
     x = range(len(names))
     ax.bar([i - 0.2 for i in x], before, width=0.4, label="before", color="#bbbbbb")
     ax.bar([i + 0.2 for i in x], after, width=0.4, label="after", color="#4477aa")
@@ -111,12 +107,11 @@ def _bars_figure(layers: list[dict[str, Any]], key: str, title: str) -> str | No
 
 
 def _errors_figure(layers: list[dict[str, Any]]) -> str | None:
-    plt = _pyplot()
     rows = [layer for layer in layers if layer.get("calibration_error") is not None]
     if not rows:
         return None
     names = [layer["name"] for layer in rows]
-    fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(names)), 3.0))
+    fig, ax = _subplots(figsize=(max(6, 0.28 * len(names)), 3.0))
     x = range(len(names))
     ax.bar([i - 0.2 for i in x], [layer["calibration_error"] for layer in rows], width=0.4, label="calibration")
     held = [layer.get("heldout_error") for layer in rows]
@@ -132,7 +127,6 @@ def _errors_figure(layers: list[dict[str, Any]]) -> str | None:
 def _endtoend_figure(verification: dict[str, Any] | None) -> str | None:
     if not verification or not verification.get("outputs"):
         return None
-    plt = _pyplot()
     labels, values = [], []
     for out in verification["outputs"]:
         short = out["name"].rsplit("/", 1)[-1][:18]
@@ -142,7 +136,7 @@ def _endtoend_figure(verification: dict[str, Any] | None) -> str | None:
             if key in out:
                 labels.append(f"{short}\n{text}")
                 values.append(out[key])
-    fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(labels)), 2.6))
+    fig, ax = _subplots(figsize=(max(4, 1.4 * len(labels)), 2.6))
     ax.bar(range(len(values)), values, color="#228833")
     for i, v in enumerate(values):
         ax.text(i, v, f"{v:.4f}", ha="center", va="bottom", fontsize=7)
@@ -156,8 +150,7 @@ def _loss_figure(curve: list[float], heldout: list[float]) -> str | None:
     """The training loss along the steps, and the held-out loss after each epoch (what picks the epoch kept)."""
     if len(curve) < 2:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 2.4))
+    fig, ax = _subplots(figsize=(5, 2.4))
     ax.plot(range(1, len(curve) + 1), curve, color="#4477aa", label="calibration (per step)")
     if heldout:
         ends = [len(curve) * (e + 1) / len(heldout) for e in range(len(heldout))]

@@ -226,6 +226,9 @@ def _resize(attrs, x, roi=None, scales=None, sizes=None):
 
 
 def _softmax(attrs, x):
+    if attrs.get("_before_13"):  # opsets 1–12: the input is flattened to 2-D at ``axis`` (default 1)
+        axis = attrs.get("axis", 1) % x.dim()
+        return torch.softmax(x.reshape(math.prod(x.shape[:axis]), -1), dim=-1).reshape(x.shape)
     return torch.softmax(x, dim=attrs.get("axis", -1))
 
 
@@ -321,6 +324,65 @@ def check_runnable(model: onnx.ModelProto, source: str = "<model>") -> None:
         )
 
 
+AGREEMENT = 1e-3  # relative L2 difference between PyTorch's and onnxruntime's run beyond float rounding
+
+
+def check_agrees(model: onnx.ModelProto, feed: Mapping[str, Any], source: str = "<model>") -> None:
+    """PyTorch's run of ``model`` on ``feed`` must match onnxruntime's: an operator variant translated otherwise
+    (an old Softmax's flattening, a pooling's padding rule, …) would have distillation fit another function than
+    the one written, and keep it. On a mismatch, one line naming the first node whose float output differs."""
+    from ttgraph.verify import session
+
+    names = [o.name for o in model.graph.output]
+    module = GraphModule(model, source=source)
+    tensors = {k: _tensor(np.asarray(v)) for k, v in feed.items()}
+    with torch.no_grad():
+        mine = module(tensors, names)
+    theirs = dict(zip(names, session(model, name=source).run(names, dict(feed)), strict=True))
+    worst = max(((n, _relative(m, theirs[n])) for n, m in zip(names, mine, strict=True)), key=lambda t: t[1])
+    if worst[1] <= AGREEMENT:
+        return
+    node = _first_disagreement(model, module, tensors, feed, source)
+    raise TTGraphError(
+        source,
+        f"PyTorch runs this model differently from onnxruntime (output {worst[0]!r}: relative error {worst[1]:.2g} "
+        f"on the first calibration sample{'' if node is None else f', first at node {node}'}): distillation "
+        "would fit another function than the model's; run without distillation",
+    )
+
+
+def _relative(mine: Any, theirs: np.ndarray) -> float:
+    """Relative L2 difference of two float tensors (0 for tensors that are not float, compared exactly)."""
+    a, b = mine.detach().double().numpy() if torch.is_tensor(mine) else np.asarray(mine), np.asarray(theirs)
+    if a.shape != b.shape:
+        return math.inf
+    if b.dtype.kind != "f":
+        return 0.0 if np.array_equal(a, b) else math.inf
+    return float(np.linalg.norm(a - b) / max(float(np.linalg.norm(b)), 1e-30))
+
+
+def _first_disagreement(model: onnx.ModelProto, module: Any, tensors: dict, feed: Mapping[str, Any], source: str):
+    """``'name' (Op)`` of the first node, in graph order, whose float32 output differs between the runtimes."""
+    from ttgraph.calibration import expose_tensors
+    from ttgraph.verify import session
+
+    nodes = [n for n in model.graph.node if n.op_type != "Constant"]
+    names = [o for n in nodes for o in n.output if o]
+    with torch.no_grad():
+        values = dict(zip(names, module(tensors, names), strict=True))
+    floats = [o for o in names if torch.is_tensor(values[o]) and values[o].dtype == torch.float32]
+    exposed, fetch = expose_tensors(model, [(o, np.dtype(np.float32)) for o in floats])
+    try:
+        got = dict(zip(fetch, session(exposed, name=source).run(fetch, dict(feed)), strict=True))
+    except Exception:  # an output onnxruntime types otherwise: the output alone is named
+        return None
+    for node in nodes:
+        for out in node.output:
+            if out in got and _relative(values[out], got[out]) > AGREEMENT:
+                return f"{node.name or out!r} ({node.op_type})"
+    return None
+
+
 def _tensor(array: np.ndarray):
     return torch.from_numpy(np.array(array, copy=True))
 
@@ -350,6 +412,10 @@ class GraphModule(torch.nn.Module if torch is not None else object):  # type: ig
             raise TTGraphError(source, f"no initializer named {sorted(missing)[0]!r} to train")
         self.nodes = list(graph.node)
         self.attrs = [_attrs(n) for n in self.nodes]
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        for node, attrs in zip(self.nodes, self.attrs, strict=True):
+            if node.op_type == "Softmax" and opset < 13:
+                attrs["_before_13"] = True
         for node, attrs in zip(self.nodes, self.attrs, strict=True):
             if node.op_type == "Constant":
                 self.constants[node.output[0]] = _tensor(numpy_helper.to_array(attrs["value"]))

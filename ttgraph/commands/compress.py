@@ -15,7 +15,7 @@ from ttgraph.commands.common import add_input_shape_option, format_table
 from ttgraph.costs import human
 from ttgraph.errors import TTGraphError
 from ttgraph.files import check_output_path, distinct_outputs
-from ttgraph.model_io import parse_input_shapes
+from ttgraph.model_io import parse_input_shapes, source_files
 from ttgraph.verify import random_feed
 
 
@@ -204,11 +204,12 @@ def run(args: argparse.Namespace) -> int:
             "--calib, --html, --sensitivity and --distill go with a budget (--macs-ratio, --params-ratio, --max-error)",
         )
     # Check every output path before any work, so a bad path fails in a second, not after decomposition.
-    check_output_path(args.output, (args.model,))
+    inputs = source_files(args.model)
+    check_output_path(args.output, inputs)
     distinct_outputs([args.output, args.report, args.html])
     for extra in (args.report, args.html):
         if extra:
-            check_output_path(extra, (args.model,))
+            check_output_path(extra, inputs)
     shapes = parse_input_shapes(args.input_shape)
     lower = [] if args.no_lower else [name.strip() for name in args.lower.split(",") if name.strip()]
     unknown = [name for name in lower if name not in PASSES]
