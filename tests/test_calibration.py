@@ -198,6 +198,19 @@ def test_npy_and_npz_files_feed_samples_along_axis_zero(tmp_path):
         calibration_source(tmp_path / "x.npy", model, "imagenet")
 
 
+def test_an_array_in_memory_reads_like_a_npy_file(tmp_path):
+    model = conv_model(3, 4, hw=(5, 6), batch="n")
+    arr = np.random.default_rng(0).standard_normal((7, 3, 5, 6))  # float64, as numpy makes it
+    np.save(tmp_path / "x.npy", arr)
+    from_file, in_memory = list(calibration_source(tmp_path / "x.npy", model)), list(calibration_source(arr, model))
+    assert [f["x"].dtype for f in in_memory] == [np.dtype(np.float32)] * 7
+    for a, b in zip(from_file, in_memory, strict=True):
+        np.testing.assert_array_equal(a["x"], b["x"])
+    for bad in (arr.astype(np.uint8), arr.astype(np.complex64)):
+        with pytest.raises(TTGraphError, match="give preprocessed samples"):
+            calibration_source(bad, model)
+
+
 class Reader:
     """An onnxruntime-style CalibrationDataReader."""
 

@@ -244,3 +244,12 @@ def test_no_verify_says_so(setup, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "not verified (--no-verify)" in proc.stdout
     assert "dynamic input dims" not in proc.stdout
+
+
+def test_a_rank_rule_that_costs_more_than_the_original_says_so(setup, tmp_path):
+    model, _ = setup
+    proc = ttgraph_cli("compress", model, "-o", tmp_path / "tt.onnx", "--cores", "2", "--rank-ratio", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "note: these ranks cost more than the original 1×1 convs (MACs" in proc.stdout
+    proc = ttgraph_cli("compress", model, "-o", tmp_path / "lr.onnx", "--rank", "2")
+    assert proc.returncode == 0 and "cost more" not in proc.stdout

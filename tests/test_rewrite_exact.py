@@ -138,6 +138,7 @@ def test_opset_9_strided_layers_use_lowrank_instead_of_a_strided_slice():
     model = conv_model(24, 36, stride=2, opset=9)
     result = ttgraph.compress(model, cores=2, rank_ratio=1.0)
     assert result.report.layers[0].cores == 1
+    assert "needs Slice with steps (opset ≥ 10, the model has 9)" in result.report.layers[0].note
     assert_exact(compare_outputs(model, result.model, [feed_for(model, [1, 24, 9, 10])]), 1e-5)
 
 

@@ -280,12 +280,15 @@ def choose_format(
     """
     note = None
     fmt = None
+    strided_before_10 = opset < 10 and any(s != 1 for s in conv.strides)
     for d in range(cores, 0, -1):
-        if d >= 2 and opset < 10 and any(s != 1 for s in conv.strides):
+        if d >= 2 and strided_before_10:
             continue  # a strided MatMul chain needs Slice with steps (opset 10)
         fmt = tt_format(conv.cout, conv.cin, d)
         if fmt is not None:
-            if d != cores:
+            if d != cores and d == 1 and strided_before_10:
+                note = f"a strided TT layer needs Slice with steps (opset ≥ 10, the model has {opset}); used d=1"
+            elif d != cores:
                 note = f"Cout={conv.cout}, Cin={conv.cin} cannot both split into {cores} modes ≥ 2; used d={d}"
             break
     assert fmt is not None  # d = 1 always exists

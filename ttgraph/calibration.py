@@ -588,13 +588,17 @@ def _ndarray_source(data: np.ndarray, model: onnx.ModelProto) -> CalibrationSour
         raise TTGraphError(
             "calibration", f"an array feeds single-input models; this one has {len(inputs)}: give feed dicts"
         )
-    name, step = inputs[0].name, _batch_size(inputs[0])
+    name, step, dtype = inputs[0].name, _batch_size(inputs[0]), _input_dtype(inputs[0])
     if data.ndim == 0 or len(data) == 0 or len(data) % step:
         raise TTGraphError("calibration", f"an array of shape {data.shape} does not hold whole batches of {step}")
+    if _number_kind(data.dtype) != _number_kind(dtype):  # as for a .npy: float64 samples are fine, raw uint8 not
+        raise TTGraphError(
+            "calibration", f"the array is {data.dtype}, the model input is {dtype}: give preprocessed samples"
+        )
     count = len(data) // step
 
     def fetch(i: int) -> dict[str, np.ndarray]:
-        return {name: data[i * step : (i + 1) * step]}
+        return {name: np.ascontiguousarray(data[i * step : (i + 1) * step], dtype=dtype)}
 
     return CalibrationSource(
         lambda: (fetch(i) for i in range(count)), count, True, f"{len(data)} samples in an array", fetch

@@ -305,6 +305,13 @@ def render(report: CompressionReport, *, verify_skipped: bool = False) -> str:
     if "macs_ratio" in t:
         line += f", MACs {human(t['macs_before'])}→{human(t['macs_after'])} ({t['macs_ratio']:.3f}×)"
     lines.append(line)
+    costlier = [k for k in ("macs_ratio", "params_ratio") if (t.get(k) or 0) > 1]
+    if report.allocation is None and costlier:
+        worse = " and ".join(f"{k.split('_')[0]} {t[k]:.2f}×" for k in costlier).replace("macs", "MACs")
+        lines.append(
+            f"note: these ranks cost more than the original 1×1 convs ({worse}): a rank rule does not look at "
+            "cost; --calib with --macs-ratio or --params-ratio chooses ranks for a budget"
+        )
     if report.options.get("input_shapes_from") == "calibration":
         at = ", ".join(f"{k}={','.join(map(str, v))}" for k, v in report.options["input_shapes"].items())
         lines.append(f"MACs counted at the first calibration sample's size, {at}; the model keeps its dynamic dims")
