@@ -177,7 +177,9 @@ class FindPointwiseConvs:
             bias = constant_value(node.inputs[2])
             if bias is None:
                 return skip(f"bias {node.inputs[2].name!r} is not a constant")
-        strides = tuple(int(s) for s in node.attrs.get("strides", [1] * len(kernel)))
+        strides = tuple(int(s) for s in node.attrs.get("strides") or [1] * len(kernel))  # [] reads as absent
+        if len(strides) != len(kernel):
+            return skip(f"strides {list(strides)} do not match the {len(kernel)}-d kernel")
         return PointwiseConv(
             label=label,
             node=node,

@@ -125,6 +125,24 @@ def test_samples_of_several_sizes_for_a_macs_budget_are_refused_with_the_reason(
         ttgraph.compress(model, calibration=iter(calib), macs_ratio=0.5, holdout=0)
 
 
+def test_an_empty_list_attribute_elsewhere_survives_the_rewrite_and_the_lowering():
+    """Squeeze-11 with axes=[] (onnxruntime squeezes every size-1 dim): graphsurgeon cannot export it alone."""
+    model = conv_model(16, 24, hw=(8, 8), opset=11)
+    model.ir_version = 6
+    relu_out = model.graph.node[-1].output[0]
+    model.graph.node[-1].output[0] = "r"
+    squeeze = helper.make_node("Squeeze", ["g"], [relu_out], name="squeeze")
+    squeeze.attribute.append(helper.make_attribute("axes", [], attr_type=onnx.AttributeProto.INTS))
+    model.graph.node.extend([helper.make_node("GlobalAveragePool", ["r"], ["g"]), squeeze])
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info(relu_out, TensorProto.FLOAT, [24]))
+    onnx.checker.check_model(model)
+    for cores in (1, 2):
+        result = ttgraph.compress(model, cores=cores, rank_ratio=1.0)
+        kept = [n for n in result.model.graph.node if n.op_type == "Squeeze"]
+        assert [a.name for a in kept[0].attribute] == ["axes"]
+        assert_exact(compare_outputs(model, result.model, [feed_for(model, [1, 16, 8, 8])]), 1e-5)
+
+
 def test_prime_channel_counts_fall_back_to_lowrank_with_a_note():
     model = conv_model(13, 17)
     result = ttgraph.compress(model, cores=3, rank_ratio=1.0)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from passes import quiet_graphsurgeon
 from passes.find_pointwise import FindPointwiseConvs, FoundConvs, PointwiseConv, SkippedConv
+from passes.gs_io import export_model, import_graph
 from passes.rewrite_tt import LayerRewrite, RewriteAsTT
 from ttgraph.allocate import Allocation, Budget, allocate
 from ttgraph.calibration import (
@@ -69,7 +70,7 @@ def _compute_tensors(model: onnx.ModelProto) -> list[str]:
 
 def _analyse(model: onnx.ModelProto) -> tuple[gs.Graph, FoundConvs, dict[str, Shape]]:
     shapes = infer_shapes(model, wanted=_compute_tensors(model))
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     return graph, FindPointwiseConvs(shapes, fed=fed_initializers(model))(graph), shapes
 
 
@@ -1229,4 +1230,4 @@ def provenance(model: onnx.ModelProto, source: str = "<model>") -> dict[str, Any
 
 def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     """The edited graph inside the original model's envelope (IR version, opsets, metadata)."""
-    return adopt_envelope(gs.export_onnx(graph), original)
+    return adopt_envelope(export_model(graph, original), original)

@@ -111,14 +111,14 @@ class PairStatistics:
 def _prefix(model: onnx.ModelProto, tensors: Sequence[tuple[str, np.dtype]]) -> tuple[onnx.ModelProto, list[str]]:
     """A copy of ``model`` whose only outputs are ``tensors`` (graph inputs excepted), with every node they do
     not depend on removed (onnxruntime runs the whole graph whatever is fetched), and the names to fetch."""
-    import onnx_graphsurgeon as gs
+    from passes.gs_io import export_model, import_graph
 
     exposed, fetch = expose_tensors(model, tensors)
-    graph = gs.import_onnx(exposed)
+    graph = import_graph(exposed)
     named = graph.tensors()
     graph.outputs = [named[name] for name in fetch]
     graph.cleanup()
-    out = gs.export_onnx(graph)
+    out = export_model(graph, exposed)
     pruned = onnx.ModelProto()
     pruned.CopyFrom(model)
     pruned.graph.CopyFrom(out.graph)

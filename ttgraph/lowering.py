@@ -15,6 +15,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from passes import quiet_graphsurgeon
+from passes.gs_io import export_model, import_graph
 from passes.lower import DEFAULT_PASSES, Lower
 from ttgraph.errors import TTGraphError
 from ttgraph.model_io import adopt_envelope, check_model, fed_initializers, graph_inputs, input_dims
@@ -38,11 +39,11 @@ def lower_model(
         lower = Lower(passes)
     except ValueError as err:
         raise TTGraphError("--lower", str(err)) from err
-    graph = gs.import_onnx(_with_shapes(model))
+    graph = import_graph(_with_shapes(model))
     fed = fed_initializers(model)
     _as_inputs(graph, fed)
     lower(graph)
-    exported = gs.export_onnx(graph)
+    exported = export_model(graph, model)
     exported.graph.initializer.extend(i for i in model.graph.initializer if i.name in fed)
     lowered = adopt_envelope(exported, model)
     _input_order(lowered, model)
