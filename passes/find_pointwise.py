@@ -118,6 +118,13 @@ class FindPointwiseConvs:
             elif node.op == "Conv" and (node.domain or "") in ("", "ai.onnx"):
                 result = self._classify(node, label)
                 (found.candidates if isinstance(result, PointwiseConv) else found.skipped).append(result)
+            elif node.op == "ConvTranspose" and (node.domain or "") in ("", "ai.onnx"):
+                found.skipped.append(SkippedConv(label, node.op, "transposed convolution: only Conv is rewritten"))
+            elif node.op.endswith("Conv"):  # com.microsoft.FusedConv, NhwcConv, … (saved optimized models)
+                op = f"{node.domain}.{node.op}"
+                found.skipped.append(
+                    SkippedConv(label, op, f"{op} is a runtime's own conv op: only ONNX Conv is rewritten")
+                )
             for sub in _subgraphs(node):
                 for inner in _convs_in(sub):
                     found.skipped.append(
@@ -127,6 +134,10 @@ class FindPointwiseConvs:
                             f"inside a subgraph of {node.op} node {label!r}; only the main graph is rewritten",
                         )
                     )
+        for function in getattr(graph, "functions", []):
+            for inner in _convs_in(function):
+                reason = f"inside local function {function.name!r}; only the main graph is rewritten"
+                found.skipped.append(SkippedConv(inner.name or inner.op, inner.op, reason))
         return found
 
     def _classify(self, node: gs.Node, label: str) -> PointwiseConv | SkippedConv:
@@ -205,7 +216,7 @@ def _subgraphs(node: gs.Node) -> list[gs.Graph]:
 def _convs_in(graph: gs.Graph) -> list[gs.Node]:
     found = []
     for node in graph.nodes:
-        if node.op == "Conv" or node.op in QUANTIZED_CONVS:
+        if node.op.endswith("Conv") or node.op in (*QUANTIZED_CONVS, "ConvTranspose"):
             found.append(node)
         for sub in _subgraphs(node):
             found.extend(_convs_in(sub))

@@ -45,7 +45,7 @@ def test_inspect_json_lists_layers_and_skipped(det_path):
     proc = ttgraph_cli("inspect", det_path, "--input-shape", "x=1,3,640,640", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert len(data["layers"]) == 42 and len(data["skipped"]) == 20
+    assert len(data["layers"]) == 42 and len(data["skipped"]) == 22
     first = data["layers"][0]
     assert {"name", "cin", "cout", "stride", "macs", "macs_share", "params"} <= set(first)
     assert data["pointwise_macs"] == sum(layer["macs"] for layer in data["layers"])
@@ -54,7 +54,7 @@ def test_inspect_json_lists_layers_and_skipped(det_path):
 def test_inspect_table_names_the_skip_reasons(det_path):
     proc = ttgraph_cli("inspect", det_path, "--input-shape", "x=1,3,640,640")
     assert proc.returncode == 0, proc.stderr
-    assert "42 rewritable 1×1 convs, 20 convs skipped" in proc.stdout
+    assert "42 rewritable 1×1 convs, 22 convs skipped" in proc.stdout
     assert "kernel 3×3 depthwise is not 1×1" in proc.stdout
 
 

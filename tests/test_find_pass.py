@@ -20,7 +20,8 @@ def find(model: onnx.ModelProto):
 def test_finds_all_42_pointwise_convs_in_the_ppocr_detector(det_path):
     report = inspect(det_path, {"x": [1, 3, 640, 640]})
     assert len(report.layers) == 42
-    assert len(report.skipped) == 62 - 42
+    assert len(report.skipped) == 62 - 42 + 2  # and its two ConvTranspose
+    assert sum(s.op == "ConvTranspose" for s in report.skipped) == 2
     assert all(s.reason for s in report.skipped)
     assert report.pointwise_macs and report.model_macs and 0.3 < report.pointwise_macs / report.model_macs < 0.45
 
@@ -104,6 +105,34 @@ def test_conv_inside_an_if_branch_is_reported_not_rewritten():
     found = find(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert found.candidates == []
     assert len(found.skipped) == 2 and all("inside a subgraph of If node 'if0'" in s.reason for s in found.skipped)
+
+
+def test_convs_it_does_not_rewrite_are_listed_too():
+    """A transposed conv, a runtime's fused conv (a saved optimized model) and a conv inside a local function."""
+    w = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w")
+    inner = helper.make_node("Conv", ["a", "fw"], ["b"], name="in_function")
+    fw = helper.make_node("Constant", [], ["fw"], value=numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32)))
+    function = helper.make_function("local", "Block", ["a"], ["b"], [fw, inner], [helper.make_opsetid("", 17)])
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "w"], ["t"], name="deconv"),
+        helper.make_node("FusedConv", ["t", "w"], ["f"], name="fused", domain="com.microsoft", activation="Relu"),
+        helper.make_node("Block", ["f"], ["y"], name="block", domain="local"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)],
+        [w],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("local", 1), helper.make_opsetid("com.microsoft", 1)]
+    found = find(helper.make_model(graph, opset_imports=opsets, functions=[function]))
+    assert found.candidates == []
+    assert {s.label: s.reason for s in found.skipped} == {
+        "deconv": "transposed convolution: only Conv is rewritten",
+        "fused": "com.microsoft.FusedConv is a runtime's own conv op: only ONNX Conv is rewritten",
+        "in_function": "inside local function 'Block'; only the main graph is rewritten",
+    }
 
 
 def test_inspect_without_fixed_shapes_reports_unknown_macs(det_path):
