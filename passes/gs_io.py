@@ -1,4 +1,5 @@
-"""Import and export through onnx-graphsurgeon without its blind spot: a list attribute with no entries.
+"""Import and export through onnx-graphsurgeon without its blind spots: a list attribute with no entries, and
+the doc strings and metadata it does not carry.
 
 graphsurgeon imports ``axes=[]`` (a Squeeze-11 that passes the checker and runs) as a plain empty list and
 then cannot export it ("Could not infer attribute type from empty iterator"). Such attributes are taken off a
@@ -48,13 +49,32 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
 
 
 def export_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
-    """``gs.export_onnx``, with ``original``'s empty list attributes back on the nodes that still exist."""
+    """``gs.export_onnx``, with what graphsurgeon drops put back from ``original`` where the node, input or
+    output still exists: empty list attributes, doc strings and metadata_props (an exporter's provenance, e.g.
+    ``pkg.torch.onnx.*``), and the graph's own doc string and metadata."""
     exported = gs.export_onnx(graph)
     stash = _empty_lists(original)
-    if stash:
-        for node in exported.graph.node:
-            have = {a.name for a in node.attribute}
-            for attr in stash.get(node.output[0] if node.output else "", []):
-                if attr.name not in have:
-                    node.attribute.append(attr)
+    before = {n.output[0]: n for n in original.graph.node if n.output}
+    for node in exported.graph.node:
+        old = before.get(node.output[0]) if node.output else None
+        if old is None or old.op_type != node.op_type:
+            continue
+        have = {a.name for a in node.attribute}
+        node.attribute.extend(a for a in stash.get(node.output[0], []) if a.name not in have)
+        _carry(old, node)
+    for field in ("input", "output"):
+        kept = {v.name: v for v in getattr(original.graph, field)}
+        for value in getattr(exported.graph, field):
+            if value.name in kept:
+                _carry(kept[value.name], value)
+    _carry(original.graph, exported.graph)
     return exported
+
+
+def _carry(source: onnx.NodeProto | onnx.ValueInfoProto | onnx.GraphProto, target: object) -> None:
+    """``source``'s doc string and metadata_props onto ``target`` where it has none of its own."""
+    if source.doc_string and not target.doc_string:  # type: ignore[attr-defined]
+        target.doc_string = source.doc_string  # type: ignore[attr-defined]
+    props = getattr(source, "metadata_props", None)  # onnx ≥ 1.16 (IR 10)
+    if props and not target.metadata_props:  # type: ignore[attr-defined]
+        target.metadata_props.extend(props)  # type: ignore[attr-defined]

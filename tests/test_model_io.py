@@ -153,3 +153,38 @@ def test_sparse_tensors_are_read_as_their_values(where):
     feed = {"x": rng.standard_normal((1, 16, 8, 8)).astype(np.float32)}
     for e in compare_outputs(model, result.model, [feed]):
         assert e.max_rel < 1e-5, e
+
+
+def test_doc_strings_and_metadata_of_nodes_inputs_outputs_and_graph_are_kept(tmp_path):
+    """An exporter's provenance (pkg.torch.onnx.* on every node) and the author's notes survive the rewrite."""
+    model = conv_model(16, 24, hw=(8, 8), opset=18)
+    model.ir_version = 10
+    relu = model.graph.node[-1]
+    relu.doc_string = "relu doc"
+    relu.metadata_props.add(key="pkg.torch.onnx.class_hierarchy", value="['Net', 'ReLU']")
+    model.graph.input[0].doc_string = "RGB image, 0..1"
+    model.graph.input[0].metadata_props.add(key="input.key", value="v")
+    model.graph.output[0].doc_string = "features"
+    model.graph.metadata_props.add(key="graph.key", value="v")
+    onnx.checker.check_model(model)
+    ttgraph.compress(model, rank=4).save(tmp_path / "out.onnx")
+    out = onnx.load(tmp_path / "out.onnx")
+    kept = next(n for n in out.graph.node if n.op_type == "Relu")
+    assert kept.doc_string == "relu doc"
+    assert [(p.key, p.value) for p in kept.metadata_props] == [("pkg.torch.onnx.class_hierarchy", "['Net', 'ReLU']")]
+    assert out.graph.input[0].doc_string == "RGB image, 0..1"
+    assert [p.key for p in out.graph.input[0].metadata_props] == ["input.key"]
+    assert out.graph.output[0].doc_string == "features"
+    assert [p.key for p in out.graph.metadata_props] == ["graph.key"]
+
+
+def test_training_info_that_trains_a_replaced_weight_is_dropped():
+    model = conv_model(16, 24, hw=(8, 8))
+    info = onnx.TrainingInfoProto()
+    new_w = helper.make_tensor_value_info("w_new", TensorProto.FLOAT, [24, 16, 1, 1])
+    info.algorithm.CopyFrom(helper.make_graph([helper.make_node("Identity", ["w"], ["w_new"])], "step", [], [new_w]))
+    info.update_binding.add(key="w", value="w_new")
+    model.training_info.append(info)
+    onnx.checker.check_model(model)
+    assert len(ttgraph.compress(model, rank=4, lower=False).model.training_info) == 0  # 'w' is gone
+    assert len(ttgraph.compress(model, rank=4, layers=[]).model.training_info) == 1  # nothing replaced

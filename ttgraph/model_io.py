@@ -73,7 +73,8 @@ def adopt_envelope(model: onnx.ModelProto, original: onnx.ModelProto) -> onnx.Mo
     """``model`` (a freshly exported graph) with the original's envelope — IR version, opsets, producer, metadata —
     in place of its own, the graph not copied; before IR 4 every initializer is also listed as a graph input.
     From IR 4 on, an initializer the original listed as an input too (a default the caller may feed) is listed
-    again: onnx-graphsurgeon imports it as a constant and exports it without the input."""
+    again: onnx-graphsurgeon imports it as a constant and exports it without the input. A ``training_info`` that
+    binds weights the graph no longer has (the rewrite replaced them) is dropped: it trained the original's."""
     for descriptor in model.DESCRIPTOR.fields:
         if descriptor.name != "graph":
             model.ClearField(descriptor.name)
@@ -81,6 +82,13 @@ def adopt_envelope(model: onnx.ModelProto, original: onnx.ModelProto) -> onnx.Mo
     listed = {i.name for i in model.graph.input}
     kept = {i.name for i in model.graph.initializer}
     model.graph.input.extend(i for i in original.graph.input if i.name in kept and i.name not in listed)
+    weights = {i.name for i in model.graph.initializer} | {i.name for i in model.graph.input}
+    trainable = [
+        t for t in model.training_info if all(b.key in weights for b in [*t.update_binding, *t.initialization_binding])
+    ]
+    if len(trainable) != len(model.training_info):  # it trains weights the rewrite replaced: no longer valid
+        del model.training_info[:]
+        model.training_info.extend(trainable)
     if model.ir_version < 4:
         listed = {i.name for i in model.graph.input}
         for init in model.graph.initializer:
