@@ -382,7 +382,7 @@ def _export(executable: Any, out: Path, linker: str | None, preset: TargetPreset
     try:
         with tempfile.TemporaryDirectory(prefix="ttgraph-export-") as workspace:
             executable.export_library(os.fspath(tmp), workspace_dir=workspace, **kwargs)
-        usual_permissions(tmp, executable=out.suffix == ".so")
+        usual_permissions(tmp, executable=out.suffix == ".so", replacing=out)
         os.replace(tmp, out)
     except OSError as err:
         raise TTGraphError(out, f"cannot write the library: {err.strerror or err}") from err

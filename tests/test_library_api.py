@@ -105,6 +105,14 @@ def test_outputs_get_the_permissions_a_plain_open_would_give(tmp_path):
         os.umask(old)
     for name in ("m.onnx", "m.json", "m.html"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    old = os.umask(0o077)
+    try:
+        (tmp_path / "m.onnx").chmod(0o640)  # replacing a file keeps its mode, as open() would
+        result.save(tmp_path / "m.onnx", report_path=tmp_path / "new.json")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.onnx").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o600
 
 
 def test_the_package_says_it_is_typed():

@@ -484,6 +484,18 @@ def test_measured_cost_times_each_shape_once_and_round_trips_the_disk_cache(tmp_
         plan_layer(*args, cost=MeasuredCost(cache_dir=tmp_path, target="broken", timer=fake_timer))
 
 
+def test_measured_cost_follows_the_cache_directory_when_it_moves(tmp_path, monkeypatch):
+    cost = MeasuredCost(target="fake", timer=lambda op: 1e-9 * op.macs)
+    args = ((8, 48), (48, 8), 8)
+    monkeypatch.setenv("TTGRAPH_CACHE_DIR", str(tmp_path / "a"))
+    plan_layer(*args, pixels=6400, cost=cost)
+    monkeypatch.setenv("TTGRAPH_CACHE_DIR", str(tmp_path / "b"))
+    plan_layer((4, 4), (4, 4), 2, pixels=16, cost=cost)
+    a = json.loads((tmp_path / "a" / "measured-fake.json").read_text())["entries"]
+    b = json.loads((tmp_path / "b" / "measured-fake.json").read_text())["entries"]
+    assert a and b and not set(a) & set(b)  # b holds only what was timed while it was the cache
+
+
 def test_plan_to_dict_is_json_ready_with_total_cost_in_macs():
     plan = plan_layer((16, 24), (16, 24), 8, pixels=80 * 80)
     data = json.loads(json.dumps(plan_to_dict(plan)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -50,12 +51,28 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     return target
 
 
-def usual_permissions(path: str | os.PathLike[str], executable: bool = False) -> None:
-    """The mode a plain ``open()`` (or a linker) would give ``path`` under the current umask: a file staged
-    with ``mkstemp`` is 0600, which a service reading the output as another user cannot open."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, (0o777 if executable else 0o666) & ~umask)
+def usual_permissions(path: str | os.PathLike[str], executable: bool = False, replacing: Path | None = None) -> None:
+    """The mode a plain ``open()`` (or a linker) would give ``path``: the mode of the file it is ``replacing``,
+    else the default under the current umask. A file staged with ``mkstemp`` is 0600, which a service reading the
+    output as another user cannot open."""
+    if replacing is not None and replacing.is_file():
+        os.chmod(path, stat.S_IMODE(replacing.stat().st_mode))
+        return
+    os.chmod(path, (0o777 if executable else 0o666) & ~_umask())
+
+
+def _umask() -> int:
+    """The process umask, read without setting it (os.umask would change it for every thread for a moment)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc: the only portable way, briefly
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -69,7 +86,7 @@ def staged_writes(files: Sequence[tuple[str | os.PathLike[str], bytes]]) -> Iter
             try:
                 fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
                 staged.append((tmp, target))
-                usual_permissions(tmp)
+                usual_permissions(tmp, replacing=target)
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
             except OSError as err:

@@ -268,6 +268,7 @@ class MeasuredCost:
         self.target = target
         self.timer = timer if timer is not None else time_op_onnxruntime
         self._table: dict[str, float] | None = None
+        self._table_path: Path | None = None  # the file the table was read from
         self.measured = 0  # how many shapes this instance timed (not read from the cache)
 
     @property
@@ -276,8 +277,10 @@ class MeasuredCost:
         return (self._cache_dir or default_cache_dir()) / f"measured-{self.target}.json"
 
     def _load(self) -> dict[str, float]:
+        if self._table is not None and self._table_path != self.cache_path:  # $TTGRAPH_CACHE_DIR moved
+            self._table = None
         if self._table is None:
-            path = self.cache_path
+            path = self._table_path = self.cache_path
             self._table = {}
             if path.exists():
                 try:
