@@ -412,7 +412,7 @@ def compress(
     """
     # A pipeline passes numpy scalars, strings where lists go, etc.: one clear error (or a plain value for the
     # report's JSON) here, not a TypeError deep inside the work or a report that cannot be written after it.
-    source_name(model)  # a model of the wrong type: one line now
+    source_name(model)  # raises for a model of the wrong type
     cores = _integer("cores", cores)
     rank, rank_multiple = _integer("rank", rank), _integer("rank_multiple", rank_multiple)
     rank_ratio, tolerance = _real("rank_ratio", rank_ratio), _real("tolerance", tolerance)
@@ -594,8 +594,8 @@ def _compress_to_budget(
     sensitivity: int = 0,
     distill: tuple[int, float, int, str] = (0, 1e-3, 16, "factors"),
 ) -> CompressionResult:
-    """compress() with a global budget: calibrate → decompose → (sensitivity) → allocate → compensate → rewrite →
-    (distill) → lower → verify."""
+    """compress() with a global budget: load the model and the calibration source (dynamic input dims fixed from
+    the first sample, to count MACs at one shape), then :func:`_compress_fixed`."""
     if method not in ("data", "weight"):
         raise TTGraphError("options", f"method must be 'data' or 'weight', got {method!r}")
     if calibration is None and method == "data":
@@ -684,8 +684,9 @@ def _compress_fixed(
     sensitivity: int,
     distill: tuple[int, float, int, str],
 ) -> CompressionResult:
-    """The budget path on a model whose input dims are fixed (given, or from the first calibration sample:
-    then ``declared`` is the model as given, whose dims the written model gets back)."""
+    """calibrate → decompose → (sensitivity) → allocate → compensate → rewrite → (distill) → lower → verify, on a
+    model whose input dims are fixed (given, or from the first calibration sample: then ``declared`` is the model
+    as given, whose dims the written model gets back)."""
     from ttgraph.fidelity import heldout_fidelity
 
     epochs = distill[0]

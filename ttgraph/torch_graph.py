@@ -324,7 +324,7 @@ def check_runnable(model: onnx.ModelProto, source: str = "<model>") -> None:
         )
 
 
-AGREEMENT = 1e-3  # relative L2 difference between PyTorch's and onnxruntime's run beyond float rounding
+AGREEMENT = 1e-2  # relative L2 difference of PyTorch's and onnxruntime's runs: well above float (or fp16) rounding
 
 
 def check_agrees(model: onnx.ModelProto, feed: Mapping[str, Any], source: str = "<model>") -> None:
