@@ -78,6 +78,7 @@ class CompileResult:
     export_seconds: float
     tuned_tasks: int = 0
     reused_tasks: int = 0
+    tune_tasks: int = 0  # fused functions the model has to tune
     tune_trials: int = 0
     tune_minutes: float | None = None
     tune_seconds: float = 0.0  # of build_seconds, the time spent tuning
@@ -97,7 +98,8 @@ class CompileResult:
         if self.tune_trials or self.tune_minutes:
             bound = describe_bound(self.tune_trials, self.tune_minutes)
             extra += (
-                f", tuned {self.tuned_tasks} tasks ({self.reused_tasks} reused) in {self.tune_seconds:.0f}s"
+                f", {self.tuned_tasks} of {self.tune_tasks} tasks measured ({self.reused_tasks} reused) in "
+                f"{self.tune_seconds:.0f}s"
                 f" (bound: {bound}{'; time ran out' if self.tune_timed_out else ''})"
             )
         if self.cuda_fatbin_bytes is not None:
@@ -231,6 +233,7 @@ def compile_model(
         export_seconds=export_s,
         tuned_tasks=stats.tuned if stats else 0,
         reused_tasks=stats.reused if stats else 0,
+        tune_tasks=stats.tasks if stats else 0,
         tune_trials=tune,
         tune_minutes=tune_minutes,
         tune_seconds=stats.seconds if stats else 0.0,

@@ -44,7 +44,7 @@ class TuneStats:
 
     tasks: int  # fused functions in the model
     reused: int  # of those, already in the database
-    tuned: int  # of those, given trials in this run
+    tuned: int  # of those, measured in this run (a trial budget below the task count leaves some untuned)
     trials: int  # the trial budget of this run (0: bounded by time only)
     database: Path
     seconds: float = 0.0  # wall time spent tuning
@@ -140,13 +140,26 @@ def open_database(db_dir: str | os.PathLike[str]) -> Any:
         raise TTGraphError(folder, f"cannot create the tuning database folder: {err.strerror or err}") from err
     if not os.access(folder, os.W_OK):
         raise TTGraphError(folder, "tuning database folder is not writable")
-    return ms.database.JSONDatabase(work_dir=str(folder))
+    try:
+        return ms.database.JSONDatabase(work_dir=str(folder))
+    except Exception as err:  # TVM's JSON reader: "parallel_for_dynamic error with Unexpected token …"
+        raise TTGraphError(
+            folder,
+            "tuning database is damaged (a record file cut short by an interrupted run?): "
+            f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}; "
+            "remove its .json files or give another --tune-db",
+        ) from err
+
+
+FAILED_RUN_S = 1e9  # MetaSchedule records a candidate that failed to build or run as taking 1e10 s
 
 
 def _has_record(database: Any, mod: Any) -> bool:
+    """Whether ``mod`` has a measured schedule in ``database`` (a record of failures only is none)."""
     if not database.has_workload(mod):
         return False
-    return len(database.get_top_k(database.commit_workload(mod), 1)) > 0
+    top = database.get_top_k(database.commit_workload(mod), 1)
+    return bool(top) and bool(top[0].run_secs) and min(float(t) for t in top[0].run_secs) < FAILED_RUN_S
 
 
 #: MetaSchedule's XGBModel scores candidates at random until it has this many measurements (its
@@ -259,7 +272,8 @@ def tune(
     cost_model, strategy = search_setup(trials, minutes, _have_xgboost())
     log.info("tuning: %s search, %s cost model", strategy, cost_model)
     load_tensor_intrinsics(target)
-    with _foreign_handlers_set_aside():  # the task contexts set up MetaSchedule's loggers
+    console = Path(db_dir) / "logs" / "console.log"
+    with _foreign_handlers_set_aside(), _stdout_into(console):  # the task contexts set up MetaSchedule's loggers
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             todo, work_dir=str(db_dir), strategy=strategy, seed=seed
         )
@@ -287,13 +301,22 @@ def tune(
         )
     else:
         runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=evaluator)
-    with _foreign_handlers_set_aside():
+    with _foreign_handlers_set_aside(), _stdout_into(console):
         _run_tuning(
             ms, contexts, weights, db_dir, trials, per_iter, builder, runner, database, cost_model, callbacks, stop
         )
     if stop is not None and stop.fired:
         log.info("tuning: %g min are up; the measured records are kept", minutes)
-    return replace(stats, seconds=time.monotonic() - start, timed_out=bool(stop is not None and stop.fired))
+    measured = sum(_has_record(database, t.dispatched[0]) for t in todo)
+    if not measured:  # every candidate failed to build or run: what would be built is untuned
+        raise TTGraphError(
+            "--tune",
+            f"no candidate of the {len(todo)} tasks built and ran {'on the device' if tracker else 'here'} "
+            f"(a CPU feature the target names and this machine lacks?); see {Path(db_dir) / 'logs'}",
+        )
+    return replace(
+        stats, tuned=measured, seconds=time.monotonic() - start, timed_out=bool(stop is not None and stop.fired)
+    )
 
 
 def _run_tuning(
@@ -381,6 +404,22 @@ def _foreign_handlers_set_aside() -> Iterator[None]:
     finally:
         for handler in unnamed:
             logger.addHandler(handler)
+
+
+@contextlib.contextmanager
+def _stdout_into(path: Path) -> Iterator[None]:
+    """MetaSchedule logs its progress tables through a handler on ``ext://sys.stdout``, which would break
+    ``compile --json`` and make the library print: while it tunes, stdout goes to ``path`` beside its other logs,
+    and the handlers it bound there are taken off its logger after."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as sink, contextlib.redirect_stdout(sink):
+        try:
+            yield
+        finally:
+            for handler in list(logger.handlers):
+                if isinstance(handler, logging.StreamHandler) and handler.stream is sink:
+                    logger.removeHandler(handler)
 
 
 def build_with_database(mod: Any, target: Any, db_dir: str | os.PathLike[str]) -> Any:
