@@ -16,8 +16,9 @@ import numpy as np
 import onnx
 
 from ttgraph.bench import Runner
+from ttgraph.errors import TTGraphError
 
-from .compile import compile_model
+from .compile import cannot_run_here, compile_model
 from .presets import resolve_target
 from .run import ordered_inputs
 
@@ -54,6 +55,13 @@ def tvm_factory(
     from tvm import relax
 
     preset = resolve_target(target)
+    why = None if session is not None else cannot_run_here(preset)
+    if why:
+        raise TTGraphError(
+            "--target",
+            f"{preset.name} cannot run here ({why}): time it on the device with --rpc HOST:PORT "
+            "(or --tracker HOST:PORT --key KEY)",
+        )
     tmp = None
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="ttgraph-abbench-")

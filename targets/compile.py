@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -159,10 +160,11 @@ def compile_model(
         if not tune_key:
             raise TTGraphError("--tracker", "needs --key KEY (the device key the RPC servers registered)")
         tracker = parse_address(tune_tracker, "--tracker")
-    if tuning and tracker is None and not (preset.runs_here or preset.is_cuda):
+    why = cannot_run_here(preset) if tuning and tracker is None else None
+    if why:
         raise TTGraphError(
             "--tune",
-            f"tuning measures candidates on this machine, which cannot run {preset.name} code; "
+            f"tuning measures candidates on this machine, which cannot run {preset.name} code ({why}); "
             "measure them on the device (--tracker HOST:PORT --key KEY) or apply existing records with --tune-db",
         )
     db_root = Path(tune_db) if tune_db is not None else (_default_tune_db() if tuning else None)
@@ -319,6 +321,7 @@ def make_target(preset: TargetPreset, *, for_tuning: bool = False) -> Any:
     except Exception as err:  # ValueError / TVMError from the target parser
         raise TTGraphError("--target", f"TVM rejects the target {preset.target_json()}: {_first_line(err)}") from err
     _check_cpu(tvm, spec)
+    _check_features(tvm, target, spec)
     return target
 
 
@@ -334,6 +337,41 @@ def _check_cpu(tvm: Any, spec: dict[str, Any]) -> None:
         raise TTGraphError(
             "--target", f"LLVM knows no CPU {cpu!r} for {triple} (TVM would build generic code); check the name"
         )
+
+
+def _check_features(tvm: Any, target: Any, spec: dict[str, Any]) -> None:
+    """An ``mattr`` feature LLVM does not know ("+dotpord") is ignored with a warning per function, and the code
+    is built without it: an error here, like an unknown CPU."""
+    wanted = spec.get("mattr") or []
+    if spec.get("kind") != "llvm" or not wanted:
+        return
+    known = set(tvm.target.codegen.llvm_get_cpu_features(target))
+    unknown = [f for f in (str(a) for a in wanted) if f.startswith("+") and f[1:] not in known]
+    if unknown:
+        raise TTGraphError("--target", f"LLVM knows no CPU feature {', '.join(unknown)} here; check the name")
+
+
+#: CPU features whose instructions a library uses (not LLVM's tuning hints): one this machine lacks kills the
+#: process with SIGILL, no message.
+_ISA_FEATURE = re.compile(r"(avx|sse|fma|bmi|f16c|amx|vaes|vpclmul|gfni|sha|aes|adx|movbe|sve|dotprod|i8mm|bf16)")
+
+
+def cannot_run_here(preset: TargetPreset) -> str | None:
+    """Why a library built for ``preset`` cannot run on this machine's runtime, or None when it can."""
+    tvm = _import_tvm()
+    if preset.is_cuda:
+        return None if tvm.cuda(0).exist else "it is CUDA code and this machine has no GPU"
+    if not preset.runs_here:
+        return f"it is {preset.target.get('mtriple') or preset.name} code and this machine is {platform.machine()}"
+    cpu = preset.target.get("mcpu")
+    if not cpu:
+        return None
+    codegen = tvm.target.codegen
+    this_cpu = tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()})
+    host = set(codegen.llvm_get_cpu_features(this_cpu))
+    wanted = set(codegen.llvm_get_cpu_features(make_target(preset)))
+    missing = sorted(f for f in wanted - host if _ISA_FEATURE.match(f))
+    return f"it uses CPU features this machine lacks ({', '.join(missing)})" if missing else None
 
 
 def import_relax(prepared: PreparedModel, name: str) -> Any:

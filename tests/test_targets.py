@@ -115,6 +115,26 @@ def test_a_cpu_llvm_does_not_know_is_refused_not_built_generic(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_cpu_feature_llvm_does_not_know_is_refused_not_ignored(tmp_path):
+    target = '{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a55", "mattr": ["+dotpord"]}'
+    with pytest.raises(TTGraphError, match=r"LLVM knows no CPU feature \+dotpord"):
+        compile_model(pointwise_model(), target, tmp_path / "m.so")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_b_timing_of_code_this_machine_cannot_run_needs_the_device(tmp_path):
+    from targets.abbench import tvm_factory
+
+    with pytest.raises(TTGraphError, match=r"arm64-linux cannot run here \(it is aarch64-linux-gnu code.*--rpc"):
+        tvm_factory("arm64-linux")
+    import tvm
+
+    if not tvm.cuda(0).exist:
+        with pytest.raises(TTGraphError, match="cuda-sm80 cannot run here .*no GPU"):
+            tvm_factory("cuda-sm80")
+    tvm_factory("x86_64")  # this machine's own code is fine
+
+
 def test_compile_cli_writes_the_library(tmp_path, capsys):
     model_path = tmp_path / "pw.onnx"
     onnx.save(pointwise_model(), model_path)
