@@ -136,6 +136,33 @@ def test_image_folder_is_read_sorted_resized_and_normalized(tmp_path):
     assert not np.allclose(bgr, x)  # channel order matters
 
 
+def test_a_folder_means_its_visible_images_in_every_subfolder_symlinked_ones_too(tmp_path):
+    (tmp_path / "data").mkdir()
+    write_images(tmp_path / "data" / "a", 2)
+    write_images(tmp_path / "elsewhere", 3)
+    (tmp_path / "data" / "b").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    write_images(tmp_path / "data" / ".thumbnails", 2)  # a viewer's cache
+    (tmp_path / "data" / "a" / "._im00.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    source = calibration_source(tmp_path / "data", image_model(), "imagenet")
+    assert len(source) == 5 and len(list(source)) == 5
+    assert source.description == f"5 images in {tmp_path / 'data'}"
+
+
+def test_a_photo_is_read_the_way_up_its_exif_says():
+    from PIL import Image
+
+    stored = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8))
+    exif = stored.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to view
+    import io
+
+    buffer = io.BytesIO()
+    stored.save(buffer, format="PNG", exif=exif)
+    spec = PRESETS["imagenet"].with_size((48, 32))
+    shown = stored.transpose(Image.Transpose.ROTATE_270)  # 32 wide, 48 high, as a viewer shows it
+    np.testing.assert_allclose(spec.apply(Image.open(buffer)), spec.apply(shown), atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "spec", ["paddleocr-det,size=8x12", "imagenet,size=8x12,layout=nhwc", "channels=gray,size=8x12"]
 )

@@ -253,3 +253,16 @@ def test_a_rank_rule_that_costs_more_than_the_original_says_so(setup, tmp_path):
     assert "note: these ranks cost more than the original 1×1 convs (MACs" in proc.stdout
     proc = ttgraph_cli("compress", model, "-o", tmp_path / "lr.onnx", "--rank", "2")
     assert proc.returncode == 0 and "cost more" not in proc.stdout
+
+
+def test_no_output_may_replace_the_calibration_data(setup, tmp_path):
+    model, folder = setup
+    np.save(tmp_path / "c.npy", np.zeros((4, 3, 24, 24), np.float32))
+    for calib, victim in ((tmp_path / "c.npy", tmp_path / "c.npy"), (folder, folder / "3.png")):
+        before = victim.read_bytes()
+        for option in ("--report", "--html"):
+            proc = ttgraph_cli(
+                "compress", model, "-o", tmp_path / "o.onnx", "--calib", calib, "--macs-ratio", "0.5", option, victim
+            )
+            assert_clean_error(proc, "output path is the input file")
+        assert victim.read_bytes() == before

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -215,3 +218,33 @@ def test_bad_rank_options_are_one_line_errors(small_model, tmp_path):
     assert_clean_error(ttgraph_cli("compress", small_model, "-o", out, "--rank-ratio", "1.5"), "rank ratio")
     assert_clean_error(ttgraph_cli("compress", small_model, "-o", out, "--rank", "2", "--cores", "9"), "cores")
     assert_clean_error(ttgraph_cli("compress", small_model, "-o", out), "--rank")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_termination_unwinds_like_ctrl_c_and_leaves_no_staged_output(tmp_path, monkeypatch, capsys, signum):
+    """kill, timeout or a CI cancel mid-save: the staged files are removed and one line says why."""
+    import ttgraph.cli
+    from ttgraph.files import staged_writes
+
+    def saving_when_killed(args):
+        with staged_writes([(tmp_path / "out.onnx", b"partial")]):
+            os.kill(os.getpid(), signum)
+            time.sleep(5)  # the handler raises before this ends
+        return 0
+
+    monkeypatch.setattr(ttgraph.cli, "build_parser", lambda: _OneCommand(saving_when_killed))
+    before = signal.getsignal(signum)
+    try:
+        assert ttgraph.cli.main([]) == 128 + signum
+    finally:
+        signal.signal(signum, before)
+    assert capsys.readouterr().err == f"ttgraph: terminated ({signal.Signals(signum).name})\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+class _OneCommand:
+    def __init__(self, func):
+        self.func = func
+
+    def parse_args(self, argv):
+        return argparse.Namespace(func=self.func, debug=False)

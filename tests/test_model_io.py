@@ -43,16 +43,16 @@ def test_external_data_model_loads_compresses_and_saves(tmp_path):
     assert errors[0].max_rel < 1e-5
     assert {p.name: sha256(p) for p in src.parent.iterdir()} == before
     for victim in (src.parent / "ext.weights", src):  # neither may be replaced, by the model or a report
-        with pytest.raises(TTGraphError, match="output path is the input model's file"):
+        with pytest.raises(TTGraphError, match="output path is the input file"):
             result.save(victim)
-        with pytest.raises(TTGraphError, match="output path is the input model's file"):
+        with pytest.raises(TTGraphError, match="output path is the input file"):
             result.save(tmp_path / "other.onnx", report_path=victim)
     out_cli = subprocess.run(
         [sys.executable, "-m", "ttgraph", "compress", src, "-o", src.parent / "ext.weights", "--rank", "2"],
         capture_output=True,
         text=True,
     )
-    assert out_cli.returncode == 2 and "input model's file" in out_cli.stderr
+    assert out_cli.returncode == 2 and "output path is the input file" in out_cli.stderr
     assert {p.name: sha256(p) for p in src.parent.iterdir()} == before
 
 

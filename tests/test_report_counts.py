@@ -53,3 +53,24 @@ def test_report_before_counts_are_the_original_convs():
     assert layer.params_before == weight.size + 36
     assert layer.macs_before == 36 * 24 * 8 * 8  # stride 2: 8×8 output positions
     assert 0 < layer.weight_error < 1  # rank 3 of a random 36×24 matrix: lossy, not useless
+
+
+def test_params_count_what_lowering_folded_into_the_factors():
+    """A BatchNormalization after a bias-free 1×1 conv is folded into the last factor: the report counts its bias."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    model = conv_model(16, 24, hw=(8, 8), bias=False)
+    rng = np.random.default_rng(0)
+    bn = {k: rng.uniform(0.5, 2, 24).astype(np.float32) for k in ("s", "t", "mu", "v")}
+    model.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in bn.items())
+    relu = model.graph.node[-1]
+    model.graph.node.insert(len(model.graph.node) - 1, helper.make_node("BatchNormalization", ["c", *bn], ["z"]))
+    relu.input[0] = "z"
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT
+    result = ttgraph.compress(model, rank=4)
+    assert result.report.lowering["passes"][1]["count"] == 1  # the BatchNormalization was folded
+    layer = result.report.layers[0]
+    params, _ = emitted_costs(result.model, layer.name, infer_shapes(result.model))
+    assert layer.params_after == params == 4 * (16 + 24) + 24
+    assert result.report.totals["params_after"] == params

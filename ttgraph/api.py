@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import numbers
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -527,6 +528,8 @@ def compress(
     )
     result = CompressionResult(rewritten, report, model if not isinstance(model, onnx.ModelProto) else original)
     result.model, report.lowering = _lower(rewritten, lower)
+    _count_written_params(result.model, reports)
+    report.totals = _totals(reports)
     if verify_feeds is not None:
         errors = compare_outputs(original, result.model, verify_feeds, name)
         report.verification = {"outputs": [e.to_dict() for e in errors]}
@@ -819,6 +822,7 @@ def _compress_fixed(
         )
         rewritten = distillation.model
     rewritten, lowering = _lower(rewritten, lower, _first_feed(held))
+    _count_written_params(rewritten, reports)
     if declared is not None:
         rewritten = declare_io_like(rewritten, declared)
     macs = alloc.totals("macs") if all(c.pixels is not None for c in convs) else None
@@ -1158,6 +1162,23 @@ def _latency_device() -> str:
     from ttgraph.bench import cpu_model
 
     return f"onnxruntime {onnxruntime.__version__} on {cpu_model()}"
+
+
+def _count_written_params(model: onnx.ModelProto, layers: list[LayerReport]) -> None:
+    """Each layer's ``params_after`` as the written model holds them: lowering may fold an affine op next to a
+    factor (or a kept-dense conv) into it, adding a bias the rewrite did not emit."""
+    floats = {
+        t.name: math.prod(t.dims)
+        for t in model.graph.initializer
+        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+    }
+    by_name: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        by_name.setdefault(node.name.split("/tt/")[0] if "/tt/" in node.name else node.name, []).append(node)
+    for layer in layers:
+        nodes = by_name.get(layer.name, [])
+        if nodes:
+            layer.params_after = sum(floats.get(i, 0) for node in nodes for i in node.input)
 
 
 def _totals(layers: list[LayerReport]) -> dict[str, Any]:

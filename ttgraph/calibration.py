@@ -111,13 +111,16 @@ class Preprocess:
         return replace(self, size=(int(size[0]), int(size[1])))
 
     def apply(self, image: Any, dtype: np.dtype | type = np.float32) -> np.ndarray:
-        """A PIL image (or an HWC/HW uint8 array) → ``1 × C × H × W`` (or ``1 × H × W × C``) array."""
-        from PIL import Image
+        """A PIL image (or an HWC/HW uint8 array) → ``1 × C × H × W`` (or ``1 × H × W × C``) array; a photo's EXIF
+        rotation is applied, as a viewer (or ``cv2.imread``) shows it."""
+        from PIL import Image, ImageOps
 
         if self.size is None:
             raise TTGraphError("--preprocess", "no image size: give size=HxW or fix the model input shape")
         if isinstance(image, np.ndarray):
             image = Image.fromarray(image)
+        if image.getexif().get(0x0112, 1) != 1:  # EXIF Orientation
+            image = ImageOps.exif_transpose(image)
         image = _eight_bit(image).convert("L" if self.channels == "GRAY" else "RGB")
         height, width = self.size
         if image.size != (width, height):
@@ -288,12 +291,15 @@ def _input_dtype(value: onnx.ValueInfoProto) -> np.dtype:
 
 
 def _image_files(path: Path) -> list[Path]:
+    """The images of a folder and its subfolders, symlinked ones too, sorted; hidden files and folders (a
+    ``.thumbnails`` cache, macOS ``._name.jpg`` resource forks) are not images of the data set."""
     if path.is_file():
         return [path]
-    files = sorted(
-        (p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-        key=lambda p: p.relative_to(path).as_posix(),
-    )
+    found = []
+    for folder, subfolders, names in os.walk(path, followlinks=True):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d != "__MACOSX"]
+        found += [Path(folder, n) for n in names if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    files = sorted((p for p in found if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
     if not files:
         raise TTGraphError(path, f"no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     return files
@@ -345,7 +351,7 @@ def image_source(
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
             raise TTGraphError(paths[i], f"cannot read as an image: {err}") from err
 
-    where = paths[0].parent if paths else "?"
+    where = os.path.commonpath([os.fspath(p.parent) for p in paths]) if paths else "?"
     return CalibrationSource(
         lambda: (fetch(i) for i in range(len(paths))),
         len(paths),

@@ -7,7 +7,9 @@ Each command module exposes ``add_parser(subparsers)``, which registers its sub-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -42,14 +44,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(BaseException):  # like KeyboardInterrupt: no `except Exception` swallows it
+    """SIGTERM or SIGHUP (``kill``, ``timeout``, a CI cancel, a closed terminal): raised where the program is,
+    so the cleanup of staged outputs runs as it does for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise _Terminated(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError):  # not the main thread: leave the caller's handlers
+            signal.signal(signum, _raise_terminated)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        sys.stderr.write("ttgraph: interrupted\n")
+        return 130
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
     try:
         return int(args.func(args) or 0)
+    except _Terminated as stop:
+        sys.stderr.write(f"ttgraph: terminated ({signal.Signals(stop.signum).name})\n")
+        return 128 + stop.signum
     except TTGraphError as err:
         if args.debug:
             traceback.print_exc()

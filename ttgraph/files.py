@@ -17,7 +17,7 @@ def check_output_path(path: str | os.PathLike[str], inputs: tuple[str | os.PathL
     target = Path(path)
     for source in inputs:
         if _same_file(Path(source), target):
-            raise TTGraphError(target, f"output path is the input model's file {source}; choose another output file")
+            raise TTGraphError(target, f"output path is the input file {source}; choose another output file")
     parent = target.parent
     if not parent.is_dir():
         raise TTGraphError(target, f"output directory {os.fspath(parent)!r} does not exist")

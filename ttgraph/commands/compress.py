@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from passes.lower import DEFAULT_PASSES, PASSES
 from ttgraph.api import CompressionReport, compress
@@ -204,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
             "--calib, --html, --sensitivity and --distill go with a budget (--macs-ratio, --params-ratio, --max-error)",
         )
     # Check every output path before any work, so a bad path fails in a second, not after decomposition.
-    inputs = source_files(args.model)
+    inputs = source_files(args.model) + _calibration_files(args.calib)
     check_output_path(args.output, inputs)
     distinct_outputs([args.output, args.report, args.html])
     for extra in (args.report, args.html):
@@ -269,6 +270,16 @@ def run(args: argparse.Namespace) -> int:
     written = [p for p in (args.report, args.html) if p]
     print(f"wrote {args.output}" + "".join(f" and {p}" for p in written))
     return 0
+
+
+def _calibration_files(calib: str | None) -> tuple[Path, ...]:
+    """The files ``--calib`` names (a file, or every file of a folder): no output may replace one."""
+    if not calib:
+        return ()
+    where = Path(calib)
+    if where.is_dir():
+        return tuple(p for p in where.rglob("*") if p.is_file())
+    return (where,)
 
 
 def _err(value: float | None) -> str:
