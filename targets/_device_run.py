@@ -16,6 +16,8 @@ from tvm.runtime.vm import VirtualMachine
 def _flatten(value, out):
     if hasattr(value, "numpy"):
         out.append(value.numpy())
+    elif type(value).__name__ in ("Shape", "ShapeTuple"):  # an ONNX Shape output
+        out.append(np.asarray([int(d) for d in value], np.int64))
     else:
         for item in value:
             _flatten(item, out)

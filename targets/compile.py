@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import logging
+import numbers
 import os
 import platform
 import re
@@ -39,7 +40,7 @@ from ttgraph.errors import TTGraphError
 from ttgraph.files import check_output_path, usual_permissions
 from ttgraph.model_io import ModelSource, source_files, source_name
 
-from .frontend import PreparedModel, prepare_for_tvm
+from .frontend import UNUSED_INPUTS, PreparedModel, prepare_for_tvm
 from .presets import TargetPreset, resolve_target
 from .tune import check_minutes, describe_bound
 
@@ -103,6 +104,7 @@ class CompileResult:
                 f"{self.tune_seconds:.0f}s"
                 f" (bound: {bound}{'; time ran out' if self.tune_timed_out else ''})"
             )
+        extra += "".join(f"; {step}" for step in self.frontend_steps if step.startswith(UNUSED_INPUTS))
         if self.cuda_fatbin_bytes is not None:
             extra += f", nvcc fatbin check ok ({self.cuda_fatbin_bytes} bytes)"
         elif self.cuda_source is not None:
@@ -147,8 +149,9 @@ def compile_model(
     preset = resolve_target(target)
     out = _check_output(preset, output, model)
     linker = _check_linker(preset, out)
-    if not 0 <= tune <= MAX_TRIALS:
-        raise TTGraphError("--tune", f"expected a number of trials from 0 to {MAX_TRIALS}, got {tune}")
+    if isinstance(tune, bool) or not isinstance(tune, numbers.Integral) or not 0 <= tune <= MAX_TRIALS:
+        raise TTGraphError("--tune", f"expected a number of trials from 0 to {MAX_TRIALS}, got {tune!r}")
+    tune = int(tune)
     check_minutes(tune_minutes)
     tuning = bool(tune) or tune_minutes is not None
     tracker = None

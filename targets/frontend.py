@@ -33,7 +33,15 @@ import numpy as np
 import onnx
 
 from ttgraph.errors import TTGraphError
-from ttgraph.model_io import ModelSource, graph_inputs, input_dims, load_model, set_input_shapes, source_name
+from ttgraph.model_io import (
+    ModelSource,
+    checked_input_shapes,
+    graph_inputs,
+    input_dims,
+    load_model,
+    set_input_shapes,
+    source_name,
+)
 
 #: Opsets older than this are upgraded before import.
 MIN_OPSET = 13
@@ -50,6 +58,9 @@ class PreparedModel:
     steps: list[str] = field(default_factory=list)  # what was done, in order, for logs and reports
 
 
+UNUSED_INPUTS = "unused input(s)"  # the step that says which inputs the library does not take
+
+
 def prepare_for_tvm(
     source: ModelSource, input_shapes: Mapping[str, Sequence[int]] | None = None, *, simplify: bool = True
 ) -> PreparedModel:
@@ -62,7 +73,7 @@ def prepare_for_tvm(
     name = source_name(source)
     model = load_model(source, check=False)
     steps: list[str] = []
-    shapes = _static_shapes(model, input_shapes or {}, name, steps)
+    shapes = _static_shapes(model, checked_input_shapes(input_shapes, "--input-shape") or {}, name, steps)
     set_input_shapes(model, shapes, name)
 
     opset = _default_opset(model)
@@ -74,9 +85,13 @@ def prepare_for_tvm(
             steps.append(f"kept opset {opset} (version converter failed: {_first_line(err)})")
 
     if simplify:
-        before = len(model.graph.node)
+        before, declared = len(model.graph.node), [i.name for i in graph_inputs(model)]
         model = _slim(model, name)
         steps.append(f"onnxslim: {before} -> {len(model.graph.node)} nodes")
+        kept = {i.name for i in graph_inputs(model)}
+        dropped = [n for n in declared if n not in kept]
+        if dropped:  # the library's main then takes fewer arguments than the ONNX model has inputs
+            steps.append(f"{UNUSED_INPUTS} {', '.join(map(repr, dropped))}: not arguments of the library's main")
     cleaned = _clean_resize(model, name)
     if cleaned:
         steps.append(f"cleaned {cleaned} Resize node(s)")

@@ -38,13 +38,22 @@ def ordered_inputs(inputs: Inputs, names: Sequence[str] | None = None) -> list[n
 
 
 def to_numpy(value: Any) -> list[np.ndarray]:
-    """The VM's result (a tensor or a possibly nested tuple of them) as a flat list of arrays."""
+    """The VM's result (a tensor, a shape — what an ONNX ``Shape`` output becomes — or a possibly nested tuple of
+    them) as a flat list of arrays."""
     if hasattr(value, "numpy"):
         return [value.numpy()]
     if isinstance(value, np.ndarray):
         return [value]
+    if type(value).__name__ in ("Shape", "ShapeTuple"):
+        return [np.asarray([int(d) for d in value], np.int64)]
+    try:
+        items = list(value)
+    except TypeError as err:  # e.g. a shape left on an RPC device, which cannot be iterated from here
+        raise TTGraphError(
+            "outputs", f"cannot read an output of type {type(value).__name__} back from the TVM runtime"
+        ) from err
     out: list[np.ndarray] = []
-    for item in value:
+    for item in items:
         out.extend(to_numpy(item))
     return out
 

@@ -259,3 +259,29 @@ def test_a_device_key_without_a_tracker_is_refused(tmp_path, capsys):
     assert main(["compile", str(path), "--key", "phone", "-o", str(tmp_path / "m.so")]) == 2
     assert "--key: names a device registered with a tracker" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_a_shape_output_is_read_back_and_an_unused_input_is_named(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((8, 4, 1, 1), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Shape", ["c"], ["shape"])],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8]),
+            helper.make_tensor_value_info("unused", TensorProto.FLOAT, [1]),
+        ],
+        [
+            helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 8, 8, 8]),
+            helper.make_tensor_value_info("shape", TensorProto.INT64, [4]),
+        ],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = compile_model(model, "x86_64", tmp_path / "m.so")
+    assert "unused input(s) 'unused': not arguments of the library's main" in result.summary()
+    x = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    conv, shape = run_library(tmp_path / "m.so", {"x": x}, names=result.input_names)
+    np.testing.assert_array_equal(shape, [1, 8, 8, 8])
+    np.testing.assert_allclose(conv, np.broadcast_to(x.sum(axis=1, keepdims=True), (1, 8, 8, 8)), rtol=1e-5)

@@ -126,3 +126,18 @@ def test_bench_needs_one_remote_and_a_key_with_a_tracker(capsys):
     args = parser.parse_args(["bench", "m.onnx", "--target", "arm64-linux", "--tracker", "127.0.0.1:9190"])
     with pytest.raises(TTGraphError, match="needs --key"):
         args.func(args)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"input_shapes": {"x": [1, 16, 16.5, 16]}}, r"--input-shape\['x'\]: expected an integer, got 16.5"),
+        ({"input_shapes": {"x": [True, 16, 16, 16]}}, r"--input-shape\['x'\]: expected an integer, got True"),
+        ({"input_shapes": {"x": "1,16,16,16"}}, "expected a list of integer dims"),
+        ({"tune": "2"}, "--tune: expected a number of trials"),
+    ],
+)
+def test_library_options_are_checked_not_truncated(tmp_path, kwargs, needle):
+    with pytest.raises(TTGraphError, match=needle):
+        compile_model(pointwise_model(), "x86_64", tmp_path / "m.so", **kwargs)
+    assert list(tmp_path.iterdir()) == []

@@ -47,6 +47,7 @@ from ttgraph.model_io import (
     ModelSource,
     adopt_envelope,
     check_model,
+    checked_input_shapes,
     declare_io_like,
     fed_initializers,
     graph_inputs,
@@ -323,14 +324,7 @@ Real = float | np.floating[Any]
 
 def _checked_shapes(input_shapes: Any) -> dict[str, list[int]] | None:
     """``input_shapes`` as plain ``{name: [int, …]}`` (numpy dims included), or a one-line error."""
-    if input_shapes is None:
-        return None
-    if not isinstance(input_shapes, Mapping):
-        kind = type(input_shapes).__name__
-        raise TTGraphError("input_shapes", f"expected a dict {{input name: dims}}, got {kind}")
-    if any(isinstance(dims, str) or not isinstance(dims, Iterable) for dims in input_shapes.values()):
-        raise TTGraphError("input_shapes", "expected a list of integer dims per input, such as [1, 3, 640, 640]")
-    return {k: [_integer(f"input_shapes[{k!r}]", d) for d in dims] for k, dims in input_shapes.items()}
+    return checked_input_shapes(input_shapes)
 
 
 @quiet_graphsurgeon()

@@ -195,6 +195,24 @@ def parse_input_shapes(specs: Sequence[str] | None) -> dict[str, list[int]]:
     return shapes
 
 
+def checked_input_shapes(shapes: Any, option: str = "input_shapes") -> dict[str, list[int]] | None:
+    """``{name: dims}`` from a caller as plain ``{name: [int, …]}`` (numpy ints and integer arrays are fine), or
+    a one-line error naming ``option``: a float or a bool dim must not be truncated into a size."""
+    if shapes is None:
+        return None
+    if not isinstance(shapes, Mapping):
+        raise TTGraphError(option, f"expected a dict {{input name: dims}}, got {type(shapes).__name__}")
+    plain: dict[str, list[int]] = {}
+    for name, dims in shapes.items():
+        if isinstance(dims, str | bytes) or not hasattr(dims, "__iter__"):
+            raise TTGraphError(option, "expected a list of integer dims per input, such as [1, 3, 640, 640]")
+        bad = [d for d in dims if isinstance(d, bool) or not isinstance(d, numbers.Integral)]
+        if bad:
+            raise TTGraphError(f"{option}[{name!r}]", f"expected an integer, got {bad[0]!r} ({type(bad[0]).__name__})")
+        plain[str(name)] = [int(d) for d in dims]
+    return plain
+
+
 def load_model(source: ModelSource, input_shapes: InputShapes | None = None, *, check: bool = True) -> onnx.ModelProto:
     """Load a model from a path, bytes or a ModelProto (copied, never mutated), with its external data.
 
