@@ -392,3 +392,17 @@ def test_preprocessing_given_with_samples_that_are_not_images_is_refused():
     dicts and readers, leaving the caller believing it was applied."""
     with pytest.raises(TTGraphError, match=r"preprocess: applies to images; list calibration data is fed as it is"):
         calibration_source(feeds(3), two_conv_model(), "unit")
+
+
+def test_a_palette_image_with_transparency_is_read_without_warnings(tmp_path):
+    import warnings
+
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 12, 4), dtype=np.uint8), "RGBA")
+    image.convert("RGBA").quantize(16).save(tmp_path / "p.png", transparency=bytes(range(0, 256, 16)))
+    assert isinstance(Image.open(tmp_path / "p.png").info.get("transparency"), bytes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's advice on such images would be a second line on stderr
+        x = PRESETS["imagenet"].with_size((8, 12)).apply(Image.open(tmp_path / "p.png"))
+    assert x.shape == (1, 3, 8, 12)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -121,7 +122,9 @@ class Preprocess:
             image = Image.fromarray(image)
         if image.getexif().get(0x0112, 1) != 1:  # EXIF Orientation
             image = ImageOps.exif_transpose(image)
-        image = _eight_bit(image).convert("L" if self.channels == "GRAY" else "RGB")
+        with warnings.catch_warnings():  # Pillow's note on palette images with transparency: not the user's concern
+            warnings.simplefilter("ignore")
+            image = _eight_bit(image).convert("L" if self.channels == "GRAY" else "RGB")
         height, width = self.size
         if image.size != (width, height):
             image = image.resize((width, height), Image.BILINEAR)

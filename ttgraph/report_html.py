@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from typing import Any
 
 from ttgraph.costs import human
@@ -36,7 +37,9 @@ def _subplots(*grid: int, figsize: tuple[float, float], **kwargs: Any) -> tuple[
 
 def _png(fig: Any) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    with warnings.catch_warnings():  # a layer name in a script the font lacks: a box in the plot, not 20 lines
+        warnings.simplefilter("ignore")
+        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
