@@ -431,7 +431,7 @@ def _export(executable: Any, out: Path, linker: str | None, preset: TargetPreset
     except OSError as err:
         raise TTGraphError(out, f"cannot write the library: {err.strerror or err}") from err
     except Exception as err:  # linker failures come back as RuntimeError with the compiler output
-        raise TTGraphError(out, f"linking the {preset.name} library failed: {_first_line(err)}") from err
+        raise TTGraphError(out, f"linking the {preset.name} library failed: {_linker_reason(err)}") from err
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -492,6 +492,20 @@ def _target_key(preset: TargetPreset) -> str:
 def _default_tune_db() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base, "ttgraph", "tune-db")
+
+
+def _linker_reason(err: BaseException) -> str:
+    """What a failed link says: the linker's own complaints (``ld: … uses VFP register arguments``), not only
+    collect2's closing "ld returned 1 exit status"."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    said = [line for line in lines if re.search(r"\bld(\.\w+)?: |undefined reference|cannot find -l", line)]
+    said = [re.sub(r"\S*/(ld(\.\w+)?): ", r"\1: ", line) for line in said]  # the cross linker's long path
+    if not said:
+        return _first_line(err)
+    reason = "; ".join(dict.fromkeys(said[:2]))
+    if "VFP register arguments" in reason:
+        reason += ' (an armv7 hard-float target needs "mfloat-abi": "hard")'
+    return reason
 
 
 def _first_line(err: BaseException) -> str:

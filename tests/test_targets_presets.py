@@ -141,3 +141,18 @@ def test_library_options_are_checked_not_truncated(tmp_path, kwargs, needle):
     with pytest.raises(TTGraphError, match=needle):
         compile_model(pointwise_model(), "x86_64", tmp_path / "m.so", **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_link_says_what_the_linker_said():
+    from targets.compile import _linker_reason
+
+    output = (
+        "Compilation error:\n/usr/lib/gcc-cross/arm-linux-gnueabihf/12/../../../../arm-linux-gnueabihf/bin/ld: error: "
+        "/tmp/x.so uses VFP register arguments, /tmp/w/lib0.o does not\n"
+        "/usr/lib/gcc-cross/arm-linux-gnueabihf/12/../../../../arm-linux-gnueabihf/bin/ld: failed to merge target "
+        "specific data of file /tmp/w/lib0.o\ncollect2: error: ld returned 1 exit status\n"
+    )
+    reason = _linker_reason(RuntimeError(output))
+    assert reason.startswith("ld: error: /tmp/x.so uses VFP register arguments, /tmp/w/lib0.o does not; ld: failed")
+    assert reason.endswith('(an armv7 hard-float target needs "mfloat-abi": "hard")')
+    assert "collect2" not in reason
