@@ -860,7 +860,11 @@ def _compress_fixed(
         allocation={
             "metric": metric,
             "budget": budget.to_dict(),
-            "objective": "sum over layers of squared calibration output error"
+            "objective": (
+                "sum over layers of squared calibration output error"
+                if method == "data"
+                else "sum over layers of squared relative weight error (method 'weight': data-free)"
+            )
             + ("" if weights is None else f", each weighted by its sensitivity (measured on {sensitivity} samples)"),
             "objective_value": alloc.damage,
             "macs_ratio": None if macs is None or not macs[0] else macs[1] / macs[0],

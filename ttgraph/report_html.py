@@ -144,7 +144,7 @@ def _endtoend_figure(verification: dict[str, Any] | None) -> str | None:
     for i, v in enumerate(values):
         ax.text(i, v, f"{v:.4f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(labels)), labels, fontsize=7)
-    ax.set_title(f"end to end on held-out inputs ({verification.get('inputs', '')})", fontsize=9)
+    ax.set_title(f"end to end on {verification.get('inputs', 'the verification inputs')}", fontsize=9)
     ax.set_ylim(0, max(1.0, max(values) * 1.15))
     return _png(fig)
 
@@ -239,7 +239,8 @@ def render_html(report: Any) -> str:
     ver = r.get("verification")
     if ver:
         parts.append(
-            "<h2>End-to-end fidelity on held-out inputs</h2><table><tr><th class='l'>output</th>"
+            f"<h2>End-to-end fidelity</h2><p>on {e(ver.get('inputs', 'the verification inputs'))}</p>"
+            "<table><tr><th class='l'>output</th>"
             "<th>rel L2</th><th>max |Δ|</th><th>top-1 agreement</th><th>binary IoU</th></tr>"
         )
         noisy = ver.get("original_under_input_noise")
