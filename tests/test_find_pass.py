@@ -68,19 +68,24 @@ def test_other_convs_are_skipped_with_their_reason(kwargs, reason):
     assert len(found.skipped) == 1 and reason in found.skipped[0].reason
 
 
+def _x_to_y(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto]) -> onnx.GraphProto:
+    """A graph from input x (1×4×3×3) to output y."""
+    return helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)],
+        initializers,
+    )
+
+
 def _two_convs_sharing_one_weight() -> onnx.ModelProto:
     w = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w")
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["a"], name="c1"),
         helper.make_node("Conv", ["a", "w"], ["y"], name="c2"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)],
-        [w],
-    )
+    graph = _x_to_y(nodes, [w])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -118,13 +123,7 @@ def test_convs_it_does_not_rewrite_are_listed_too():
         helper.make_node("FusedConv", ["t", "w"], ["f"], name="fused", domain="com.microsoft", activation="Relu"),
         helper.make_node("Block", ["f"], ["y"], name="block", domain="local"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)],
-        [w],
-    )
+    graph = _x_to_y(nodes, [w])
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("local", 1), helper.make_opsetid("com.microsoft", 1)]
     found = find(helper.make_model(graph, opset_imports=opsets, functions=[function]))
     assert found.candidates == []

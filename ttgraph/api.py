@@ -13,7 +13,6 @@ import math
 import numbers
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from passes.gs_io import export_model, import_graph
 from passes.rewrite_tt import LayerRewrite, RewriteAsTT
 from ttgraph.allocate import Allocation, Budget, allocate
 from ttgraph.calibration import (
+    CalibrationSource,
     CalibrationStatistics,
     Preprocess,
     calibration_source,
@@ -569,6 +569,38 @@ def _fixed_shapes_from_data(model: onnx.ModelProto, source: Any) -> dict[str, li
     return {v.name: list(np.shape(first[v.name])) for v in values if v.name in first}
 
 
+def _one_size_from_data(source: CalibrationSource, shapes: InputShapes | None) -> CalibrationSource:
+    """``source`` whose samples of another size than the first, when the first fixed the model's dynamic dims, are
+    refused with why: one input shape is what MACs are counted at."""
+    opened, fetched = source.open, source.fetch
+    first = ", ".join(f"{k}: {'×'.join(map(str, v))}" for k, v in (shapes or {}).items())
+
+    def why(err: FeedShapeError) -> TTGraphError:
+        return TTGraphError(
+            err.source,
+            f"{err.what}: the first calibration sample fixed the model's dynamic dims ({first}) to count MACs "
+            "at one input shape; give samples of one size (the written model keeps its dynamic dims)",
+            err.node,
+        )
+
+    def open_one_size() -> Iterator[dict[str, np.ndarray]]:
+        try:
+            yield from opened()
+        except FeedShapeError as err:
+            raise why(err) from err
+
+    def fetch_one_size(i: int) -> dict[str, np.ndarray]:
+        assert fetched is not None
+        try:
+            return fetched(i)
+        except FeedShapeError as err:
+            raise why(err) from err
+
+    source.open = open_one_size
+    source.fetch = fetch_one_size if fetched is not None else None
+    return source
+
+
 def _compress_to_budget(
     model: ModelSource,
     budget: Budget,
@@ -591,8 +623,11 @@ def _compress_to_budget(
     sensitivity: int = 0,
     distill: tuple[int, float, int, str] = (0, 1e-3, 16, "factors"),
 ) -> CompressionResult:
-    """compress() with a global budget: load the model and the calibration source (dynamic input dims fixed from
-    the first sample, to count MACs at one shape), then :func:`_compress_fixed`."""
+    """compress() with a global budget: calibrate → decompose → (sensitivity) → allocate → compensate → rewrite →
+    (distill) → lower → verify. A model with dynamic input dims is fixed to the first calibration sample's shape
+    to count MACs (``declared`` keeps the model as given, whose dims the written model gets back)."""
+    from ttgraph.fidelity import heldout_fidelity
+
     if method not in ("data", "weight"):
         raise TTGraphError("options", f"method must be 'data' or 'weight', got {method!r}")
     if calibration is None and method == "data":
@@ -613,80 +648,8 @@ def _compress_to_budget(
             declared, input_shapes = original, fixed
             original = load_model(model, input_shapes)
             source = calibration_source(calibration, original, preprocess)
-    with _one_size_from_data(fixed=declared is not None, shapes=input_shapes):
-        return _compress_fixed(
-            model,
-            name,
-            original,
-            declared,
-            source,
-            budget,
-            holdout=holdout,
-            cores=cores,
-            method=method,
-            rank_multiple=rank_multiple,
-            input_shapes=input_shapes,
-            layers=layers,
-            plan_cost=plan_cost,
-            verify_feeds=verify_feeds,
-            progress=progress,
-            compensate=compensate,
-            compensate_samples=compensate_samples,
-            latency_threads=latency_threads,
-            lower=lower,
-            sensitivity=sensitivity,
-            distill=distill,
-        )
-
-
-@contextmanager
-def _one_size_from_data(*, fixed: bool, shapes: InputShapes | None) -> Iterator[None]:
-    """A sample of another size than the first, when the first fixed the model's dynamic dims, is refused
-    with why: one input shape is what MACs are counted at."""
-    try:
-        yield
-    except FeedShapeError as err:
-        if not fixed:
-            raise
-        first = ", ".join(f"{k}: {'×'.join(map(str, v))}" for k, v in (shapes or {}).items())
-        raise TTGraphError(
-            err.source,
-            f"{err.what}: the first calibration sample fixed the model's dynamic dims ({first}) to count MACs "
-            "at one input shape; give samples of one size (the written model keeps its dynamic dims)",
-            err.node,
-        ) from err
-
-
-def _compress_fixed(
-    model: ModelSource,
-    name: str,
-    original: onnx.ModelProto,
-    declared: onnx.ModelProto | None,
-    source: Any,
-    budget: Budget,
-    *,
-    holdout: int | float,
-    cores: int,
-    method: str,
-    rank_multiple: int,
-    input_shapes: InputShapes | None,
-    layers: Sequence[str] | None,
-    plan_cost: str,
-    verify_feeds: Iterable[Feed] | None,
-    progress: bool,
-    compensate: bool,
-    compensate_samples: int | None,
-    latency_threads: int,
-    lower: bool | Sequence[str],
-    sensitivity: int,
-    distill: tuple[int, float, int, str],
-) -> CompressionResult:
-    """calibrate → decompose → (sensitivity) → allocate → compensate → rewrite → (distill) → lower → verify, on a
-    model whose input dims are fixed (given, or from the first calibration sample: then ``declared`` is the model
-    as given, whose dims the written model gets back)."""
-    from ttgraph.fidelity import heldout_fidelity
-
-    epochs = distill[0]
+    if declared is not None:
+        source = _one_size_from_data(source, input_shapes)
     if epochs:  # before the statistics pass, not after it
         from ttgraph.torch_graph import check_runnable, require_torch
 
