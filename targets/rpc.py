@@ -74,8 +74,11 @@ class BenchResult:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        compiled = self.compiled.to_dict()
+        if not self.compiled.output.exists():  # built in a temporary folder for the run, gone now (-o keeps it)
+            compiled["output"] = None
         return {
-            "compile": self.compiled.to_dict(),
+            "compile": compiled,
             "device": self.run.device,
             "times_ms": self.run.times_ms,
             "median_ms": self.run.median_ms,

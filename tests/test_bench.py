@@ -14,6 +14,7 @@ from conftest import conv_model
 from ttgraph import latency
 from ttgraph.api import compress
 from ttgraph.cli import main
+from ttgraph.errors import TTGraphError
 
 
 @pytest.fixture
@@ -209,3 +210,10 @@ def test_bench_in_tvm_over_rpc_reports_device_side_times(pair, tmp_path, capsys)
     out = json.loads(capsys.readouterr().out)
     assert out["runtime"] == "tvm" and out["device"].endswith("via RPC")
     assert out["results"][0]["speedup"]["small.onnx"]["median"] > 0
+
+
+def test_dynamic_dims_are_shown_the_way_input_shape_takes_them():
+    from ttgraph.bench import feed_for
+
+    with pytest.raises(TTGraphError, match=r"input 'x' has dynamic dims \[\?,16,\?,\?\]; fix them with --input-shape"):
+        feed_for(conv_model(16, 16, batch="n", hw=("h", "w")))

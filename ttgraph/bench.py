@@ -55,7 +55,9 @@ def feed_for(model: onnx.ModelProto, seed: int = 0, name: str | None = None) -> 
         dims = input_dims(value)
         if any(d is None for d in dims):
             raise TTGraphError(
-                name or value.name, f"input {value.name!r} has dynamic dims {dims}; fix them with --input-shape"
+                name or value.name,
+                f"input {value.name!r} has dynamic dims [{','.join('?' if d is None else str(d) for d in dims)}]; "
+                "fix them with --input-shape",
             )
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
         feed[value.name] = rng.uniform(-1, 1, dims).astype(dtype)
