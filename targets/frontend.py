@@ -160,13 +160,17 @@ def _slim(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
         import onnxslim
     except ImportError as err:
         raise TTGraphError("onnxslim", "is not installed; pip install 'ttgraph[tvm]'") from err
-    # onnxslim logs and prints progress; keep the CLI's output to our own lines.
-    logging.getLogger("onnxslim").setLevel(logging.WARNING)
+    # onnxslim logs and prints progress; keep the CLI's output to our own lines (the caller's level restored after)
+    logger = logging.getLogger("onnxslim")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             slimmed = onnxslim.slim(model)
     except Exception as err:  # onnxslim surfaces onnx/onnxruntime/graphsurgeon errors of many types
         raise TTGraphError(name, f"onnxslim could not simplify the model: {_first_line(err)}") from err
+    finally:
+        logger.setLevel(level)
     if slimmed is None:
         raise TTGraphError(name, "onnxslim returned no model")
     return slimmed
