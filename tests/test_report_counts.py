@@ -55,8 +55,8 @@ def test_report_before_counts_are_the_original_convs():
     assert 0 < layer.weight_error < 1  # rank 3 of a random 36×24 matrix: lossy, not useless
 
 
-def test_params_count_what_lowering_folded_into_the_factors():
-    """A BatchNormalization after a bias-free 1×1 conv is folded into the last factor: the report counts its bias."""
+def test_the_report_says_what_lowering_folded_into_the_factors():
+    """A BatchNormalization after a bias-free 1×1 conv is folded into the last factor: the report says so."""
     import numpy as np
     from onnx import TensorProto, helper
 
@@ -72,5 +72,6 @@ def test_params_count_what_lowering_folded_into_the_factors():
     assert result.report.lowering["passes"][1]["count"] == 1  # the BatchNormalization was folded
     layer = result.report.layers[0]
     params, _ = emitted_costs(result.model, layer.name, infer_shapes(result.model))
-    assert layer.params_after == params == 4 * (16 + 24) + 24
-    assert result.report.totals["params_after"] == params
+    assert params == 4 * (16 + 24) + 24  # the written factors hold the BatchNormalization's shift as a bias
+    assert layer.params_after == result.report.totals["params_after"] == 4 * (16 + 24)  # what the budget counts
+    assert result.report.lowering["params_folded_in"] == 24

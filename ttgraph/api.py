@@ -522,8 +522,7 @@ def compress(
     )
     result = CompressionResult(rewritten, report, model if not isinstance(model, onnx.ModelProto) else original)
     result.model, report.lowering = _lower(rewritten, lower)
-    _count_written_params(result.model, reports)
-    report.totals = _totals(reports)
+    _note_folded_params(result.model, reports, report.lowering)
     if verify_feeds is not None:
         errors = compare_outputs(original, result.model, verify_feeds, name)
         report.verification = {"outputs": [e.to_dict() for e in errors]}
@@ -779,7 +778,7 @@ def _compress_to_budget(
         )
         rewritten = distillation.model
     rewritten, lowering = _lower(rewritten, lower, _first_feed(held))
-    _count_written_params(rewritten, reports)
+    _note_folded_params(rewritten, reports, lowering)
     if declared is not None:
         rewritten = declare_io_like(rewritten, declared)
     macs = alloc.totals("macs") if all(c.pixels is not None for c in convs) else None
@@ -1125,9 +1124,12 @@ def _latency_device() -> str:
     return f"onnxruntime {onnxruntime.__version__} on {cpu_model()}"
 
 
-def _count_written_params(model: onnx.ModelProto, layers: list[LayerReport]) -> None:
-    """Each layer's ``params_after`` as the written model holds them: lowering may fold an affine op next to a
-    factor (or a kept-dense conv) into it, adding a bias the rewrite did not emit."""
+def _note_folded_params(model: onnx.ModelProto, layers: list[LayerReport], lowering: dict[str, Any] | None) -> None:
+    """How many params lowering folded into the layers (``lowering["params_folded_in"]``): an affine op next to a
+    factor or a kept-dense conv becomes its bias. The layers' own counts, and the budget, stay the rewrite's — the
+    folded ops' constants, gone from the model, were not counted either."""
+    if not lowering:
+        return
     floats = {
         t.name: math.prod(t.dims)
         for t in model.graph.initializer
@@ -1136,10 +1138,14 @@ def _count_written_params(model: onnx.ModelProto, layers: list[LayerReport]) -> 
     by_name: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         by_name.setdefault(node.name.split("/tt/")[0] if "/tt/" in node.name else node.name, []).append(node)
-    for layer in layers:
-        nodes = by_name.get(layer.name, [])
-        if nodes:
-            layer.params_after = sum(floats.get(i, 0) for node in nodes for i in node.input)
+    written = {
+        layer.name: sum(floats.get(i, 0) for node in by_name[layer.name] for i in node.input)
+        for layer in layers
+        if layer.name in by_name
+    }
+    lowering["params_folded_in"] = sum(
+        written[layer.name] - layer.params_after for layer in layers if layer.name in written
+    )
 
 
 def _totals(layers: list[LayerReport]) -> dict[str, Any]:

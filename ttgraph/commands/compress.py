@@ -337,6 +337,11 @@ def render(report: CompressionReport, *, verify_skipped: bool = False) -> str:
             f"{report.lowering['nodes_after']}"
             + ("" if err is None else f", max rel. change {err:.2g}")
             + (
+                f"; {report.lowering['params_folded_in']} params of folded ops became the layers' biases"
+                if report.lowering.get("params_folded_in")
+                else ""
+            )
+            + (
                 "; rolled back (the passes are exact: please report this model)"
                 if report.lowering.get("rolled_back")
                 else ""
