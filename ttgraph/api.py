@@ -12,7 +12,7 @@ import json
 import math
 import numbers
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,6 @@ from passes.gs_io import export_model, import_graph
 from passes.rewrite_tt import LayerRewrite, RewriteAsTT
 from ttgraph.allocate import Allocation, Budget, allocate
 from ttgraph.calibration import (
-    CalibrationSource,
     CalibrationStatistics,
     Preprocess,
     calibration_source,
@@ -60,7 +59,7 @@ from ttgraph.model_io import (
 from ttgraph.planner import COST_MODELS
 from ttgraph.shapes import Shape, infer_shapes
 from ttgraph.tt import TTFormat, relative_error, scale_ranks, tt_format, tt_reconstruct, tt_svd
-from ttgraph.verify import Feed, FeedShapeError, OutputError, compare_outputs
+from ttgraph.verify import Feed, OutputError, compare_outputs
 
 MAX_CORES = 8
 
@@ -117,7 +116,7 @@ def inspect(model: ModelSource, input_shapes: InputShapes | None = None) -> Insp
 
     MACs need static spatial sizes: fix dynamic input dims with ``input_shapes``.
     """
-    proto = load_model(model, _checked_shapes(input_shapes))
+    proto = load_model(model, checked_input_shapes(input_shapes))
     _, found, shapes = _analyse(proto)
     _skip_our_own_factors(found, provenance(proto, source_name(model)))  # as compress will
     total, unknown = model_macs(proto, shapes)
@@ -322,11 +321,6 @@ Integer = int | np.integer[Any]  # numpy numbers are fine: a pipeline computes i
 Real = float | np.floating[Any]
 
 
-def _checked_shapes(input_shapes: Any) -> dict[str, list[int]] | None:
-    """``input_shapes`` as plain ``{name: [int, …]}`` (numpy dims included), or a one-line error."""
-    return checked_input_shapes(input_shapes)
-
-
 @quiet_graphsurgeon()
 def compress(
     model: ModelSource,
@@ -430,7 +424,7 @@ def compress(
     if holdout is None:
         raise TTGraphError("holdout", "expected a count (8) or a fraction (0.1) of the calibration samples, got None")
     holdout = _integer("holdout", holdout) if isinstance(holdout, numbers.Integral) else _real("holdout", holdout)
-    input_shapes = _checked_shapes(input_shapes)
+    input_shapes = checked_input_shapes(input_shapes)
     layers = [layers] if isinstance(layers, str) else layers
     if layers is not None and (not isinstance(layers, Iterable) or not all(isinstance(n, str) for n in layers)):
         raise TTGraphError("layers", f"expected conv names (a string or a list of strings), got {layers!r}")
@@ -568,38 +562,6 @@ def _fixed_shapes_from_data(model: onnx.ModelProto, source: Any) -> dict[str, li
     return {v.name: list(np.shape(first[v.name])) for v in values if v.name in first}
 
 
-def _one_size_from_data(source: CalibrationSource, shapes: InputShapes | None) -> CalibrationSource:
-    """``source`` whose samples of another size than the first, when the first fixed the model's dynamic dims, are
-    refused with why: one input shape is what MACs are counted at."""
-    opened, fetched = source.open, source.fetch
-    first = ", ".join(f"{k}: {'×'.join(map(str, v))}" for k, v in (shapes or {}).items())
-
-    def why(err: FeedShapeError) -> TTGraphError:
-        return TTGraphError(
-            err.source,
-            f"{err.what}: the first calibration sample fixed the model's dynamic dims ({first}) to count MACs "
-            "at one input shape; give samples of one size (the written model keeps its dynamic dims)",
-            err.node,
-        )
-
-    def open_one_size() -> Iterator[dict[str, np.ndarray]]:
-        try:
-            yield from opened()
-        except FeedShapeError as err:
-            raise why(err) from err
-
-    def fetch_one_size(i: int) -> dict[str, np.ndarray]:
-        assert fetched is not None
-        try:
-            return fetched(i)
-        except FeedShapeError as err:
-            raise why(err) from err
-
-    source.open = open_one_size
-    source.fetch = fetch_one_size if fetched is not None else None
-    return source
-
-
 def _compress_to_budget(
     model: ModelSource,
     budget: Budget,
@@ -646,9 +608,12 @@ def _compress_to_budget(
         if fixed:
             declared, input_shapes = original, fixed
             original = load_model(model, input_shapes)
-            source = calibration_source(calibration, original, preprocess)
-    if declared is not None:
-        source = _one_size_from_data(source, input_shapes)
+            first = ", ".join(f"{k}: {'×'.join(map(str, v))}" for k, v in fixed.items())
+            hint = (
+                f": the first calibration sample fixed the model's dynamic dims ({first}) to count MACs at one "
+                "input shape; give samples of one size (the written model keeps its dynamic dims)"
+            )
+            source = calibration_source(calibration, original, preprocess, shape_hint=hint)
     if epochs:  # before the statistics pass, not after it
         from ttgraph.torch_graph import check_runnable, require_torch
 
@@ -1137,7 +1102,7 @@ def _note_folded_params(model: onnx.ModelProto, layers: list[LayerReport], lower
     }
     by_name: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
-        by_name.setdefault(node.name.split("/tt/")[0] if "/tt/" in node.name else node.name, []).append(node)
+        by_name.setdefault(node.name.split("/tt/")[0], []).append(node)
     written = {
         layer.name: sum(floats.get(i, 0) for node in by_name[layer.name] for i in node.input)
         for layer in layers

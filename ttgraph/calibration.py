@@ -467,20 +467,21 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
     )
 
 
-def _checked(source: CalibrationSource, model: onnx.ModelProto) -> CalibrationSource:
-    """``source`` with every feed it yields checked against the model's inputs (:func:`check_feed`)."""
+def _checked(source: CalibrationSource, model: onnx.ModelProto, shape_hint: str = "") -> CalibrationSource:
+    """``source`` with every feed it yields checked against the model's inputs (:func:`check_feed`; ``shape_hint``
+    says why the model's dims are what they are)."""
     inputs = _model_inputs(model)
     opened, fetched = source.open, source.fetch
 
     def open_checked() -> Iterator[dict[str, np.ndarray]]:
         for i, feed in enumerate(opened()):
-            check_feed(inputs, feed, f"{source.description}, sample {i}")
+            check_feed(inputs, feed, f"{source.description}, sample {i}", shape_hint)
             yield feed
 
     def fetch_checked(i: int) -> dict[str, np.ndarray]:
         assert fetched is not None
         feed = fetched(i)
-        check_feed(inputs, feed, f"{source.description}, sample {i}")
+        check_feed(inputs, feed, f"{source.description}, sample {i}", shape_hint)
         return feed
 
     source.open = open_checked
@@ -505,13 +506,14 @@ def calibration_source(
     data: Any,
     model: onnx.ModelProto,
     preprocess: Preprocess | str | None = None,
+    shape_hint: str = "",
 ) -> CalibrationSource:
     """Every supported calibration input as a :class:`CalibrationSource` whose feeds are checked against the
     model's inputs (names, element types, static dims, finite values: one clear error instead of onnxruntime's
     traceback or NaN statistics)."""
     if isinstance(data, CalibrationSource):
         return data
-    return _checked(_calibration_source(data, model, preprocess), model)
+    return _checked(_calibration_source(data, model, preprocess), model, shape_hint)
 
 
 def _calibration_source(

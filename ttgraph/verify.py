@@ -51,11 +51,9 @@ def session(model: onnx.ModelProto, threads: int | None = None, name: str = "<mo
         raise TTGraphError(name, f"onnxruntime cannot load the model: {first}") from err
 
 
-class FeedShapeError(TTGraphError):
-    """A feed whose shape the model does not take (a caller may know why the model's dims are what they are)."""
-
-
-def check_feed(inputs: Sequence[onnx.ValueInfoProto], feed: Mapping[str, Any], where: str) -> None:
+def check_feed(
+    inputs: Sequence[onnx.ValueInfoProto], feed: Mapping[str, Any], where: str, shape_hint: str = ""
+) -> None:
     """Raise a one-line :class:`TTGraphError` naming ``where`` unless ``feed`` has exactly the model's inputs,
     each a finite array of the input's element type and rank whose static dims match — before onnxruntime
     fails with a traceback (or NaNs reach an eigensolver)."""
@@ -74,7 +72,7 @@ def check_feed(inputs: Sequence[onnx.ValueInfoProto], feed: Mapping[str, Any], w
         if dims and not fits:
             got = "×".join(map(str, shape)) or "scalar"
             expected = "×".join("?" if d is None else str(d) for d in dims)
-            raise FeedShapeError(where, f"input {value.name!r} has shape {got}, the model expects {expected}")
+            raise TTGraphError(where, f"input {value.name!r} has shape {got}, the model expects {expected}{shape_hint}")
         array = np.asarray(feed[value.name])
         dtype, want = array.dtype, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
         if dtype != want:
