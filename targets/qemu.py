@@ -198,6 +198,24 @@ def _group_running(pgid: int) -> bool:
                 fields = handle.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":  # fields after "(comm)": state, ppid, pgrp, …
+        if int(fields[2]) == pgid and (fields[0] != "Z" or _threads_alive(entry)):  # after "(comm)": state, ppid, pgrp
             return True
+    return False
+
+
+def _threads_alive(pid: str) -> bool:
+    """Whether a zombie thread-group leader still has live threads: the leader shows ``Z`` as soon as it
+    exits, while its other threads (the tracker's accept loop) keep the shared file table, and so the
+    listening socket, open until they are torn down too."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as handle:
+                if handle.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    return True
+        except OSError:
+            continue
     return False
