@@ -31,6 +31,7 @@ class PointwiseConv:
     weight_dtype: np.dtype
     input_shape: Shape | None
     output_shape: Shape | None
+    fixed_output_shape: Shape | None = None  # derived from fixed graph inputs alone: safe to bake in
 
     @property
     def cout(self) -> int:
@@ -104,9 +105,15 @@ def node_labels(nodes: list[gs.Node]) -> dict[int, str]:
 class FindPointwiseConvs:
     """Analysis pass: list rewritable 1×1 convs (with shapes, when known) and every skipped conv with a reason."""
 
-    def __init__(self, shapes: dict[str, Shape] | None = None, fed: frozenset[str] | set[str] = frozenset()):
+    def __init__(
+        self,
+        shapes: dict[str, Shape] | None = None,
+        fed: frozenset[str] | set[str] = frozenset(),
+        fixed_shapes: dict[str, Shape] | None = None,
+    ):
         self.shapes = shapes or {}
         self.fed = fed  # initializers that are graph inputs too: defaults a caller may replace at run time
+        self.fixed_shapes = fixed_shapes or {}  # see ttgraph.shapes.shapes_from_inputs
 
     def __call__(self, graph: gs.Graph) -> FoundConvs:
         found = FoundConvs()
@@ -171,6 +178,8 @@ class FindPointwiseConvs:
             cin = weight.shape[1] * group
             kind = "depthwise" if group == cin else "grouped"
             return skip(f"{kind} 1×1 (group = {group}); only group = 1 is rewritten")
+        if weight.shape[0] == 0 or weight.shape[1] == 0:
+            return skip(f"weight {w_tensor.name!r} is empty ({'×'.join(map(str, weight.shape))}): nothing to factor")
         consumers = len(w_tensor.outputs)
         if consumers > 1:
             return skip(f"weight {w_tensor.name!r} is shared by {consumers} nodes")
@@ -200,6 +209,7 @@ class FindPointwiseConvs:
             weight_dtype=weight.dtype,
             input_shape=self.shapes.get(node.inputs[0].name),
             output_shape=self.shapes.get(node.outputs[0].name),
+            fixed_output_shape=self.fixed_shapes.get(node.outputs[0].name),
         )
 
 

@@ -41,10 +41,24 @@ class RewriteAsTT:
     def __call__(self, graph: gs.Graph) -> gs.Graph:
         names = FreshNames(graph)
         opset = int(graph.opset or 13)
+        runtime_shapes = False
         for rewrite in self.rewrites:
             emitter = _Emitter(graph, rewrite, names, opset)
             emitter.emit()
+            runtime_shapes |= emitter.reads_shape
+        if runtime_shapes:
+            _forget_intermediate_shapes(graph)
         return graph.cleanup().toposort()
+
+
+def _forget_intermediate_shapes(graph: gs.Graph) -> None:
+    """Drop the dims (not the types) the model's value_info gave its intermediate tensors. onnxruntime trusts
+    them over its own inference and would fold a ``Shape`` we read at run time to a stale export-time size
+    (a batch-1 export made dynamic), breaking the model at every other size."""
+    ends = {id(t) for t in [*graph.inputs, *graph.outputs]}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and id(tensor) not in ends:
+            tensor.shape = None
 
 
 class _Emitter:
@@ -53,6 +67,7 @@ class _Emitter:
         self.conv = rewrite.conv
         self.dtype = self.conv.weight_dtype
         self.prefix = f"{self.conv.label}/tt"
+        self.reads_shape = False  # whether the output shape is read at run time
 
     def const(self, suffix: str, value: np.ndarray) -> gs.Constant:
         return gs.Constant(self.names(f"{self.prefix}/{suffix}"), np.ascontiguousarray(value))
@@ -129,14 +144,12 @@ class _Emitter:
         return self.node("Slice", "stride", inputs)
 
     def _output_shape(self, sliced: gs.Tensor) -> gs.Tensor:
-        """``[N, Cout, *spatial]``: a constant when the conv's output shape is static, else read at run time."""
-        shape = self.conv.output_shape
-        # a model with a dynamic input may still carry a stale static value_info (a batch-1 export made dynamic)
-        fixed_inputs = all(
-            i.shape is not None and all(isinstance(d, int) and d >= 0 for d in i.shape) for i in self.graph.inputs
-        )
-        if fixed_inputs and shape is not None and is_static(shape) and len(shape) == 2 + self.conv.spatial_rank:
+        """``[N, Cout, *spatial]``: a constant when fixed graph inputs alone determine the conv's output shape,
+        else read at run time (a dynamic input, or a size that depends on an input's value)."""
+        shape = self.conv.fixed_output_shape
+        if shape is not None and is_static(shape) and len(shape) == 2 + self.conv.spatial_rank:
             return self.const("out.shape", np.array(shape, np.int64))
+        self.reads_shape = True
         rank = self.conv.spatial_rank
         dims = self.node("Shape", "in_shape", [sliced])
         batch = self.node("Gather", "batch", [dims, self.const("batch.idx", np.array([0], np.int64))], {"axis": 0})

@@ -97,6 +97,71 @@ def test_a_stale_static_value_info_does_not_pin_a_dynamic_batch():
     assert_exact(compare_outputs(model, result.model, [feed_for(model, [2, 16, 8, 8])]), 1e-5)
 
 
+def relu_between_kron_convs(stale_batch1: bool) -> onnx.ModelProto:
+    """x[n,16,8,8] → Conv → Relu → Conv, both weights A ⊗ B (TT rank 1 over modes 4×4, so a budget picks TT
+    layers); optionally the value_info a batch-1 export leaves on the Relu's output, which feeds a 1×1."""
+    rng = np.random.default_rng(3)
+    inits = [
+        numpy_helper.from_array(
+            np.kron(rng.standard_normal((4, 4)), rng.standard_normal((4, 4))).astype(np.float32).reshape(16, 16, 1, 1),
+            name,
+        )
+        for name in ("w1", "w2")
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["h"], name="c1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2"], ["y"], name="c2"),
+    ]
+    stale = [helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 16, 8, 8])] if stale_batch1 else []
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16, 8, 8])],
+        inits,
+        value_info=stale,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_a_stale_value_info_on_a_tt_layers_input_does_not_pin_its_run_time_shape():
+    """onnxruntime trusts value_info over its own inference: a kept batch-1 size would fold the TT layer's
+    run-time Shape and break the written model at every other batch."""
+    model = relu_between_kron_convs(stale_batch1=True)
+    exact = ttgraph.compress(model, cores=2, rank_ratio=1.0)
+    calib = [feed_for(model, [1, 16, 8, 8], seed=s) for s in range(12)]
+    budget = ttgraph.compress(model, calibration=calib, macs_ratio=0.5, cores=2, compensate=False)
+    for result in (exact, budget):
+        assert all(layer.cores == 2 for layer in result.report.layers)
+        assert_exact(compare_outputs(model, result.model, [feed_for(model, [3, 16, 8, 8])]), 1e-4)
+
+
+def test_a_conv_whose_size_depends_on_an_input_value_reads_it_at_run_time():
+    """Static input dims, but a Pad whose pads are an input: a shape probed on zeros must not be baked in."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((16, 16, 1, 1)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad"), helper.make_node("Conv", ["p", "w"], ["y"])],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8]),
+            helper.make_tensor_value_info("pads", TensorProto.INT64, [8]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, None, None])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    result = ttgraph.compress(model, cores=2, rank_ratio=1.0)
+    assert result.report.layers[0].cores == 2
+    feed = {"x": feed_for(model, [1, 16, 8, 8])["x"], "pads": np.array([0, 0, 1, 2, 0, 0, 3, 1], np.int64)}
+    assert_exact(compare_outputs(model, result.model, [feed]), 1e-5)
+
+
 def test_a_budget_counts_macs_at_the_first_samples_size_but_keeps_the_dynamic_dims():
     # W = A ⊗ B: exactly TT rank 1 over modes 4×4, so the budget picks a TT layer, whose output shape is then
     # read at run time

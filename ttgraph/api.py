@@ -57,7 +57,7 @@ from ttgraph.model_io import (
     source_name,
 )
 from ttgraph.planner import COST_MODELS
-from ttgraph.shapes import Shape, infer_shapes
+from ttgraph.shapes import Shape, infer_shapes, shapes_from_inputs
 from ttgraph.tt import TTFormat, relative_error, scale_ranks, tt_format, tt_reconstruct, tt_svd
 from ttgraph.verify import Feed, OutputError, compare_outputs
 
@@ -72,7 +72,8 @@ def _compute_tensors(model: onnx.ModelProto) -> list[str]:
 def _analyse(model: onnx.ModelProto) -> tuple[gs.Graph, FoundConvs, dict[str, Shape]]:
     shapes = infer_shapes(model, wanted=_compute_tensors(model))
     graph = import_graph(model)
-    return graph, FindPointwiseConvs(shapes, fed=fed_initializers(model))(graph), shapes
+    find = FindPointwiseConvs(shapes, fed=fed_initializers(model), fixed_shapes=shapes_from_inputs(model))
+    return graph, find(graph), shapes
 
 
 # ----------------------------------------------------------------------------------------------- inspect
@@ -694,7 +695,7 @@ def _compress_to_budget(
                 layer_cands,
                 alloc.choices,
                 calib,
-                build=lambda fits: rewrite_allocation(original, layer_cands, alloc, fits),
+                build=lambda fits: rewrite_allocation(original, layer_cands, alloc, fits, name),
                 samples=compensate_samples or _auto_samples(calib),
                 progress=progress,
             )
@@ -708,13 +709,13 @@ def _compress_to_budget(
             _replace_dense(lc.conv, fit)
         if chosen.kind != "dense":
             # dims fixed from the data: the TT layers read their output shape at run time, like the model's
-            shape = lc.conv.output_shape if declared is None else None
+            shape = lc.conv.fixed_output_shape if declared is None else None
             if fit is not None:
                 dtype = lc.conv.bias.dtype if lc.conv.bias is not None else lc.conv.weight_dtype
-                conv = dataclasses.replace(lc.conv, bias=fit.bias.astype(dtype), output_shape=shape)
+                conv = dataclasses.replace(lc.conv, bias=fit.bias.astype(dtype), fixed_output_shape=shape)
                 rewrites.append(LayerRewrite(conv, [c.copy() for c in fit.cores], chosen.order))
             else:
-                conv = dataclasses.replace(lc.conv, bias=lc.bias(chosen), output_shape=shape)
+                conv = dataclasses.replace(lc.conv, bias=lc.bias(chosen), fixed_output_shape=shape)
                 rewrites.append(LayerRewrite(conv, lc.cores(chosen), chosen.order))
         sensitivity_weight = None if weights is None else weights.get(lc.label)
         reports.append(_budget_layer_report(lc, chosen, alloc, stats, held_stats, metric, sensitivity_weight))
@@ -945,10 +946,12 @@ def rewrite_allocation(
     layers: Sequence[LayerCandidates],
     allocation: Allocation | dict[str, Candidate],
     fits: Mapping[str, LayerFit] | None = None,
+    name: str = "<model>",
 ) -> onnx.ModelProto:
     """A rewritten copy of ``model`` (the original the candidates were built from, shapes fixed alike) with
     each layer replaced by its allocated candidate; keep-dense layers stay as they are. ``fits`` replace the
-    cores and bias of the layers they name (error compensation, :mod:`ttgraph.compensate`)."""
+    cores and bias of the layers they name (error compensation, :mod:`ttgraph.compensate`); ``name`` is
+    what an error names."""
     choices = allocation.choices if isinstance(allocation, Allocation) else allocation
     fits = fits or {}
     graph, found, _ = _analyse(model)
@@ -971,7 +974,7 @@ def rewrite_allocation(
         rewrites.append(LayerRewrite(conv, lc.cores(chosen), chosen.order))
     RewriteAsTT(rewrites)(graph)
     rewritten = _export(graph, model)
-    check_model(rewritten, "<rewritten>")
+    check_model(rewritten, f"{name} (rewritten)")
     return rewritten
 
 

@@ -10,7 +10,7 @@ import copy
 import numbers
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,13 @@ def fed_initializers(model: onnx.ModelProto) -> set[str]:
     if model.ir_version < 4:  # there every initializer must be listed as an input: none is meant to be fed
         return set()
     return {i.name for i in model.graph.initializer} & {i.name for i in model.graph.input}
+
+
+def input_defaults(model: onnx.ModelProto, names: Iterable[str]) -> dict[str, np.ndarray]:
+    """The values of those ``names`` that are graph inputs with an initializer: what the model reads when a
+    feed leaves them out (IR < 4 lists every initializer as an input, and none is fed either)."""
+    inputs = {i.name for i in model.graph.input} & set(names)
+    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.name in inputs}
 
 
 def _copy_fields(source: Any, target: Any, skip: str) -> None:
@@ -385,15 +392,21 @@ def set_input_shapes(model: onnx.ModelProto, shapes: InputShapes, name: str = "<
 
 def declare_io_like(model: onnx.ModelProto, declared: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with the types ``declared`` gives its graph inputs and outputs (their dynamic dims) and only
-    ``declared``'s value_info: for a model whose dims were fixed from calibration data only to count MACs,
-    so what is written still runs at every size the original does. Edits ``model`` in place."""
+    ``declared``'s value_info, types only: for a model whose dims were fixed from calibration data only to
+    count MACs, so what is written still runs at every size the original does (a dim in that value_info may
+    be a stale export-time size, which onnxruntime would trust). Edits ``model`` in place."""
     types = {v.name: v.type for v in [*declared.graph.input, *declared.graph.output]}
     for value in [*model.graph.input, *model.graph.output]:
         if value.name in types:
             value.type.CopyFrom(types[value.name])
     produced = {name for node in model.graph.node for name in node.output}
     del model.graph.value_info[:]
-    model.graph.value_info.extend(v for v in declared.graph.value_info if v.name in produced)
+    for value in declared.graph.value_info:
+        if value.name in produced:
+            kept = model.graph.value_info.add()
+            kept.CopyFrom(value)
+            if kept.type.HasField("tensor_type"):
+                kept.type.tensor_type.ClearField("shape")
     return model
 
 

@@ -49,6 +49,21 @@ def infer_shapes(model: onnx.ModelProto, wanted: Iterable[str] = ()) -> dict[str
     return shapes
 
 
+def shapes_from_inputs(model: onnx.ModelProto) -> dict[str, Shape]:
+    """The shapes ONNX inference derives from the graph inputs alone: value_info set aside and no onnxruntime
+    probe. Only these may be baked into a rewrite as constants; a stale value_info (a batch-1 export made
+    dynamic) or a probe on zeros (a Pad whose pads are an input) need not hold at run time."""
+    if not all(is_static(tuple(input_dims(i))) for i in graph_inputs(model)):
+        return {}
+    target = skeleton(model)  # a copy (big weights stubbed) whose value_info can go
+    del target.graph.value_info[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(target, data_prop=True)
+    except Exception:
+        return {}
+    return {name: shape for name, shape in _value_shapes(inferred.graph.value_info).items() if is_static(shape)}
+
+
 def _probe_with_onnxruntime(model: onnx.ModelProto, tensors: list[str]) -> dict[str, Shape]:
     """Run the model once on zeros with ``tensors`` exposed as outputs and read their shapes."""
     import onnxruntime as ort
