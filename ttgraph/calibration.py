@@ -46,7 +46,7 @@ import onnx
 from tqdm.auto import tqdm
 
 from ttgraph.errors import TTGraphError
-from ttgraph.model_io import graph_inputs, input_dims
+from ttgraph.model_io import graph_inputs, input_defaults, input_dims
 from ttgraph.verify import check_feed
 
 Feed = Mapping[str, np.ndarray]
@@ -388,7 +388,9 @@ def _batch_size(value: onnx.ValueInfoProto) -> int:
 def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> CalibrationSource:
     """A ``.npy`` (single-input models; memory-mapped) or ``.npz`` (keyed by input name) file → feeds.
 
-    Samples are on axis 0; each feed takes as many samples as the model's static batch dim (1 if dynamic).
+    Per array, one of two layouts: samples on the input's own batch axis (the array has the input's rank;
+    each feed takes as many as the model's static batch dim, 1 if dynamic), or one feed value per entry of
+    a new leading axis (rank + 1: for an input whose first dim is no batch, like a ``[8]`` table).
     """
     p = Path(path)
     inputs = _model_inputs(model)
@@ -401,7 +403,7 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
         except UNREADABLE_ARRAY as err:
             raise TTGraphError(p, f"cannot read as .npy: {numpy_reason(err)}") from err
         getter: Callable[[str], np.ndarray] = arrays.__getitem__
-        counts = {k: int(v.shape[0]) if v.ndim else 0 for k, v in arrays.items()}
+        shapes = {k: v.shape for k, v in arrays.items()}
     elif p.suffix.lower() == ".npz":
         try:
             archive = np.load(p, allow_pickle=False)
@@ -413,14 +415,13 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
             raise TTGraphError(
                 p, f"expected one array per model input {sorted(by_name)}, missing {missing} (has {sorted(keys)})"
             )
-        counts = {}
+        shapes = {}
         for n in by_name:
             try:
                 with np.load(p, mmap_mode="r", allow_pickle=False) as z:
-                    arr = z[n]
+                    shapes[n] = z[n].shape
             except UNREADABLE_ARRAY as err:
                 raise TTGraphError(p, f"cannot read array {n!r}: {numpy_reason(err)}") from err
-            counts[n] = int(arr.shape[0]) if arr.ndim else 0
 
         def getter(name: str) -> np.ndarray:
             return np.load(p, allow_pickle=False)[name]
@@ -428,19 +429,10 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
         archive.close()
     else:
         raise TTGraphError(p, "expected a folder of images, an image, a .npy or a .npz file")
-    if len(set(counts.values())) != 1:
-        raise TTGraphError(p, f"arrays disagree on the number of samples (axis 0): {counts}")
-    total = next(iter(counts.values()))
-    if total == 0:
-        raise TTGraphError(p, "no samples (axis 0 is empty)")
-    batch = {n: _batch_size(by_name[n]) for n in by_name}
-    step = max(batch.values())
+    stacked, rows, feeds = _array_layouts(p, shapes, by_name)
     dtypes = {n: _input_dtype(by_name[n]) for n in by_name}
-    for n in counts:
+    for n in shapes:
         array = getter(n)  # a .npz member is read whole: once here
-        rank = len(input_dims(by_name[n]))
-        if rank and array.ndim != rank:
-            raise TTGraphError(p, f"array {n!r} has rank {array.ndim}, the model input has rank {rank}")
         # real float, complex or integer must match: raw uint8 pixels for a float input, or complex samples
         # (their imaginary part would be dropped), are mistakes a cast would hide
         if _number_kind(array.dtype) != _number_kind(dtypes[n]):
@@ -450,21 +442,69 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
                 "of the input's type (or give a folder of images with --preprocess)",
             )
         del array
-    if total % step:
-        raise TTGraphError(p, f"{total} samples do not fill batches of {step} (the model's batch dim)")
 
     cache: dict[str, np.ndarray] = {}
 
     def fetch(i: int) -> dict[str, np.ndarray]:
         if not cache:
             cache.update({n: getter(n) for n in by_name})  # .npy: a memory map; .npz: read once
-        start = i * step
-        return {n: np.ascontiguousarray(cache[n][start : start + step], dtype=dtypes[n]) for n in by_name}
+        taken = {n: cache[n][i] if n in stacked else cache[n][i * rows[n] : (i + 1) * rows[n]] for n in by_name}
+        return {n: np.ascontiguousarray(value, dtype=dtypes[n]) for n, value in taken.items()}
 
-    count = total // step
+    rows_in_file = max(shape[0] for shape in shapes.values())
     return CalibrationSource(
-        lambda: (fetch(i) for i in range(count)), count, True, f"{total} samples in {p.name}", fetch
+        lambda: (fetch(i) for i in range(feeds)), feeds, True, f"{rows_in_file} samples in {p.name}", fetch
     )
+
+
+def _array_layouts(
+    path: Path, shapes: Mapping[str, tuple[int, ...]], inputs: Mapping[str, onnx.ValueInfoProto]
+) -> tuple[set[str], dict[str, int], int]:
+    """Which arrays stack one feed value per entry (rank + 1), how many rows of the others make one feed,
+    and the number of feeds, which every array must agree on. An input with a static first dim takes that
+    many rows per feed; one with a dynamic first dim splits its rows evenly over the feeds the others
+    define (one row per feed when no other input defines them)."""
+    stacked: set[str] = set()
+    rows: dict[str, int] = {}
+    feeds: dict[str, int] = {}
+    dynamic: list[str] = []
+    for n, shape in shapes.items():
+        value = inputs[n]
+        known_rank = value.type.tensor_type.HasField("shape")
+        dims = input_dims(value)
+        if not shape:
+            raise TTGraphError(path, f"array {n!r} is a scalar: samples go on axis 0")
+        if known_rank and len(shape) == len(dims) + 1:
+            stacked.add(n)
+            feeds[n] = shape[0]
+        elif known_rank and len(shape) != len(dims):
+            raise TTGraphError(
+                path,
+                f"array {n!r} has rank {len(shape)}, the model input has rank {len(dims)}: give samples on its "
+                f"batch axis (rank {len(dims)}) or one feed value per entry of a new axis 0 (rank {len(dims) + 1})",
+            )
+        elif dims and dims[0] is not None:
+            rows[n] = dims[0]
+            if shape[0] % rows[n]:
+                raise TTGraphError(
+                    path, f"array {n!r}: {shape[0]} samples do not fill batches of {rows[n]} (the model's batch dim)"
+                )
+            feeds[n] = shape[0] // rows[n]
+        else:
+            dynamic.append(n)
+    if len(set(feeds.values())) > 1:
+        counts = ", ".join(f"{n}: {k}" for n, k in feeds.items())
+        raise TTGraphError(path, f"arrays disagree on the number of feeds ({counts})")
+    count = next(iter(feeds.values())) if feeds else shapes[dynamic[0]][0]
+    if count == 0:
+        raise TTGraphError(path, "no samples (axis 0 is empty)")
+    for n in dynamic:
+        if shapes[n][0] % count:
+            raise TTGraphError(
+                path, f"array {n!r}: {shapes[n][0]} samples do not split evenly over {count} feeds (the other arrays')"
+            )
+        rows[n] = shapes[n][0] // count
+    return stacked, rows, count
 
 
 def _checked(source: CalibrationSource, model: onnx.ModelProto, shape_hint: str = "") -> CalibrationSource:
@@ -871,13 +911,15 @@ def stream_activations(
     """Run ``model`` in onnxruntime on each feed; yield ``(feed, {tensor: value})`` for the wanted tensors.
 
     Intermediate tensors are exposed as extra graph outputs (see :func:`expose_tensors`); tensors that are
-    graph inputs come from the feed. One feed's activations are alive at a time.
+    graph inputs come from the feed, or from their initializer when it is a default the feed leaves alone.
+    One feed's activations are alive at a time.
     """
     from ttgraph.verify import session
 
     exposed, fetch = expose_tensors(model, tensors)
     sess = session(exposed, threads)
     wanted = [name for name, _ in tensors]
+    defaults = input_defaults(model, wanted)
     for feed in feeds:
         values = dict(zip(fetch, sess.run(fetch, dict(feed)), strict=True)) if fetch else {}
         out = {}
@@ -886,6 +928,8 @@ def stream_activations(
                 out[name] = values[name]
             elif name in feed:
                 out[name] = np.asarray(feed[name])
+            elif name in defaults:
+                out[name] = defaults[name]
             else:
                 raise TTGraphError(name, "tensor is neither computed by the model nor in the feed")
         yield feed, out

@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 from ttgraph.calibration import expose_tensors
 from ttgraph.decompose import Candidate, LayerCandidates, _sign_fix, flush_subnormals
 from ttgraph.errors import TTGraphError
+from ttgraph.model_io import input_defaults
 from ttgraph.tt import tt_reconstruct
 from ttgraph.verify import Feed, session
 
@@ -149,12 +150,14 @@ def pair_statistics(
     tensors = list(dict.fromkeys((c.node.inputs[0].name, np.dtype(c.weight_dtype)) for c in convs))
     sess_a, fetch_a = _outputs(tensors, compressed)
     sess_b, fetch_b = _outputs(tensors, original)
+    defaults = input_defaults(original, [name for name, _ in tensors])
     for feed in feeds:
         got_a = dict(zip(fetch_a, sess_a.run(fetch_a, dict(feed)), strict=True)) if sess_a else {}
         got_b = dict(zip(fetch_b, sess_b.run(fetch_b, dict(feed)), strict=True)) if sess_b else {}
         for (tensor, _), st in shared.items():
-            xa = got_a[tensor] if tensor in got_a else feed[tensor]
-            xb = got_b[tensor] if tensor in got_b else feed[tensor]
+            given = feed[tensor] if tensor in feed else defaults.get(tensor)
+            xa = got_a[tensor] if tensor in got_a else given
+            xb = got_b[tensor] if tensor in got_b else given
             st.update(xa, xb)
         if bar is not None:
             bar.update(1)
