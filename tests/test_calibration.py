@@ -8,6 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+import ttgraph
 from tests.conftest import conv_model
 from ttgraph.api import _analyse
 from ttgraph.calibration import (
@@ -225,6 +226,46 @@ def test_npy_and_npz_files_feed_samples_along_axis_zero(tmp_path):
         calibration_source(tmp_path / "x.npy", model, "imagenet")
 
 
+def two_input_model(x_batch: int | str, s_dims: list[int | str]) -> onnx.ModelProto:
+    """x[b,3,4,4] scaled per column by an input s (a [4] table, or batched like x), then a 1×1 conv."""
+    w = numpy_helper.from_array(np.ones((2, 3, 1, 1), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "s"], ["m"]), helper.make_node("Conv", ["m", "w"], ["y"])],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [x_batch, 3, 4, 4]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, s_dims),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [w],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_npz_arrays_give_samples_on_the_batch_axis_or_one_feed_value_per_leading_entry(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 3, 4, 4)).astype(np.float32)
+    table = rng.standard_normal((6, 4)).astype(np.float32)
+    np.savez(tmp_path / "stacked.npz", x=x, s=table)  # s is no batch: [4] per feed, stacked on a new axis 0
+    got = list(calibration_source(tmp_path / "stacked.npz", two_input_model(1, [4])))
+    assert len(got) == 6 and got[2]["s"].shape == (4,) and got[2]["x"].shape == (1, 3, 4, 4)
+    np.testing.assert_array_equal(got[2]["s"], table[2])
+    # batch 2 fixed on x, dynamic on s: s's rows split over x's 3 feeds
+    np.savez(tmp_path / "batched.npz", x=x, s=x[:, :1])
+    got = list(calibration_source(tmp_path / "batched.npz", two_input_model(2, ["n", 1, 4, 4])))
+    assert len(got) == 3 and got[1]["s"].shape == (2, 1, 4, 4)
+    np.testing.assert_array_equal(got[1]["s"], x[2:4, :1])
+    np.savez(tmp_path / "fewer.npz", x=x, s=table[:5])
+    with pytest.raises(TTGraphError, match=r"fewer\.npz: arrays disagree on the number of feeds \(x: 6, s: 5\)"):
+        calibration_source(tmp_path / "fewer.npz", two_input_model(1, [4]))
+    np.savez(tmp_path / "deep.npz", x=x, s=table[:, None, None])  # rank 4
+    with pytest.raises(TTGraphError, match="array 's' has rank 4, the model input has rank 1: give samples"):
+        calibration_source(tmp_path / "deep.npz", two_input_model(1, [4]))
+    np.savez(tmp_path / "odd.npz", x=x[:5], s=table[:5])
+    with pytest.raises(TTGraphError, match="array 'x': 5 samples do not fill batches of 2"):
+        calibration_source(tmp_path / "odd.npz", two_input_model(2, [4]))
+
+
 def test_an_array_in_memory_reads_like_a_npy_file(tmp_path):
     model = conv_model(3, 4, hw=(5, 6), batch="n")
     arr = np.random.default_rng(0).standard_normal((7, 3, 5, 6))  # float64, as numpy makes it
@@ -406,3 +447,31 @@ def test_a_palette_image_with_transparency_is_read_without_warnings(tmp_path):
         warnings.simplefilter("error")  # Pillow's advice on such images would be a second line on stderr
         x = PRESETS["imagenet"].with_size((8, 12)).apply(Image.open(tmp_path / "p.png"))
     assert x.shape == (1, 3, 8, 12)
+
+
+def test_a_conv_reading_an_input_with_a_default_is_calibrated_on_that_default():
+    """IR ≥ 4: an initializer listed as an input too is a default the feeds may leave out; a 1×1 conv that
+    reads it sees that value, and so must its statistics and the compensation's."""
+    rng = np.random.default_rng(0)
+    default = rng.standard_normal((1, 16, 8, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["z", "w"], ["h"], name="a"), helper.make_node("Add", ["h", "x"], ["y"])],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 8, 8]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 16, 8, 8]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 8, 8])],
+        [
+            numpy_helper.from_array(rng.standard_normal((32, 16, 1, 1)).astype(np.float32), "w"),
+            numpy_helper.from_array(default, "z"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    calib = [{"x": rng.standard_normal((1, 32, 8, 8)).astype(np.float32)} for _ in range(6)]
+    result = ttgraph.compress(model, calibration=calib, macs_ratio=0.5, holdout=2)
+    stats = collect_statistics(model, _analyse(model)[1].candidates, calib[:1])
+    gram = default.transpose(0, 2, 3, 1).reshape(-1, 16).astype(np.float64)
+    np.testing.assert_allclose(stats.layers["a"].gram, gram.T @ gram, rtol=1e-6)
+    assert [i.name for i in result.model.graph.input] == ["x", "z"]  # still a default the caller may feed
