@@ -294,3 +294,58 @@ def test_reports_are_placed_only_once_the_model_is_written(tmp_path):
     result.save(tmp_path / "m.onnx", report_path=report, html_path=html)
     assert json.loads(report.read_text())["layers"] and "<table" in html.read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "model.onnx", "r.html", "r.json"]
+
+
+def test_a_scalar_output_is_verified_and_an_empty_weight_is_skipped():
+    """A 1×1 conv with no output channels (onnxruntime runs it) has nothing to factor; the model's scalar
+    output still gets compared."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [])
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["h"], name="empty"),
+        helper.make_node("ReduceSum", ["h"], ["s"], keepdims=0),
+        helper.make_node("Conv", ["x", "v"], ["g"], name="pw"),
+        helper.make_node("ReduceSum", ["g"], ["t"], keepdims=0),
+        helper.make_node("Add", ["s", "t"], ["y"]),
+    ]
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(np.zeros((0, 16, 1, 1), np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal((8, 16, 1, 1)).astype(np.float32), "v"),
+    ]
+    model = model_of(nodes, [x], [y], inits, opset=13)
+    result = ttgraph.compress(model, rank_ratio=0.5)
+    assert [s.reason for s in result.report.skipped if s.label == "empty"] == [
+        "weight 'w' is empty (0×16×1×1): nothing to factor"
+    ]
+    (error,) = result.verify([feed_for(model, [1, 16, 8, 8])])
+    assert error.name == "y" and 0 < error.max_abs < np.inf  # half the rank: a real, finite difference
+
+
+def test_new_names_avoid_the_names_a_subgraph_already_uses():
+    """If/Loop bodies share the graph's SSA namespace: a branch's tensor named like a generated one."""
+    vi = helper.make_tensor_value_info
+    then = helper.make_graph(
+        [helper.make_node("Relu", ["h"], ["a/tt/conv0:0"]), helper.make_node("Neg", ["a/tt/conv0:0"], ["t"])],
+        "then",
+        [],
+        [vi("t", TensorProto.FLOAT, [1, 32, 8, 8])],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Neg", ["h"], ["e"])], "else", [], [vi("e", TensorProto.FLOAT, [1, 32, 8, 8])]
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["h"], name="a"),
+        helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other),
+    ]
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((32, 16, 1, 1)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.array(True), "cond"),
+    ]
+    model = model_of(
+        nodes, [vi("x", TensorProto.FLOAT, [1, 16, 8, 8])], [vi("y", TensorProto.FLOAT, [1, 32, 8, 8])], inits
+    )
+    result = ttgraph.compress(model, rank_ratio=1.0)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert max(e.rel_l2 for e in result.verify([feed_for(model, [1, 16, 8, 8])])) < 1e-5

@@ -128,7 +128,7 @@ def compare_outputs(
         for name, ref, got in zip(names, refs, gots, strict=True):
             ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
             diff = np.abs(np.where(np.isnan(ref) & np.isnan(got), 0.0, ref - got))
-            diff[np.isnan(diff)] = np.inf
+            diff = np.where(np.isnan(diff), np.inf, diff)  # np.where keeps a scalar output an array
             ref = np.where(np.isfinite(ref), ref, 0.0)
             max_abs[name] = max(max_abs[name], float(diff.max(initial=0.0)))
             peak[name] = max(peak[name], float(np.abs(ref).max(initial=0.0)))
