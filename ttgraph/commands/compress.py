@@ -40,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--calib",
         metavar="DIR_OR_FILE",
         help="calibration data: a folder of images (or one image), a .npy (samples on axis 0) or a .npz "
-        "(one array per input name)",
+        "(one array per input name: samples on the input's batch axis, or one feed value per entry of an "
+        "extra leading axis for an input without a batch dim)",
     )
     budget.add_argument(
         "--preprocess",
