@@ -92,7 +92,9 @@ def test_full_rank_compress_from_the_cli_is_exact(small_model, tmp_path):
         "compress", small_model, "-o", out, "--cores", "3", "--rank-ratio", "1.0", "--quiet", "--report", report
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == f"wrote {out} and {report}"
+    summary = proc.stdout.strip().splitlines()
+    assert summary[0].startswith("1 layers rewritten;") and summary[-1] == f"wrote {out} and {report}"
+    assert not any(line.startswith("layer ") for line in summary)  # --quiet: the summary without the table
     (layer,) = json.loads(report.read_text())["layers"]
     assert len(layer["modes_in"]) == 3 and layer["format"] == "tt"
     x = {"x": np.random.default_rng(5).standard_normal((1, 24, 8, 8)).astype(np.float32)}

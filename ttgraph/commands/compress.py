@@ -139,7 +139,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     lowering.add_argument("--no-lower", action="store_true", help="run no fast-lowering pass")
     p.add_argument(
-        "--quiet", action="store_true", help="no progress bars (shown only when stderr is a terminal) and no table"
+        "--quiet",
+        action="store_true",
+        help="no progress bars (shown only when stderr is a terminal) and no per-layer table; the summary stays",
     )
     p.set_defaults(func=run)
 
@@ -266,8 +268,7 @@ def run(args: argparse.Namespace) -> int:
                 "outputs": [e.to_dict() for e in result.verify([feed])],
             }
     result.save(args.output, report_path=args.report, html_path=args.html)
-    if not args.quiet:
-        print(render(result.report, verify_skipped=args.no_verify))
+    print(render(result.report, verify_skipped=args.no_verify, table=not args.quiet))
     written = [p for p in (args.report, args.html) if p]
     print(f"wrote {args.output}" + "".join(f" and {p}" for p in written))
     return 0
@@ -287,7 +288,7 @@ def _err(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def render(report: CompressionReport, *, verify_skipped: bool = False) -> str:
+def render(report: CompressionReport, *, verify_skipped: bool = False, table: bool = True) -> str:
     calibrated = report.calibration is not None
     rows = []
     for layer in report.layers:
@@ -307,9 +308,8 @@ def render(report: CompressionReport, *, verify_skipped: bool = False) -> str:
     header = ["layer", "Cout×Cin", "format", "d", "ranks", "params", "MACs", "weight err"]
     if calibrated:
         header += ["calib err", "held-out err"]
-    lines = [format_table(header, rows)]
+    lines = [format_table(header, rows), ""] if table else []
     t = report.totals
-    lines.append("")
     params = f"{human(t['params_before'])}→{human(t['params_after'])}"
     line = f"{t['layers_rewritten']} layers rewritten; 1×1 params {params}"
     if "params_ratio" in t:
