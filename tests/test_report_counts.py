@@ -75,3 +75,14 @@ def test_the_report_says_what_lowering_folded_into_the_factors():
     assert params == 4 * (16 + 24) + 24  # the written factors hold the BatchNormalization's shift as a bias
     assert layer.params_after == result.report.totals["params_after"] == 4 * (16 + 24)  # what the budget counts
     assert result.report.lowering["params_folded_in"] == 24
+
+
+def test_a_kept_dense_conv_whose_weight_is_a_constant_node_folds_nothing_in():
+    """Weights may come from Constant nodes (the PP-OCR detector's do): they count as the layer's written params."""
+    from tests.conftest import feed_for
+
+    model = conv_model(16, 24, hw=(8, 8), weight_as_constant_node=True)
+    calib = [feed_for(model, [1, 16, 8, 8], seed=s) for s in range(6)]
+    result = ttgraph.compress(model, calibration=calib, max_error=1e-9, holdout=2)
+    assert [layer.format for layer in result.report.layers] == ["dense"]
+    assert result.report.lowering["params_folded_in"] == 0

@@ -1098,11 +1098,13 @@ def _note_folded_params(model: onnx.ModelProto, layers: list[LayerReport], lower
     folded ops' constants, gone from the model, were not counted either."""
     if not lowering:
         return
-    floats = {
-        t.name: math.prod(t.dims)
-        for t in model.graph.initializer
-        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
-    }
+    float_types = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+    floats = {t.name: math.prod(t.dims) for t in model.graph.initializer if t.data_type in float_types}
+    for node in model.graph.node:  # weights may also come from Constant nodes (kept-dense convs keep theirs)
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            value = node.attribute[0].t
+            if value.data_type in float_types:
+                floats[node.output[0]] = math.prod(value.dims)
     by_name: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         by_name.setdefault(node.name.split("/tt/")[0], []).append(node)
