@@ -6,8 +6,10 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import ttgraph
 from tests.conftest import DET_SHAPE, conv_model, feed_for
@@ -134,6 +136,30 @@ def test_compressing_a_lowrank_model_again_leaves_its_factors_alone(tmp_path):
     assert len(twice.model.graph.node) == len(once.model.graph.node)
     seen = ttgraph.inspect(once.model)  # inspect lists what compress would do
     assert seen.layers == [] and [s.reason for s in seen.skipped] == [s.reason for s in twice.report.skipped]
+
+
+def test_compressing_other_layers_later_keeps_the_first_runs_layers_in_the_metadata():
+    """A second run on other layers lists both runs' layers: a third must not factor the first's factors."""
+    rng = np.random.default_rng(0)
+    convs = [helper.make_node("Conv", [f"t{i}", f"w{i}"], [f"t{i + 1}"], name=f"c{i}") for i in range(3)]
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((16, 16, 1, 1)).astype(np.float32), f"w{i}") for i in range(3)
+    ]
+    graph = helper.make_graph(
+        convs,
+        "chain",
+        [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [1, 16, 8, 8])],
+        [helper.make_tensor_value_info("t3", TensorProto.FLOAT, [1, 16, 8, 8])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    names = [c.name for c in ttgraph.inspect(model).layers]
+    once = ttgraph.compress(model, cores=2, rank_ratio=1.0, layers=names[:1])
+    twice = ttgraph.compress(once.model, cores=1, rank=2, layers=names[1:2])
+    assert [layer["name"] for layer in provenance(twice.model)["layers"]] == names[:2]
+    seen = ttgraph.inspect(twice.model)
+    assert [c.name for c in seen.layers] == names[2:]
+    assert {s.reason for s in seen.skipped} == {"already a TT factor written by ttgraph"}
 
 
 @pytest.mark.parametrize(

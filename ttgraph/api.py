@@ -1138,11 +1138,20 @@ PROVENANCE_KEY = "ttgraph"
 
 def _record_provenance(model: onnx.ModelProto, layers: list[LayerReport]) -> None:
     """Write each rewritten layer's format into the model's metadata, so ``ttgraph plan MODEL`` can read
-    it back and a second ``compress`` knows the model is already compressed."""
+    it back and a second ``compress`` knows the model is already compressed. The layers an earlier run
+    wrote (the envelope carries its metadata) stay listed while their factors are still in the graph."""
     from ttgraph import __version__
 
     keys = ("name", "format", "modes_in", "modes_out", "ranks", "order", "pixels")
-    value = {"version": __version__, "layers": [{k: getattr(layer, k) for k in keys} for layer in layers]}
+    ours = [{k: getattr(layer, k) for k in keys} for layer in layers]
+    names = {layer["name"] for layer in ours}
+    nodes = [node.name for node in model.graph.node]
+    earlier = [
+        layer
+        for layer in (provenance(model) or {}).get("layers", [])
+        if layer["name"] not in names and any(n.startswith(f"{layer['name']}/tt/") for n in nodes)
+    ]
+    value = {"version": __version__, "layers": earlier + ours}
     kept = [p for p in model.metadata_props if p.key != PROVENANCE_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
