@@ -67,7 +67,7 @@ def prepare_for_tvm(
     """Load ``source`` (path, bytes or ModelProto, never modified) and return a model TVM can import.
 
     >>> prepared = prepare_for_tvm("det.onnx", {"x": [1, 3, 640, 640]})  # doctest: +SKIP
-    >>> prepared.input_shapes
+    >>> prepared.input_shapes  # doctest: +SKIP
     {'x': [1, 3, 640, 640]}
     """
     name = source_name(source)

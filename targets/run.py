@@ -1,6 +1,6 @@
 """Run a built library with the Relax VM (here, on this machine) and compare it with onnxruntime.
 
->>> from targets.run import run_library, relative_errors
+>>> from targets.run import onnxruntime_outputs, relative_errors, run_library
 >>> outs = run_library("det.so", {"x": x})  # doctest: +SKIP
 >>> relative_errors(onnxruntime_outputs("det.onnx", {"x": x}), outs)  # doctest: +SKIP
 [3.1e-06]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -101,6 +102,22 @@ def test_plan_cli_single_layer_json():
     assert data["order"] == [1, 0]
     assert data["left_to_right_cost"] >= 2 * data["total_cost"]
     assert data["graph"]["nodes"] == 4
+
+
+def test_plan_cli_prints_a_measured_left_to_right_cost_in_seconds(tmp_path):
+    """Measured costs are seconds: printed like the plan's table does, not rounded to a whole 0."""
+    env_cli = subprocess.run(
+        [sys.executable, "-m", "ttgraph", "plan", "--modes-in", "4,4", "--modes-out", "4,4", "--ranks", "2"]
+        + ["--hw", "4x4", "--cost", "measured"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TTGRAPH_CACHE_DIR": str(tmp_path)},
+    )
+    assert env_cli.returncode == 0, env_cli.stderr
+    line = env_cli.stdout.strip().splitlines()[-1]
+    seconds = float(line.removeprefix("left-to-right order: ").split(" ")[0])
+    assert 0 < seconds < 1, line
 
 
 def test_plan_cli_rejects_inconsistent_modes():

@@ -374,7 +374,7 @@ def compress(
     multiples of ``rank_multiple`` (16 suits AVX-512 onnxruntime kernels). ``compensate`` (data-aware budgets with a
     re-readable calibration source) then refits the compressed layers, in dependency order, to the original layers'
     outputs given the compressed network's inputs on the first ``compensate_samples`` calibration samples (None: as
-    many as hold :data:`COMPENSATE_ELEMENTS` input values, at least 8 — 8 images at 640×640, 303 lines at 48×192),
+    many as hold :data:`COMPENSATE_ELEMENTS` input values, at least 8 — 8 images at 640×640, 304 lines at 48×192),
     see :mod:`ttgraph.compensate`; the report's ``compensation`` gives per-layer and end-to-end held-out errors
     before and after.
 

@@ -82,6 +82,7 @@ __all__ = [
     "default_cache_dir",
     "expand_ranks",
     "flops_cost",
+    "format_cost",
     "format_plan",
     "get_cost_model",
     "left_to_right_plan",
@@ -999,7 +1000,8 @@ def plan_to_dict(plan: ContractionPlan) -> dict[str, Any]:
     }
 
 
-def _fmt(value: float) -> str:
+def format_cost(value: float) -> str:
+    """A cost as the plan table prints it: MACs whole with thousands separators, seconds to 4 digits."""
     if isinstance(value, int) or float(value).is_integer():
         return f"{int(value):,}"
     return f"{value:.4g}"
@@ -1036,9 +1038,9 @@ def format_plan(plan: ContractionPlan) -> str:
                 " * ".join(s.operands),
                 s.result,
                 " x ".join(str(v) for v in s.shape),
-                _fmt(s.macs),
-                _fmt(s.cost),
-                "free" if s.transpose_free else f"transpose {_fmt(s.moved_elements)}",
+                format_cost(s.macs),
+                format_cost(s.cost),
+                "free" if s.transpose_free else f"transpose {format_cost(s.moved_elements)}",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -1050,17 +1052,18 @@ def format_plan(plan: ContractionPlan) -> str:
         )
     ratio = plan.runtime_macs / plan.dense_cost
     lines.append(
-        f"total cost ({plan.cost_model}): {_fmt(plan.total_cost)}   runtime MACs: {_fmt(plan.runtime_macs)}"
-        f"   dense MACs: {_fmt(plan.dense_cost)} (runtime/dense {ratio:.3g})"
+        f"total cost ({plan.cost_model}): {format_cost(plan.total_cost)}   "
+        f"runtime MACs: {format_cost(plan.runtime_macs)}"
+        f"   dense MACs: {format_cost(plan.dense_cost)} (runtime/dense {ratio:.3g})"
     )
     if plan.offline_macs:
-        lines.append(f"offline merge MACs ({plan.offline_merge_cost}): {_fmt(plan.offline_macs)}")
+        lines.append(f"offline merge MACs ({plan.offline_merge_cost}): {format_cost(plan.offline_macs)}")
     lines.append(
-        f"runtime params: {_fmt(plan.runtime_params)}   TT params: {_fmt(plan.tt_params)}   "
+        f"runtime params: {format_cost(plan.runtime_params)}   TT params: {format_cost(plan.tt_params)}   "
         f"graph: {plan.graph_nodes} nodes, {plan.graph_edges} edges"
     )
     if plan.transpose_free:
         lines.append(f"transpose-free: groups {[list(g) for g in plan.groups or ()]}, order {list(plan.order or ())}")
     else:
-        lines.append(f"not transpose-free: {_fmt(plan.moved_elements)} activation elements transposed")
+        lines.append(f"not transpose-free: {format_cost(plan.moved_elements)} activation elements transposed")
     return "\n".join(lines)

@@ -10,7 +10,14 @@ from ttgraph.commands.common import format_table
 from ttgraph.costs import human
 from ttgraph.errors import TTGraphError
 from ttgraph.model_io import load_model
-from ttgraph.planner import ContractionPlan, format_plan, left_to_right_plan, plan_layer, plan_to_dict
+from ttgraph.planner import (
+    ContractionPlan,
+    format_cost,
+    format_plan,
+    left_to_right_plan,
+    plan_layer,
+    plan_to_dict,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -90,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     else:
         print(format_plan(plan))
-        print(f"left-to-right order: {naive.total_cost:,.0f} ({naive.total_cost / plan.total_cost:.2f}× the plan)")
+        cost = format_cost(naive.total_cost)  # as the plan's table prints costs: MACs whole, seconds not rounded to 0
+        print(f"left-to-right order: {cost} ({naive.total_cost / plan.total_cost:.2f}× the plan)")
     return 0
 
 
