@@ -147,6 +147,12 @@ def test_a_folder_means_its_visible_images_in_every_subfolder_symlinked_ones_too
     source = calibration_source(tmp_path / "data", image_model(), "imagenet")
     assert len(source) == 5 and len(list(source)) == 5
     assert source.description == f"5 images in {tmp_path / 'data'}"
+    # links back up the tree (two of them looped os.walk for good) and a second name for an image: each
+    # image once, so none can be both calibration and held-out
+    (tmp_path / "data" / "a" / "up").symlink_to(tmp_path / "data", target_is_directory=True)
+    (tmp_path / "data" / "self").symlink_to(tmp_path / "data", target_is_directory=True)
+    (tmp_path / "data" / "again.jpg").symlink_to(tmp_path / "data" / "a" / "im00.jpg")
+    assert len(calibration_source(tmp_path / "data", image_model(), "imagenet")) == 5
 
 
 def test_a_photo_is_read_the_way_up_its_exif_says():

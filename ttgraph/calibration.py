@@ -50,7 +50,7 @@ from ttgraph.model_io import graph_inputs, input_defaults, input_dims
 from ttgraph.verify import check_feed
 
 Feed = Mapping[str, np.ndarray]
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 
 __all__ = [
     "PRESETS",
@@ -295,14 +295,28 @@ def _input_dtype(value: onnx.ValueInfoProto) -> np.dtype:
 
 def _image_files(path: Path) -> list[Path]:
     """The images of a folder and its subfolders, symlinked ones too, sorted; hidden files and folders (a
-    ``.thumbnails`` cache, macOS ``._name.jpg`` resource forks) are not images of the data set."""
+    ``.thumbnails`` cache, macOS ``._name.jpg`` resource forks) are not images of the data set. Each real
+    folder is walked once and each real file taken once (a link to ``.`` would loop, and an image reached
+    twice could land on both sides of the held-out split)."""
     if path.is_file():
         return [path]
     found = []
+    seen_folders: set[tuple[int, int]] = set()
     for folder, subfolders, names in os.walk(path, followlinks=True):
+        info = os.stat(folder)
+        if (info.st_dev, info.st_ino) in seen_folders:
+            subfolders[:] = []
+            continue
+        seen_folders.add((info.st_dev, info.st_ino))
         subfolders[:] = [d for d in subfolders if not d.startswith(".") and d != "__MACOSX"]
         found += [Path(folder, n) for n in names if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_SUFFIXES]
-    files = sorted((p for p in found if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
+    files = []
+    seen_files: set[Path] = set()
+    for p in sorted((p for p in found if p.is_file()), key=lambda p: p.relative_to(path).as_posix()):
+        real = p.resolve()
+        if real not in seen_files:
+            seen_files.add(real)
+            files.append(p)
     if not files:
         raise TTGraphError(path, f"no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     return files
