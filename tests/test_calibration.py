@@ -264,6 +264,9 @@ def test_npz_arrays_give_samples_on_the_batch_axis_or_one_feed_value_per_leading
     np.savez(tmp_path / "fewer.npz", x=x, s=table[:5])
     with pytest.raises(TTGraphError, match=r"fewer\.npz: arrays disagree on the number of feeds \(x: 6, s: 5\)"):
         calibration_source(tmp_path / "fewer.npz", two_input_model(1, [4]))
+    np.savez(tmp_path / "both.npz", x=x, s=x[:3, :1])  # both batches dynamic: one sample of each per feed
+    with pytest.raises(TTGraphError, match=r"arrays disagree on the number of samples \(x: 6, s: 3\)"):
+        calibration_source(tmp_path / "both.npz", two_input_model("n", ["n", 1, 4, 4]))
     np.savez(tmp_path / "deep.npz", x=x, s=table[:, None, None])  # rank 4
     with pytest.raises(TTGraphError, match="array 's' has rank 4, the model input has rank 1: give samples"):
         calibration_source(tmp_path / "deep.npz", two_input_model(1, [4]))

@@ -509,6 +509,9 @@ def _array_layouts(
     if len(set(feeds.values())) > 1:
         counts = ", ".join(f"{n}: {k}" for n, k in feeds.items())
         raise TTGraphError(path, f"arrays disagree on the number of feeds ({counts})")
+    if not feeds and len({shapes[n][0] for n in dynamic}) > 1:  # nothing fixes a batch: one sample per feed
+        counts = ", ".join(f"{n}: {shapes[n][0]}" for n in dynamic)
+        raise TTGraphError(path, f"arrays disagree on the number of samples ({counts})")
     count = next(iter(feeds.values())) if feeds else shapes[dynamic[0]][0]
     if count == 0:
         raise TTGraphError(path, "no samples (axis 0 is empty)")
