@@ -472,7 +472,7 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
 
 
 def _array_layouts(
-    path: Path, shapes: Mapping[str, tuple[int, ...]], inputs: Mapping[str, onnx.ValueInfoProto]
+    path: Path | str, shapes: Mapping[str, tuple[int, ...]], inputs: Mapping[str, onnx.ValueInfoProto]
 ) -> tuple[set[str], dict[str, int], int]:
     """Which arrays stack one feed value per entry (rank + 1), how many rows of the others make one feed,
     and the number of feeds, which every array must agree on. An input with a static first dim takes that
@@ -656,17 +656,16 @@ def _ndarray_source(data: np.ndarray, model: onnx.ModelProto) -> CalibrationSour
         raise TTGraphError(
             "calibration", f"an array feeds single-input models; this one has {len(inputs)}: give feed dicts"
         )
-    name, step, dtype = inputs[0].name, _batch_size(inputs[0]), _input_dtype(inputs[0])
-    if data.ndim == 0 or len(data) == 0 or len(data) % step:
-        raise TTGraphError("calibration", f"an array of shape {data.shape} does not hold whole batches of {step}")
+    name, dtype = inputs[0].name, _input_dtype(inputs[0])
+    stacked, rows, count = _array_layouts("calibration", {name: data.shape}, {name: inputs[0]})
     if _number_kind(data.dtype) != _number_kind(dtype):  # as for a .npy: float64 samples are fine, raw uint8 not
         raise TTGraphError(
             "calibration", f"the array is {data.dtype}, the model input is {dtype}: give preprocessed samples"
         )
-    count = len(data) // step
 
     def fetch(i: int) -> dict[str, np.ndarray]:
-        return {name: np.ascontiguousarray(data[i * step : (i + 1) * step], dtype=dtype)}
+        value = data[i] if stacked else data[i * rows[name] : (i + 1) * rows[name]]
+        return {name: np.ascontiguousarray(value, dtype=dtype)}
 
     return CalibrationSource(
         lambda: (fetch(i) for i in range(count)), count, True, f"{len(data)} samples in an array", fetch
