@@ -137,6 +137,25 @@ def test_image_folder_is_read_sorted_resized_and_normalized(tmp_path):
     assert not np.allclose(bgr, x)  # channel order matters
 
 
+def test_images_feed_an_integer_input_raw_pixels(tmp_path):
+    """A model that takes uint8 pixels normalises them itself: scaled to 0..1 they would all cast to 0."""
+    folder = write_images(tmp_path / "imgs", 2)
+    model = image_model()
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.UINT8
+    cast = helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT)
+    model.graph.node[0].input[0] = "xf"
+    model.graph.node.insert(0, cast)
+    (x,) = [feed["x"] for feed in calibration_source(folder, model)][:1]
+    img = np.asarray(Image.open(folder / "im00.jpg").convert("RGB").resize((48, 32), Image.BILINEAR))
+    assert x.dtype == np.uint8
+    np.testing.assert_array_equal(x[0].transpose(1, 2, 0), img)
+    with pytest.raises(TTGraphError, match="'x' is uint8: images feed it raw 0..255 pixels; give scale=1"):
+        calibration_source(folder, model, "imagenet")
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.INT8
+    with pytest.raises(TTGraphError, match="the model input is int8, which cannot hold 0..255 pixels"):
+        calibration_source(folder, model)
+
+
 def test_a_folder_means_its_visible_images_in_every_subfolder_symlinked_ones_too(tmp_path):
     (tmp_path / "data").mkdir()
     write_images(tmp_path / "data" / "a", 2)

@@ -356,6 +356,17 @@ def image_source(
     if channel_dim is not None and channel_dim != want:
         raise TTGraphError(value.name, f"the model input has {channel_dim} channels, preprocessing gives {want}")
     dtype = _input_dtype(value)
+    if dtype.kind in "iub":  # the model normalises raw pixels itself: feed them as they are
+        if preprocess is None:
+            spec = replace(spec, scale=1.0)
+        if dtype.kind == "b" or np.iinfo(dtype).max < 255:
+            raise TTGraphError(value.name, f"the model input is {dtype}, which cannot hold 0..255 pixels")
+        if spec.scale != 1 or any(m != 0 for m in spec.mean) or any(d != 1 for d in spec.std):
+            raise TTGraphError(
+                "--preprocess",
+                f"the model input {value.name!r} is {dtype}: images feed it raw 0..255 pixels; give scale=1 and "
+                "no mean/std (or leave --preprocess out)",
+            )
     paths = [Path(f) for f in files]
     name = value.name
 
