@@ -165,7 +165,8 @@ def test_a_folder_means_its_visible_images_in_every_subfolder_symlinked_ones_too
     (tmp_path / "data" / "a" / "._im00.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
     source = calibration_source(tmp_path / "data", image_model(), "imagenet")
     assert len(source) == 5 and len(list(source)) == 5
-    assert source.description == f"5 images in {tmp_path / 'data'}"
+    spec = "RGB 32×48 NCHW, (pixels·0.003922 − (0.485, 0.456, 0.406)) / (0.229, 0.224, 0.225)"
+    assert source.description == f"5 images in {tmp_path / 'data'}; {spec}"
     # links back up the tree (two of them looped os.walk for good) and a second name for an image: each
     # image once, so none can be both calibration and held-out
     (tmp_path / "data" / "a" / "up").symlink_to(tmp_path / "data", target_is_directory=True)

@@ -138,6 +138,20 @@ class Preprocess:
             x = x.transpose(2, 0, 1)
         return np.ascontiguousarray(x[None], dtype=dtype)
 
+    def describe(self) -> str:
+        """What the preprocessing does, for a report line (a run's images read wrong are no error).
+
+        >>> PRESETS["paddleocr-cls"].with_size((48, 192)).describe()
+        'BGR 48×192 NCHW, (pixels·0.003922 − 0.5) / 0.5'
+        """
+        size = "?" if self.size is None else f"{self.size[0]}×{self.size[1]}"
+
+        def values(v: tuple[float, ...]) -> str:
+            return f"{v[0]:.4g}" if len(v) == 1 else "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
+
+        formula = f"(pixels·{self.scale:.4g} − {values(self.mean)}) / {values(self.std)}"
+        return f"{self.channels} {size} {self.layout}, {formula}"
+
     def grey_level_noise(self, levels: int = 1, seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
         """A function adding ±``levels`` grey levels of uniform integer noise to inputs made by :meth:`apply`
         (clipped to what a 0..255 image gives): a change to the image no one would see, and so a yardstick for
@@ -384,7 +398,7 @@ def image_source(
         lambda: (fetch(i) for i in range(len(paths))),
         len(paths),
         True,
-        f"{len(paths)} images in {where}",
+        f"{len(paths)} images in {where}; {spec.describe()}",
         fetch,
         (name, spec),
     )

@@ -348,6 +348,12 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
                 else ""
             )
         )
+    cal = report.calibration
+    if cal:
+        lines.append(
+            f"calibration: {cal['samples']} samples, {cal['heldout_samples']} held out for verification "
+            f"({cal['source']})"
+        )
     if report.allocation:
         a = report.allocation
         lines.append(
