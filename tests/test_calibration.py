@@ -333,6 +333,9 @@ def test_a_data_reader_is_read_with_get_next_until_none():
 def test_holdout_is_disjoint_deterministic_and_spread():
     assert holdout_indices(32, 8) == [3, 7, 11, 15, 19, 23, 27, 31]
     assert holdout_indices(10, 0.2) == [4, 9] and holdout_indices(1, 0.5) == []
+    for n, count in ((4, 4), (1, 1)):  # a count asked for is held out or refused, never quietly dropped
+        with pytest.raises(TTGraphError, match=f"holding out {count} of {n} samples leaves none for calibration"):
+            holdout_indices(n, count)
     data = feeds(10)
     calib, held = split_holdout(calibration_source(data, two_conv_model()), 0.2)
     ids = [id(f["x"]) for f in data]

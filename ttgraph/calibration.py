@@ -708,7 +708,7 @@ def holdout_indices(n: int, holdout: int | float) -> list[int]:
         raise TTGraphError("holdout", f"a held-out fraction must be in [0, 1), got {holdout}")
     if isinstance(holdout, int) and holdout < 0:
         raise TTGraphError("holdout", f"a held-out count must be ≥ 0, got {holdout}")
-    if n < 2 or holdout == 0:
+    if holdout == 0 or (n < 2 and not isinstance(holdout, int)):  # a fraction of one sample: none
         return []
     count = holdout if isinstance(holdout, int) else max(1, round(holdout * n))
     if count >= n:
