@@ -182,3 +182,28 @@ def test_activations_beyond_float32_products_are_a_one_line_error_naming_the_lay
     huge = [{"x": f["x"] * np.float32(1e30)} for f in feeds(12, 3)]
     with pytest.raises(ttgraph.errors.TTGraphError, match=r"overflow.*scaled as the model expects\? \(conv"):
         ttgraph.compress(stacked_convs(), calibration=huge, holdout=4, macs_ratio=0.4, rank_multiple=2)
+
+
+def test_the_compensation_samples_are_read_once_not_once_per_level():
+    """Images decode and resize on every read: the passes after the first reuse the samples they read."""
+    calib = feeds(6, seed=1)
+    model, found, layers, choices = setup(calib)
+    reads = []
+
+    class Counted:
+        reiterable, length = True, len(calib)
+
+        def __iter__(self):
+            for i, feed in enumerate(calib):
+                reads.append(i)
+                yield feed
+
+    comp = compensate(
+        model,
+        layers,
+        choices,
+        Counted(),
+        build=lambda fits: rewrite_allocation(model, layers, choices, fits),
+        samples=4,
+    )
+    assert comp.passes == 2 and sorted(reads) == [0, 1, 2, 3]

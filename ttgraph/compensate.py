@@ -41,6 +41,7 @@ the "after" error on calibration data is exact (a layer's inputs do not change o
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -441,11 +442,14 @@ def compensate(
 
 @dataclass
 class _Subset:
-    """The first ``count`` feeds of a re-iterable source (re-iterable, known length)."""
+    """The first ``count`` feeds of a re-iterable source (re-iterable, known length). The compensation reads
+    them once per dependency level (18 passes on the detector): the first pass keeps them in memory, up to
+    :data:`CACHE_BYTES`, so images are not decoded and resized again on every pass."""
 
     source: Any
     count: int
     reiterable: bool = True
+    _cache: list | None = field(default=None, repr=False)
 
     @property
     def length(self) -> int:
@@ -455,10 +459,23 @@ class _Subset:
         return self.count if known is None else min(self.count, int(known))
 
     def __iter__(self):
-        for i, feed in enumerate(self.source):
-            if i >= self.count:
-                return
+        if self._cache is not None:
+            yield from self._cache
+            return
+        kept: list | None = []
+        size = 0
+        for feed in itertools.islice(self.source, self.count):  # no read past the last one kept
+            if kept is not None:
+                size += sum(np.asarray(v).nbytes for v in feed.values())
+                if size <= CACHE_BYTES:
+                    kept.append(feed)
+                else:  # over the cap: stream on every pass
+                    kept = None
             yield feed
+        self._cache = kept
+
+
+CACHE_BYTES = 512 << 20  # compensation samples kept decoded between passes (the default 2^23 values: 32 MiB)
 
 
 def _first(feeds: Any, count: int) -> _Subset:
