@@ -349,3 +349,21 @@ def test_new_names_avoid_the_names_a_subgraph_already_uses():
     result = ttgraph.compress(model, rank_ratio=1.0)
     onnx.checker.check_model(result.model, full_check=True)
     assert max(e.rel_l2 for e in result.verify([feed_for(model, [1, 16, 8, 8])])) < 1e-5
+
+
+def test_a_fixed_input_shape_the_model_cannot_run_at_is_named_as_the_reason():
+    """A detector runs only at multiples of 32; here an Add with a fixed 8×8 constant: at 9×9 the sizes are
+    unknown because onnxruntime cannot run the model, not because the input is dynamic."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Add", ["x", "c"], ["a"], name="add"), helper.make_node("Conv", ["a", "w"], ["y"])]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((1, 16, 8, 8)).astype(np.float32), "c"),
+        numpy_helper.from_array(rng.standard_normal((16, 16, 1, 1)).astype(np.float32), "w"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, "h", "w"])
+    model = model_of(
+        nodes, [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, "h", "w"])], inits, opset=13
+    )
+    calib = [{"x": rng.standard_normal((1, 16, 9, 9)).astype(np.float32)} for _ in range(4)]
+    with pytest.raises(ttgraph.TTGraphError, match=r"at input shape x=1×16×9×9: onnxruntime .*add"):
+        ttgraph.compress(model, calibration=calib, macs_ratio=0.5, input_shapes={"x": [1, 16, 9, 9]})

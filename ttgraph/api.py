@@ -59,7 +59,7 @@ from ttgraph.model_io import (
 from ttgraph.planner import COST_MODELS
 from ttgraph.shapes import Shape, infer_shapes, shapes_from_inputs
 from ttgraph.tt import TTFormat, relative_error, scale_ranks, tt_format, tt_reconstruct, tt_svd
-from ttgraph.verify import Feed, OutputError, compare_outputs
+from ttgraph.verify import Feed, OutputError, compare_outputs, random_feed, run_session, session
 
 MAX_CORES = 8
 
@@ -624,6 +624,7 @@ def _compress_to_budget(
     _skip_our_own_factors(found, provenance(original, name))
     convs = _select_layers(found, layers, name)
     if budget.ratio is not None and budget.metric != "params" and any(c.pixels is None for c in convs):
+        _why_sizes_are_unknown(original, name)
         raise TTGraphError(
             name,
             "a MACs or time budget needs the input's spatial size and the model's input dims are dynamic: give "
@@ -1045,6 +1046,22 @@ def _budget_layer_report(
         curve=points,
         sensitivity=sensitivity,
     )
+
+
+def _why_sizes_are_unknown(model: onnx.ModelProto, name: str) -> None:
+    """With every input dim fixed, unknown conv sizes mean the model cannot run at that shape (a detector
+    whose sizes must be multiples of 32): raise onnxruntime's reason, naming the shape, instead of asking
+    for the input shape that was given."""
+    if not all(all(d is not None for d in input_dims(i)) for i in graph_inputs(model)):
+        return
+    shape = ", ".join(f"{i.name}={'×'.join(map(str, input_dims(i)))}" for i in graph_inputs(model))
+    try:
+        sess = session(model, name=name)
+        names = [o.name for o in sess.get_outputs()]
+        run_session(sess, names, {k: np.zeros_like(v) for k, v in random_feed(model).items()}, name)
+    except TTGraphError as err:
+        raise TTGraphError(name, f"at input shape {shape}: {err.what}") from err
+    raise TTGraphError(name, f"the 1×1 convs' sizes are unknown at input shape {shape}: a MACs budget cannot count")
 
 
 def _skip_our_own_factors(found: FoundConvs, meta: dict[str, Any] | None) -> None:

@@ -955,14 +955,14 @@ def stream_activations(
     graph inputs come from the feed, or from their initializer when it is a default the feed leaves alone.
     One feed's activations are alive at a time.
     """
-    from ttgraph.verify import session
+    from ttgraph.verify import run_session, session
 
     exposed, fetch = expose_tensors(model, tensors)
     sess = session(exposed, threads)
     wanted = [name for name, _ in tensors]
     defaults = input_defaults(model, wanted)
     for feed in feeds:
-        values = dict(zip(fetch, sess.run(fetch, dict(feed)), strict=True)) if fetch else {}
+        values = dict(zip(fetch, run_session(sess, fetch, feed, "calibration"), strict=True)) if fetch else {}
         out = {}
         for name in wanted:
             if name in values:

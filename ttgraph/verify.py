@@ -94,7 +94,8 @@ def random_feed(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
     return feed
 
 
-def _run(sess, names: list[str], feed: Feed, source: str) -> list[np.ndarray]:
+def run_session(sess, names: list[str], feed: Feed, source: str) -> list[np.ndarray]:
+    """``sess.run`` with onnxruntime's failure as a one-line error naming ``source`` (its message names the node)."""
     try:
         return sess.run(names, dict(feed))
     except Exception as err:  # onnxruntime's own error types; the message names the node
@@ -124,7 +125,7 @@ def compare_outputs(
         if not isinstance(feed, Mapping):
             raise TTGraphError(where, f"expected a feed dict {{input name: array}}, got {type(feed).__name__}")
         check_feed(inputs, feed, where)
-        refs, gots = _run(a, names, feed, source), _run(b, names, feed, f"{source} (rewritten)")
+        refs, gots = run_session(a, names, feed, source), run_session(b, names, feed, f"{source} (rewritten)")
         for name, ref, got in zip(names, refs, gots, strict=True):
             ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
             diff = np.abs(np.where(np.isnan(ref) & np.isnan(got), 0.0, ref - got))
