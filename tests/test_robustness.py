@@ -367,3 +367,16 @@ def test_a_fixed_input_shape_the_model_cannot_run_at_is_named_as_the_reason():
     calib = [{"x": rng.standard_normal((1, 16, 9, 9)).astype(np.float32)} for _ in range(4)]
     with pytest.raises(ttgraph.TTGraphError, match=r"at input shape x=1×16×9×9: onnxruntime .*add"):
         ttgraph.compress(model, calibration=calib, macs_ratio=0.5, input_shapes={"x": [1, 16, 9, 9]})
+
+
+def test_a_layer_calibrated_on_fewer_rows_than_channels_says_so():
+    """On 1×1 inputs (a squeeze-excitation conv) six samples are six rows: any rank fits them."""
+    model = conv_model(16, 16, hw=(1, 1))
+    calib = [feed_for(model, [1, 16, 1, 1], seed=s) for s in range(8)]
+    (layer,) = ttgraph.compress(model, calibration=calib, params_ratio=0.5, holdout=2).report.layers
+    assert layer.note == (
+        "calibrated on 6 input rows, fewer than its 16 channels: its calibration error understates the real one "
+        "(give more samples)"
+    )
+    big = ttgraph.compress(model, calibration=calib * 3, params_ratio=0.5, holdout=2)
+    assert big.report.layers[0].note is None
