@@ -232,6 +232,10 @@ def test_preprocess_spec_parses_presets_and_overrides_and_rejects_nonsense():
     for bad in ("nosuch", "size=abc", "scale=x", "color=red", "mean=1:2", "std=0"):
         with pytest.raises(TTGraphError, match="--preprocess"):
             parse_preprocess(bad)
+    with pytest.raises(TTGraphError, match="mean has 3 values; GRAY takes 1 value"):
+        parse_preprocess("imagenet,channels=gray")
+    with pytest.raises(TTGraphError, match="size 100000x100000 is over the 268,435,456 pixels of an image"):
+        parse_preprocess("size=100000x100000")
 
 
 def test_npy_and_npz_files_feed_samples_along_axis_zero(tmp_path):

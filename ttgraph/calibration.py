@@ -50,6 +50,7 @@ from ttgraph.model_io import graph_inputs, input_defaults, input_dims
 from ttgraph.verify import check_feed
 
 Feed = Mapping[str, np.ndarray]
+MAX_PIXELS = 1 << 28  # a resize target beyond this is a typo (size=100000x100000 was killed for memory)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 
 __all__ = [
@@ -100,11 +101,16 @@ class Preprocess:
             raise TTGraphError("--preprocess", f"layout must be NCHW or NHWC, got {self.layout!r}")
         if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
             raise TTGraphError("--preprocess", f"size must be two positive ints (height, width), got {self.size}")
+        if self.size is not None and self.size[0] * self.size[1] > MAX_PIXELS:
+            raise TTGraphError(
+                "--preprocess", f"size {self.size[0]}x{self.size[1]} is over the {MAX_PIXELS:,} pixels of an image"
+            )
         nch = 1 if self.channels == "GRAY" else 3
         for key in ("mean", "std"):
             values = getattr(self, key)
             if len(values) not in (1, nch):
-                raise TTGraphError("--preprocess", f"{key} needs 1 or {nch} values for {self.channels}, got {values}")
+                takes = "1 value" if nch == 1 else "1 or 3 values"
+                raise TTGraphError("--preprocess", f"{key} has {len(values)} values; {self.channels} takes {takes}")
         if any(s == 0 for s in self.std):
             raise TTGraphError("--preprocess", f"std must be non-zero, got {self.std}")
 
@@ -388,8 +394,11 @@ def image_source(
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with Image.open(paths[i]) as img:
-                return {name: spec.apply(img, dtype)}
+            with warnings.catch_warnings():
+                # Pillow's notes (a large image, damaged EXIF) are not the user's to act on: the image reads
+                warnings.filterwarnings("ignore", module="PIL")
+                with Image.open(paths[i]) as img:
+                    return {name: spec.apply(img, dtype)}
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
             raise TTGraphError(paths[i], f"cannot read as an image: {err}") from err
 
