@@ -823,10 +823,10 @@ def _compress_to_budget(
         check_feeds = held
         report.verification = {
             "inputs": f"{held.length} held-out calibration samples (not used to fit)",
-            **heldout_fidelity(original, rewritten, held, source=name),
+            **heldout_fidelity(original, rewritten, held, source=name, progress=progress),
         }
         if held.images is not None:
-            report.verification["original_under_input_noise"] = _input_noise_yardstick(original, held, name)
+            report.verification["original_under_input_noise"] = _input_noise_yardstick(original, held, name, progress)
     before_distillation = report.verification
     if epochs and distillation is None:
         report.distillation = {"applied": False, "reason": "no layer was compressed"}
@@ -852,13 +852,14 @@ def _compress_to_budget(
     return result
 
 
-def _input_noise_yardstick(original: onnx.ModelProto, held: Any, name: str) -> dict[str, Any]:
+def _input_noise_yardstick(original: onnx.ModelProto, held: Any, name: str, progress: bool = False) -> dict[str, Any]:
     """The original against itself when its held-out images change by ±1 grey level: a scale to read the rewritten
     model's fidelity on (a binarized map's IoU, say, moves with every boundary pixel even then)."""
     from ttgraph.fidelity import heldout_fidelity
 
     _, spec = held.images
-    moved = heldout_fidelity(original, original, held, source=name, perturb=spec.grey_level_noise(levels=1, seed=0))
+    noise = spec.grey_level_noise(levels=1, seed=0)
+    moved = heldout_fidelity(original, original, held, source=name, perturb=noise, progress=progress, desc="±1 grey")
     return {"noise": "±1 grey level, uniform integer noise on each held-out image (fixed seed)", **moved}
 
 
