@@ -601,6 +601,8 @@ def _compress_to_budget(
         raise TTGraphError("options", f"sensitivity needs calibration data and a sample count ≥ 1, got {sensitivity}")
     name = source_name(model)
     original = load_model(model, input_shapes)
+    if input_shapes:
+        _check_runs_at_its_input_shape(original, name)
     source = None
     declared = None  # the model as given, when its dynamic dims are fixed from the data only to count MACs
     if calibration is not None:
@@ -1062,19 +1064,28 @@ def _budget_layer_report(
     )
 
 
-def _why_sizes_are_unknown(model: onnx.ModelProto, name: str) -> None:
-    """With every input dim fixed, unknown conv sizes mean the model cannot run at that shape (a detector
-    whose sizes must be multiples of 32): raise onnxruntime's reason, naming the shape, instead of asking
-    for the input shape that was given."""
-    if not all(all(d is not None for d in input_dims(i)) for i in graph_inputs(model)):
-        return
-    shape = ", ".join(f"{i.name}={'×'.join(map(str, input_dims(i)))}" for i in graph_inputs(model))
+def _input_shape_text(model: onnx.ModelProto) -> str:
+    return ", ".join(f"{i.name}={'×'.join(map(str, input_dims(i)))}" for i in graph_inputs(model))
+
+
+def _check_runs_at_its_input_shape(model: onnx.ModelProto, name: str) -> None:
+    """Run a model whose input dims were fixed once on zeros: a shape it cannot run at (a detector's sizes must
+    be multiples of 32) is named with onnxruntime's reason, not reported later as a model that cannot load."""
     try:
         sess = session(model, name=name)
         names = [o.name for o in sess.get_outputs()]
         run_session(sess, names, {k: np.zeros_like(v) for k, v in random_feed(model).items()}, name)
     except TTGraphError as err:
-        raise TTGraphError(name, f"at input shape {shape}: {err.what}") from err
+        raise TTGraphError(name, f"at input shape {_input_shape_text(model)}: {err.what}") from err
+
+
+def _why_sizes_are_unknown(model: onnx.ModelProto, name: str) -> None:
+    """With every input dim fixed, unknown conv sizes mean the model cannot run at that shape: raise that reason
+    instead of asking for the input shape that was given."""
+    if not all(all(d is not None for d in input_dims(i)) for i in graph_inputs(model)):
+        return
+    _check_runs_at_its_input_shape(model, name)
+    shape = _input_shape_text(model)
     raise TTGraphError(name, f"the 1×1 convs' sizes are unknown at input shape {shape}: a MACs budget cannot count")
 
 
