@@ -148,6 +148,7 @@ def compile_model(
     """
     preset = resolve_target(target)
     out = _check_output(preset, output, model)
+    make_target(preset)  # what the user wrote (a CPU name, a feature) is checked before this machine's toolchain
     linker = _check_linker(preset, out)
     if isinstance(tune, bool) or not isinstance(tune, numbers.Integral) or not 0 <= tune <= MAX_TRIALS:
         raise TTGraphError("--tune", f"expected a number of trials from 0 to {MAX_TRIALS}, got {tune!r}")
