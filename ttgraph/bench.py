@@ -250,12 +250,18 @@ def compare(
     return report
 
 
+# The child's own high-water mark: VmHWM counts this process image only, while ru_maxrss also keeps the mark
+# of the image it was forked from (the bench process, with both models and TVM loaded) across the exec.
 _RSS_SCRIPT = """
 import resource, sys, numpy as np, onnxruntime as ort
 o = ort.SessionOptions(); o.log_severity_level = 4; o.intra_op_num_threads = 1
 s = ort.InferenceSession(sys.argv[1], o, providers=["CPUExecutionProvider"])
 d = np.load(sys.argv[2]); s.run(None, {k: d[k] for k in d.files})
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+try:
+    hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    print(int(hwm.split()[1]) / 1024.0)
+except (OSError, StopIteration):
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
 """
 
 
