@@ -381,3 +381,22 @@ def test_a_layer_calibrated_on_fewer_rows_than_channels_says_so():
     )
     big = ttgraph.compress(model, calibration=calib * 3, params_ratio=0.5, holdout=2)
     assert big.report.layers[0].note is None
+
+
+def test_inspect_gives_no_share_of_a_model_total_it_knows_only_in_part():
+    """A model whose other branch has dynamic sizes: its known MACs are not the model's total."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["a"], name="known"),
+        helper.make_node("Conv", ["z", "k"], ["b"], name="unsized", kernel_shape=[3, 3]),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((16, 16, 1, 1)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal((16, 16, 3, 3)).astype(np.float32), "k"),
+    ]
+    vi = helper.make_tensor_value_info
+    ins = [vi("x", TensorProto.FLOAT, [1, 16, 8, 8]), vi("z", TensorProto.FLOAT, [1, 16, "h", "w"])]
+    outs = [vi("a", TensorProto.FLOAT, [1, 16, 8, 8]), vi("b", TensorProto.FLOAT, [1, 16, "p", "q"])]
+    report = ttgraph.inspect(model_of(nodes, ins, outs, inits))
+    (layer,) = report.layers
+    assert report.unknown_macs_nodes == 1 and layer.macs == 16 * 16 * 64 and layer.macs_share is None

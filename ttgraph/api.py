@@ -131,7 +131,7 @@ def inspect(model: ModelSource, input_shapes: InputShapes | None = None) -> Insp
             None if c.input_shape is None else list(c.input_shape),
             c.params,
             c.macs,
-            None if c.macs is None or not known else c.macs / known,
+            None if c.macs is None or not known or unknown else c.macs / known,  # not a share of a partial total
         )
         for c in found.candidates
     ]
