@@ -400,3 +400,18 @@ def test_inspect_gives_no_share_of_a_model_total_it_knows_only_in_part():
     report = ttgraph.inspect(model_of(nodes, ins, outs, inits))
     (layer,) = report.layers
     assert report.unknown_macs_nodes == 1 and layer.macs == 16 * 16 * 64 and layer.macs_share is None
+
+
+def test_the_summary_says_when_compensation_left_held_out_outputs_worse():
+    from ttgraph.commands.compress import render
+
+    model = conv_model(16, 16, hw=(6, 6))
+    calib = [feed_for(model, [1, 16, 6, 6], seed=s) for s in range(12)]
+    report = ttgraph.compress(model, calibration=calib, params_ratio=0.5, holdout=4).report
+    ends = report.compensation["end_to_end"]
+    assert ends["before"] and ends["after"]
+    assert (
+        "compensation did not pay off" not in render(report) or ends["after"][0]["rel_l2"] > ends["before"][0]["rel_l2"]
+    )
+    ends["after"] = [{**out, "rel_l2": out["rel_l2"] * 2 + 1} for out in ends["before"]]  # as on a model it hurts
+    assert "note: compensation did not pay off here: 1 of 1 outputs are worse on the held-out samples" in render(report)
