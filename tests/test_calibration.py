@@ -173,6 +173,9 @@ def test_a_folder_means_its_visible_images_in_every_subfolder_symlinked_ones_too
     (tmp_path / "data" / "self").symlink_to(tmp_path / "data", target_is_directory=True)
     (tmp_path / "data" / "again.jpg").symlink_to(tmp_path / "data" / "a" / "im00.jpg")
     assert len(calibration_source(tmp_path / "data", image_model(), "imagenet")) == 5
+    (tmp_path / "data" / "gone.jpg").symlink_to(tmp_path / "moved.jpg")  # not quietly one image fewer
+    with pytest.raises(TTGraphError, match=r"gone\.jpg: a link to .*moved\.jpg, which does not exist"):
+        calibration_source(tmp_path / "data", image_model(), "imagenet")
 
 
 def test_a_photo_is_read_the_way_up_its_exif_says():
@@ -459,8 +462,8 @@ def test_array_files_that_cannot_be_read_are_one_line_errors(tmp_path, name, con
 
 def test_an_image_size_the_fixed_input_cannot_take_is_refused_before_reading_images(tmp_path):
     folder = write_images(tmp_path / "imgs", 2)
-    with pytest.raises(TTGraphError, match=r"size=99999x99999, but the model input 'x' is 32x48"):
-        calibration_source(folder, image_model(), "unit,size=99999x99999")  # no 40 GB resize first
+    with pytest.raises(TTGraphError, match=r"size=9999x9999, but the model input 'x' is 32x48"):
+        calibration_source(folder, image_model(), "unit,size=9999x9999")  # no 400 MB resize first
     assert list(calibration_source(folder, image_model(), "unit,size=32x48"))  # the input's own size is fine
 
 

@@ -317,12 +317,17 @@ def _image_files(path: Path) -> list[Path]:
     """The images of a folder and its subfolders, symlinked ones too, sorted; hidden files and folders (a
     ``.thumbnails`` cache, macOS ``._name.jpg`` resource forks) are not images of the data set. Each real
     folder is walked once and each real file taken once (a link to ``.`` would loop, and an image reached
-    twice could land on both sides of the held-out split)."""
+    twice could land on both sides of the held-out split). A folder that cannot be read, or an image link
+    that points nowhere, is an error like an unreadable image: the data set would shrink without a word."""
     if path.is_file():
         return [path]
     found = []
     seen_folders: set[tuple[int, int]] = set()
-    for folder, subfolders, names in os.walk(path, followlinks=True):
+
+    def unreadable(err: OSError) -> None:
+        raise TTGraphError(err.filename or path, f"cannot read this calibration folder: {err.strerror or err}")
+
+    for folder, subfolders, names in os.walk(path, onerror=unreadable, followlinks=True):
         info = os.stat(folder)
         if (info.st_dev, info.st_ino) in seen_folders:
             subfolders[:] = []
@@ -330,6 +335,9 @@ def _image_files(path: Path) -> list[Path]:
         seen_folders.add((info.st_dev, info.st_ino))
         subfolders[:] = [d for d in subfolders if not d.startswith(".") and d != "__MACOSX"]
         found += [Path(folder, n) for n in names if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    dangling = next((p for p in found if p.is_symlink() and not p.exists()), None)
+    if dangling is not None:
+        raise TTGraphError(dangling, f"a link to {os.readlink(dangling)}, which does not exist")
     files = []
     seen_files: set[Path] = set()
     for p in sorted((p for p in found if p.is_file()), key=lambda p: p.relative_to(path).as_posix()):
