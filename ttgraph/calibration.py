@@ -436,11 +436,6 @@ def _eight_bit(image: Any) -> Any:
     return image
 
 
-def _batch_size(value: onnx.ValueInfoProto) -> int:
-    dims = input_dims(value)
-    return int(dims[0]) if dims and dims[0] is not None else 1
-
-
 def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> CalibrationSource:
     """A ``.npy`` (single-input models; memory-mapped) or ``.npz`` (keyed by input name) file → feeds.
 
