@@ -993,9 +993,9 @@ def _replace_dense(conv: PointwiseConv, fit: LayerFit) -> None:
 
 
 def _few_rows_note(conv: PointwiseConv, stats: CalibrationStatistics | None) -> str | None:
-    """A layer that saw fewer input rows than it has channels fits them exactly at any rank: its calibration
-    error reads near 0 and the allocation takes compressing it as free (a squeeze-excitation conv sees one
-    row per sample)."""
+    """A compressed layer that saw fewer input rows than it has channels fits them exactly at any rank: its
+    calibration error reads near 0 and the allocation took compressing it as free (a squeeze-excitation conv
+    sees one row per sample)."""
     rows = stats.layers[conv.label].rows if stats is not None else None
     if rows is None or rows >= conv.cin:
         return None
@@ -1055,7 +1055,7 @@ def _budget_layer_report(
         else (chosen.macs if fmt is None else contraction_macs(fmt, pixels, left_to_right(fmt.num_cores))),
         pixels=pixels,
         weight_error=chosen.weight_error,
-        note=_few_rows_note(conv, stats),
+        note=_few_rows_note(conv, stats) if chosen.kind != "dense" else None,
         calibration_error=cal_errors.get(chosen.index, chosen.error) if stats is not None else None,
         heldout_error=held_error,
         kept_dense_reason=alloc.reasons.get(conv.label) if chosen.kind == "dense" else None,
