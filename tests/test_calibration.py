@@ -137,6 +137,18 @@ def test_image_folder_is_read_sorted_resized_and_normalized(tmp_path):
     assert not np.allclose(bgr, x)  # channel order matters
 
 
+def test_images_fill_a_fixed_batch_in_order(tmp_path):
+    folder = write_images(tmp_path / "imgs", 4)
+    model = conv_model(3, 4, hw=(32, 48), batch=2)
+    feeds_ = list(calibration_source(folder, model, "imagenet"))
+    assert len(feeds_) == 2 and feeds_[1]["x"].shape == (2, 3, 32, 48)
+    alone = list(calibration_source(folder, image_model(), "imagenet"))  # batch 1: one image per feed
+    np.testing.assert_array_equal(feeds_[1]["x"][1], alone[3]["x"][0])
+    (folder / "im03.png").unlink()
+    with pytest.raises(TTGraphError, match="3 images do not fill batches of 2"):
+        calibration_source(folder, model, "imagenet")
+
+
 def test_images_feed_an_integer_input_raw_pixels(tmp_path):
     """A model that takes uint8 pixels normalises them itself: scaled to 0..1 they would all cast to 0."""
     folder = write_images(tmp_path / "imgs", 2)

@@ -397,23 +397,33 @@ def image_source(
             )
     paths = [Path(f) for f in files]
     name = value.name
+    batch = dims[0] or 1  # a model with a fixed batch of b takes b consecutive images per feed
+    if len(paths) % batch:
+        raise TTGraphError(
+            "--calib",
+            f"{len(paths)} images do not fill batches of {batch} (the model input {name!r} has batch {batch})",
+        )
 
-    def fetch(i: int) -> dict[str, np.ndarray]:
+    def read(path: Path) -> np.ndarray:
         from PIL import Image, UnidentifiedImageError
 
         try:
             with warnings.catch_warnings():
                 # Pillow's notes (a large image, damaged EXIF) are not the user's to act on: the image reads
                 warnings.filterwarnings("ignore", module="PIL")
-                with Image.open(paths[i]) as img:
-                    return {name: spec.apply(img, dtype)}
+                with Image.open(path) as img:
+                    return spec.apply(img, dtype)
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
-            raise TTGraphError(paths[i], f"cannot read as an image: {err}") from err
+            raise TTGraphError(path, f"cannot read as an image: {err}") from err
+
+    def fetch(i: int) -> dict[str, np.ndarray]:
+        images = [read(p) for p in paths[i * batch : (i + 1) * batch]]
+        return {name: images[0] if batch == 1 else np.concatenate(images)}
 
     where = os.path.commonpath([os.fspath(p.parent) for p in paths]) if paths else "?"
     return CalibrationSource(
-        lambda: (fetch(i) for i in range(len(paths))),
-        len(paths),
+        lambda: (fetch(i) for i in range(len(paths) // batch)),
+        len(paths) // batch,
         True,
         f"{len(paths)} images in {where}; {spec.describe()}",
         fetch,
