@@ -244,6 +244,29 @@ def test_termination_unwinds_like_ctrl_c_and_leaves_no_staged_output(tmp_path, m
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_signal_between_the_renames_of_one_save_leaves_every_file_new(small_model, tmp_path, monkeypatch):
+    """Model, report and HTML are renamed into place with signals held: Ctrl-C after the model's rename used to
+    leave the new model beside the previous run's report."""
+    import ttgraph
+    import ttgraph.files
+
+    out, report = tmp_path / "out.onnx", tmp_path / "out.json"
+    out.write_bytes(b"old model")
+    report.write_text("old report")
+    result = ttgraph.compress(small_model, rank=2)
+    real_replace = os.replace
+
+    def replace_then_interrupt(src, dst):
+        real_replace(src, dst)
+        os.kill(os.getpid(), signal.SIGINT)  # held until every rename is done, then raised
+
+    monkeypatch.setattr(ttgraph.files.os, "replace", replace_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        result.save(out, report_path=report)
+    assert onnx.load(out).graph.node and json.loads(report.read_text())["layers"]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing staged left behind
+
+
 class _OneCommand:
     def __init__(self, func):
         self.func = func

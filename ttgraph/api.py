@@ -262,8 +262,8 @@ class CompressionResult:
 
             check_output_path(html_path, inputs)
             extras.append((html_path, render_html(self.report).encode()))
-        with staged_writes(extras):
-            return save_model(self.model, path, source=self.source)
+        with staged_writes(extras) as staging:
+            return save_model(self.model, path, source=self.source, staging=staging)
 
     def verify(self, feeds: Iterable[Feed]) -> list[OutputError]:
         """Compare the rewritten model with the original on ``feeds`` (onnxruntime)."""

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,16 +34,6 @@ def check_output_path(path: str | os.PathLike[str], inputs: tuple[str | os.PathL
     except OSError as err:
         raise TTGraphError(target, f"output directory {os.fspath(parent)!r} is not writable ({err.strerror})") from err
     return target
-
-
-@contextmanager
-def staging_dir(target: Path) -> Iterator[Path]:
-    """A temporary folder beside ``target`` (same file system, so ``os.replace`` is atomic), removed after."""
-    try:
-        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
-            yield Path(tmp)
-    except OSError as err:
-        raise TTGraphError(target, f"cannot write: {err.strerror or err}") from err
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -75,30 +68,78 @@ def _umask() -> int:
     return mask
 
 
+class Staging:
+    """Files written beside their targets, waiting for :func:`staged_writes` to rename them all into place."""
+
+    def __init__(self) -> None:
+        self.renames: list[tuple[Path, Path]] = []
+        self.folders: list[Path] = []
+
+    def write(self, target: Path, data: bytes) -> None:
+        try:
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+            self.renames.append((Path(tmp), target))
+            usual_permissions(tmp, replacing=target)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+        except OSError as err:
+            raise TTGraphError(target, f"cannot write: {err.strerror or err}") from err
+
+    def folder(self, target: Path) -> Path:
+        """A temporary folder beside ``target`` (same file system, so the renames are atomic), removed after."""
+        try:
+            folder = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        except OSError as err:
+            raise TTGraphError(target, f"cannot write: {err.strerror or err}") from err
+        self.folders.append(folder)
+        return folder
+
+
 @contextmanager
-def staged_writes(files: Sequence[tuple[str | os.PathLike[str], bytes]]) -> Iterator[None]:
-    """Write every file to a temporary beside it, run the body (e.g. the model's own atomic write), then
-    rename them all into place: a full disk, or a body that fails, leaves none of them behind."""
-    staged: list[tuple[str, Path]] = []
+def staged_writes(files: Sequence[tuple[str | os.PathLike[str], bytes]]) -> Iterator[Staging]:
+    """Write every file to a temporary beside it, run the body (which may stage more, e.g. the model with its
+    external data), then rename them all into place with Ctrl-C and SIGTERM held: a full disk, a body that
+    fails or a signal leaves all of the old files or all of the new ones, never a new model beside an old
+    report."""
+    staging = Staging()
     try:
         for path, data in files:
-            target = check_output_path(path)
-            try:
-                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-                staged.append((tmp, target))
-                usual_permissions(tmp, replacing=target)
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-            except OSError as err:
-                raise TTGraphError(target, f"cannot write: {err.strerror or err}") from err
-        yield
-        for tmp, target in staged:
-            os.replace(tmp, target)
-        staged = []
+            staging.write(check_output_path(path), data)
+        yield staging
+        with held_signals():
+            for tmp, target in staging.renames:
+                os.replace(tmp, target)
+            staging.renames = []
     finally:
-        for tmp, _ in staged:
+        for tmp, _ in staging.renames:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        for folder in staging.folders:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def held_signals() -> Iterator[None]:
+    """Defer SIGINT, SIGTERM and SIGHUP for a few renames that must happen together: a signal arriving meanwhile
+    is handled, as it would have been, once they are done. (Python runs handlers in the main thread only, so
+    elsewhere nothing is deferred.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, lambda signum, _frame: caught.append(signum)) for signum in held}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        for signum in caught:
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler in (signal.SIG_DFL, None):
+                os.kill(os.getpid(), signum)
 
 
 def distinct_outputs(paths: Sequence[str | os.PathLike[str] | None]) -> None:

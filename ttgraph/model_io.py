@@ -19,7 +19,7 @@ import onnx
 from google.protobuf.message import DecodeError, EncodeError
 
 from ttgraph.errors import TTGraphError
-from ttgraph.files import check_output_path, staging_dir, write_atomic
+from ttgraph.files import Staging, check_output_path, staged_writes
 
 ModelSource = str | os.PathLike[str] | bytes | bytearray | onnx.ModelProto
 # dims as ints, numpy ints or an integer array: what a pipeline has at hand
@@ -430,19 +430,30 @@ def source_files(source: ModelSource | None) -> tuple[Path, ...]:
     return tuple(dict.fromkeys(files))
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *, source: ModelSource | None = None) -> Path:
+def save_model(
+    model: onnx.ModelProto,
+    path: str | os.PathLike[str],
+    *,
+    source: ModelSource | None = None,
+    staging: Staging | None = None,
+) -> Path:
     """Write ``model`` to ``path`` atomically; weights go to ``<name>.data`` beside it when over 2 GB.
 
-    Refuses to overwrite ``source`` (the file the model came from). Nothing is left behind on failure.
+    Refuses to overwrite ``source`` (the file the model came from). Nothing is left behind on failure. With
+    ``staging`` (from :func:`~ttgraph.files.staged_writes`) the files are only staged, to be renamed into place
+    together with that call's other files.
     """
     inputs = source_files(source)
     target = check_output_path(path, inputs)
+    if staging is None:
+        with staged_writes([]) as own:
+            return save_model(model, target, source=source, staging=own)
     if fits_protobuf(model):
-        return write_atomic(target, model.SerializeToString())
+        staging.write(target, model.SerializeToString())
+        return target
     data_name = f"{target.name}.data"
     check_output_path(target.parent / data_name, inputs)
-    with staging_dir(target) as tmp:
-        staged = write_external(model, tmp, target.name)
-        os.replace(tmp / data_name, target.parent / data_name)
-        os.replace(staged, target)
+    tmp = staging.folder(target)
+    staged = write_external(model, tmp, target.name)
+    staging.renames += [(tmp / data_name, target.parent / data_name), (staged, target)]
     return target
