@@ -126,7 +126,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="distill every conv/matmul weight and bias, not only the compressed layers' factors (costs stay)",
     )
-    budget.add_argument("--html", help="write an HTML report (table and plots; needs matplotlib) here")
+    budget.add_argument(
+        "--html", help="with a budget: write an HTML report (table and plots of the calibrated choice) here"
+    )
     p.add_argument("--layer", action="append", default=None, help="rewrite only this conv (repeatable)")
     p.add_argument("--report", help="write the JSON report here")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison on a random input")
