@@ -256,13 +256,23 @@ def test_a_signal_between_the_renames_of_one_save_leaves_every_file_new(small_mo
     result = ttgraph.compress(small_model, rank=2)
     real_replace = os.replace
 
-    def replace_then_interrupt(src, dst):
+    def replace_then_terminate(src, dst):
         real_replace(src, dst)
-        os.kill(os.getpid(), signal.SIGINT)  # held until every rename is done, then raised
+        os.kill(os.getpid(), signal.SIGTERM)  # held until every rename is done, then handled
 
-    monkeypatch.setattr(ttgraph.files.os, "replace", replace_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        result.save(out, report_path=report)
+    class Terminated(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Terminated
+
+    monkeypatch.setattr(ttgraph.files.os, "replace", replace_then_terminate)
+    before = signal.signal(signal.SIGTERM, handler)  # as the CLI does; a background job may inherit SIGINT ignored
+    try:
+        with pytest.raises(Terminated):
+            result.save(out, report_path=report)
+    finally:
+        signal.signal(signal.SIGTERM, before)
     assert onnx.load(out).graph.node and json.loads(report.read_text())["layers"]
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing staged left behind
 
