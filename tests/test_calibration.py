@@ -377,6 +377,17 @@ def test_single_pass_sources_hold_out_their_first_feeds():
         split_holdout(calibration_source(iter(data), two_conv_model()), 1.5)
 
 
+def test_a_short_stream_still_holds_out_its_last_sample():
+    """With the default fraction 0.1, a stream of fewer than 10 samples held out none before, and the report
+    had no verification at all: like a known length (``holdout_indices(5, 0.1) == [4]``) its last one is."""
+    data = feeds(5)
+    calib, held = split_holdout(calibration_source(iter(data), two_conv_model()), 0.1)
+    assert [f["x"] is d["x"] for f, d in zip(calib, data[:4], strict=True)] == [True] * 4
+    assert held.length == 1 and next(iter(held))["x"] is data[4]["x"]
+    calib, held = split_holdout(calibration_source(iter(data[:1]), two_conv_model()), 0.1)
+    assert len(list(calib)) == 1 and held.length == 0  # one sample: it calibrates
+
+
 def test_bad_calibration_inputs_are_one_line_errors(tmp_path):
     model = two_conv_model()
     (tmp_path / "empty").mkdir()

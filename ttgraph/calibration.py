@@ -791,18 +791,29 @@ def split_holdout(source: CalibrationSource, holdout: int | float) -> tuple[Cali
 def _split_stream(source: CalibrationSource, fraction: float) -> tuple[CalibrationSource, CalibrationSource]:
     """A single pass of unknown length, ``fraction`` held out: sample ``i`` is held out when
     ``⌊(i+1)·f⌋ > ⌊i·f⌋`` (with 0.1, samples 9, 19, …), kept in memory while the rest streams to calibration.
-    The held-out source is complete once the calibration stream has been read (as compress reads them)."""
+    A stream too short for that (5 samples at 0.1) holds out its last sample, as :func:`holdout_indices` would
+    for a known length: calibration runs one sample behind to keep it back. The held-out source is complete
+    once the calibration stream has been read (as compress reads them)."""
     if not 0 <= fraction < 1:
         raise TTGraphError("holdout", f"a held-out fraction must be in [0, 1), got {fraction}")
     held_feeds: list[dict[str, np.ndarray]] = []
     heldout = CalibrationSource(lambda: iter(held_feeds), 0, True, f"held out of {source.description}")
 
     def calibrate() -> Iterator[dict[str, np.ndarray]]:
+        kept_back, count = None, 0
         for i, feed in enumerate(source):
+            count += 1
             if math.floor((i + 1) * fraction) > math.floor(i * fraction):
                 held_feeds.append(feed)
+                continue
+            if kept_back is not None:
+                yield kept_back
+            kept_back = feed
+        if kept_back is not None:
+            if not held_feeds and fraction > 0 and count >= 2:
+                held_feeds.append(kept_back)
             else:
-                yield feed
+                yield kept_back
         heldout.length = len(held_feeds)
         heldout.description = f"{len(held_feeds)} held out of {source.description}"
 
