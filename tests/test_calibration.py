@@ -443,6 +443,26 @@ def test_sixteen_bit_images_are_scaled_and_wider_ones_refused(tmp_path):
     Image.fromarray(np.full((2, 4), 0.5, np.float32)).save(folder / "b.tif")
     with pytest.raises(TTGraphError, match=r"b\.tif: a floating-point image has no 0\.\.255 scale"):
         list(calibration_source(folder, model, "unit"))
+    (folder / "b.tif").unlink()
+    # Pillow opens a signed 16-bit TIFF as 32-bit "I": the message names what the file holds
+    (folder / "c.tif").write_bytes(_signed_16_bit_tiff(4, 2, [-3, -2, -1, 0, 1, 2, 300, 3000]))
+    with pytest.raises(TTGraphError, match=r"c\.tif: a signed 16-bit integer image has no 0\.\.255 scale"):
+        list(calibration_source(folder, model, "unit"))
+
+
+def _signed_16_bit_tiff(width: int, height: int, values: list[int]) -> bytes:
+    """A one-strip, uncompressed greyscale TIFF of signed 16-bit samples (SampleFormat 2), written by hand:
+    Pillow cannot write one."""
+    import struct
+
+    data = struct.pack(f"<{len(values)}h", *values)
+    entries = [(256, width), (257, height), (258, 16), (259, 1), (262, 1), (273, None), (277, 1)]
+    entries += [(278, height), (279, len(data)), (339, 2)]
+    start = 8 + 2 + 12 * len(entries) + 4  # the pixels follow the header and the one directory
+    out = b"II*\0" + struct.pack("<IH", 8, len(entries))
+    for tag, value in entries:
+        out += struct.pack("<HHII", tag, 4, 1, start if value is None else value)  # every field a LONG
+    return out + struct.pack("<I", 0) + data
 
 
 def test_an_image_whose_header_claims_a_huge_size_is_a_one_line_error(tmp_path):

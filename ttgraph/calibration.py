@@ -431,6 +431,18 @@ def image_source(
     )
 
 
+def _stored_sample(image: Any) -> str | None:
+    """How an ``I`` image's samples are stored ("signed 16-bit", "32-bit"), read from the decoder's raw mode
+    before the pixels load: Pillow opens signed 16-bit TIFFs as 32-bit ``I`` too."""
+    for tile in getattr(image, "tile", None) or []:
+        args = tile[3]
+        raw = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(raw, str) and raw.startswith("I;"):
+            bits = "".join(ch for ch in raw[2:] if ch.isdigit()) or "32"
+            return ("signed " if "S" in raw[2:] else "") + f"{bits}-bit"
+    return None
+
+
 def _eight_bit(image: Any) -> Any:
     """16-bit greyscale scaled to 0..255 (``convert`` would clip every value above 255 to white); 32-bit
     integer and float images have no agreed 0..255 scale, so they are refused rather than guessed."""
@@ -439,9 +451,10 @@ def _eight_bit(image: Any) -> Any:
     if image.mode.startswith("I;16"):
         return Image.fromarray((np.asarray(image, np.float64) / 257.0).round().astype(np.uint8))
     if image.mode in ("I", "F"):
-        kind = "32-bit integer" if image.mode == "I" else "floating-point"
+        kind = "floating-point" if image.mode == "F" else f"{_stored_sample(image) or '32-bit'} integer"
         raise TTGraphError(
-            getattr(image, "filename", "") or "image", f"a {kind} image has no 0..255 scale: save it as 8 or 16 bit"
+            getattr(image, "filename", "") or "image",
+            f"a {kind} image has no 0..255 scale: save it as 8-bit or unsigned 16-bit",
         )
     return image
 
