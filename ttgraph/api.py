@@ -231,7 +231,8 @@ class Decomposition:
     heldout_statistics: CalibrationStatistics | None
     layers: list[LayerCandidates]
     allocation: Allocation
-    compensation: Compensation | None = None  # the refitted factors (rewrite_allocation(..., fits=...))
+    # the refitted factors (rewrite_allocation(..., fits=...)), also when not kept: report.compensation['kept']
+    compensation: Compensation | None = None
 
 
 @dataclass
@@ -376,7 +377,8 @@ def compress(
     outputs given the compressed network's inputs on the first ``compensate_samples`` calibration samples (None: as
     many as hold :data:`COMPENSATE_ELEMENTS` input values, at least 8 — 8 images at 640×640, 304 lines at 48×192),
     see :mod:`ttgraph.compensate`; the report's ``compensation`` gives per-layer and end-to-end held-out errors
-    before and after.
+    before and after, and ``kept``: false when it left more outputs worse than better on the held-out samples,
+    and the model was written without it.
 
     ``latency_ratio`` is a budget on the 1×1 layers' time measured in onnxruntime at ``latency_threads``
     (:func:`ttgraph.latency.attach_latencies`: each layer's dense and low-rank forms timed A/B, cached on disk)
@@ -686,7 +688,12 @@ def _compress_to_budget(
         probe_feeds = list(itertools.islice(calib, sensitivity))
         weights = measured_sensitivities(original, layer_cands, probe_feeds, metric=metric, progress=progress)
     alloc = allocate(layer_cands, budget, metric=metric, weights=weights)
-    comp, comp_skipped = None, None
+    check_feeds: Any = None  # what compensation is judged and the result verified on: never calibration samples
+    if verify_feeds is not None:
+        check_feeds = verify_feeds if isinstance(verify_feeds, Sequence) else list(verify_feeds)
+    elif held is not None and held.length:
+        check_feeds = held
+    comp, comp_skipped, judged = None, None, None
     if compensate and alloc.compressed():
         if stats is None or method != "data":
             comp_skipped = "compensation needs calibration data and data-aware candidates (method='data')"
@@ -702,7 +709,9 @@ def _compress_to_budget(
                 samples=compensate_samples or _auto_samples(calib),
                 progress=progress,
             )
-    fits = comp.fits if comp is not None else {}
+            if check_feeds is not None:
+                judged = _judge_compensation(original, layer_cands, alloc, comp, check_feeds, name, progress)
+    fits = comp.fits if comp is not None and (judged is None or judged.kept) else {}
     rewrites = []
     reports = []
     for lc in layer_cands:
@@ -726,9 +735,7 @@ def _compress_to_budget(
     rewritten = _export(graph, original)
     _record_provenance(rewritten, [r for r in reports if r.format != "dense"])
     check_model(rewritten, f"{name} (rewritten)")
-    # what the compensation report's "after" reads: before distillation, and unlowered (lowering may fold away a
-    # conv's input tensor)
-    compensated = rewritten
+    undistilled = rewritten  # what distillation's "before" reads: unlowered, as the student started
     distillation = None
     if epochs and alloc.compressed():
         from ttgraph.distill import distill as run_distillation
@@ -814,31 +821,26 @@ def _compress_to_budget(
         model if not isinstance(model, onnx.ModelProto) else original if declared is None else declared,
         Decomposition(stats, held_stats, layer_cands, alloc, comp) if stats is not None else None,  # type: ignore[arg-type]
     )
-    check_feeds: Any = None
     if verify_feeds is not None:
-        check_feeds = verify_feeds if isinstance(verify_feeds, Sequence) else list(verify_feeds)
         report.verification = {
             "inputs": "verify_feeds",
             **heldout_fidelity(original, rewritten, check_feeds, source=name),
         }
-    elif held is not None and held.length:
-        check_feeds = held
+    elif check_feeds is not None:
         report.verification = {
             "inputs": f"{held.length} held-out calibration samples (not used to fit)",
             **heldout_fidelity(original, rewritten, held, source=name, progress=progress),
         }
         if held.images is not None:
             report.verification["original_under_input_noise"] = _input_noise_yardstick(original, held, name, progress)
-    before_distillation = report.verification
     if epochs and distillation is None:
         report.distillation = {"applied": False, "reason": "no layer was compressed"}
     if distillation is not None:
         before_distillation = None
-        if check_feeds is not None:
-            before_distillation = {
-                "inputs": (report.verification or {}).get("inputs"),
-                **heldout_fidelity(original, compensated, check_feeds, source=name),
-            }
+        if judged is not None:  # already measured: the distillation started from the model judged better
+            before_distillation = {"outputs": judged.after if judged.kept else judged.before}
+        elif check_feeds is not None:
+            before_distillation = heldout_fidelity(original, undistilled, check_feeds, source=name)
         report.distillation = {
             **distillation.to_dict(),
             "end_to_end": {
@@ -848,10 +850,51 @@ def _compress_to_budget(
             },
         }
     if comp is not None or comp_skipped is not None:
-        report.compensation = _compensation_report(
-            comp, comp_skipped, original, compensated, layer_cands, alloc, check_feeds, before_distillation, name
-        )
+        inputs = (report.verification or {}).get("inputs")
+        report.compensation = _compensation_report(comp, comp_skipped, layer_cands, judged, inputs)
     return result
+
+
+@dataclass
+class _JudgedCompensation:
+    """End-to-end and per-layer held-out errors of the compressed model without and with compensation."""
+
+    before: list[dict[str, Any]]  # heldout_fidelity(...)["outputs"]
+    after: list[dict[str, Any]]
+    layers_before: dict[str, float]  # per compressed layer: its output error in the compressed network
+    layers_after: dict[str, float]
+    worse: int  # outputs compensation made worse
+    better: int
+
+    @property
+    def kept(self) -> bool:
+        return self.worse <= self.better
+
+
+def _judge_compensation(
+    original: onnx.ModelProto,
+    layers: Sequence[LayerCandidates],
+    alloc: Allocation,
+    comp: Compensation,
+    feeds: Any,
+    name: str,
+    progress: bool,
+) -> _JudgedCompensation:
+    """Compensation is kept only where it does not leave more outputs worse than better on the held-out samples.
+    It fits each layer to a few calibration samples and wins on the models measured, but on some third-party
+    models (a layout detector at --params-ratio 0.6: 5 of its 8 outputs worse) it does not, and a user
+    should not get the worse model by default."""
+    from ttgraph.fidelity import heldout_fidelity, worse_and_better
+
+    compressed = [lc for lc in layers if lc.label in comp.fits]
+    fresh = {c.label: c for c in _analyse(original)[1].candidates}  # the candidates' nodes may be rewritten since
+    convs = [fresh[lc.label] for lc in compressed]
+    ends, errors = [], []
+    for fits, desc in (({}, "judge: without compensation"), (comp.fits, "judge: with compensation")):
+        model = rewrite_allocation(original, layers, alloc, fits, name)
+        ends.append(heldout_fidelity(original, model, feeds, source=name, progress=progress, desc=desc)["outputs"])
+        errors.append(layer_errors(compressed, alloc.choices, fits, pair_statistics(original, model, convs, feeds)))
+    return _JudgedCompensation(*ends, *errors, *worse_and_better(*ends))
 
 
 def _input_noise_yardstick(original: onnx.ModelProto, held: Any, name: str, progress: bool = False) -> dict[str, Any]:
@@ -887,42 +930,28 @@ def _auto_samples(source: Any) -> int:
 def _compensation_report(
     comp: Compensation | None,
     skipped: str | None,
-    original: onnx.ModelProto,
-    rewritten: onnx.ModelProto,
     layers: Sequence[LayerCandidates],
-    alloc: Allocation,
-    feeds: Any,
-    verification: dict[str, Any] | None,
-    name: str,
+    judged: _JudgedCompensation | None,
+    inputs: str | None,
 ) -> dict[str, Any]:
     """The report's ``compensation`` section: per compressed layer, its output error in the compressed network
-    (vs the original layer in the original network) before and after, on calibration and held-out data, and the
-    end-to-end held-out fidelity before (uncompensated model) and after (the result's ``verification``)."""
-    from ttgraph.fidelity import heldout_fidelity
-
+    (vs the original layer in the original network) before and after, on calibration and held-out data, the
+    end-to-end held-out fidelity without and with it, and whether it was kept (:func:`_judge_compensation`)."""
     if comp is None:
         return {"applied": False, "reason": skipped}
-    compressed = [lc for lc in layers if lc.label in comp.fits]
-    held_before: dict[str, float] = {}
-    held_after: dict[str, float] = {}
-    end_to_end = None
-    if feeds is not None:
-        uncompensated = rewrite_allocation(original, layers, alloc)
-        fresh = {c.label: c for c in _analyse(original)[1].candidates}  # the layers' nodes were rewritten since
-        convs = [fresh[lc.label] for lc in compressed]
-        held_before = layer_errors(
-            compressed, alloc.choices, {}, pair_statistics(original, uncompensated, convs, feeds)
+    held_before = judged.layers_before if judged is not None else {}
+    held_after = judged.layers_after if judged is not None else {}
+    end_to_end = None if judged is None else {"inputs": inputs, "before": judged.before, "after": judged.after}
+    reason = None
+    if judged is not None and not judged.kept:
+        reason = (
+            f"{judged.worse} of {len(judged.after)} outputs worse on the held-out samples than without it, so the "
+            "model is written without it (judged on the samples the verification reports)"
         )
-        held_after = layer_errors(
-            compressed, alloc.choices, comp.fits, pair_statistics(original, rewritten, convs, feeds)
-        )
-        end_to_end = {
-            "inputs": (verification or {}).get("inputs"),
-            "before": heldout_fidelity(original, uncompensated, feeds, source=name)["outputs"],
-            "after": (verification or {}).get("outputs"),
-        }
     return {
         "applied": True,
+        "kept": judged is None or judged.kept,
+        "reason": reason,
         "method": "asymmetric reduced-rank ridge refit of low-rank factors + bias (TT d ≥ 2: bias only), "
         "layers in dependency order",
         "samples": comp.samples,
@@ -939,7 +968,8 @@ def _compensation_report(
                 "heldout_error_before": held_before.get(lc.label),
                 "heldout_error_after": held_after.get(lc.label),
             }
-            for lc in compressed
+            for lc in layers
+            if lc.label in comp.fits
         ],
         "end_to_end": end_to_end,
     }

@@ -23,7 +23,7 @@ from ttgraph.errors import TTGraphError
 from ttgraph.model_io import graph_inputs
 from ttgraph.verify import Feed, check_feed, run_session, session
 
-__all__ = ["IOU_THRESHOLD", "binary_iou", "heldout_fidelity"]
+__all__ = ["IOU_THRESHOLD", "binary_iou", "heldout_fidelity", "worse_and_better"]
 
 IOU_THRESHOLD = 0.3
 
@@ -107,3 +107,28 @@ def heldout_fidelity(
             entry["iou_threshold"] = iou_threshold
         outputs.append(entry)
     return {"samples": samples, "outputs": outputs}
+
+
+SAME = 1e-6  # relative difference below which a measure counts as unchanged (one pixel of a 640×640 map's IoU: ~1e-5)
+
+#: per-output measures a step is judged by, the first one an output has: task-shaped ones before the raw error
+_JUDGED_BY = {"binary_iou": True, "top1_agreement": True, "rel_l2": False}  # True: higher is better
+
+
+def worse_and_better(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> tuple[int, int]:
+    """How many outputs a step (compensation) made worse and how many better, each judged by its IoU, top-1
+    agreement or else relative L2 error (``heldout_fidelity(...)["outputs"]`` before and after the step).
+
+    >>> worse_and_better([{"rel_l2": 0.2}, {"binary_iou": 0.9}], [{"rel_l2": 0.3}, {"binary_iou": 0.95}])
+    (1, 1)
+    """
+    worse = better = 0
+    for old, new in zip(before, after, strict=True):
+        key = next((k for k in _JUDGED_BY if k in old and k in new), None)
+        if key is None or abs(new[key] - old[key]) <= SAME * max(abs(old[key]), abs(new[key])):
+            continue  # rounding, not a change (an unchanged model may differ in the last bits)
+        if (new[key] > old[key]) == _JUDGED_BY[key]:
+            better += 1
+        else:
+            worse += 1
+    return worse, better

@@ -267,6 +267,8 @@ def render_html(report: Any) -> str:
             f"<h2>Error compensation</h2><p>{e(str(comp.get('method')))}; {comp.get('samples')} calibration samples, "
             f"{comp.get('passes')} passes, {comp.get('seconds')} s. Error: {e(str(comp.get('error')))}.</p>"
         )
+        if comp.get("kept") is False:
+            parts.append(f"<p><b>Not kept</b>: {e(str(comp.get('reason')))}.</p>")
         parts += _before_after(comp.get("end_to_end"))
         parts.append(
             "<table><tr><th class='l'>layer</th><th>calib err before</th><th>calib err after</th>"

@@ -84,7 +84,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="refit the compressed layers, in dependency order, to the original layers' outputs given the "
-        "compressed network's inputs (default on; --no-compensate: per-layer fits only)",
+        "compressed network's inputs; kept only if no worse on the held-out samples (default on; "
+        "--no-compensate: per-layer fits only)",
     )
     budget.add_argument(
         "--compensate-samples",
@@ -168,25 +169,6 @@ def _end_to_end(ends: dict | None) -> str:
                 text += f"; {before['name']} {label} {before[key]:.4f} → {after[key]:.4f} held out"
                 break
     return text
-
-
-def _worse_after(ends: dict | None) -> str | None:
-    """A note when a step (compensation) left more outputs worse than better on the held-out samples: it is
-    on by default because it wins on the models measured, and a user should hear when it does not."""
-    pairs = list(zip((ends or {}).get("before") or [], (ends or {}).get("after") or [], strict=False))
-    higher_is_better = {"binary_iou": True, "top1_agreement": True, "rel_l2": False}
-    worse = better = 0
-    for before, after in pairs:
-        key = next((k for k in higher_is_better if k in before and k in after), None)
-        if key is None or before[key] == after[key]:
-            continue
-        if (after[key] > before[key]) == higher_is_better[key]:
-            better += 1
-        else:
-            worse += 1
-    if worse <= better:
-        return None
-    return f"{worse} of {len(pairs)} outputs are worse on the held-out samples than without it (--no-compensate)"
 
 
 def _fidelity(out: dict) -> str:
@@ -393,9 +375,8 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
     elif comp:
         line = f"compensated {len(comp['layers'])} layers in {comp['passes']} passes over {comp['samples']} samples"
         lines.append(line + f" ({comp['seconds']:.1f} s)" + _end_to_end(comp.get("end_to_end")))
-        worse = _worse_after(comp.get("end_to_end"))
-        if worse:
-            lines.append(f"note: compensation did not pay off here: {worse}")
+        if comp.get("kept") is False:
+            lines.append(f"compensation not kept: {comp.get('reason')}")
     dist = report.distillation
     if dist and not dist.get("applied"):
         lines.append(f"not distilled: {dist.get('reason')}")
