@@ -153,13 +153,16 @@ def _axes(attrs, axes_input, dim):
     return None if axes is None else [a % dim for a in axes]
 
 
-def _reduce(fn):
+def _reduce(name: str):
+    """A Reduce* op as ``torch.<name>``, looked up when it runs: this table is built at import, with or without
+    PyTorch installed (without it, ``require_torch`` gives the install hint)."""
+
     def run(attrs, x, axes=None):
         dims = _axes(attrs, axes, x.dim())
         keep = bool(attrs.get("keepdims", 1))
         if dims is None:
             dims = list(range(x.dim()))
-        return fn(x, dim=dims, keepdim=keep)
+        return getattr(torch, name)(x, dim=dims, keepdim=keep)
 
     return run
 
@@ -287,8 +290,8 @@ _OPS: dict[str, Callable[..., Any]] = {
     "GlobalMaxPool": lambda a, x: x.amax(dim=tuple(range(2, x.dim())), keepdim=True),
     "MaxPool": _pool("max"),
     "AveragePool": _pool("avg"),
-    "ReduceMean": _reduce(torch.mean),
-    "ReduceSum": _reduce(torch.sum),
+    "ReduceMean": _reduce("mean"),
+    "ReduceSum": _reduce("sum"),
     "Reshape": _reshape,
     "Flatten": _flatten,
     "Transpose": lambda a, x: x.permute(*(a.get("perm") or list(reversed(range(x.dim()))))),
