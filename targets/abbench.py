@@ -18,7 +18,7 @@ import onnx
 from ttgraph.bench import Runner
 from ttgraph.errors import TTGraphError
 
-from .compile import cannot_run_here, compile_model
+from .compile import _import_tvm, cannot_run_here, compile_model
 from .presets import resolve_target
 from .run import ordered_inputs
 
@@ -51,7 +51,7 @@ def tvm_factory(
     identity) in ``workdir`` (default: a temporary folder that lives as long as the factory), after ``tune``
     MetaSchedule trials per model with records in ``tune_db/m<i>`` (one folder per model, so each model gets
     the same tuning budget and none inherits another's records)."""
-    import tvm
+    tvm = _import_tvm()  # without TVM: the install hint, as compile gives it
     from tvm import relax
 
     preset = resolve_target(target)

@@ -65,7 +65,9 @@ def run_library(
 
     ``device`` is ``"cpu"`` (a host build) or ``"cuda"`` (a ``cuda-sm*`` build on a GPU machine).
     """
-    import tvm
+    from .compile import _import_tvm
+
+    tvm = _import_tvm()
     from tvm import relax
 
     if not os.path.isfile(path):

@@ -141,6 +141,20 @@ def test_bench_of_one_model_without_a_device_is_an_error(pair, capsys):
     assert "second MODEL" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["bench", "compile"])
+def test_tvm_commands_without_tvm_give_the_install_hint(pair, tmp_path, command):
+    """In a process where ``import tvm`` fails (as without the extra): one line and exit 2, not a traceback."""
+    import subprocess
+    import sys
+
+    a, b = pair
+    blocked = "import sys; sys.modules['tvm'] = None; from ttgraph.cli import main; sys.exit(main(sys.argv[1:]))"
+    args = [str(a), str(b), "--runtime", "tvm"] if command == "bench" else [str(a), "-o", str(tmp_path / "m.so")]
+    done = subprocess.run([sys.executable, "-c", blocked, command, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "Apache TVM is not installed" in done.stderr and "pip install 'ttgraph[tvm]'" in done.stderr
+
+
 @pytest.mark.tvm
 def test_bench_in_tvm_runs_both_libraries_alternated(pair, capsys):
     a, b = pair
