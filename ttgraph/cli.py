@@ -33,8 +33,24 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+DESCRIPTION = (
+    "Rewrite the 1×1 convolutions of an ONNX model as Tensor-Train factors sized from calibration data, plan "
+    "their contraction and compile the result with Apache TVM. 'ttgraph COMMAND --help' for each command."
+)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ttgraph")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ttgraph", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="ttgraph", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"ttgraph {_version()}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:

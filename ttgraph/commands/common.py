@@ -29,3 +29,12 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         return "  ".join(out).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def help_text(docstring: str | None) -> str:
+    """A command module's docstring as ``--help`` shows it: without the reStructuredText quoting.
+
+    >>> help_text("``ttgraph plan``: the cheapest order")
+    "'ttgraph plan': the cheapest order"
+    """
+    return (docstring or "").replace("``", "'")

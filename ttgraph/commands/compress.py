@@ -12,7 +12,7 @@ from pathlib import Path
 
 from passes.lower import DEFAULT_PASSES, PASSES
 from ttgraph.api import CompressionReport, compress
-from ttgraph.commands.common import add_input_shape_option, format_table
+from ttgraph.commands.common import add_input_shape_option, format_table, help_text
 from ttgraph.costs import human
 from ttgraph.errors import TTGraphError
 from ttgraph.files import check_output_path, distinct_outputs
@@ -21,7 +21,7 @@ from ttgraph.verify import random_feed
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compress", help="rewrite 1×1 convs as TT cores", description=__doc__)
+    p = sub.add_parser("compress", help="rewrite 1×1 convs as TT cores", description=help_text(__doc__))
     p.add_argument("model", help="ONNX model file (never modified)")
     p.add_argument("-o", "--output", required=True, help="where to write the rewritten model")
     add_input_shape_option(p)

@@ -6,13 +6,13 @@ import argparse
 import json
 
 from ttgraph.api import InspectReport, inspect
-from ttgraph.commands.common import add_input_shape_option, format_table
+from ttgraph.commands.common import add_input_shape_option, format_table, help_text
 from ttgraph.costs import human
 from ttgraph.model_io import parse_input_shapes
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help="list 1×1 conv candidates and skipped convs", description=__doc__)
+    p = sub.add_parser("inspect", help="list 1×1 conv candidates and skipped convs", description=help_text(__doc__))
     p.add_argument("model", help="ONNX model file")
     add_input_shape_option(p)
     p.add_argument(

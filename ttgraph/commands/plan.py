@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ttgraph.api import MAX_CORES, provenance
-from ttgraph.commands.common import format_table
+from ttgraph.commands.common import format_table, help_text
 from ttgraph.costs import human
 from ttgraph.errors import TTGraphError
 from ttgraph.model_io import load_model
@@ -21,7 +21,7 @@ from ttgraph.planner import (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plan", help="DP-plan the contraction order of TT layers", description=__doc__)
+    p = sub.add_parser("plan", help="DP-plan the contraction order of TT layers", description=help_text(__doc__))
     p.add_argument("model", nargs="?", help="a model written by `ttgraph compress` (plans all its TT layers)")
     p.add_argument("--cin", type=int, help="input channels of one layer")
     p.add_argument("--cout", type=int, help="output channels of one layer")
