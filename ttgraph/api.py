@@ -250,8 +250,10 @@ class CompressionResult:
         report_path: str | os.PathLike[str] | None = None,
         html_path: str | os.PathLike[str] | None = None,
     ) -> Path:
-        """Write the model and optionally the JSON and HTML reports, all or none of them (a full disk
-        leaves nothing half-done), never over the input model."""
+        """Write the model to ``path`` and optionally the JSON report to ``report_path`` and the HTML report
+        (tables and plots) to ``html_path``: all or none of them (a full disk or an interrupt leaves nothing
+        half-done), never over the input model. A model over 2 GB gets its weights in ``<file name>.data`` beside it.
+        Returns the model's path."""
         inputs = source_files(self.source)
         distinct_outputs([path, report_path, html_path])
         extras: list[tuple[str | os.PathLike[str], bytes]] = []
@@ -361,7 +363,9 @@ def compress(
     (1.0 is an exact rewrite), ``tolerance`` picks the smallest ranks with relative weight error ≤ it.
     ``layers`` restricts the rewrite to the named convs. Each layer is contracted in the order the DP planner
     finds cheapest under ``plan_cost`` ("flops", "roofline" or "measured"). ``verify_feeds`` are inputs on which
-    the result is compared with the original in onnxruntime (the report's ``verification``).
+    the result is compared with the original in onnxruntime (the report's ``verification``). ``input_shapes``
+    (``{"x": (1, 3, 640, 640)}``, or ``parse_input_shapes("x=1,3,640,640")``) fixes dynamic input dims for
+    shape inference and MAC counts. ``progress`` shows progress bars (tqdm, on stderr) for the long steps.
 
     **Or a global budget from calibration data** instead of a rank rule: ``macs_ratio`` (MACs of the rewritten 1×1
     layers, as emitted, over the original 1×1 MACs), ``params_ratio``, and/or ``max_error`` (a cap on every layer's
