@@ -121,8 +121,11 @@ def test_detector_compensation_strictly_improves_held_out_iou_at_the_same_macs(d
     assert det_run["iou"] > det_run["iou_uncompensated"] + 0.01  # measured: 0.920 vs 0.889
     # the report's own held-out numbers (4 held-out calibration images) say the same, before → after
     before, after = comp["end_to_end"]["before"][0], comp["end_to_end"]["after"][0]
-    assert after["binary_iou"] > before["binary_iou"]
-    assert after == result.report.verification["outputs"][0]
+    assert after["binary_iou"] > before["binary_iou"] and comp["kept"]
+    # the written model is the compensated one (after exact lowering, which moves the last digits)
+    written = result.report.verification["outputs"][0]
+    assert after["binary_iou"] == pytest.approx(written["binary_iou"], abs=1e-4)
+    assert after["rel_l2"] == pytest.approx(written["rel_l2"], rel=1e-4)
     rows = comp["layers"]
     assert {row["name"] for row in rows} >= {layer.name for layer in result.report.layers if layer.format != "dense"}
     improved = sum(row["heldout_error_after"] < row["heldout_error_before"] for row in rows)
