@@ -32,9 +32,10 @@ from ttgraph.calibration import (
     Preprocess,
     calibration_source,
     collect_statistics,
+    remember_first,
     split_holdout,
 )
-from ttgraph.compensate import Compensation, LayerFit, layer_errors, pair_statistics
+from ttgraph.compensate import CACHE_BYTES, Compensation, LayerFit, layer_errors, pair_statistics
 from ttgraph.compensate import compensate as run_compensation
 from ttgraph.contraction import contraction_macs, left_to_right, planned_order
 from ttgraph.costs import COUNTED_OPS, model_macs
@@ -640,7 +641,7 @@ def _compress_to_budget(
         )
     opset = int(graph.opset or 13)
     stats = held_stats = None
-    held = None
+    held = comp_feeds = None
     if source is not None:
         calib, held = split_holdout(source, holdout)
         if epochs and not calib.reiterable:
@@ -661,6 +662,11 @@ def _compress_to_budget(
                 "sensitivity reads calibration samples after the statistics pass: give a folder, a file or a list "
                 "of feeds, not a one-pass iterable",
             )
+        if compensate and method == "data" and not calib.reiterable:
+            # compensation reads a few samples once per dependency level: a one-pass source (a generator, a data
+            # reader) keeps them from the statistics pass, up to CACHE_BYTES
+            wanted = compensate_samples
+            calib, comp_feeds = remember_first(calib, lambda feed: wanted or _samples_for(feed), CACHE_BYTES)
         stats = collect_statistics(original, convs, calib, progress=progress, desc="calibrate")
         if held.length:
             held_stats = collect_statistics(original, convs, held, progress=progress, desc="held-out")
@@ -701,16 +707,17 @@ def _compress_to_budget(
     if compensate and alloc.compressed():
         if stats is None or method != "data":
             comp_skipped = "compensation needs calibration data and data-aware candidates (method='data')"
-        elif not calib.reiterable:  # type: ignore[union-attr]
-            comp_skipped = "the calibration source can be read only once; compensation reads it once per level"
+        elif not calib.reiterable and not (comp_feeds and comp_feeds.length):  # type: ignore[union-attr]
+            comp_skipped = "the calibration source can be read only once and kept no samples for compensation"
         else:
+            one_pass = not calib.reiterable  # type: ignore[union-attr]
             comp = run_compensation(
                 original,
                 layer_cands,
                 alloc.choices,
-                calib,
+                comp_feeds if one_pass else calib,
                 build=lambda fits: rewrite_allocation(original, layer_cands, alloc, fits, name),
-                samples=compensate_samples or _auto_samples(calib),
+                samples=comp_feeds.length if one_pass else compensate_samples or _auto_samples(calib),  # type: ignore[union-attr]
                 progress=progress,
             )
             if check_feeds is not None:
@@ -926,7 +933,11 @@ def _auto_samples(source: Any) -> int:
     """How many calibration samples the compensation reads by default: enough to hold
     :data:`COMPENSATE_ELEMENTS` input values (the first feed's size), at least 8."""
     fetch = getattr(source, "fetch", None)
-    first = fetch(0) if fetch is not None else next(iter(source), None)
+    return _samples_for(fetch(0) if fetch is not None else next(iter(source), None))
+
+
+def _samples_for(first: Feed | None) -> int:
+    """Enough samples like ``first`` to hold :data:`COMPENSATE_ELEMENTS` input values, at least 8."""
     size = sum(int(np.size(v)) for v in first.values()) if first else 1
     return max(8, -(-COMPENSATE_ELEMENTS // max(size, 1)))
 

@@ -64,6 +64,7 @@ __all__ = [
     "collect_statistics",
     "expose_tensors",
     "holdout_indices",
+    "remember_first",
     "parse_preprocess",
     "split_holdout",
     "stream_activations",
@@ -833,6 +834,33 @@ def _split_stream(source: CalibrationSource, fraction: float) -> tuple[Calibrati
     return CalibrationSource(calibrate, None, False, source.description), heldout
 
 
+def remember_first(
+    source: CalibrationSource, count: Callable[[dict[str, np.ndarray]], int], max_bytes: int
+) -> tuple[CalibrationSource, CalibrationSource]:
+    """A one-pass source that keeps its first samples in memory as they stream past, and those samples as a
+    re-iterable source (complete once the stream has been read): what lets a step that reads a few samples
+    several times (compensation) run on a generator. ``count(first feed)`` says how many; no more than
+    ``max_bytes`` are kept."""
+    kept: list[dict[str, np.ndarray]] = []
+    first = CalibrationSource(lambda: iter(kept), 0, True, f"the first samples of {source.description}")
+    first.fetch = kept.__getitem__
+
+    def stream() -> Iterator[dict[str, np.ndarray]]:
+        wanted, size = None, 0
+        for feed in source:
+            if wanted is None:
+                wanted = count(feed)
+            nbytes = sum(int(np.asarray(v).nbytes) for v in feed.values())
+            if len(kept) < wanted and size + nbytes <= max_bytes:
+                kept.append(feed)
+                size += nbytes
+                first.length = len(kept)
+                first.description = f"the first {len(kept)} samples of {source.description}"
+            yield feed
+
+    return CalibrationSource(stream, source.length, False, source.description), first
+
+
 # --------------------------------------------------------------------------------------------- statistics
 
 
@@ -1073,7 +1101,8 @@ def collect_statistics(
     finally:
         bar.close()
     if samples == 0:
-        raise TTGraphError("calibration", "the calibration data gave no samples")
+        hint = "" if getattr(feeds, "reiterable", True) else " (a generator or reader already read to its end?)"
+        raise TTGraphError("calibration", "the calibration data gave no samples" + hint)
     layers = {s.label: shared[(s.tensor, s.stride)] for s in specs}
     for label, st in layers.items():  # float64 overflows near 1e154 per value: no fit can use such statistics
         if not np.isfinite(st.gram).all():
