@@ -267,3 +267,24 @@ def test_no_output_may_replace_the_calibration_data(setup, tmp_path):
             )
             assert_clean_error(proc, "output path is the input file")
         assert victim.read_bytes() == before
+
+
+def test_with_nothing_held_out_a_dynamic_model_is_smoke_tested_at_the_calibration_shape(tmp_path):
+    """--holdout 0 leaves no samples to verify on; the random-input check used to give up on the model's dynamic
+    dims ("not verified: the model has dynamic input dims") though the calibration samples had fixed them."""
+    model = onnx.load(stacked_model(tmp_path / "m.onnx"))
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "h"
+    model.graph.input[0].type.tensor_type.shape.dim[3].dim_param = "w"
+    del model.graph.output[0].type.tensor_type.shape.dim[:]
+    onnx.save(model, tmp_path / "dyn.onnx")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((6, 3, 16, 20)).astype(np.float32))
+    report = tmp_path / "r.json"
+    proc = ttgraph_cli(
+        "compress", tmp_path / "dyn.onnx", "-o", tmp_path / "o.onnx", "--calib", tmp_path / "x.npy",
+        "--holdout", "0", "--params-ratio", "0.5", "--report", report,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "not verified" not in proc.stdout
+    verification = json.loads(report.read_text())["verification"]
+    assert verification["inputs"].startswith("one standard-normal input at the calibration samples' shape")
+    assert verification["outputs"][0]["rel_l2"] < 1

@@ -81,12 +81,17 @@ def check_feed(
             raise TTGraphError(where, f"input {value.name!r} holds NaN or infinite values")
 
 
-def random_feed(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    """One standard-normal input per graph input; all input dims must be static."""
+def random_feed(
+    model: onnx.ModelProto, seed: int = 0, shapes: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, np.ndarray]:
+    """One standard-normal input per graph input; an input's dims must be static or given in ``shapes`` (the
+    shape the calibration samples had, say)."""
     rng = np.random.default_rng(seed)
     feed = {}
     for value in graph_inputs(model):
         dims = input_dims(value)
+        if any(d is None for d in dims) and shapes and value.name in shapes:
+            dims = [int(d) for d in shapes[value.name]]
         if any(d is None for d in dims):
             raise TTGraphError(value.name, f"input has dynamic dims {dims}; fix them with --input-shape")
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)

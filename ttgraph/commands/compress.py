@@ -261,13 +261,15 @@ def run(args: argparse.Namespace) -> int:
             lower=lower,
         )
     if not args.no_verify and result.report.verification is None:
-        try:
-            feed = random_feed(result.model)
+        options = result.report.options
+        try:  # a model with dynamic dims is tried at the calibration samples' shape, as its MACs were counted
+            feed = random_feed(result.model, shapes=options.get("input_shapes"))
         except TTGraphError:
             feed = None
         if feed is not None:
+            at = " at the calibration samples' shape" if options.get("input_shapes_from") == "calibration" else ""
             result.report.verification = {
-                "inputs": "one standard-normal input, seed 0 (a smoke test, not an accuracy measure)",
+                "inputs": f"one standard-normal input{at}, seed 0 (a smoke test, not an accuracy measure)",
                 "outputs": [e.to_dict() for e in result.verify([feed])],
             }
     result.save(args.output, report_path=args.report, html_path=args.html)
