@@ -202,3 +202,37 @@ def test_damaged_ttgraph_metadata_is_a_one_line_error_for_plan_and_compress(tmp_
     if "ghost" not in needle:  # compress reads the metadata to leave its own factors alone
         proc = cli("compress", path, "-o", tmp_path / "again.onnx", "--rank", "2")
         assert proc.returncode == 2 and needle in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_the_summaries_say_the_input_was_compressed_by_ttgraph_before(tmp_path):
+    """A second compress of a written model leaves its factors alone and budgets the rest: the summary says so,
+    instead of ratios that read as if they were the whole model's."""
+    once, twice = tmp_path / "once.onnx", tmp_path / "twice.onnx"
+    names = [c.name for c in ttgraph.inspect(chain_model()).layers]
+    ttgraph.compress(chain_model(), cores=1, rank=4, layers=names[:1]).save(once)
+    proc = cli("compress", once, "-o", twice, "--rank", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "compressed by ttgraph before: its 2 factor convs stay as they are" in proc.stdout
+    assert "cover the 2 other 1×1 convs" in proc.stdout
+    proc = cli("inspect", once)
+    assert "2 rewritable 1×1 convs, 2 convs skipped (2 of them factors of an earlier ttgraph compress)" in proc.stdout
+    onnx.save(chain_model(), tmp_path / "c.onnx")
+    proc = cli("compress", tmp_path / "c.onnx", "-o", twice, "--rank", "2")
+    assert proc.returncode == 0 and "compressed by ttgraph before" not in proc.stdout
+
+
+def chain_model() -> onnx.ModelProto:
+    """t0 → three 16→16 1×1 convs → t3."""
+    rng = np.random.default_rng(0)
+    convs = [helper.make_node("Conv", [f"t{i}", f"w{i}"], [f"t{i + 1}"], name=f"c{i}") for i in range(3)]
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((16, 16, 1, 1)).astype(np.float32), f"w{i}") for i in range(3)
+    ]
+    graph = helper.make_graph(
+        convs,
+        "chain",
+        [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [1, 16, 8, 8])],
+        [helper.make_tensor_value_info("t3", TensorProto.FLOAT, [1, 16, 8, 8])],
+        weights,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -1141,7 +1141,15 @@ def _skip_our_own_factors(found: FoundConvs, meta: dict[str, Any] | None) -> Non
     prefixes = tuple(f"{layer['name']}/tt/" for layer in meta.get("layers", []))
     ours = [c for c in found.candidates if c.node.name.startswith(prefixes)]
     found.candidates = [c for c in found.candidates if c not in ours]
-    found.skipped.extend(SkippedConv(c.label, "Conv", "already a TT factor written by ttgraph") for c in ours)
+    found.skipped.extend(SkippedConv(c.label, "Conv", OUR_FACTOR) for c in ours)
+
+
+OUR_FACTOR = "already a TT factor written by ttgraph"  # the skip reason of a compressed model's factor convs
+
+
+def our_factors(skipped: Sequence[SkippedConv]) -> int:
+    """How many of the skipped convs are factors an earlier ttgraph run wrote: a summary says so in one line."""
+    return sum(s.reason == OUR_FACTOR for s in skipped)
 
 
 def _layer_report(

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from passes.lower import DEFAULT_PASSES, PASSES
-from ttgraph.api import CompressionReport, compress
+from ttgraph.api import CompressionReport, compress, our_factors
 from ttgraph.commands.common import add_input_shape_option, format_table, help_text
 from ttgraph.costs import human
 from ttgraph.errors import TTGraphError
@@ -322,6 +322,12 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
     if "macs_ratio" in t:
         line += f", MACs {human(t['macs_before'])}→{human(t['macs_after'])} ({t['macs_ratio']:.3f}×)"
     lines.append(line)
+    factors = our_factors(report.skipped)
+    if factors:
+        lines.append(
+            f"the input was compressed by ttgraph before: its {factors} factor convs stay as they are, and the "
+            f"figures above (and the budget) cover the {len(report.layers)} other 1×1 convs"
+        )
     costlier = [k for k in ("macs_ratio", "params_ratio") if (t.get(k) or 0) > 1]
     if report.allocation is None and costlier:
         worse = " and ".join(f"{k.split('_')[0]} {t[k]:.2f}×" for k in costlier).replace("macs", "MACs")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ttgraph.api import InspectReport, inspect
+from ttgraph.api import InspectReport, inspect, our_factors
 from ttgraph.commands.common import add_input_shape_option, format_table, help_text
 from ttgraph.costs import human
 from ttgraph.model_io import parse_input_shapes
@@ -48,7 +48,12 @@ def render(report: InspectReport) -> str:
         for c in report.layers
     ]
     lines = [
-        f"{report.model}: {len(report.layers)} rewritable 1×1 convs, {len(report.skipped)} convs skipped",
+        f"{report.model}: {len(report.layers)} rewritable 1×1 convs, {len(report.skipped)} convs skipped"
+        + (
+            f" ({our_factors(report.skipped)} of them factors of an earlier ttgraph compress)"
+            if our_factors(report.skipped)
+            else ""
+        ),
         "",
     ]
     lines.append(format_table(["layer", "Cin", "Cout", "stride", "spatial", "params", "MACs", "of model"], rows))
