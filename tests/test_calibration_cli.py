@@ -286,5 +286,5 @@ def test_with_nothing_held_out_a_dynamic_model_is_smoke_tested_at_the_calibratio
     assert proc.returncode == 0, proc.stderr
     assert "not verified" not in proc.stdout
     verification = json.loads(report.read_text())["verification"]
-    assert verification["inputs"].startswith("one standard-normal input at the calibration samples' shape")
+    assert verification["inputs"].startswith("one random input at the calibration samples' shape")
     assert verification["outputs"][0]["rel_l2"] < 1

@@ -438,3 +438,15 @@ def test_compensation_that_leaves_held_out_outputs_worse_is_not_kept():
     assert after < before and result.report.compensation["kept"] is True
     assert result.report.verification["outputs"][0]["rel_l2"] == pytest.approx(after, rel=1e-5)
     assert "compensation not kept" not in render(result.report)
+
+
+def test_the_random_smoke_input_of_a_uint8_model_spans_the_pixel_range():
+    """A standard normal cast to uint8 is nearly all 0, 1, 2 and 255: a smoke test of an image model on that
+    checks little. uint8 inputs get uniform pixels; float inputs stay standard normal."""
+    from ttgraph.verify import random_feed
+
+    model = model_of([helper.make_node("Identity", ["x"], ["y"])], [vi("x", [1, 3, 16, 16], TensorProto.UINT8)], [])
+    pixels = random_feed(model)["x"]
+    assert pixels.dtype == np.uint8 and len(np.unique(pixels)) > 200 and pixels.min() < 5 and pixels.max() > 250
+    x = random_feed(model_of([], [vi("x", [1, 3, 64, 64])], []))["x"]
+    assert x.dtype == np.float32 and abs(float(x.mean())) < 0.05 and 0.95 < float(x.std()) < 1.05

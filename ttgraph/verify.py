@@ -84,8 +84,9 @@ def check_feed(
 def random_feed(
     model: onnx.ModelProto, seed: int = 0, shapes: Mapping[str, Sequence[int]] | None = None
 ) -> dict[str, np.ndarray]:
-    """One standard-normal input per graph input; an input's dims must be static or given in ``shapes`` (the
-    shape the calibration samples had, say)."""
+    """One standard-normal input per graph input (uint8 and int8: uniform over the type's range, as an image's
+    pixels; a standard normal cast to uint8 is nearly all 0, 1 and 255); an input's dims must be static or
+    given in ``shapes`` (the shape the calibration samples had, say)."""
     rng = np.random.default_rng(seed)
     feed = {}
     for value in graph_inputs(model):
@@ -95,7 +96,11 @@ def random_feed(
         if any(d is None for d in dims):
             raise TTGraphError(value.name, f"input has dynamic dims {dims}; fix them with --input-shape")
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        feed[value.name] = rng.standard_normal(dims).astype(dtype)
+        if dtype in (np.uint8, np.int8):
+            info = np.iinfo(dtype)
+            feed[value.name] = rng.integers(info.min, info.max, dims, endpoint=True).astype(dtype)
+        else:
+            feed[value.name] = rng.standard_normal(dims).astype(dtype)
     return feed
 
 

@@ -269,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
         if feed is not None:
             at = " at the calibration samples' shape" if options.get("input_shapes_from") == "calibration" else ""
             result.report.verification = {
-                "inputs": f"one standard-normal input{at}, seed 0 (a smoke test, not an accuracy measure)",
+                "inputs": f"one random input{at}, seed 0 (a smoke test, not an accuracy measure)",
                 "outputs": [e.to_dict() for e in result.verify([feed])],
             }
     result.save(args.output, report_path=args.report, html_path=args.html)
