@@ -64,8 +64,8 @@ __all__ = [
     "collect_statistics",
     "expose_tensors",
     "holdout_indices",
-    "remember_first",
     "parse_preprocess",
+    "remember_first",
     "split_holdout",
     "stream_activations",
 ]
@@ -793,7 +793,7 @@ def split_holdout(source: CalibrationSource, holdout: int | float) -> tuple[Cali
         feed = next(stream, None)
         if feed is None:
             break
-        held_feeds.append(feed)
+        held_feeds.append(_own_copy(feed))
     rest = None if source.length is None else source.length - len(held_feeds)
     calib = CalibrationSource(lambda: stream, rest, False, source.description)
     heldout = CalibrationSource(
@@ -818,20 +818,25 @@ def _split_stream(source: CalibrationSource, fraction: float) -> tuple[Calibrati
         for i, feed in enumerate(source):
             count += 1
             if math.floor((i + 1) * fraction) > math.floor(i * fraction):
-                held_feeds.append(feed)
+                held_feeds.append(_own_copy(feed))
                 continue
             if kept_back is not None:
                 yield kept_back
             kept_back = feed
         if kept_back is not None:
             if not held_feeds and fraction > 0 and count >= 2:
-                held_feeds.append(kept_back)
+                held_feeds.append(_own_copy(kept_back))
             else:
                 yield kept_back
         heldout.length = len(held_feeds)
         heldout.description = f"{len(held_feeds)} held out of {source.description}"
 
     return CalibrationSource(calibrate, None, False, source.description), heldout
+
+
+def _own_copy(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A feed kept past the next one is copied: a data reader may hand out the same arrays refilled each time."""
+    return {name: np.array(value, copy=True) for name, value in feed.items()}
 
 
 def remember_first(
@@ -852,7 +857,7 @@ def remember_first(
                 wanted = count(feed)
             nbytes = sum(int(np.asarray(v).nbytes) for v in feed.values())
             if len(kept) < wanted and size + nbytes <= max_bytes:
-                kept.append(feed)
+                kept.append(_own_copy(feed))
                 size += nbytes
                 first.length = len(kept)
                 first.description = f"the first {len(kept)} samples of {source.description}"
