@@ -233,7 +233,8 @@ def run_model(name: str, args: argparse.Namespace, out: Path) -> list[dict]:
             "input": list(example_shape(name)),
             "budget": args.budget,
             "macs_ratio_budget": ratio,
-            "compensated": not args.no_compensate,
+            # asked for, and kept (compensation that leaves held-out outputs worse is not kept)
+            "compensated": not args.no_compensate and (result.report.compensation or {}).get("kept") is not False,
             "compensation_samples": (result.report.compensation or {}).get("samples"),
             "sensitivity_samples": args.sensitivity,
             "distillation": {k: v for k, v in (result.report.distillation or {}).items() if k != "loss_curve"},
