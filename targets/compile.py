@@ -18,7 +18,6 @@ What is written, per preset kind:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -39,6 +38,7 @@ from typing import Any
 from ttgraph.errors import TTGraphError
 from ttgraph.files import check_output_path, usual_permissions
 from ttgraph.model_io import ModelSource, source_files, source_name
+from ttgraph.process_state import quiet_warnings, stdout_into
 
 from .frontend import UNUSED_INPUTS, PreparedModel, prepare_for_tvm
 from .presets import TargetPreset, resolve_target
@@ -384,7 +384,7 @@ def import_relax(prepared: PreparedModel, name: str) -> Any:
 
     printed = io.StringIO()
     try:
-        with contextlib.redirect_stdout(printed), _quiet_warnings():
+        with stdout_into(printed), quiet_warnings():
             return from_onnx(
                 prepared.model,
                 shape_dict=prepared.input_shapes,
@@ -396,15 +396,6 @@ def import_relax(prepared: PreparedModel, name: str) -> Any:
         raise TTGraphError(
             name, f"TVM's ONNX importer failed: {_first_line(err)}", node=match.group(1) if match else None
         ) from err
-
-
-@contextlib.contextmanager
-def _quiet_warnings():
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
 
 
 # ---------------------------------------------------------------------------------------------- export

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +42,7 @@ from ttgraph.model_io import (
     set_input_shapes,
     source_name,
 )
+from ttgraph.process_state import shared, stdout_into
 
 #: Opsets older than this are upgraded before import.
 MIN_OPSET = 13
@@ -155,22 +156,28 @@ def _default_opset(model: onnx.ModelProto) -> int:
     return 1
 
 
+@contextlib.contextmanager
+def _onnxslim_at_warning() -> Iterator[None]:
+    logger = logging.getLogger("onnxslim")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _slim(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     try:
         import onnxslim
     except ImportError as err:
         raise TTGraphError("onnxslim", "is not installed; pip install 'ttgraph[tvm]'") from err
     # onnxslim logs and prints progress; keep the CLI's output to our own lines (the caller's level restored after)
-    logger = logging.getLogger("onnxslim")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with shared("onnxslim-logger", _onnxslim_at_warning), stdout_into(io.StringIO()):
             slimmed = onnxslim.slim(model)
     except Exception as err:  # onnxslim surfaces onnx/onnxruntime/graphsurgeon errors of many types
         raise TTGraphError(name, f"onnxslim could not simplify the model: {_first_line(err)}") from err
-    finally:
-        logger.setLevel(level)
     if slimmed is None:
         raise TTGraphError(name, "onnxslim returned no model")
     return slimmed

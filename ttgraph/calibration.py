@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -47,6 +46,7 @@ from tqdm.auto import tqdm
 
 from ttgraph.errors import TTGraphError
 from ttgraph.model_io import graph_inputs, input_defaults, input_dims
+from ttgraph.process_state import quiet_warnings
 from ttgraph.verify import check_feed
 
 Feed = Mapping[str, np.ndarray]
@@ -129,8 +129,7 @@ class Preprocess:
             image = Image.fromarray(image)
         if image.getexif().get(0x0112, 1) != 1:  # EXIF Orientation
             image = ImageOps.exif_transpose(image)
-        with warnings.catch_warnings():  # Pillow's note on palette images with transparency: not the user's concern
-            warnings.simplefilter("ignore")
+        with quiet_warnings():  # Pillow's note on palette images with transparency: not the user's concern
             image = _eight_bit(image).convert("L" if self.channels == "GRAY" else "RGB")
         height, width = self.size
         if image.size != (width, height):
@@ -409,9 +408,7 @@ def image_source(
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with warnings.catch_warnings():
-                # Pillow's notes (a large image, damaged EXIF) are not the user's to act on: the image reads
-                warnings.filterwarnings("ignore", module="PIL")
+            with quiet_warnings():  # Pillow's notes (a large image, damaged EXIF): not the user's to act on
                 with Image.open(path) as img:
                     return spec.apply(img, dtype)
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:

@@ -98,16 +98,18 @@ class PairStatistics:
         if any(s != 1 for s in self.stride):
             index = (slice(None), slice(None), *(slice(None, None, s) for s in self.stride))
             a, b = a[index], b[index]
-        for xa, xb in zip(a, b, strict=True):
-            ta = np.ascontiguousarray(xa.reshape(self.cin, -1), dtype=np.float32)
-            tb = np.ascontiguousarray(xb.reshape(self.cin, -1), dtype=np.float32)
-            with np.errstate(over="ignore", invalid="ignore"):  # float32 products: refit says if they overflowed
+        # float32 products: refit says if they overflowed. Entered once per batch, not per sample: a signal
+        # (a caller's timeout) landing while errstate is left can leave the changed state for the process
+        with np.errstate(over="ignore", invalid="ignore"):
+            for xa, xb in zip(a, b, strict=True):
+                ta = np.ascontiguousarray(xa.reshape(self.cin, -1), dtype=np.float32)
+                tb = np.ascontiguousarray(xb.reshape(self.cin, -1), dtype=np.float32)
                 self.gram_c += ta @ ta.T
                 self.cross += ta @ tb.T
                 self.gram += tb @ tb.T
-            self.sum_c += ta.sum(axis=1, dtype=np.float64)
-            self.sum += tb.sum(axis=1, dtype=np.float64)
-            self.rows += ta.shape[1]
+                self.sum_c += ta.sum(axis=1, dtype=np.float64)
+                self.sum += tb.sum(axis=1, dtype=np.float64)
+                self.rows += ta.shape[1]
 
 
 def _prefix(model: onnx.ModelProto, tensors: Sequence[tuple[str, np.dtype]]) -> tuple[onnx.ModelProto, list[str]]:

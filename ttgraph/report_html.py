@@ -15,12 +15,12 @@ import json
 import math
 import os
 import sys
-import warnings
 from typing import Any
 
 from ttgraph.costs import human
 from ttgraph.errors import TTGraphError
 from ttgraph.files import write_atomic
+from ttgraph.process_state import quiet_warnings
 
 __all__ = ["render_html", "write_html"]
 
@@ -37,8 +37,7 @@ def _subplots(*grid: int, figsize: tuple[float, float], **kwargs: Any) -> tuple[
 
 def _png(fig: Any) -> str:
     buf = io.BytesIO()
-    with warnings.catch_warnings():  # a layer name in a script the font lacks: a box in the plot, not 20 lines
-        warnings.simplefilter("ignore")
+    with quiet_warnings():  # a layer name in a script the font lacks: a box in the plot, not 20 lines
         fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
