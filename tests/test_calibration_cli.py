@@ -288,3 +288,22 @@ def test_with_nothing_held_out_a_dynamic_model_is_smoke_tested_at_the_calibratio
     verification = json.loads(report.read_text())["verification"]
     assert verification["inputs"].startswith("one random input at the calibration samples' shape")
     assert verification["outputs"][0]["rel_l2"] < 1
+
+
+def test_the_html_draws_the_costliest_layers_curves_of_a_big_model(tmp_path):
+    """301 layers took 56 s and 2.7 MB of PNG for the error-vs-cost grid: it draws the MAX_CURVES costliest and
+    says so; every curve stays in the JSON report."""
+    import ttgraph
+    from ttgraph.report_html import MAX_CURVES
+
+    model = stacked_model(tmp_path / "m.onnx")
+    calib = np.random.default_rng(0).standard_normal((8, 3, 24, 24)).astype(np.float32)
+    report = ttgraph.compress(model, calibration=calib, params_ratio=0.5, holdout=2).report.to_dict()
+    layer = report["layers"][0]
+    report["layers"] = [
+        {**layer, "name": f"conv{i}", "params_before": layer["params_before"] + i} for i in range(MAX_CURVES + 12)
+    ]
+    text = render_html(report)
+    assert f"the {MAX_CURVES} costliest of {MAX_CURVES + 12} layers (every curve is in the JSON report)" in text
+    report["layers"] = report["layers"][:MAX_CURVES]
+    assert "costliest" not in render_html(report)

@@ -61,8 +61,22 @@ def _as_dict(report: Any) -> dict[str, Any]:
     raise TTGraphError("--html", f"expected a compression report or its dict, got {type(report).__name__}")
 
 
-def _curves_figure(layers: list[dict[str, Any]], metric: str) -> str | None:
+MAX_CURVES = 48  # per-layer error-vs-cost plots drawn; 301 layers took 56 s and 2.7 MB of PNG for this figure
+
+
+def _curve_layers(layers: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """The layers whose error-vs-cost curve is drawn: all, or the :data:`MAX_CURVES` costliest (in model order)."""
+    key = "macs" if metric == "macs" else "params"
     with_curves = [layer for layer in layers if layer.get("curve")]
+    if len(with_curves) <= MAX_CURVES:
+        return with_curves
+    costliest = sorted(with_curves, key=lambda layer: -(layer.get(f"{key}_before") or 0))[:MAX_CURVES]
+    keep = {id(layer) for layer in costliest}
+    return [layer for layer in with_curves if id(layer) in keep]
+
+
+def _curves_figure(layers: list[dict[str, Any]], metric: str) -> str | None:
+    with_curves = _curve_layers(layers, metric)
     if not with_curves:
         return None
     cols = 6
@@ -330,8 +344,10 @@ def render_html(report: Any) -> str:
             + f"<td class='l'>{e(note)}</td></tr>"
         )
     parts.append("</table>")
+    drawn, curves = len(_curve_layers(layers, metric)), sum(1 for layer in layers if layer.get("curve"))
+    some = "" if drawn == curves else f": the {drawn} costliest of {curves} layers (every curve is in the JSON report)"
     figures = [
-        ("Error vs cost per layer (red: chosen)", _curves_figure(layers, metric)),
+        (f"Error vs cost per layer (red: chosen){some}", _curves_figure(layers, metric)),
         ("Output error per layer", _errors_figure(layers)),
         ("MACs per layer", _bars_figure(layers, "macs", "MACs per 1×1 layer, before and after")),
         ("Parameters per layer", _bars_figure(layers, "params", "parameters per 1×1 layer, before and after")),
