@@ -254,6 +254,8 @@ class LayerCandidates:
     center: bool = False
     _basis: np.ndarray | None = field(default=None, repr=False)  # d = 1: left singular vectors (Cout × k)
     _tt_cores: dict[int, list[np.ndarray]] = field(default_factory=dict, repr=False)
+    # made once per candidate: compensation rebuilds the model once per dependency level, every layer each time
+    _made: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
 
     @property
     def label(self) -> str:
@@ -283,6 +285,13 @@ class LayerCandidates:
         """The float64 TT cores ``(r_{k-1}, m_k, n_k, r_k)`` of a non-dense candidate (subnormals flushed)."""
         if candidate.kind == "dense" or candidate.fmt is None:
             raise TTGraphError(self.label, "a dense candidate has no cores")
+        key = ("cores", candidate.index)
+        if key not in self._made:
+            self._made[key] = self._make_cores(candidate)
+        return [c.copy() for c in self._made[key]]
+
+    def _make_cores(self, candidate: Candidate) -> list[np.ndarray]:
+        assert candidate.fmt is not None
         dtype = np.float32 if self.conv.weight_dtype == np.float16 else self.conv.weight_dtype
         if candidate.kind == "lowrank":
             assert self._basis is not None
@@ -299,6 +308,12 @@ class LayerCandidates:
         dropped part) for centered fits, so the error has zero mean on calibration data."""
         if candidate.kind == "dense" or not self.center or self.stats is None:
             return self.conv.bias
+        key = ("bias", candidate.index)
+        if key not in self._made:
+            self._made[key] = self._make_bias(candidate)
+        return self._made[key].copy()
+
+    def _make_bias(self, candidate: Candidate) -> np.ndarray:
         base = np.zeros(self.conv.cout) if self.conv.bias is None else np.asarray(self.conv.bias, np.float64)
         shift = (np.asarray(self.conv.weight, np.float64) - self.approx(candidate)) @ self.stats.mean
         dtype = self.conv.bias.dtype if self.conv.bias is not None else self.conv.weight_dtype
