@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ttgraph.calibration import UNREADABLE_ARRAY, numpy_reason
+from ttgraph.commands.common import log_to_stderr
 from ttgraph.errors import TTGraphError
 from ttgraph.model_io import parse_input_shapes
 
@@ -114,18 +113,6 @@ def _add_shape_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _log_to_stderr() -> None:
-    """Progress lines (preparing, building, tuning) on a terminal only, like compress's progress bars: in a
-    pipeline's log the summary on stdout says what was done, and a bad input's error stays one line."""
-    logger = logging.getLogger("ttgraph.targets")
-    if not logger.handlers and sys.stderr.isatty():
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("ttgraph: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-
-
 def _default_output(model: str, target: str) -> Path:
     preset = resolve_target(target)
     label = preset.name if preset.name != "custom" else "custom"
@@ -142,7 +129,7 @@ def run_compile(args: argparse.Namespace) -> int:
         raise TTGraphError("--key", "names a device registered with a tracker: give --tracker HOST:PORT too")
     from .compile import compile_model
 
-    _log_to_stderr()
+    log_to_stderr("ttgraph.targets")
     output = Path(args.output) if args.output else _default_output(args.model, args.target)
     result = compile_model(
         args.model,
@@ -173,7 +160,7 @@ def run_bench(args: argparse.Namespace) -> int:
         )
     from .rpc import bench
 
-    _log_to_stderr()
+    log_to_stderr("ttgraph.targets")
     args.model = args.models[0]
     if args.number < 1 or args.repeat < 1:
         raise TTGraphError("--number", "--number and --repeat must be at least 1")
@@ -241,7 +228,7 @@ def _run_ab(args: argparse.Namespace) -> int:
     if runtime == "tvm":
         from .abbench import tvm_factory
 
-        _log_to_stderr()
+        log_to_stderr("ttgraph.targets")
         session = None
         if args.rpc or args.tracker:
             from .rpc import connect

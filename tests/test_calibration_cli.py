@@ -307,3 +307,36 @@ def test_the_html_draws_the_costliest_layers_curves_of_a_big_model(tmp_path):
     assert f"the {MAX_CURVES} costliest of {MAX_CURVES + 12} layers (every curve is in the JSON report)" in text
     report["layers"] = report["layers"][:MAX_CURVES]
     assert "costliest" not in render_html(report)
+
+
+def test_on_a_terminal_the_steps_without_a_bar_say_what_they_do(setup, tmp_path):
+    """On a 301-layer model, allocating and rewriting (21 s) and writing (44 s) left the terminal still: on a
+    terminal each such step prints one line on stderr; in a pipe (every other test here) nothing."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    model, folder = setup
+    leader, follower = pty.openpty()
+    cmd = [sys.executable, "-m", "ttgraph", "compress", str(model), "-o", str(tmp_path / "o.onnx"), "--calib"]
+    cmd += [str(folder), "--holdout", "3", "--macs-ratio", "0.6", "--report", str(tmp_path / "r.json")]
+    out = (tmp_path / "stdout.txt").open("w")
+    proc = subprocess.Popen(cmd, stdout=out, stderr=follower)
+    os.close(follower)
+    err = b""
+    while True:  # read as it comes: a full terminal buffer would stop the process
+        try:
+            chunk = os.read(leader, 1 << 16)
+        except OSError:  # the terminal's other side is closed: all read
+            break
+        if not chunk:
+            break
+        err += chunk
+    os.close(leader)
+    text = err.decode(errors="replace")
+    assert proc.wait(timeout=300) == 0, text
+    out.close()
+    assert "wrote" in (tmp_path / "stdout.txt").read_text()
+    for step in ("allocating the budget over 3 layers", "rewriting", "lowering", f"writing {tmp_path / 'o.onnx'}"):
+        assert f"ttgraph: {step}" in text, text

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import logging
 import math
 import numbers
 import os
@@ -63,6 +64,7 @@ from ttgraph.tt import TTFormat, relative_error, scale_ranks, tt_format, tt_reco
 from ttgraph.verify import Feed, OutputError, compare_outputs, random_feed, run_session, session
 
 MAX_CORES = 8
+log = logging.getLogger("ttgraph.compress")  # the steps without a progress bar (compress --progress shows them)
 
 
 def _compute_tensors(model: onnx.ModelProto) -> list[str]:
@@ -697,6 +699,7 @@ def _compress_to_budget(
 
         probe_feeds = list(itertools.islice(calib, sensitivity))
         weights = measured_sensitivities(original, layer_cands, probe_feeds, metric=metric, progress=progress)
+    log.info("allocating the budget over %d layers", len(layer_cands))
     alloc = allocate(layer_cands, budget, metric=metric, weights=weights)
     check_feeds: Any = None  # what compensation is judged and the result verified on: never calibration samples
     if verify_feeds is not None:
@@ -742,6 +745,7 @@ def _compress_to_budget(
                 rewrites.append(LayerRewrite(conv, lc.cores(chosen), chosen.order))
         sensitivity_weight = None if weights is None else weights.get(lc.label)
         reports.append(_budget_layer_report(lc, chosen, alloc, stats, held_stats, metric, sensitivity_weight))
+    log.info("rewriting %d layers and checking the model", len(alloc.compressed()))
     RewriteAsTT(rewrites)(graph)
     rewritten = _export(graph, original)
     _record_provenance(rewritten, [r for r in reports if r.format != "dense"])
@@ -764,6 +768,8 @@ def _compress_to_budget(
             progress=progress,
         )
         rewritten = distillation.model
+    if lower:
+        log.info("lowering the rewritten model")
     rewritten, lowering = _lower(rewritten, lower, _first_feed(held))
     _note_folded_params(rewritten, reports, lowering)
     if declared is not None:

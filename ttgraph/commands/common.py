@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 from collections.abc import Sequence
 
 
@@ -38,3 +40,16 @@ def help_text(docstring: str | None) -> str:
     "'ttgraph plan': the cheapest order"
     """
     return (docstring or "").replace("``", "'")
+
+
+def log_to_stderr(name: str) -> None:
+    """Progress lines of logger ``name`` (a step that has no bar: allocating, rewriting, writing) on a terminal
+    only, like the progress bars: in a pipeline's log the summary on stdout says what was done, and a bad input's
+    error stays one line. A library caller sees them only if it configures logging."""
+    logger = logging.getLogger(name)
+    if not logger.handlers and sys.stderr.isatty():
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("ttgraph: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False

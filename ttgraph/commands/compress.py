@@ -7,12 +7,13 @@ data: ``--calib DIR_OR_FILE [--preprocess SPEC] --macs-ratio R`` (or ``--params-
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from passes.lower import DEFAULT_PASSES, PASSES
 from ttgraph.api import CompressionReport, compress, our_factors
-from ttgraph.commands.common import add_input_shape_option, format_table, help_text
+from ttgraph.commands.common import add_input_shape_option, format_table, help_text, log_to_stderr
 from ttgraph.costs import human
 from ttgraph.errors import TTGraphError
 from ttgraph.files import check_output_path, distinct_outputs
@@ -222,6 +223,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = [name for name in lower if name not in PASSES]
     if unknown:
         raise TTGraphError("--lower", f"unknown pass {unknown[0]!r} (known: {', '.join(PASSES)})")
+    if _progress(args):
+        log_to_stderr("ttgraph.compress")
     if budgeted:
         result = compress(
             args.model,
@@ -272,6 +275,8 @@ def run(args: argparse.Namespace) -> int:
                 "inputs": f"one random input{at}, seed 0 (a smoke test, not an accuracy measure)",
                 "outputs": [e.to_dict() for e in result.verify([feed])],
             }
+    files = [str(p) for p in (args.output, args.report, args.html) if p]
+    logging.getLogger("ttgraph.compress").info("writing %s", ", ".join(files))
     result.save(args.output, report_path=args.report, html_path=args.html)
     print(render(result.report, verify_skipped=args.no_verify, table=not args.quiet))
     written = [p for p in (args.report, args.html) if p]
