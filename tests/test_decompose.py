@@ -137,3 +137,15 @@ def test_whitening_factor_squares_back_to_the_damped_gram():
     g = stats_of(correlated_rows(100, 8)).gram
     lf = whitening_factor(g, damping=0.1)
     np.testing.assert_allclose(lf @ lf.T, g + 0.1 * np.trace(g) / 8 * np.eye(8), rtol=1e-9, atol=1e-9)
+
+
+def test_tt_fits_show_their_own_progress_and_nothing_without_it(capsys):
+    """A wide layer's TT fits take minutes: with progress on they tick a bar of their own (on stderr)."""
+    w = np.random.default_rng(5).standard_normal((24, 32))
+    stats = stats_of(correlated_rows(400, 32))
+    quiet = build_candidates(FakeConv(w), stats, cores=(1, 2))
+    assert capsys.readouterr().err == ""
+    shown = build_candidates(FakeConv(w), stats, cores=(1, 2), progress=True)
+    err = capsys.readouterr().err
+    assert any(c.kind == "tt" for c in shown.candidates) and "conv: TT fits" in err
+    assert [c.error for c in shown.candidates] == [c.error for c in quiet.candidates]

@@ -686,6 +686,7 @@ def _compress_to_budget(
             opset=opset,
             plan_cost=plan_cost,
             metric="macs" if timed else (metric if budget.ratio is not None else None),
+            progress=progress,
         )
         for conv in tqdm(convs, desc="decompose", unit="layer", disable=not progress, leave=False)
     ]

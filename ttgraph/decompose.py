@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ttgraph.calibration import LayerStatistics, output_error
 from ttgraph.contraction import contraction_macs, planned_order
@@ -404,6 +405,7 @@ def build_candidates(
     plan_cost: str = "flops",
     center: bool = True,
     metric: Metric | None = None,
+    progress: bool = False,
 ) -> LayerCandidates:
     """Enumerate one layer's candidates (keep-dense first) with exact params, MACs and errors.
 
@@ -475,6 +477,8 @@ def build_candidates(
             err = float(errs[r - 1]) if errs is not None else werr
             add("lowrank", fmt, (0, 1), params, macs, err, werr, "whitened-svd" if method == "data" else "svd")
     strided = any(s != 1 for s in conv.strides)
+    # a wide layer's TT fits take minutes (2048→2048, d ≤ 3: 138 s): a bar of their own, not a still terminal
+    fits = tqdm(desc=f"{conv.label}: TT fits", unit="fit", disable=not progress or max(cores) < 2, leave=False)
     for d in sorted(set(cores) - {1}):
         if d < 2 or (strided and opset < 10):
             continue
@@ -503,6 +507,8 @@ def build_candidates(
                 err = output_error(fit_gram, w, approx, gram) if fit_gram is not None else werr
                 c = add("tt", fmt, order, params, macs, err, werr, how)
                 layer._tt_cores[c.index] = fit
+                fits.update(1)
+    fits.close()
     return layer
 
 
