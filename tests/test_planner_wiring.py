@@ -157,19 +157,7 @@ def test_compressing_a_lowrank_model_again_leaves_its_factors_alone(tmp_path):
 
 def test_compressing_other_layers_later_keeps_the_first_runs_layers_in_the_metadata():
     """A second run on other layers lists both runs' layers: a third must not factor the first's factors."""
-    rng = np.random.default_rng(0)
-    convs = [helper.make_node("Conv", [f"t{i}", f"w{i}"], [f"t{i + 1}"], name=f"c{i}") for i in range(3)]
-    weights = [
-        numpy_helper.from_array(rng.standard_normal((16, 16, 1, 1)).astype(np.float32), f"w{i}") for i in range(3)
-    ]
-    graph = helper.make_graph(
-        convs,
-        "chain",
-        [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [1, 16, 8, 8])],
-        [helper.make_tensor_value_info("t3", TensorProto.FLOAT, [1, 16, 8, 8])],
-        weights,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = chain_model()
     names = [c.name for c in ttgraph.inspect(model).layers]
     once = ttgraph.compress(model, cores=2, rank_ratio=1.0, layers=names[:1])
     twice = ttgraph.compress(once.model, cores=1, rank=2, layers=names[1:2])
