@@ -29,6 +29,7 @@ from passes.gs_io import export_model, import_graph
 from passes.rewrite_tt import LayerRewrite, RewriteAsTT
 from ttgraph.allocate import Allocation, Budget, allocate
 from ttgraph.calibration import (
+    CalibrationData,
     CalibrationStatistics,
     Preprocess,
     calibration_source,
@@ -341,7 +342,7 @@ def compress(
     plan_cost: str = "flops",
     verify_feeds: Iterable[Feed] | None = None,
     progress: bool = False,
-    calibration: Any = None,
+    calibration: CalibrationData | None = None,
     preprocess: str | Preprocess | None = None,
     holdout: Integer | Real = 0.1,
     macs_ratio: Real | None = None,

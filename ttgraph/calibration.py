@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 import onnx
@@ -55,6 +55,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".t
 
 __all__ = [
     "PRESETS",
+    "CalibrationData",
     "CalibrationDataReaderLike",
     "CalibrationSource",
     "CalibrationStatistics",
@@ -303,6 +304,15 @@ class CalibrationSource:
         if self.length is None:
             raise TypeError(f"{self.description} has no known length")
         return self.length
+
+
+#: What ``compress(calibration=...)`` accepts: a folder of images or an image, a ``.npy``/``.npz`` file, an
+#: array (samples on axis 0), one feed dict, an iterable of feed dicts (a list, a generator), an onnxruntime
+#: ``CalibrationDataReader``, or a :class:`CalibrationSource`.
+CalibrationData: TypeAlias = (
+    "str | os.PathLike[str] | np.ndarray | Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]] "
+    "| CalibrationDataReaderLike | CalibrationSource"
+)
 
 
 def _model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
