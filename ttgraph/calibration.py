@@ -862,8 +862,8 @@ def remember_first(
         for feed in source:
             if wanted is None:
                 wanted = count(feed)
-            nbytes = sum(int(np.asarray(v).nbytes) for v in feed.values())
-            if len(kept) < wanted and size + nbytes <= max_bytes:
+            nbytes = sum(int(np.asarray(v).nbytes) for v in feed.values()) if len(kept) < wanted else 0
+            if nbytes and size + nbytes <= max_bytes:
                 kept.append(_own_copy(feed))
                 size += nbytes
                 first.length = len(kept)
