@@ -722,6 +722,7 @@ def _compress_to_budget(
                 alloc.choices,
                 comp_feeds if one_pass else calib,
                 build=lambda fits: rewrite_allocation(original, layer_cands, alloc, fits, name, check=False),
+                build_part=lambda fits, part: rewrite_allocation(part, layer_cands, alloc, fits, name, False, True),
                 samples=comp_feeds.length if one_pass else compensate_samples or _auto_samples(calib),  # type: ignore[union-attr]
                 progress=progress,
             )
@@ -1005,15 +1006,28 @@ def rewrite_allocation(
     fits: Mapping[str, LayerFit] | None = None,
     name: str = "<model>",
     check: bool = True,
+    part: bool = False,
 ) -> onnx.ModelProto:
     """A rewritten copy of ``model`` (the original the candidates were built from, shapes fixed alike) with
     each layer replaced by its allocated candidate; keep-dense layers stay as they are. ``fits`` replace the
     cores and bias of the layers they name (error compensation, :mod:`ttgraph.compensate`); ``name`` is
-    what an error names; ``check=False`` skips onnx.checker (a model only run, not written)."""
+    what an error names; ``check=False`` skips onnx.checker (a model only run, not written). ``part=True``:
+    ``model`` is a piece of that original (:func:`ttgraph.frontier.segment`), not analysed again: its convs
+    are the layers' own, found by output name, and layers outside it are left out."""
     choices = allocation.choices if isinstance(allocation, Allocation) else allocation
     fits = fits or {}
-    graph, found, _ = _analyse(model)
-    by_label = {c.label: c for c in found.candidates}
+    if part:
+        graph = import_graph(model)
+        made = {n.outputs[0].name: n for n in graph.nodes if n.outputs}
+        by_label = {
+            lc.label: dataclasses.replace(lc.conv, node=made[lc.conv.node.outputs[0].name])
+            for lc in layers
+            if lc.conv.node.outputs[0].name in made
+        }
+        layers = [lc for lc in layers if lc.label in by_label]
+    else:
+        graph, found, _ = _analyse(model)
+        by_label = {c.label: c for c in found.candidates}
     rewrites = []
     for lc in layers:
         chosen = choices[lc.label]
