@@ -283,3 +283,32 @@ class _OneCommand:
 
     def parse_args(self, argv):
         return argparse.Namespace(func=self.func, debug=False)
+
+
+@pytest.mark.parametrize("shadow", ["passes.py", "targets/__init__.py", "targets/"])
+def test_a_module_named_like_our_companion_packages_in_the_working_directory_is_named_not_a_traceback(tmp_path, shadow):
+    """ttgraph installs top-level ``passes`` and ``targets`` packages; a user's ``targets.py`` (or package, or
+    bare directory) where ``python -m ttgraph`` runs is imported in their place."""
+    path = tmp_path / shadow
+    if shadow.endswith("/"):
+        path.mkdir()
+    else:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("x = 1\n")
+    name = shadow.split("/")[0].removesuffix(".py")
+    proc = subprocess.run(
+        [sys.executable, "-m", "ttgraph", "inspect", "m.onnx"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert_clean_error(proc, str(path).rstrip("/"), f"in place of ttgraph's own '{name}' package", "rename it")
+    library = subprocess.run(
+        [sys.executable, "-c", f"import ttgraph; ttgraph.{'compile' if name == 'targets' else 'compress'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert library.returncode == 1 and "TTGraphError" in library.stderr and "rename it" in library.stderr

@@ -14,6 +14,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from ttgraph import check_companions
 from ttgraph.errors import TTGraphError
 
 # The sub-commands, in the order ``ttgraph --help`` lists them.
@@ -78,8 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(ValueError):  # not the main thread: leave the caller's handlers
             signal.signal(signum, _raise_terminated)
     try:
+        check_companions()
         parser = build_parser()
         args = parser.parse_args(argv)
+    except TTGraphError as err:  # before the arguments are parsed: no --debug
+        sys.stderr.write(f"ttgraph: error: {err.one_line()}\n")
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write("ttgraph: interrupted\n")
         return 130
