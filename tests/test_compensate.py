@@ -285,14 +285,29 @@ def branchy_setup(calib):
 def test_levels_run_from_the_kept_frontier_give_the_fits_of_runs_from_the_inputs():
     """Each level after the first runs only the nodes past the previous level, from the tensors kept at the cut
     (skips and a side branch cross it); the fits are those of rerunning both models from the inputs per level,
-    also when the kept tensors outgrow the limit half way, and when each level rewrites only its own piece."""
+    also when some cuts outgrow the limit (those levels run from the inputs), and when each level rewrites only its
+    own piece."""
     calib = feeds(6, seed=4)
     model, layers, choices, build = branchy_setup(calib)
     assert sorted(dependency_levels(model, [lc.conv for lc in layers]).values()) == [0, 0, 1, 2, 3]
-    kept = compensate(model, layers, choices, calib, build=build)
-    rerun = compensate(model, layers, choices, calib, build=build, frontier_bytes=0)
-    one_sample = 3 * 12 * 8 * 8 * 4 * 2  # at most three 12×8×8 float tensors at a cut, both models
-    partly = compensate(model, layers, choices, calib, build=build, frontier_bytes=2 * one_sample)
+    reads = []
+
+    class Counted(list):  # how many passes read the samples
+        def __iter__(self):
+            reads.append(1)
+            return super().__iter__()
+
+    def passes_over_the_samples(**kwargs):
+        reads.clear()
+        comp = compensate(model, layers, choices, Counted(calib), build=build, **kwargs)
+        return comp, len(reads)
+
+    kept, read_kept = passes_over_the_samples()
+    rerun, read_rerun = passes_over_the_samples(frontier_bytes=0)
+    tensor = 12 * 8 * 8 * 4  # bytes of one 12×8×8 float tensor
+    # the cuts hold [x], [x, r1], [x, s1], []: the first is kept (6 samples, both models), the next two run from x
+    partly, read_partly = passes_over_the_samples(frontier_bytes=6 * 2 * tensor)
+    assert (read_kept, read_partly, read_rerun) == (1, 3, 4)
 
     def build_part(fits, part):  # each level rewrites only its piece of the original
         return rewrite_allocation(part, layers, choices, fits, check=False, part=True)
@@ -300,7 +315,7 @@ def test_levels_run_from_the_kept_frontier_give_the_fits_of_runs_from_the_inputs
     pieces = compensate(model, layers, choices, calib, build=build, build_part=build_part)
     assert kept.passes == rerun.passes == 4 and set(kept.fits) == set("abcde")
     for other in (rerun, partly, pieces):
-        assert other.calibration_before == pytest.approx(kept.calibration_before, rel=1e-6)
+        assert other.calibration_before == pytest.approx(kept.calibration_before, rel=1e-5)
         for label, fit in kept.fits.items():
             # float32 rounding only (onnxruntime fuses a Conv with the Add after it in one graph, not across a cut),
             # grown by each refit downstream: 3e-6 of the weights at level 2, 3e-5 at level 3

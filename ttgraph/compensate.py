@@ -211,7 +211,8 @@ FRONTIER_BYTES = 1 << 30  # frontier values of both models kept between levels; 
 class _Levels:
     """The conv inputs of both models, level after level. Each level runs only the nodes between the frontier
     of the level before (kept per sample, :mod:`ttgraph.frontier`) and its own; while the frontiers of all samples
-    would pass ``limit`` bytes, or where the graph cannot be cut, each level runs both models from the feeds.
+    would pass ``limit`` bytes (a high-resolution part of the network), a level runs both models from the feeds
+    and keeps its cut if that fits; where the graph cannot be cut, every level runs from the feeds.
     ``build(fits)`` is the whole compressed model; ``build_part(fits, part)`` rewrites a piece of the original,
     so that a level's compressed piece costs what the piece does, not a rewrite of the whole model."""
 
@@ -233,13 +234,13 @@ class _Levels:
     ) -> Iterator[tuple[Values, Values]]:
         """Per sample, ``tensors`` (at least those of level ``step``) in the compressed model with ``fits`` and in
         the original."""
-        if self.plan is None or (step > 0 and self.kept is None):
+        if self.plan is None:
             return _prefix_pairs(self.original, self.build(fits), tensors, self.feeds)
         starts: Iterable[tuple[Values, Values]]
-        if step == 0:
+        if self.kept is None:  # the first level, or the last cut was too big to keep: from the inputs
             starts = (({n: np.asarray(v) for n, v in f.items()},) * 2 for f in self.feeds)  # type: ignore[misc]
         else:
-            starts = self.kept  # type: ignore[assignment]
+            starts = self.kept
         self.kept = None
         return self._from(starts, step, fits, tensors)
 
@@ -291,8 +292,7 @@ class _Levels:
             if not runs:
                 try:
                     runs = self._runs(fits, start, wanted)
-                except _Uncut:  # run from the graph inputs, this level and the next
-                    self.plan = None
+                except _Uncut:  # this level runs from the graph inputs; the next tries its own cut
                     yield from _prefix_pairs(self.original, self.build(fits), tensors, self.feeds)
                     return
             got = []
@@ -306,7 +306,7 @@ class _Levels:
                 size += sum(a.nbytes for v in entry for a in v.values())
                 if size <= self.limit:
                     kept.append(entry)
-                else:  # too big to keep: the next levels run from the feeds
+                else:  # too big to keep: the next level runs from the feeds
                     kept = None
             pair = tuple({n: v[n] if n in v else constants[n] for n in names} for v in got)
             yield pair  # type: ignore[misc]
@@ -523,7 +523,8 @@ def compensate(
     original (``rewrite_allocation(part, ..., part=True)``), what a level runs when given. ``layers`` are in the
     model's topological order. Passes: ``sweeps`` × the number of groups (levels, or ``stages`` blocks). With the
     levels schedule and one sweep each pass after the first runs only the nodes between two levels, from the values
-    kept at the cut between them (:class:`_Levels`, up to ``frontier_bytes`` for all samples and both models).
+    kept at the cut between them (:class:`_Levels`, up to ``frontier_bytes`` for all samples and both models; 0:
+    none, every level reruns both models from the inputs).
     """
     if sweeps < 1 or stages < 1:
         raise TTGraphError("compensate", f"sweeps and stages must be ≥ 1, got {sweeps} and {stages}")
@@ -562,7 +563,7 @@ def compensate(
     before: dict[str, float] = {}
     after: dict[str, float] = {}
     plan = None
-    if schedule == "levels" and sweeps == 1 and not fed_initializers(original):
+    if frontier_bytes > 0 and schedule == "levels" and sweeps == 1 and not fed_initializers(original):
         plan = plan_cuts(original, [[by_label[label].conv.node.inputs[0].name for label in g] for g in groups])
     runner = _Levels(original, plan, feeds, frontier_bytes, build, build_part)
     try:
