@@ -96,8 +96,11 @@ def test_no_compensate_and_compensate_samples_options(setup, tmp_path):
     assert json.loads((tmp_path / "a.json").read_text())["compensation"] is None and "compensated" not in proc.stdout
     proc = ttgraph_cli(*common, "-o", tmp_path / "b.onnx", "--report", tmp_path / "b.json", "--compensate-samples", "4")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((tmp_path / "b.json").read_text())["compensation"]["samples"] == 4
-    assert "compensated" in proc.stdout and "held out" in proc.stdout
+    comp = json.loads((tmp_path / "b.json").read_text())["compensation"]
+    assert comp["samples"] == 4 and "compensated" in proc.stdout and "held out" in proc.stdout
+    # every level after the first runs from the values kept at the one before
+    assert comp["passes"] > 1 and comp["passes_from_cut"] == comp["passes"] - 1 and comp["largest_cut_mib"] > 0
+    assert f"{comp['passes'] - 1} of {comp['passes']} passes from the kept cut" in proc.stdout
     assert "for scale, the original under ±1 grey level" in proc.stdout
 
 

@@ -980,6 +980,8 @@ def _compensation_report(
         "layers in dependency order",
         "samples": comp.samples,
         "passes": comp.passes,
+        "passes_from_cut": comp.from_cut,
+        "largest_cut_mib": round(comp.cut_bytes / 2**20, 1),
         "damping": comp.damping,
         "seconds": round(comp.seconds, 3),
         "error": "‖layer output in the compressed network − original layer output in the original network‖ / "

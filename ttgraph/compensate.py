@@ -228,6 +228,8 @@ class _Levels:
         self.original, self.plan, self.feeds, self.limit = original, plan, feeds, limit
         self.build, self.build_part = build, build_part
         self.kept: list[tuple[Values, Values]] | None = None
+        self.from_cut = 0  # levels run from a kept cut
+        self.cut_bytes = 0  # the largest cut kept
 
     def pairs(
         self, step: int, fits: Mapping[str, LayerFit], tensors: list[tuple[str, np.dtype]]
@@ -241,8 +243,8 @@ class _Levels:
             starts = (({n: np.asarray(v) for n, v in f.items()},) * 2 for f in self.feeds)  # type: ignore[misc]
         else:
             starts = self.kept
-        self.kept = None
-        return self._from(starts, step, fits, tensors)
+        cut, self.kept = self.kept is not None, None
+        return self._from(starts, step, fits, tensors, cut)
 
     def _runs(self, fits: Mapping[str, LayerFit], start: tuple[Values, Values], wanted: list[str]):
         """Sessions of the compressed and the original model's pieces from the tensors in ``start`` to ``wanted``,
@@ -280,6 +282,7 @@ class _Levels:
         step: int,
         fits: Mapping[str, LayerFit],
         tensors: list[tuple[str, np.dtype]],
+        cut: bool,
     ) -> Iterator[tuple[Values, Values]]:
         names = [name for name, _ in tensors]
         frontier = self.plan.frontiers[step]  # type: ignore[union-attr]
@@ -311,6 +314,9 @@ class _Levels:
             pair = tuple({n: v[n] if n in v else constants[n] for n in names} for v in got)
             yield pair  # type: ignore[misc]
         self.kept = kept
+        self.from_cut += cut
+        if kept is not None:
+            self.cut_bytes = max(self.cut_bytes, size)
 
 
 # ------------------------------------------------------------------------------------------------ the fits
@@ -472,6 +478,8 @@ class Compensation:
     damping: float
     calibration_before: dict[str, float] = field(default_factory=dict)
     calibration_after: dict[str, float] = field(default_factory=dict)  # on the inputs of the last refit pass
+    from_cut: int = 0  # passes run from the values kept at a cut (the others ran from the inputs)
+    cut_bytes: int = 0  # the most those values held at once, all samples and both models
 
 
 def _groups(labels: list[str], stages: int) -> list[list[str]]:
@@ -597,6 +605,8 @@ def compensate(
         damping,
         before,
         after,
+        runner.from_cut,
+        runner.cut_bytes,
     )
 
 

@@ -278,7 +278,8 @@ def render_html(report: Any) -> str:
     elif comp:
         parts.append(
             f"<h2>Error compensation</h2><p>{e(str(comp.get('method')))}; {comp.get('samples')} calibration samples, "
-            f"{comp.get('passes')} passes, {comp.get('seconds')} s. Error: {e(str(comp.get('error')))}.</p>"
+            f"{comp.get('passes')} passes ({comp.get('passes_from_cut', 0)} from the values kept at the level before), "
+            f"{comp.get('seconds')} s. Error: {e(str(comp.get('error')))}.</p>"
         )
         if comp.get("kept") is False:
             parts.append(f"<p><b>Not kept</b>: {e(str(comp.get('reason')))}.</p>")

@@ -160,6 +160,17 @@ def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
+def _piecewise(comp: dict) -> str:
+    """``; 15 of 16 passes from the kept cut, at most 100.0 MiB``: how much of the compensation ran piecewise
+    (a pass from the inputs reruns the model up to its level: slow on deep models)."""
+    passes, cut = comp.get("passes") or 0, comp.get("passes_from_cut")
+    if cut is None or passes < 2:
+        return ""
+    if not cut:
+        return "; every pass ran from the inputs"
+    return f"; {cut} of {passes} passes from the kept cut, at most {comp.get('largest_cut_mib')} MiB"
+
+
 def _end_to_end(ends: dict | None) -> str:
     """``; x IoU 0.9100 → 0.9400 held out`` for each output with a fidelity metric before and after."""
     text = ""
@@ -387,7 +398,8 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
         lines.append(f"not compensated: {comp.get('reason')}")
     elif comp:
         line = f"compensated {len(comp['layers'])} layers in {comp['passes']} passes over {comp['samples']} samples"
-        lines.append(line + f" ({comp['seconds']:.1f} s)" + _end_to_end(comp.get("end_to_end")))
+        piecewise = _piecewise(comp)
+        lines.append(line + f" ({comp['seconds']:.1f} s{piecewise})" + _end_to_end(comp.get("end_to_end")))
         if comp.get("kept") is False:
             lines.append(f"compensation not kept: {comp.get('reason')}")
     dist = report.distillation
