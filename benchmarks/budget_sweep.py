@@ -186,7 +186,12 @@ def main() -> int:
     def compensated(alloc, layers):
         start = time.perf_counter()
         comp = compensate(
-            model, layers, alloc.choices, comp_feeds, build=lambda fits: rewrite_allocation(model, layers, alloc, fits)
+            model,
+            layers,
+            alloc.choices,
+            comp_feeds,
+            build=lambda fits: rewrite_allocation(model, layers, alloc, fits, check=False),
+            build_part=lambda fits, part: rewrite_allocation(part, layers, alloc, fits, check=False, part=True),
         )
         return comp.fits, time.perf_counter() - start
 
