@@ -16,6 +16,21 @@ from ttgraph.decompose import build_candidates
 from ttgraph.verify import session
 
 
+def as_model(nodes: list, inits: list, output: str = "y") -> onnx.ModelProto:
+    """A checked opset-17 model of ``nodes`` from x (1×12×8×8) to ``output``."""
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12, 8, 8])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, [None] * 4)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def stacked_convs() -> onnx.ModelProto:
     """x → Conv 1×1 (12→12, bias) → Relu → r → Conv 1×1 stride 2 (12→10, bias) → y."""
     rng = np.random.default_rng(7)
@@ -31,17 +46,7 @@ def stacked_convs() -> onnx.ModelProto:
         helper.make_node("Relu", ["c"], ["r"], name="relu"),
         helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="conv2", kernel_shape=[1, 1], strides=[2, 2]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return as_model(nodes, inits)
 
 
 def feeds(n: int, seed: int) -> list[dict[str, np.ndarray]]:
@@ -260,26 +265,20 @@ def branchy_convs() -> onnx.ModelProto:
         helper.make_node("Relu", ["eo"], ["re"]),
         helper.make_node("Add", ["do", "re"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return as_model(nodes, inits)
 
 
-def branchy_setup(calib):
-    model = branchy_convs()
+def rank_five_setup(model: onnx.ModelProto, calib):
+    """Every 1×1 conv of ``model`` low-rank at rank 5; and the builder of the compressed model."""
     _, found, _ = _analyse(model)
     stats = collect_statistics(model, found.candidates, calib)
     layers = [build_candidates(c, stats.layers[c.label], metric="params") for c in found.candidates]
     choices = {lc.label: next(c for c in lc.candidates if c.kind == "lowrank" and c.ranks[1] == 5) for lc in layers}
     return model, layers, choices, lambda fits: rewrite_allocation(model, layers, choices, fits)
+
+
+def branchy_setup(calib):
+    return rank_five_setup(branchy_convs(), calib)
 
 
 def test_levels_run_from_the_kept_frontier_give_the_fits_of_runs_from_the_inputs():
@@ -365,14 +364,7 @@ def test_a_graph_with_control_flow_is_compensated_from_the_inputs():
     onnx.checker.check_model(model)
     assert plan_cuts(model, [["x"], ["r1"]]) is None
     calib = feeds(6, seed=4)
-    _, found, _ = _analyse(model)
-    stats = collect_statistics(model, found.candidates, calib)
-    layers = [build_candidates(c, stats.layers[c.label], metric="params") for c in found.candidates]
-    choices = {lc.label: next(c for c in lc.candidates if c.kind == "lowrank" and c.ranks[1] == 5) for lc in layers}
-
-    def build(fits):
-        return rewrite_allocation(model, layers, choices, fits)
-
+    model, layers, choices, build = rank_five_setup(model, calib)
     comp = compensate(model, layers, choices, calib, build=build)
     assert set(comp.fits) == set("abcde")
     assert output_error(model, build(comp.fits), calib) < output_error(model, build({}), calib)
@@ -411,17 +403,7 @@ def odd_cut_model(kind: str) -> onnx.ModelProto:
             helper.make_node("Relu", ["bo"], ["br"]),
             conv("c", "br"),
         ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12, 8, 8])],
-        [helper.make_tensor_value_info("co", TensorProto.FLOAT, [None] * 4)],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return as_model(nodes, inits, "co")
 
 
 @pytest.mark.parametrize("kind", ["sequence", "constant"])
