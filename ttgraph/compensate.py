@@ -205,7 +205,7 @@ def _constants(model: onnx.ModelProto, names: Sequence[str]) -> Values:
     return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.name in wanted}
 
 
-FRONTIER_BYTES = 1 << 30  # frontier values of both models kept between levels; beyond that, levels rerun prefixes
+FRONTIER_BYTES = 1 << 30  # kept at a cut, all samples and both models; past it the next level runs from the inputs
 
 
 class _Levels:
