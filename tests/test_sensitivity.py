@@ -136,3 +136,56 @@ def test_sensitivity_errors_are_one_clear_line(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.strip().count("\n") == 0 and "--sensitivity" in proc.stderr
     assert not (tmp_path / "o.onnx").exists()
+
+
+def three_levels_two_outputs() -> onnx.ModelProto:
+    """x → A → Relu → r (an output too) → B → + r → C → y: an output made before the last two levels and a skip
+    over one; 16 channels, decaying spectra."""
+    rng = np.random.default_rng(4)
+    decay = np.linspace(1.0, 0.05, C)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((C, C)) * decay).reshape(C, C, 1, 1).astype(np.float32), f"w{n}")
+        for n in "ABC"
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "wA"], ["a"], name="convA"),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Conv", ["r", "wB"], ["b"], name="convB"),
+        helper.make_node("Add", ["b", "r"], ["s"]),
+        helper.make_node("Conv", ["s", "wC"], ["y"], name="convC"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, 6, 6])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, C, 6, 6]) for n in ("r", "y")],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_probes_run_from_the_cut_before_their_level_as_the_whole_model_does():
+    """Each probe runs only what lies downstream of its layer, from the original's values kept at the cut before
+    its level; the weights are those of running the whole model per probe (an output made early included)."""
+    model = three_levels_two_outputs()
+    reads = []
+
+    class Counted(list):  # how many passes read the samples
+        def __iter__(self):
+            reads.append(1)
+            return super().__iter__()
+
+    data = Counted(feeds(5, seed=2))
+    layers = candidates(model, data)
+    reads.clear()
+    piecewise = measured_sensitivities(model, layers, data)
+    assert len(reads) == 2  # the reference outputs, and the first cut: no probe reads the samples again
+    reads.clear()
+    whole = measured_sensitivities(model, layers, data, cut_bytes=0)
+    assert len(reads) == 1 + 3
+    assert set(piecewise) == {"convA", "convB", "convC"}
+    assert piecewise == pytest.approx(whole, rel=1e-4)
+    assert piecewise["convC"] > 0 and piecewise["convA"] > 0

@@ -17,7 +17,7 @@ keeps 0.934 of its detections instead of 0.842 at 0.8 of the 1×1 MACs (0.895 vs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -25,7 +25,11 @@ from tqdm.auto import tqdm
 
 from ttgraph.decompose import LayerCandidates
 from ttgraph.errors import TTGraphError
+from ttgraph.frontier import plan_cuts, segment
+from ttgraph.model_io import fed_initializers
 from ttgraph.verify import Feed, session
+
+FRONTIER_BYTES = 1 << 30  # the original's values kept at the cuts, all samples; past it, probes run the whole model
 
 __all__ = ["measured_sensitivities", "PROBE_RATIO"]
 
@@ -40,31 +44,117 @@ def measured_sensitivities(
     ratio: float = PROBE_RATIO,
     metric: str = "macs",
     progress: bool = False,
+    cut_bytes: int = FRONTIER_BYTES,
 ) -> dict[str, float]:
     """Per layer label: the model's output error caused by that layer's factorization alone, per unit of its
     own ε². The probe is the layer's candidate nearest ``ratio`` × its dense cost in ``metric``. The output
     error is the mean over the model's outputs of ``Σ‖ŷ − y‖² / Σ‖y‖²`` over ``feeds`` (each output normalised
     on its own, so that a small box-regression output counts as much as a large score map). Layers without a
-    factored candidate get no weight (the allocation's default, 1)."""
+    factored candidate get no weight (the allocation's default, 1).
+
+    Each probe runs only the part of the model downstream of its layer: the layers are taken level by level
+    (:func:`ttgraph.compensate.dependency_levels`), the original's values at the cut before each level kept per
+    sample (:mod:`ttgraph.frontier`, up to ``cut_bytes``; 0, or a graph that cannot be cut: every probe runs the
+    whole model). On the text detector (42 layers, 4 samples) that is 2.1× faster; the weights agree to 1e-3
+    except where they are at float32's noise floor (a piece rounds a little differently from the whole graph:
+    weights under ~0.01, which the allocation treats as nearly free either way, move by up to a few percent,
+    and an exact 0 can read 1e-8)."""
     from ttgraph.api import rewrite_allocation
 
     if not feeds:
         raise TTGraphError("sensitivity", "measuring sensitivities needs at least one calibration sample")
     reference = session(model, name="<original>")
-    ref = [reference.run(None, dict(f)) for f in feeds]
-    norms = [sum(float(np.sum(np.square(r[k], dtype=np.float64))) for r in ref) for k in range(len(ref[0]))]
+    names = [o.name for o in reference.get_outputs()]
+    ref = [dict(zip(names, reference.run(names, dict(f)), strict=True)) for f in feeds]
+    norms = {n: sum(_squared(r[n]) for r in ref) for n in names}
+    probes = {}
+    for layer in layers:
+        curve = [c for c in layer.curve(metric) if c.kind != "dense"]  # type: ignore[arg-type]
+        if curve:
+            probes[layer.label] = min(curve, key=lambda c: abs(c.cost(metric) - ratio * layer.dense.cost(metric)))  # type: ignore[arg-type]
     dense = {layer.label: layer.dense for layer in layers}
     weights: dict[str, float] = {}
-    for layer in tqdm(layers, desc="sensitivity", unit="layer", disable=not progress, leave=False):
-        curve = [c for c in layer.curve(metric) if c.kind != "dense"]  # type: ignore[arg-type]
-        if not curve:
-            continue
-        probe = min(curve, key=lambda c: abs(c.cost(metric) - ratio * layer.dense.cost(metric)))  # type: ignore[arg-type]
-        probed = session(rewrite_allocation(model, layers, {**dense, layer.label: probe}), name=layer.label)
-        errors = np.zeros(len(norms))
-        for feed, r in zip(feeds, ref, strict=True):
-            out = probed.run(None, dict(feed))
-            errors += [float(np.sum(np.square(o - y, dtype=np.float64))) for o, y in zip(out, r, strict=True)]
-        error = float(np.mean([e / n for e, n in zip(errors, norms, strict=True) if n > 0] or [0.0]))
-        weights[layer.label] = error / max(probe.error**2, 1e-12)
+    bar = tqdm(total=len(probes), desc="sensitivity", unit="layer", disable=not progress, leave=False)
+    probed_layers = [lc for lc in layers if lc.label in probes]
+    try:
+        for group, given in _levels(model, probed_layers, feeds, names, cut_bytes):
+            for layer in group:
+                probe = probes[layer.label]
+                choices = {**dense, layer.label: probe}
+                if given is None:  # the whole model, from the inputs
+                    probed = session(rewrite_allocation(model, layers, choices, check=False), name=layer.label)
+                    outs = [dict(zip(names, probed.run(names, dict(f)), strict=True)) for f in feeds]
+                else:
+                    outs = _downstream(model, layers, choices, given, names, ref[0], layer.label)
+                errors = {n: sum(_squared(o[n] - r[n]) for o, r in zip(outs, ref, strict=True)) for n in names}
+                error = float(np.mean([errors[n] / norms[n] for n in names if norms[n] > 0] or [0.0]))
+                weights[layer.label] = error / max(probe.error**2, 1e-12)
+                bar.update(1)
+    finally:
+        bar.close()
     return weights
+
+
+def _levels(
+    model: onnx.ModelProto, layers: Sequence[LayerCandidates], feeds: Sequence[Feed], outputs: list[str], limit: int
+) -> Iterator[tuple[list[LayerCandidates], list[dict[str, np.ndarray]] | None]]:
+    """The layers level by level, each level with the original's values at the cut before it, per sample: what
+    its probes run from. None from the first level whose cut is not kept on (over ``limit`` bytes, a value that
+    is not a tensor crossing it, a graph that cannot be cut): those probes run the whole model."""
+    from ttgraph.compensate import dependency_levels
+
+    levels = dependency_levels(model, [lc.conv for lc in layers])
+    groups = [[lc for lc in layers if levels[lc.label] == v] for v in sorted(set(levels.values()))]
+    targets = [[lc.conv.node.inputs[0].name for lc in g] for g in groups]
+    plan = None if limit <= 0 or fed_initializers(model) else plan_cuts(model, [*targets, outputs])
+    values = None if plan is None else [{n: np.asarray(v) for n, v in f.items()} for f in feeds]
+    for k, group in enumerate(groups):
+        if plan is not None and values is not None:
+            values = _advance(model, values, plan.frontiers[k], limit)  # the outputs, last, keep early ones
+        yield group, values
+
+
+def _advance(
+    model: onnx.ModelProto, values: list[dict[str, np.ndarray]], frontier: list[str], limit: int
+) -> list[dict[str, np.ndarray]] | None:
+    """The values at the next cut, from those at the last; None where they cannot be kept."""
+    try:
+        part, fetch = segment(model, {n: v.dtype for n, v in values[0].items()}, frontier)
+    except KeyError:
+        return None
+    if fetch:
+        sess = session(part, name="<original>")
+        inputs = [i.name for i in sess.get_inputs()]
+        got = [dict(zip(fetch, sess.run(fetch, {n: v[n] for n in inputs}), strict=True)) for v in values]
+        if not all(isinstance(a, np.ndarray) for g in got for a in g.values()):
+            return None
+        values = [{**v, **g} for v, g in zip(values, got, strict=True)]
+    kept = [{n: v[n] for n in frontier} for v in values]
+    return kept if sum(a.nbytes for v in kept for a in v.values()) <= limit else None
+
+
+def _downstream(
+    model: onnx.ModelProto,
+    layers: Sequence[LayerCandidates],
+    choices: dict,
+    given: list[dict[str, np.ndarray]],
+    outputs: list[str],
+    example: dict[str, np.ndarray],
+    label: str,
+) -> list[dict[str, np.ndarray]]:
+    """The model's outputs per sample with the probed layer factored, run from the values at its cut: the piece
+    from there to the outputs, rewritten alone (:func:`ttgraph.api.rewrite_allocation` with ``part=True``)."""
+    from ttgraph.api import rewrite_allocation
+
+    part, fetch = segment(model, {n: v.dtype for n, v in given[0].items()}, outputs)
+    if not fetch:  # every output is made before the layer: it changes none
+        return given
+    for out in part.graph.output:  # the rewrite needs their types: the original's outputs have them
+        out.type.tensor_type.elem_type = onnx.helper.np_dtype_to_tensor_dtype(example[out.name].dtype)
+    probed = session(rewrite_allocation(part, layers, choices, check=False, part=True), name=label)
+    inputs = [i.name for i in probed.get_inputs()]
+    return [{**v, **dict(zip(fetch, probed.run(fetch, {n: v[n] for n in inputs}), strict=True))} for v in given]
+
+
+def _squared(a: np.ndarray) -> float:
+    return float(np.sum(np.square(a, dtype=np.float64)))
