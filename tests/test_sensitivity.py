@@ -139,8 +139,8 @@ def test_sensitivity_errors_are_one_clear_line(tmp_path):
 
 
 def three_levels_two_outputs() -> onnx.ModelProto:
-    """x → A → Relu → r (an output too) → B → + r → C → y: an output made before the last two levels and a skip
-    over one; 16 channels, decaying spectra."""
+    """x → A → Relu → r (an output too) → B → + r → C → y, and a constant output k: an output made before the
+    last two levels, one made by no node, and a skip over one level; 16 channels, decaying spectra."""
     rng = np.random.default_rng(4)
     decay = np.linspace(1.0, 0.05, C)
     inits = [
@@ -158,8 +158,8 @@ def three_levels_two_outputs() -> onnx.ModelProto:
         nodes,
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, 6, 6])],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, C, 6, 6]) for n in ("r", "y")],
-        inits,
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, C, 6, 6]) for n in ("r", "y", "k")],
+        [*inits, numpy_helper.from_array(np.ones((1, C, 6, 6), np.float32), "k")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -169,7 +169,7 @@ def three_levels_two_outputs() -> onnx.ModelProto:
 
 def test_probes_run_from_the_cut_before_their_level_as_the_whole_model_does():
     """Each probe runs only what lies downstream of its layer, from the original's values kept at the cut before
-    its level; the weights are those of running the whole model per probe (an output made early included)."""
+    its level; the weights are those of running the whole model per probe (early and constant outputs included)."""
     model = three_levels_two_outputs()
     reads = []
 

@@ -86,7 +86,7 @@ def measured_sensitivities(
                     probed = session(rewrite_allocation(model, layers, choices, check=False), name=layer.label)
                     outs = [dict(zip(names, probed.run(names, dict(f)), strict=True)) for f in feeds]
                 else:
-                    outs = _downstream(model, layers, choices, given, names, ref[0], layer.label)
+                    outs = _downstream(model, layers, choices, given, names, ref, layer.label)
                 errors = {n: sum(_squared(o[n] - r[n]) for o, r in zip(outs, ref, strict=True)) for n in names}
                 error = float(np.mean([errors[n] / norms[n] for n in names if norms[n] > 0] or [0.0]))
                 weights[layer.label] = error / max(probe.error**2, 1e-12)
@@ -140,21 +140,23 @@ def _downstream(
     choices: dict,
     given: list[dict[str, np.ndarray]],
     outputs: list[str],
-    example: dict[str, np.ndarray],
+    ref: list[dict[str, np.ndarray]],
     label: str,
 ) -> list[dict[str, np.ndarray]]:
     """The model's outputs per sample with the probed layer factored, run from the values at its cut: the piece
-    from there to the outputs, rewritten alone (:func:`ttgraph.api.rewrite_allocation` with ``part=True``)."""
+    from there to the outputs, rewritten alone (:func:`ttgraph.api.rewrite_allocation` with ``part=True``).
+    Outputs made before the cut are kept there; an output that is an initializer is the original's (``ref``)."""
     from ttgraph.api import rewrite_allocation
 
     part, fetch = segment(model, {n: v.dtype for n, v in given[0].items()}, outputs)
+    outs = [{**{n: r[n] for n in outputs if n not in v}, **v} for v, r in zip(given, ref, strict=True)]
     if not fetch:  # every output is made before the layer: it changes none
-        return given
+        return outs
     for out in part.graph.output:  # the rewrite needs their types: the original's outputs have them
-        out.type.tensor_type.elem_type = onnx.helper.np_dtype_to_tensor_dtype(example[out.name].dtype)
+        out.type.tensor_type.elem_type = onnx.helper.np_dtype_to_tensor_dtype(ref[0][out.name].dtype)
     probed = session(rewrite_allocation(part, layers, choices, check=False, part=True), name=label)
     inputs = [i.name for i in probed.get_inputs()]
-    return [{**v, **dict(zip(fetch, probed.run(fetch, {n: v[n] for n in inputs}), strict=True))} for v in given]
+    return [{**o, **dict(zip(fetch, probed.run(fetch, {n: o[n] for n in inputs}), strict=True))} for o in outs]
 
 
 def _squared(a: np.ndarray) -> float:
