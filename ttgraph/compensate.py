@@ -269,10 +269,8 @@ class _Levels:
             except KeyError as err:
                 raise _Uncut from err
         else:  # the rewrite needs the outputs' types: those the original piece computes
-            typed = onnx.ModelProto()
-            typed.CopyFrom(original)
-            for out, value in zip(typed.graph.output, values, strict=True):
-                out.type.tensor_type.elem_type = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+            types = {name: value.dtype for name, value in zip(fetch, values, strict=True)}
+            typed, _ = segment(self.original, {n: v.dtype for n, v in start[1].items()}, wanted, types)
             compressed = self.build_part(fits, typed)
         return [(sess, fetch, [i.name for i in sess.get_inputs()]) for sess in (session(compressed), ref)]
 

@@ -73,11 +73,15 @@ def plan_cuts(model: onnx.ModelProto, targets: Sequence[Sequence[str]]) -> CutPl
 
 
 def segment(
-    model: onnx.ModelProto, given: Mapping[str, np.dtype], wanted: Sequence[str]
+    model: onnx.ModelProto,
+    given: Mapping[str, np.dtype],
+    wanted: Sequence[str],
+    types: Mapping[str, np.dtype] | None = None,
 ) -> tuple[onnx.ModelProto, list[str]]:
     """The nodes of ``model`` that compute ``wanted`` from the ``given`` tensors (name → dtype) and the model's
     constants, as a model of their own; and the names it outputs (``wanted`` less the given and the constants).
-    Raises KeyError naming a tensor that is neither given, a constant nor computed by a node."""
+    Outputs are typed from ``types`` where it names them (a rewrite of the piece needs them), else left for
+    onnxruntime to infer. Raises KeyError naming a tensor that is neither given, a constant nor computed."""
     graph = model.graph
     producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
     initializers = {t.name: t for t in graph.initializer}
@@ -107,5 +111,10 @@ def segment(
         if name in read:
             elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
             part.graph.input.append(onnx.helper.make_tensor_value_info(name, elem, None))
-    part.graph.output.extend(onnx.ValueInfoProto(name=n) for n in outputs)  # onnxruntime infers their types
+    for name in outputs:
+        if types is not None and name in types:
+            elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(types[name]))
+            part.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+        else:
+            part.graph.output.append(onnx.ValueInfoProto(name=name))
     return part, outputs

@@ -148,12 +148,11 @@ def _downstream(
     Outputs made before the cut are kept there; an output that is an initializer is the original's (``ref``)."""
     from ttgraph.api import rewrite_allocation
 
-    part, fetch = segment(model, {n: v.dtype for n, v in given[0].items()}, outputs)
+    types = {n: ref[0][n].dtype for n in outputs}  # the rewrite needs them: the original's outputs have them
+    part, fetch = segment(model, {n: v.dtype for n, v in given[0].items()}, outputs, types)
     outs = [{**{n: r[n] for n in outputs if n not in v}, **v} for v, r in zip(given, ref, strict=True)]
     if not fetch:  # every output is made before the layer: it changes none
         return outs
-    for out in part.graph.output:  # the rewrite needs their types: the original's outputs have them
-        out.type.tensor_type.elem_type = onnx.helper.np_dtype_to_tensor_dtype(ref[0][out.name].dtype)
     probed = session(rewrite_allocation(part, layers, choices, check=False, part=True), name=label)
     inputs = [i.name for i in probed.get_inputs()]
     return [{**o, **dict(zip(fetch, probed.run(fetch, {n: o[n] for n in inputs}), strict=True))} for o in outs]
