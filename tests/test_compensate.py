@@ -419,3 +419,30 @@ def test_levels_whose_cut_holds_a_sequence_or_reads_a_constant_are_compensated(k
     assert comp["passes_from_cut"] == {"sequence": 0, "constant": 2}[kind]
     before, after = comp["end_to_end"]["before"][0], comp["end_to_end"]["after"][0]
     assert after["rel_l2"] < before["rel_l2"]
+
+
+def test_held_out_samples_are_read_once_to_judge_compensation_and_once_to_verify():
+    """Judging compensation took four passes over the held-out samples (the end-to-end fidelity and the
+    per-layer errors, each without and with it) and verifying one more running the original again; one pass
+    runs the original and both compressed models side by side, and verification compares with the original
+    outputs it kept. The numbers are those of separate runs."""
+
+    reads = []
+
+    class Counted(list):
+        def __iter__(self):
+            for i, feed in enumerate(list.__iter__(self)):
+                reads.append(i)
+                yield feed
+
+    model, check = stacked_convs(), feeds(4, seed=9)
+    kwargs = dict(calibration=feeds(24, seed=3), holdout=0, params_ratio=0.75)
+    result = ttgraph.compress(model, verify_feeds=Counted(check), **kwargs)
+    assert sorted(reads) == [0, 0, 1, 1, 2, 2, 3, 3]
+    comp = result.report.compensation
+    assert comp["applied"] and comp["kept"]
+    from ttgraph.fidelity import heldout_fidelity
+
+    assert comp["end_to_end"]["after"] == heldout_fidelity(model, result.model, check)["outputs"]
+    plain = ttgraph.compress(model, compensate=False, verify_feeds=check, **kwargs)
+    assert comp["end_to_end"]["before"] == plain.report.verification["outputs"]

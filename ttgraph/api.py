@@ -13,7 +13,7 @@ import logging
 import math
 import numbers
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +37,13 @@ from ttgraph.calibration import (
     remember_first,
     split_holdout,
 )
-from ttgraph.compensate import CACHE_BYTES, Compensation, LayerFit, layer_errors, pair_statistics
+from ttgraph.compensate import CACHE_BYTES, Compensation, LayerFit, layer_errors, side_by_side
 from ttgraph.compensate import compensate as run_compensation
 from ttgraph.contraction import contraction_macs, left_to_right, planned_order
 from ttgraph.costs import COUNTED_OPS, model_macs
 from ttgraph.decompose import Candidate, LayerCandidates, build_candidates, describe
 from ttgraph.errors import TTGraphError, naming
+from ttgraph.fidelity import OriginalOutputs
 from ttgraph.files import check_output_path, distinct_outputs, staged_writes
 from ttgraph.model_io import (
     InputShapes,
@@ -62,7 +63,7 @@ from ttgraph.model_io import (
 from ttgraph.planner import COST_MODELS
 from ttgraph.shapes import Shape, infer_shapes, shapes_from_inputs
 from ttgraph.tt import TTFormat, relative_error, scale_ranks, tt_format, tt_reconstruct, tt_svd
-from ttgraph.verify import Feed, OutputError, compare_outputs, random_feed, run_session, session
+from ttgraph.verify import Feed, OutputError, check_feed, compare_outputs, random_feed, run_session, session
 
 MAX_CORES = 8
 log = logging.getLogger("ttgraph.compress")  # the steps without a progress bar (compress --progress shows them)
@@ -704,6 +705,7 @@ def _compress_to_budget(
     log.info("allocating the budget over %d layers", len(layer_cands))
     alloc = allocate(layer_cands, budget, metric=metric, weights=weights)
     check_feeds: Any = None  # what compensation is judged and the result verified on: never calibration samples
+    reference = OriginalOutputs()  # the original's outputs on them, kept by the first pass for the next ones
     if verify_feeds is not None:
         check_feeds = verify_feeds if isinstance(verify_feeds, Sequence) else list(verify_feeds)
     elif held is not None and held.length:
@@ -727,7 +729,7 @@ def _compress_to_budget(
                 progress=progress,
             )
             if check_feeds is not None:
-                judged = _judge_compensation(original, layer_cands, alloc, comp, check_feeds, name, progress)
+                judged = _judge_compensation(original, layer_cands, alloc, comp, check_feeds, name, progress, reference)
     fits = comp.fits if comp is not None and (judged is None or judged.kept) else {}
     rewrites = []
     reports = []
@@ -844,15 +846,17 @@ def _compress_to_budget(
     if verify_feeds is not None:
         report.verification = {
             "inputs": "verify_feeds",
-            **heldout_fidelity(original, rewritten, check_feeds, source=name),
+            **heldout_fidelity(original, rewritten, check_feeds, source=name, reference=reference),
         }
     elif check_feeds is not None:
         report.verification = {
             "inputs": f"{held.length} held-out calibration samples (not used to fit)",
-            **heldout_fidelity(original, rewritten, held, source=name, progress=progress),
+            **heldout_fidelity(original, rewritten, held, source=name, progress=progress, reference=reference),
         }
         if held.images is not None:
-            report.verification["original_under_input_noise"] = _input_noise_yardstick(original, held, name, progress)
+            report.verification["original_under_input_noise"] = _input_noise_yardstick(
+                original, held, name, progress, reference
+            )
     if epochs and distillation is None:
         report.distillation = {"applied": False, "reason": "no layer was compressed"}
     if distillation is not None:
@@ -860,7 +864,7 @@ def _compress_to_budget(
         if judged is not None:  # already measured: the distillation started from the model judged better
             before_distillation = {"outputs": judged.after if judged.kept else judged.before}
         elif check_feeds is not None:
-            before_distillation = heldout_fidelity(original, undistilled, check_feeds, source=name)
+            before_distillation = heldout_fidelity(original, undistilled, check_feeds, source=name, reference=reference)
         report.distillation = {
             **distillation.to_dict(),
             "end_to_end": {
@@ -899,32 +903,58 @@ def _judge_compensation(
     feeds: Any,
     name: str,
     progress: bool,
+    reference: OriginalOutputs | None = None,
 ) -> _JudgedCompensation:
     """Compensation is kept only where it does not leave more outputs worse than better on the held-out samples.
     It fits each layer to a few calibration samples and wins on the models measured, but on some third-party
     models (a layout detector at --params-ratio 0.6: 5 of its 8 outputs worse) it does not, and a user
-    should not get the worse model by default."""
-    from ttgraph.fidelity import heldout_fidelity, worse_and_better
+    should not get the worse model by default. One pass runs the original and both compressed models side by
+    side: the end-to-end fidelity and the per-layer errors come from the same runs (``reference`` keeps the
+    original's outputs for the verification after it)."""
+    from ttgraph.fidelity import FidelityTally, worse_and_better
 
     compressed = [lc for lc in layers if lc.label in comp.fits]
     fresh = {c.label: c for c in _analyse(original)[1].candidates}  # the candidates' nodes may be rewritten since
     convs = [fresh[lc.label] for lc in compressed]
-    ends, errors = [], []
-    for fits, desc in (({}, "judge: without compensation"), (comp.fits, "judge: with compensation")):
-        model = rewrite_allocation(original, layers, alloc, fits, name, check=False)  # run, not written
-        ends.append(heldout_fidelity(original, model, feeds, source=name, progress=progress, desc=desc)["outputs"])
-        errors.append(layer_errors(compressed, alloc.choices, fits, pair_statistics(original, model, convs, feeds)))
+    fitted = ({}, comp.fits)
+    models = [rewrite_allocation(original, layers, alloc, fits, name, check=False) for fits in fitted]  # run only
+    outputs = [o.name for o in original.graph.output]
+    tallies = [FidelityTally(outputs) for _ in models]
+    inputs = graph_inputs(original)
+    count = 0
+
+    def tally(feed: Feed, ref: dict[str, np.ndarray], gots: list[dict[str, np.ndarray]]) -> None:
+        nonlocal count
+        check_feed(inputs, feed, f"{name}: held-out input {count}")
+        refs = [ref[o] for o in outputs]
+        if reference is not None:
+            reference.keep(count, refs)
+        for t, got in zip(tallies, gots, strict=True):
+            t.add(refs, [got[o] for o in outputs])
+        count += 1
+
+    total = getattr(feeds, "length", None) or (len(feeds) if isinstance(feeds, Sized) else None)
+    with tqdm(total=total, desc="judge compensation", unit="img", disable=not progress, leave=False) as bar:
+        stats = side_by_side(original, models, convs, feeds, tally, also=outputs, bar=bar)
+    if reference is not None:
+        reference.done(count)
+    ends = [t.result(name)["outputs"] for t in tallies]
+    errors = [layer_errors(compressed, alloc.choices, fits, st) for fits, st in zip(fitted, stats, strict=True)]
     return _JudgedCompensation(*ends, *errors, *worse_and_better(*ends))
 
 
-def _input_noise_yardstick(original: onnx.ModelProto, held: Any, name: str, progress: bool = False) -> dict[str, Any]:
+def _input_noise_yardstick(
+    original: onnx.ModelProto, held: Any, name: str, progress: bool = False, reference: OriginalOutputs | None = None
+) -> dict[str, Any]:
     """The original against itself when its held-out images change by ±1 grey level: a scale to read the rewritten
     model's fidelity on (a binarized map's IoU, say, moves with every boundary pixel even then)."""
     from ttgraph.fidelity import heldout_fidelity
 
     _, spec = held.images
     noise = spec.grey_level_noise(levels=1, seed=0)
-    moved = heldout_fidelity(original, original, held, source=name, perturb=noise, progress=progress, desc="±1 grey")
+    moved = heldout_fidelity(
+        original, original, held, source=name, perturb=noise, progress=progress, desc="±1 grey", reference=reference
+    )
     return {"noise": "±1 grey level, uniform integer noise on each held-out image (fixed seed)", **moved}
 
 

@@ -61,7 +61,16 @@ from ttgraph.model_io import fed_initializers, input_defaults
 from ttgraph.tt import tt_reconstruct
 from ttgraph.verify import Feed, session
 
-__all__ = ["Compensation", "LayerFit", "PairStatistics", "compensate", "layer_errors", "pair_statistics", "refit"]
+__all__ = [
+    "Compensation",
+    "LayerFit",
+    "PairStatistics",
+    "compensate",
+    "layer_errors",
+    "pair_statistics",
+    "refit",
+    "side_by_side",
+]
 
 DEFAULT_DAMPING = 0.01
 
@@ -148,34 +157,48 @@ def _prefix_pairs(
     feeds: Iterable[Feed],
 ) -> Iterator[tuple[Values, Values]]:
     """Per feed, ``tensors`` in the compressed and in the original model, each run from the graph inputs."""
-    sess_a, fetch_a = _outputs(tensors, compressed)
-    sess_b, fetch_b = _outputs(tensors, original)
+    return ((got[0], ref) for _, got, ref in _prefix_runs(original, [compressed], tensors, feeds))
+
+
+def _prefix_runs(
+    original: onnx.ModelProto,
+    compressed: Sequence[onnx.ModelProto],
+    tensors: Sequence[tuple[str, np.dtype]],
+    feeds: Iterable[Feed],
+) -> Iterator[tuple[Feed, list[Values], Values]]:
+    """Per feed: the feed, ``tensors`` in each compressed model and in the original, each run from the graph
+    inputs (the original once per feed, however many models are compared with it)."""
+    runs = [_outputs(tensors, model) for model in (*compressed, original)]
     defaults = input_defaults(original, [name for name, _ in tensors])
     for feed in feeds:
-        got_a = dict(zip(fetch_a, sess_a.run(fetch_a, dict(feed)), strict=True)) if sess_a else {}
-        got_b = dict(zip(fetch_b, sess_b.run(fetch_b, dict(feed)), strict=True)) if sess_b else {}
         given = {name: feed[name] if name in feed else defaults.get(name) for name, _ in tensors}
-        yield (
-            {name: got_a[name] if name in got_a else given[name] for name, _ in tensors},
-            {name: got_b[name] if name in got_b else given[name] for name, _ in tensors},
-        )
+        values = []
+        for sess, fetch in runs:
+            got = dict(zip(fetch, sess.run(fetch, dict(feed)), strict=True)) if sess else {}
+            values.append({name: got[name] if name in got else given[name] for name, _ in tensors})
+        yield feed, values[:-1], values[-1]
+
+
+def _pair_keys(convs: Sequence[Any]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Per conv label, the (input tensor, stride) its statistics are kept under: convs reading one tensor with
+    one stride share them."""
+    return {conv.label: (conv.node.inputs[0].name, tuple(conv.strides)) for conv in convs}
+
+
+def _empty_pairs(convs: Sequence[Any]) -> dict[tuple[str, tuple[int, ...]], PairStatistics]:
+    cin = {_pair_keys([conv])[conv.label]: conv.cin for conv in convs}
+    return {key: PairStatistics.empty(key[0], key[1], c) for key, c in cin.items()}
 
 
 def _accumulate(convs: Sequence[Any], pairs: Iterable[tuple[Values, Values]], bar: Any) -> dict[str, PairStatistics]:
-    """The :class:`PairStatistics` of every conv from per-sample (compressed, original) input values, by label;
-    convs reading one tensor with one stride share them."""
-    shared: dict[tuple[str, tuple[int, ...]], PairStatistics] = {}
-    keys = {}
-    for conv in convs:
-        key = (conv.node.inputs[0].name, tuple(conv.strides))
-        shared.setdefault(key, PairStatistics.empty(key[0], key[1], conv.cin))
-        keys[conv.label] = key
+    """The :class:`PairStatistics` of every conv from per-sample (compressed, original) input values, by label."""
+    shared = _empty_pairs(convs)
     for got_a, got_b in pairs:
         for (tensor, _), st in shared.items():
             st.update(got_a[tensor], got_b[tensor])
         if bar is not None:
             bar.update(1)
-    return {label: shared[key] for label, key in keys.items()}
+    return {label: shared[key] for label, key in _pair_keys(convs).items()}
 
 
 def _tensors(convs: Sequence[Any]) -> list[tuple[str, np.dtype]]:
@@ -193,6 +216,33 @@ def pair_statistics(
     """One pass of both models over ``feeds``: the :class:`PairStatistics` of every conv in ``convs``
     (PointwiseConvs of the original; the compressed model keeps their input tensor names), by label."""
     return _accumulate(convs, _prefix_pairs(original, compressed, _tensors(convs), feeds), bar)
+
+
+def side_by_side(
+    original: onnx.ModelProto,
+    compressed: Sequence[onnx.ModelProto],
+    convs: Sequence[Any],
+    feeds: Iterable[Feed],
+    each: Callable[[Feed, Values, list[Values]], None],
+    *,
+    also: Sequence[str] = (),
+    bar: Any = None,
+) -> list[dict[str, PairStatistics]]:
+    """:func:`pair_statistics` of several compressed models in one pass over ``feeds``, the original run once per
+    feed; ``each(feed, original, [compressed…])`` also gets every feed's values of the tensors ``also`` (the graph
+    outputs, say: what the end-to-end fidelity is tallied from, without another run of the models)."""
+    tensors = _tensors(convs)
+    tensors += [(name, np.dtype(np.float32)) for name in also if name not in {t for t, _ in tensors}]
+    shared = [_empty_pairs(convs) for _ in compressed]
+    for feed, gots, ref in _prefix_runs(original, compressed, tensors, feeds):
+        for stats, got in zip(shared, gots, strict=True):
+            for (tensor, _), st in stats.items():
+                st.update(got[tensor], ref[tensor])
+        each(feed, ref, gots)
+        if bar is not None:
+            bar.update(1)
+    keys = _pair_keys(convs)
+    return [{label: stats[key] for label, key in keys.items()} for stats in shared]
 
 
 class _Uncut(Exception):

@@ -12,7 +12,7 @@ took no part in calibration and reports, per model output,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sized
+from collections.abc import Callable, Iterable, Sequence, Sized
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,14 @@ from ttgraph.errors import TTGraphError
 from ttgraph.model_io import graph_inputs
 from ttgraph.verify import Feed, check_feed, run_session, session
 
-__all__ = ["IOU_THRESHOLD", "binary_iou", "heldout_fidelity", "worse_and_better"]
+__all__ = [
+    "IOU_THRESHOLD",
+    "FidelityTally",
+    "OriginalOutputs",
+    "binary_iou",
+    "heldout_fidelity",
+    "worse_and_better",
+]
 
 IOU_THRESHOLD = 0.3
 
@@ -38,6 +45,96 @@ def binary_iou(a: np.ndarray, b: np.ndarray, threshold: float = IOU_THRESHOLD) -
     return int(np.logical_and(ba, bb).sum()), int(np.logical_or(ba, bb).sum())
 
 
+class FidelityTally:
+    """The per-output sums :func:`heldout_fidelity` reports, added one sample's outputs at a time: a caller that
+    runs the models itself (judging compensation runs several beside the original) tallies them alike."""
+
+    def __init__(self, names: Sequence[str], iou_threshold: float = IOU_THRESHOLD) -> None:
+        self.names, self.iou_threshold, self.samples = list(names), iou_threshold, 0
+        zero = {"diff_sq": 0.0, "ref_sq": 0.0, "max_abs": 0.0, "peak": 0.0, "agree": 0, "count": 0, "inter": 0}
+        self.acc: dict[str, dict[str, Any]] = {n: {**zero, "union": 0} for n in self.names}
+        self.kinds: dict[str, set[str]] = {n: {"scores", "map"} for n in self.names}
+
+    def add(self, refs: Sequence[Any], gots: Sequence[Any]) -> None:
+        """One sample: the original's outputs and the other model's, in :attr:`names` order."""
+        self.samples += 1
+        for name, ref, got in zip(self.names, refs, gots, strict=True):
+            r, g = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+            s = self.acc[name]
+            s["diff_sq"] += float(np.sum((r - g) ** 2))
+            s["ref_sq"] += float(np.sum(r**2))
+            s["max_abs"] = max(s["max_abs"], float(np.max(np.abs(r - g), initial=0.0)))
+            s["peak"] = max(s["peak"], float(np.max(np.abs(r), initial=0.0)))
+            if r.ndim != 2 or r.shape[1] < 2:
+                self.kinds[name].discard("scores")
+            if r.ndim != 4 or r.shape[1] != 1 or r.min(initial=0) < 0 or r.max(initial=0) > 1:
+                self.kinds[name].discard("map")
+            if "scores" in self.kinds[name]:
+                s["agree"] += int(np.sum(r.argmax(axis=1) == g.argmax(axis=1)))
+                s["count"] += r.shape[0]
+            if "map" in self.kinds[name]:
+                inter, union = binary_iou(r, g, self.iou_threshold)
+                s["inter"] += inter
+                s["union"] += union
+
+    def result(self, source: str = "<model>") -> dict[str, Any]:
+        """``{"samples": n, "outputs": [per-output dict]}``; no samples is an error, not a perfect score."""
+        if not self.samples:
+            raise TTGraphError(source, "no verification inputs: nothing was compared")
+        outputs = []
+        for name in self.names:
+            s = self.acc[name]
+            diff = float(np.sqrt(s["diff_sq"] / s["ref_sq"])) if s["ref_sq"] > 0 else float(np.sqrt(s["diff_sq"]))
+            entry: dict[str, Any] = {
+                "name": name,
+                "rel_l2": diff,
+                "max_abs": s["max_abs"],
+                "max_rel": s["max_abs"] / s["peak"] if s["peak"] > 0 else s["max_abs"],  # as compare_outputs has it
+            }
+            if "scores" in self.kinds[name]:
+                entry["top1_agreement"] = s["agree"] / max(s["count"], 1)
+            if "map" in self.kinds[name]:
+                entry["binary_iou"] = s["inter"] / s["union"] if s["union"] else 1.0
+                entry["iou_threshold"] = self.iou_threshold
+            outputs.append(entry)
+        return {"samples": self.samples, "outputs": outputs}
+
+
+REFERENCE_BYTES = 256 << 20  # the original's held-out outputs kept for the next pass over the same inputs
+
+
+class OriginalOutputs:
+    """The original model's outputs on one sequence of held-out feeds, kept by the first pass that computes them:
+    judging compensation, verifying the written model and the input-noise yardstick each compare against them,
+    and rerunning the original for each was most of their time. Kept up to ``limit`` bytes; past that every pass
+    runs the original itself, as before."""
+
+    def __init__(self, limit: int = REFERENCE_BYTES) -> None:
+        self.limit, self.size = limit, 0
+        self.values: list[list[np.ndarray]] | None = []  # None: over the limit, nothing kept
+        self.complete = False
+
+    def get(self, index: int) -> list[np.ndarray] | None:
+        """The outputs of feed ``index`` once a whole pass is kept, else None (run the original)."""
+        return self.values[index] if self.complete and self.values is not None else None
+
+    def keep(self, index: int, outputs: Sequence[Any]) -> None:
+        """Outputs of feed ``index`` from a pass that ran the original (ignored once a pass is kept)."""
+        if self.complete or self.values is None or index != len(self.values):
+            return
+        arrays = [np.asarray(o) for o in outputs]
+        self.size += sum(a.nbytes for a in arrays)
+        if self.size > self.limit:
+            self.values = None
+            return
+        self.values.append(arrays)
+
+    def done(self, samples: int) -> None:
+        """A pass over all ``samples`` feeds ended: what it kept is the reference from now on."""
+        if self.values is not None and len(self.values) == samples and samples:
+            self.complete = True
+
+
 def heldout_fidelity(
     original: onnx.ModelProto,
     rewritten: onnx.ModelProto,
@@ -48,65 +145,34 @@ def heldout_fidelity(
     perturb: Callable[[np.ndarray], np.ndarray] | None = None,
     progress: bool = False,
     desc: str = "verify",
+    reference: OriginalOutputs | None = None,
 ) -> dict[str, Any]:
     """Compare both models on ``feeds``: ``{"samples": n, "outputs": [per-output dict]}`` (module docstring).
 
     With ``perturb`` the second model reads every input array changed by it: the original against itself under
     input noise is the yardstick :func:`ttgraph.api.compress` reports beside the rewritten model's fidelity.
+    ``reference`` keeps (or, kept by an earlier pass over the same feeds, gives) the original's outputs.
     ``progress`` shows a bar: on the detector's held-out images this is minutes of work."""
-    a = session(original, name=source)
-    b = a if rewritten is original else session(rewritten, name=f"{source} (rewritten)")
-    names = [o.name for o in a.get_outputs()]
-    acc: dict[str, dict[str, Any]] = {
-        n: {"diff_sq": 0.0, "ref_sq": 0.0, "max_abs": 0.0, "peak": 0.0, "agree": 0, "count": 0, "inter": 0, "union": 0}
-        for n in names
-    }
-    kinds: dict[str, set[str]] = {n: {"scores", "map"} for n in names}
-    samples = 0
+    b = session(rewritten, name=source if rewritten is original else f"{source} (rewritten)")
+    a = b if rewritten is original else None  # the original's session: made only if its outputs are not kept
+    names = [o.name for o in original.graph.output]
+    tally = FidelityTally(names, iou_threshold)
     inputs = graph_inputs(original)
     total = getattr(feeds, "length", None) or (len(feeds) if isinstance(feeds, Sized) else None)
     bar = tqdm(feeds, total=total, desc=desc, unit="img", disable=not progress, leave=False, dynamic_ncols=True)
-    for feed in bar:
-        check_feed(inputs, feed, f"{source}: held-out input {samples}")
-        refs = run_session(a, names, feed, source)
+    for index, feed in enumerate(bar):
+        check_feed(inputs, feed, f"{source}: held-out input {index}")
+        refs = reference.get(index) if reference is not None else None
+        if refs is None:
+            a = a or session(original, name=source)
+            refs = run_session(a, names, feed, source)
+            if reference is not None:
+                reference.keep(index, refs)
         gots = run_session(b, names, {k: perturb(v) for k, v in feed.items()} if perturb else feed, source)
-        samples += 1
-        for name, ref, got in zip(names, refs, gots, strict=True):
-            r, g = np.asarray(ref, np.float64), np.asarray(got, np.float64)
-            s = acc[name]
-            s["diff_sq"] += float(np.sum((r - g) ** 2))
-            s["ref_sq"] += float(np.sum(r**2))
-            s["max_abs"] = max(s["max_abs"], float(np.max(np.abs(r - g), initial=0.0)))
-            s["peak"] = max(s["peak"], float(np.max(np.abs(r), initial=0.0)))
-            if r.ndim != 2 or r.shape[1] < 2:
-                kinds[name].discard("scores")
-            if r.ndim != 4 or r.shape[1] != 1 or r.min(initial=0) < 0 or r.max(initial=0) > 1:
-                kinds[name].discard("map")
-            if "scores" in kinds[name]:
-                s["agree"] += int(np.sum(r.argmax(axis=1) == g.argmax(axis=1)))
-                s["count"] += r.shape[0]
-            if "map" in kinds[name]:
-                inter, union = binary_iou(r, g, iou_threshold)
-                s["inter"] += inter
-                s["union"] += union
-    if not samples:  # not a perfect score
-        raise TTGraphError(source, "no verification inputs: nothing was compared")
-    outputs = []
-    for name in names:
-        s = acc[name]
-        entry: dict[str, Any] = {
-            "name": name,
-            "rel_l2": float(np.sqrt(s["diff_sq"] / s["ref_sq"])) if s["ref_sq"] > 0 else float(np.sqrt(s["diff_sq"])),
-            "max_abs": s["max_abs"],
-            "max_rel": s["max_abs"] / s["peak"] if s["peak"] > 0 else s["max_abs"],  # the keys compare_outputs gives
-        }
-        if samples and "scores" in kinds[name]:
-            entry["top1_agreement"] = s["agree"] / max(s["count"], 1)
-        if samples and "map" in kinds[name]:
-            entry["binary_iou"] = s["inter"] / s["union"] if s["union"] else 1.0
-            entry["iou_threshold"] = iou_threshold
-        outputs.append(entry)
-    return {"samples": samples, "outputs": outputs}
+        tally.add(refs, gots)
+    if reference is not None:
+        reference.done(tally.samples)
+    return tally.result(source)
 
 
 SAME = 1e-6  # relative difference below which a measure counts as unchanged (one pixel of a 640×640 map's IoU: ~1e-5)

@@ -1,0 +1,44 @@
+"""End-to-end fidelity (ttgraph.fidelity): passes over the same held-out feeds compare against the original's
+outputs kept by the first, within a memory bound."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import numpy_helper
+
+from tests.test_compensate import feeds, stacked_convs
+from ttgraph.fidelity import OriginalOutputs, heldout_fidelity
+
+
+def changed(model, scale: float):
+    """A copy of ``model`` with its last conv's weight scaled: same inputs and outputs, other values."""
+    out = type(model)()
+    out.CopyFrom(model)
+    w2 = next(i for i in out.graph.initializer if i.name == "w2")
+    w2.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w2) * np.float32(scale), "w2"))
+    return out
+
+
+def test_a_second_pass_over_the_same_feeds_compares_with_the_kept_original_outputs():
+    original, data = stacked_convs(), feeds(5, seed=4)
+    rewritten = changed(original, 1.1)
+    reference = OriginalOutputs()
+    first = heldout_fidelity(original, rewritten, data, reference=reference)
+    assert reference.complete and first["samples"] == 5
+    assert first["outputs"][0]["rel_l2"] > 0.05
+    # the kept outputs, not a new run of the model passed as the original: the same numbers as the first pass
+    again = heldout_fidelity(changed(original, 0.5), rewritten, data, reference=reference)
+    assert again == first
+    # without the kept outputs the original given is run
+    assert heldout_fidelity(changed(original, 0.5), rewritten, data) != first
+
+
+def test_outputs_past_the_memory_bound_are_not_kept_and_each_pass_runs_the_original():
+    original, data = stacked_convs(), feeds(5, seed=4)
+    rewritten = changed(original, 1.1)
+    one_sample = 1 * 10 * 4 * 4 * 4  # bytes of one output (1×10×4×4 float32)
+    reference = OriginalOutputs(limit=2 * one_sample)
+    first = heldout_fidelity(original, rewritten, data, reference=reference)
+    assert not reference.complete
+    assert heldout_fidelity(original, rewritten, data, reference=reference) == first
+    assert heldout_fidelity(changed(original, 0.5), rewritten, data, reference=reference) != first
