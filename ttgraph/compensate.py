@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 from ttgraph.calibration import expose_tensors
 from ttgraph.decompose import Candidate, LayerCandidates, _sign_fix, flush_subnormals
 from ttgraph.errors import TTGraphError
-from ttgraph.frontier import CutPlan, plan_cuts, segment
+from ttgraph.frontier import CutPlan, NotATensor, Piece, plan_cuts, segment
 from ttgraph.model_io import fed_initializers, input_defaults
 from ttgraph.tt import tt_reconstruct
 from ttgraph.verify import Feed, session
@@ -296,33 +296,28 @@ class _Levels:
         cut, self.kept = self.kept is not None, None
         return self._from(starts, step, fits, tensors, cut)
 
-    def _runs(self, fits: Mapping[str, LayerFit], start: tuple[Values, Values], wanted: list[str]):
-        """Sessions of the compressed and the original model's pieces from the tensors in ``start`` to ``wanted``,
-        what each fetches and the inputs it reads. Raises :class:`_Uncut` where the cut does not hold: a tensor
-        the rewrite renamed, or a value that is not a tensor (a sequence, an optional) crossing it."""
+    def _pieces(self, fits: Mapping[str, LayerFit], start: tuple[Values, Values], wanted: list[str]) -> list[Piece]:
+        """The compressed and the original model's pieces from the tensors in ``start`` to ``wanted``. Raises
+        :class:`_Uncut` where the cut does not hold: a tensor the rewrite renamed, or a value that is not a tensor
+        (a sequence, an optional) crossing it."""
+        given = {n: v.dtype for n, v in start[1].items()}
         try:
-            original, fetch = segment(self.original, {n: v.dtype for n, v in start[1].items()}, wanted)
-        except KeyError as err:
+            part, fetch = segment(self.original, given, wanted)
+            ref = Piece(part, fetch, "<original>")  # an untyped output onnxruntime cannot infer: a TTGraphError
+            first = ref.run(start[1])
+        except (KeyError, TTGraphError, NotATensor) as err:
             raise _Uncut from err
         if not fetch:
-            return [(None, fetch, []), (None, fetch, [])]
-        try:  # an untyped output onnxruntime cannot infer (an optional) crossing the cut
-            ref = session(original)
-        except TTGraphError as err:
-            raise _Uncut from err
-        values = ref.run(fetch, {i.name: start[1][i.name] for i in ref.get_inputs()})
-        if not all(isinstance(v, np.ndarray) for v in values):
-            raise _Uncut
+            return [ref, ref]
         if self.build_part is None:
             try:
                 compressed, _ = segment(self.build(fits), {n: v.dtype for n, v in start[0].items()}, wanted)
             except KeyError as err:
                 raise _Uncut from err
         else:  # the rewrite needs the outputs' types: those the original piece computes
-            types = {name: value.dtype for name, value in zip(fetch, values, strict=True)}
-            typed, _ = segment(self.original, {n: v.dtype for n, v in start[1].items()}, wanted, types)
+            typed, _ = segment(self.original, given, wanted, {name: first[name].dtype for name in fetch})
             compressed = self.build_part(fits, typed)
-        return [(sess, fetch, [i.name for i in sess.get_inputs()]) for sess in (session(compressed), ref)]
+        return [Piece(compressed, fetch, "<compressed>"), ref]
 
     def _from(
         self,
@@ -336,22 +331,17 @@ class _Levels:
         frontier = self.plan.frontiers[step]  # type: ignore[union-attr]
         wanted = list(dict.fromkeys([*names, *frontier]))
         constants = _constants(self.original, names)
-        runs: list[tuple[Any, list[str], list[str]]] = []
+        pieces: list[Piece] = []
         kept: list[tuple[Values, Values]] | None = []
         size = 0
         for start in starts:
-            if not runs:
+            if not pieces:
                 try:
-                    runs = self._runs(fits, start, wanted)
+                    pieces = self._pieces(fits, start, wanted)
                 except _Uncut:  # this level runs from the graph inputs; the next tries its own cut
                     yield from _prefix_pairs(self.original, self.build(fits), tensors, self.feeds)
                     return
-            got = []
-            for (sess, fetch, inputs), given in zip(runs, start, strict=True):
-                values = dict(given)
-                if sess is not None:
-                    values.update(zip(fetch, sess.run(fetch, {n: given[n] for n in inputs}), strict=True))
-                got.append(values)
+            got = [piece.run(given) for piece, given in zip(pieces, start, strict=True)]
             if kept is not None:
                 entry = ({n: got[0][n] for n in frontier}, {n: got[1][n] for n in frontier})
                 size += sum(a.nbytes for v in entry for a in v.values())

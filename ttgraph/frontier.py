@@ -23,7 +23,7 @@ import onnx
 
 from ttgraph.model_io import envelope
 
-__all__ = ["CutPlan", "plan_cuts", "segment"]
+__all__ = ["CutPlan", "NotATensor", "Piece", "plan_cuts", "segment"]
 
 _SUBGRAPH = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
@@ -118,3 +118,32 @@ def segment(
         else:
             part.graph.output.append(onnx.ValueInfoProto(name=name))
     return part, outputs
+
+
+class NotATensor(Exception):
+    """A value crossing a cut that is not a tensor (a sequence, an optional): it cannot be kept per sample."""
+
+
+class Piece:
+    """A piece of a model (:func:`segment`, or a rewrite of one) in an onnxruntime session, run sample by sample
+    from the values kept at its cut: what compensation and the sensitivity probes both do at every level."""
+
+    def __init__(self, model: onnx.ModelProto, fetch: Sequence[str], name: str = "<piece>") -> None:
+        from ttgraph.verify import session
+
+        self.fetch = list(fetch)
+        self.session = session(model, name=name) if self.fetch else None  # nothing to compute: no session
+        self.inputs = [i.name for i in self.session.get_inputs()] if self.session is not None else []
+
+    def run(self, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``values`` with what the piece computes from them added. Raises :class:`NotATensor` for an output
+        that is not a tensor."""
+        out = dict(values)
+        if self.session is None:
+            return out
+        got = self.session.run(self.fetch, {n: values[n] for n in self.inputs})
+        odd = [n for n, v in zip(self.fetch, got, strict=True) if not isinstance(v, np.ndarray)]
+        if odd:
+            raise NotATensor(", ".join(odd))
+        out.update(zip(self.fetch, got, strict=True))
+        return out

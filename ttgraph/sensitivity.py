@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ttgraph.decompose import LayerCandidates
 from ttgraph.errors import TTGraphError
-from ttgraph.frontier import plan_cuts, segment
+from ttgraph.frontier import NotATensor, Piece, plan_cuts, segment
 from ttgraph.model_io import fed_initializers
 from ttgraph.verify import Feed, session
 
@@ -123,13 +123,11 @@ def _advance(
         part, fetch = segment(model, {n: v.dtype for n, v in values[0].items()}, frontier)
     except KeyError:
         return None
-    if fetch:
-        sess = session(part, name="<original>")
-        inputs = [i.name for i in sess.get_inputs()]
-        got = [dict(zip(fetch, sess.run(fetch, {n: v[n] for n in inputs}), strict=True)) for v in values]
-        if not all(isinstance(a, np.ndarray) for g in got for a in g.values()):
-            return None
-        values = [{**v, **g} for v, g in zip(values, got, strict=True)]
+    piece = Piece(part, fetch, "<original>")
+    try:
+        values = [piece.run(v) for v in values]
+    except NotATensor:
+        return None
     kept = [{n: v[n] for n in frontier} for v in values]
     return kept if sum(a.nbytes for v in kept for a in v.values()) <= limit else None
 
@@ -153,9 +151,8 @@ def _downstream(
     outs = [{**{n: r[n] for n in outputs if n not in v}, **v} for v, r in zip(given, ref, strict=True)]
     if not fetch:  # every output is made before the layer: it changes none
         return outs
-    probed = session(rewrite_allocation(part, layers, choices, check=False, part=True), name=label)
-    inputs = [i.name for i in probed.get_inputs()]
-    return [{**o, **dict(zip(fetch, probed.run(fetch, {n: o[n] for n in inputs}), strict=True))} for o in outs]
+    probed = Piece(rewrite_allocation(part, layers, choices, check=False, part=True), fetch, label)
+    return [probed.run(o) for o in outs]
 
 
 def _squared(a: np.ndarray) -> float:
