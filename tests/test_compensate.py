@@ -217,18 +217,21 @@ def test_the_compensation_samples_are_read_once_not_once_per_level():
 def test_a_generator_is_compensated_on_the_samples_kept_from_its_one_pass():
     """A one-pass source (generator, data reader) was compressed without compensation, on by default, with only
     a reason in the report (held-out agreement 0.5 against 0.8 on the classifier): its first samples are now kept
-    as they stream past, and the result is the one a list of the same samples gives."""
+    as they stream past, and the result is the one a list of the same samples gives (all of them: a list's
+    compensation samples are spread over it, a stream's are its first ones)."""
     model = stacked_convs()
     data = feeds(24, seed=3)
     check = feeds(4, seed=9)
-    kwargs = dict(holdout=0, params_ratio=0.75, verify_feeds=check, compensate_samples=10)
+    kwargs = dict(holdout=0, params_ratio=0.75, verify_feeds=check)
     listed = ttgraph.compress(model, calibration=data, **kwargs)
     streamed = ttgraph.compress(model, calibration=(f for f in data), **kwargs)
     comp = streamed.report.compensation
-    assert comp["applied"] and comp["samples"] == 10
+    assert comp["applied"] and comp["samples"] == 24
     assert comp == {**listed.report.compensation, "seconds": comp["seconds"]}
     assert streamed.model.SerializeToString() == listed.model.SerializeToString()
-    # by default as many as hold 2^23 input values: all 22 the statistics read (samples 9 and 19 held out)
+    fewer = ttgraph.compress(model, calibration=(f for f in data), compensate_samples=10, **kwargs)
+    assert fewer.report.compensation["samples"] == 10
+    # by default as many as hold 2^25 input values: all 22 the statistics read (samples 9 and 19 held out)
     assert ttgraph.compress(model, calibration=iter(data), params_ratio=0.75).report.compensation["samples"] == 22
 
 
@@ -446,3 +449,31 @@ def test_held_out_samples_are_read_once_to_judge_compensation_and_once_to_verify
     assert comp["end_to_end"]["after"] == heldout_fidelity(model, result.model, check)["outputs"]
     plain = ttgraph.compress(model, compensate=False, verify_feeds=check, **kwargs)
     assert comp["end_to_end"]["before"] == plain.report.verification["outputs"]
+
+
+def test_compensation_reads_its_samples_spread_over_a_source_that_fetches_by_index():
+    """A folder sorted by name often groups one kind of image: the compensation samples are spread over the
+    calibration set, each read once, not its first ones."""
+    calib = feeds(12, seed=1)
+    model, found, layers, choices = setup(calib)
+    reads = []
+
+    class Fetching:
+        reiterable, length = True, len(calib)
+
+        def fetch(self, index):
+            reads.append(index)
+            return calib[index]
+
+        def __iter__(self):
+            raise AssertionError("read by index, not from the start")
+
+    comp = compensate(
+        model,
+        layers,
+        choices,
+        Fetching(),
+        build=lambda fits: rewrite_allocation(model, layers, choices, fits),
+        samples=4,
+    )
+    assert comp.passes == 2 and comp.samples == 4 and reads == [0, 4, 7, 11]

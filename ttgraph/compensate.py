@@ -563,7 +563,7 @@ def compensate(
 ) -> Compensation:
     """Refit every compressed layer of ``choices`` (module docstring).
 
-    ``feeds`` must be re-iterable (one pass per group); ``samples`` keeps the first that many. ``build(fits)``
+    ``feeds`` must be re-iterable (one pass per group); ``samples`` keeps that many (:class:`_Subset`). ``build(fits)``
     returns the compressed model with the given :class:`LayerFit` overrides (e.g.
     :func:`ttgraph.api.rewrite_allocation` with ``fits``); ``build_part(fits, part)`` the same for a piece of the
     original (``rewrite_allocation(part, ..., part=True)``), what a level runs when given. ``layers`` are in the
@@ -650,9 +650,11 @@ def compensate(
 
 @dataclass
 class _Subset:
-    """The first ``count`` feeds of a re-iterable source (re-iterable, known length). The compensation reads
-    them once per dependency level (18 passes on the detector): the first pass keeps them in memory, up to
-    :data:`CACHE_BYTES`, so images are not decoded and resized again on every pass."""
+    """``count`` feeds of a re-iterable source (re-iterable, known length): spread evenly over it where the source
+    can fetch by index (a folder, a file, a list), else its first ones. Spread, because a folder sorted by name
+    often groups one kind of image (``doc_…``, then ``photo_…``), and a fit to one kind generalizes badly to the
+    others. The compensation reads them once per dependency level (18 passes on the detector): the first pass
+    keeps them in memory, up to :data:`CACHE_BYTES`, so images are not decoded and resized again on every pass."""
 
     source: Any
     count: int
@@ -661,10 +663,15 @@ class _Subset:
 
     @property
     def length(self) -> int:
-        known = getattr(self.source, "length", None)
-        if known is None and hasattr(self.source, "__len__"):
-            known = len(self.source)
-        return self.count if known is None else min(self.count, int(known))
+        known = _known_length(self.source)
+        return self.count if known is None else min(self.count, known)
+
+    def _feeds(self) -> Iterator[Feed]:
+        known, fetch = _known_length(self.source), getattr(self.source, "fetch", None)
+        if fetch is not None and known is not None and known > self.count:
+            yield from (fetch(i) for i in spread(known, self.count))
+        else:
+            yield from itertools.islice(self.source, self.count)  # no read past the last one kept
 
     def __iter__(self):
         if self._cache is not None:
@@ -672,7 +679,7 @@ class _Subset:
             return
         kept: list | None = []
         size = 0
-        for feed in itertools.islice(self.source, self.count):  # no read past the last one kept
+        for feed in self._feeds():
             if kept is not None:
                 size += sum(np.asarray(v).nbytes for v in feed.values())
                 if size <= CACHE_BYTES:
@@ -683,7 +690,28 @@ class _Subset:
         self._cache = kept
 
 
-CACHE_BYTES = 512 << 20  # compensation samples kept decoded between passes (the default 2^23 values: 32 MiB)
+def _known_length(source: Any) -> int | None:
+    known = getattr(source, "length", None)
+    if known is None and hasattr(source, "__len__"):
+        known = len(source)
+    return None if known is None else int(known)
+
+
+def spread(n: int, count: int) -> list[int]:
+    """``count`` of the indices ``0 … n−1``, spread evenly from the first to the last (all of them if
+    ``count ≥ n``).
+
+    >>> spread(24, 4), spread(3, 8)
+    ([0, 8, 15, 23], [0, 1, 2])
+    """
+    if count >= n:
+        return list(range(n))
+    if count == 1:
+        return [0]
+    return [round(k * (n - 1) / (count - 1)) for k in range(count)]
+
+
+CACHE_BYTES = 512 << 20  # compensation samples kept decoded between passes (the default 2^25 values: 128 MiB)
 
 
 def _first(feeds: Any, count: int) -> _Subset:

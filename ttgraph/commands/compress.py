@@ -93,8 +93,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="calibration samples the compensation reads (the first N; default 0 = as many as hold 2^23 input "
-        "values, at least 8: 8 images at 640×640)",
+        help="calibration samples the compensation reads (N spread over them; default 0 = as many as hold 2^25 "
+        "input values, at least 8: 28 images at 640×640)",
     )
     budget.add_argument(
         "--sensitivity",
