@@ -189,10 +189,16 @@ def test_activations_beyond_float32_products_are_a_one_line_error_naming_the_lay
         ttgraph.compress(stacked_convs(), calibration=huge, holdout=4, macs_ratio=0.4, rank_multiple=2)
 
 
+def compensated_from(calib: list[dict[str, np.ndarray]], source, samples: int):
+    """:func:`compensate` of the :func:`setup` model calibrated on ``calib``, reading ``source``."""
+    model, _, layers, choices = setup(calib)
+    build = lambda fits: rewrite_allocation(model, layers, choices, fits)  # noqa: E731
+    return compensate(model, layers, choices, source, build=build, samples=samples)
+
+
 def test_the_compensation_samples_are_read_once_not_once_per_level():
     """Images decode and resize on every read: the passes after the first reuse the samples they read."""
     calib = feeds(6, seed=1)
-    model, found, layers, choices = setup(calib)
     reads = []
 
     class Counted:
@@ -203,15 +209,28 @@ def test_the_compensation_samples_are_read_once_not_once_per_level():
                 reads.append(i)
                 yield feed
 
-    comp = compensate(
-        model,
-        layers,
-        choices,
-        Counted(),
-        build=lambda fits: rewrite_allocation(model, layers, choices, fits),
-        samples=4,
-    )
+    comp = compensated_from(calib, Counted(), samples=4)
     assert comp.passes == 2 and sorted(reads) == [0, 1, 2, 3]
+
+
+def test_compensation_reads_its_samples_spread_over_a_source_that_fetches_by_index():
+    """A folder sorted by name often groups one kind of image: the compensation samples are spread over the
+    calibration set, each read once, not its first ones."""
+    calib = feeds(12, seed=1)
+    reads = []
+
+    class Fetching:
+        reiterable, length = True, len(calib)
+
+        def fetch(self, index):
+            reads.append(index)
+            return calib[index]
+
+        def __iter__(self):
+            raise AssertionError("read by index, not from the start")
+
+    comp = compensated_from(calib, Fetching(), samples=4)
+    assert comp.passes == 2 and comp.samples == 4 and reads == [0, 4, 7, 11]
 
 
 def test_a_generator_is_compensated_on_the_samples_kept_from_its_one_pass():
@@ -449,31 +468,3 @@ def test_held_out_samples_are_read_once_to_judge_compensation_and_once_to_verify
     assert comp["end_to_end"]["after"] == heldout_fidelity(model, result.model, check)["outputs"]
     plain = ttgraph.compress(model, compensate=False, verify_feeds=check, **kwargs)
     assert comp["end_to_end"]["before"] == plain.report.verification["outputs"]
-
-
-def test_compensation_reads_its_samples_spread_over_a_source_that_fetches_by_index():
-    """A folder sorted by name often groups one kind of image: the compensation samples are spread over the
-    calibration set, each read once, not its first ones."""
-    calib = feeds(12, seed=1)
-    model, found, layers, choices = setup(calib)
-    reads = []
-
-    class Fetching:
-        reiterable, length = True, len(calib)
-
-        def fetch(self, index):
-            reads.append(index)
-            return calib[index]
-
-        def __iter__(self):
-            raise AssertionError("read by index, not from the start")
-
-    comp = compensate(
-        model,
-        layers,
-        choices,
-        Fetching(),
-        build=lambda fits: rewrite_allocation(model, layers, choices, fits),
-        samples=4,
-    )
-    assert comp.passes == 2 and comp.samples == 4 and reads == [0, 4, 7, 11]
