@@ -296,10 +296,13 @@ class _Levels:
         cut, self.kept = self.kept is not None, None
         return self._from(starts, step, fits, tensors, cut)
 
-    def _pieces(self, fits: Mapping[str, LayerFit], start: tuple[Values, Values], wanted: list[str]) -> list[Piece]:
-        """The compressed and the original model's pieces from the tensors in ``start`` to ``wanted``. Raises
-        :class:`_Uncut` where the cut does not hold: a tensor the rewrite renamed, or a value that is not a tensor
-        (a sequence, an optional) crossing it."""
+    def _pieces(
+        self, fits: Mapping[str, LayerFit], start: tuple[Values, Values], wanted: list[str]
+    ) -> tuple[list[Piece], Values]:
+        """The compressed and the original model's pieces from the tensors in ``start`` to ``wanted``, and the
+        original piece's values on ``start`` (run to learn its output types). Raises :class:`_Uncut` where the cut
+        does not hold: a tensor the rewrite renamed, or a value that is not a tensor (a sequence, an optional)
+        crossing it."""
         given = {n: v.dtype for n, v in start[1].items()}
         try:
             part, fetch = segment(self.original, given, wanted)
@@ -308,7 +311,7 @@ class _Levels:
         except (KeyError, TTGraphError, NotATensor) as err:
             raise _Uncut from err
         if not fetch:
-            return [ref, ref]
+            return [ref, ref], first
         if self.build_part is None:
             try:
                 compressed, _ = segment(self.build(fits), {n: v.dtype for n, v in start[0].items()}, wanted)
@@ -317,7 +320,7 @@ class _Levels:
         else:  # the rewrite needs the outputs' types: those the original piece computes
             typed, _ = segment(self.original, given, wanted, {name: first[name].dtype for name in fetch})
             compressed = self.build_part(fits, typed)
-        return [Piece(compressed, fetch, "<compressed>"), ref]
+        return [Piece(compressed, fetch, "<compressed>"), ref], first
 
     def _from(
         self,
@@ -337,11 +340,13 @@ class _Levels:
         for start in starts:
             if not pieces:
                 try:
-                    pieces = self._pieces(fits, start, wanted)
+                    pieces, first = self._pieces(fits, start, wanted)
                 except _Uncut:  # this level runs from the graph inputs; the next tries its own cut
                     yield from _prefix_pairs(self.original, self.build(fits), tensors, self.feeds)
                     return
-            got = [piece.run(given) for piece, given in zip(pieces, start, strict=True)]
+                got = [pieces[0].run(start[0]), first]  # the original's piece already ran on this sample
+            else:
+                got = [piece.run(given) for piece, given in zip(pieces, start, strict=True)]
             if kept is not None:
                 entry = ({n: got[0][n] for n in frontier}, {n: got[1][n] for n in frontier})
                 size += sum(a.nbytes for v in entry for a in v.values())
