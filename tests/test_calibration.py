@@ -21,7 +21,7 @@ from ttgraph.calibration import (
     holdout_indices,
     output_error,
     parse_preprocess,
-    remember_first,
+    remember_sample,
     split_holdout,
 )
 from ttgraph.errors import TTGraphError
@@ -401,9 +401,28 @@ def test_a_reader_that_refills_one_array_keeps_distinct_held_out_samples():
         calib, held = split_holdout(calibration_source(Refilling(), two_conv_model()), holdout)
         list(calib)
         assert sorted(float(f["x"].flat[0]) for f in held) in ([4.0, 5.0], [0.0, 2.0, 4.0])
-    calib, first = remember_first(calibration_source(Refilling(), two_conv_model()), lambda feed: 3, 1 << 20)
+    calib, kept = remember_sample(calibration_source(Refilling(), two_conv_model()), lambda feed: 3, 1 << 20)
     list(calib)
-    assert [float(f["x"].flat[0]) for f in first] == [5.0, 4.0, 3.0]
+    values = [float(f["x"].flat[0]) for f in kept]  # the stream counts down from 5: three of them, in its order
+    assert len(set(values)) == 3 and values == sorted(values, reverse=True)
+
+
+def test_samples_kept_from_a_stream_are_drawn_over_all_of_it_in_its_order():
+    """A data reader over a folder sorted by name gives one kind of image first: the samples compensation keeps
+    from a stream are drawn over the whole of it (the same ones every time), not its first ones; a stream no
+    longer than the count keeps them all."""
+    data = feeds(60)
+
+    def kept_indices(stream_of: list, count: int) -> list[int]:
+        calib, kept = remember_sample(calibration_source(iter(stream_of), two_conv_model()), lambda f: count, 1 << 30)
+        assert sum(1 for _ in calib) == len(stream_of)  # the stream itself passes on whole
+        return [next(i for i, d in enumerate(stream_of) if d["x"] is not f["x"] and np.array_equal(d["x"], f["x"]))
+                for f in kept]  # fmt: skip
+
+    drawn = kept_indices(data, 6)
+    assert len(drawn) == 6 and drawn == sorted(drawn) and drawn[-1] >= 30
+    assert kept_indices(data, 6) == drawn
+    assert kept_indices(data[:5], 6) == [0, 1, 2, 3, 4]
 
 
 def test_a_short_stream_still_holds_out_its_last_sample():

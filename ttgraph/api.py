@@ -34,7 +34,7 @@ from ttgraph.calibration import (
     Preprocess,
     calibration_source,
     collect_statistics,
-    remember_first,
+    remember_sample,
     split_holdout,
 )
 from ttgraph.compensate import CACHE_BYTES, Compensation, LayerFit, layer_errors, side_by_side
@@ -671,7 +671,7 @@ def _compress_to_budget(
             # compensation reads a few samples once per dependency level: a one-pass source (a generator, a data
             # reader) keeps them from the statistics pass, up to CACHE_BYTES
             wanted = compensate_samples
-            calib, comp_feeds = remember_first(calib, lambda feed: wanted or _samples_for(feed), CACHE_BYTES)
+            calib, comp_feeds = remember_sample(calib, lambda feed: wanted or _samples_for(feed), CACHE_BYTES)
         stats = collect_statistics(original, convs, calib, progress=progress, desc="calibrate")
         if held.length:
             held_stats = collect_statistics(original, convs, held, progress=progress, desc="held-out")

@@ -66,7 +66,7 @@ __all__ = [
     "expose_tensors",
     "holdout_indices",
     "parse_preprocess",
-    "remember_first",
+    "remember_sample",
     "split_holdout",
     "stream_activations",
 ]
@@ -846,31 +846,44 @@ def _own_copy(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: np.array(value, copy=True) for name, value in feed.items()}
 
 
-def remember_first(
-    source: CalibrationSource, count: Callable[[dict[str, np.ndarray]], int], max_bytes: int
+def remember_sample(
+    source: CalibrationSource, count: Callable[[dict[str, np.ndarray]], int], max_bytes: int, seed: int = 0
 ) -> tuple[CalibrationSource, CalibrationSource]:
-    """A one-pass source that keeps its first samples in memory as they stream past, and those samples as a
-    re-iterable source (complete once the stream has been read): what lets a step that reads a few samples
-    several times (compensation) run on a generator. ``count(first feed)`` says how many; no more than
-    ``max_bytes`` are kept."""
-    kept: list[dict[str, np.ndarray]] = []
-    first = CalibrationSource(lambda: iter(kept), 0, True, f"the first samples of {source.description}")
-    first.fetch = kept.__getitem__
+    """A one-pass source that keeps some of its samples in memory as they stream past, and those samples, in
+    stream order, as a re-iterable source (complete once the stream has been read): what lets a step that reads a
+    few samples several times (compensation) run on a generator or a data reader. ``count(first feed)`` says how
+    many, no more than ``max_bytes``; they are drawn uniformly from the whole stream (reservoir sampling, seeded:
+    the same stream keeps the same samples), not its first ones — a reader over a folder sorted by name would
+    otherwise give one kind of image only. A stream no longer than ``count`` keeps every sample."""
+    kept: dict[int, dict[str, np.ndarray]] = {}  # stream index → feed
+    chosen = CalibrationSource(lambda: iter(ordered()), 0, True, f"samples of {source.description}")
+
+    def ordered() -> list[dict[str, np.ndarray]]:
+        return [kept[i] for i in sorted(kept)]
+
+    chosen.fetch = lambda k: ordered()[k]
 
     def stream() -> Iterator[dict[str, np.ndarray]]:
-        wanted, size = None, 0
-        for feed in source:
+        rng = np.random.default_rng(seed)
+        wanted, size, sizes = None, 0, {}
+        for index, feed in enumerate(source):
             if wanted is None:
                 wanted = count(feed)
-            nbytes = sum(int(np.asarray(v).nbytes) for v in feed.values()) if len(kept) < wanted else 0
-            if nbytes and size + nbytes <= max_bytes:
-                kept.append(_own_copy(feed))
-                size += nbytes
-                first.length = len(kept)
-                first.description = f"the first {len(kept)} samples of {source.description}"
+            slot = index if len(kept) < wanted else int(rng.integers(0, index + 1))  # Algorithm R
+            if slot < wanted:
+                nbytes = sum(int(np.asarray(v).nbytes) for v in feed.values())
+                evicted = sorted(kept)[slot] if len(kept) >= wanted else None
+                freed = sizes.get(evicted, 0)
+                if size - freed + nbytes <= max_bytes:
+                    if evicted is not None:
+                        del kept[evicted], sizes[evicted]
+                    kept[index], sizes[index] = _own_copy(feed), nbytes
+                    size += nbytes - freed
+                    chosen.length = len(kept)
+                    chosen.description = f"{len(kept)} samples drawn over {source.description}"
             yield feed
 
-    return CalibrationSource(stream, source.length, False, source.description), first
+    return CalibrationSource(stream, source.length, False, source.description), chosen
 
 
 # --------------------------------------------------------------------------------------------- statistics
