@@ -189,3 +189,21 @@ def test_probes_run_from_the_cut_before_their_level_as_the_whole_model_does():
     assert set(piecewise) == {"convA", "convB", "convC"}
     assert piecewise == pytest.approx(whole, rel=1e-4)
     assert piecewise["convC"] > 0 and piecewise["convA"] > 0
+
+
+def test_a_graph_listed_out_of_order_gets_the_weights_of_the_same_graph_in_order():
+    """onnxruntime runs a graph whose nodes are not listed producers first (compress() rejects it through
+    onnx.checker, a direct caller need not); its levels were read in list order, and the probes from the kept
+    cuts reported 0 for layers that matter."""
+    model = three_levels_two_outputs()
+    data = feeds(5, seed=2)
+    layers = candidates(model, data)
+    in_order = measured_sensitivities(model, layers, data)
+    reversed_model = onnx.ModelProto()
+    reversed_model.CopyFrom(model)
+    nodes = list(reversed_model.graph.node)[::-1]
+    del reversed_model.graph.node[:]
+    reversed_model.graph.node.extend(nodes)
+    out_of_order = measured_sensitivities(reversed_model, candidates(reversed_model, data), data)
+    assert out_of_order == pytest.approx(in_order, rel=1e-4)
+    assert all(weight > 0 for weight in out_of_order.values())

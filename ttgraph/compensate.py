@@ -42,6 +42,7 @@ the "after" error on calibration data is exact (a layer's inputs do not change o
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 import time
@@ -531,6 +532,32 @@ def _groups(labels: list[str], stages: int) -> list[list[str]]:
     return [labels[i : i + size] for i in range(0, len(labels), size)]
 
 
+def _topological(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes in an order where each comes after the producers of its inputs: the list order where that holds
+    (the earliest ready node first), so a graph listed out of order (onnxruntime runs one) gets the same levels."""
+    producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
+    waits = [
+        {producer[n] for n in node.input if n in producer and producer[n] != i} for i, node in enumerate(graph.node)
+    ]
+    readers: dict[int, list[int]] = {}
+    for i, deps in enumerate(waits):
+        for d in deps:
+            readers.setdefault(d, []).append(i)
+    ready = [i for i, deps in enumerate(waits) if not deps]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in readers.get(i, []):
+            waits[j].discard(i)
+            if not waits[j]:
+                heapq.heappush(ready, j)
+    emitted = set(order)
+    order += [i for i in range(len(graph.node)) if i not in emitted]  # a cycle: left in list order
+    return [graph.node[i] for i in order]
+
+
 def dependency_levels(model: onnx.ModelProto, convs: Sequence[Any]) -> dict[str, int]:
     """For each conv (label), how many of ``convs`` lie on the longest path from the graph inputs to its
     input. Convs of one level do not feed each other: one side-by-side pass compensates them all exactly as
@@ -538,7 +565,7 @@ def dependency_levels(model: onnx.ModelProto, convs: Sequence[Any]) -> dict[str,
     by_output = {c.node.outputs[0].name: c.label for c in convs}
     depth: dict[str, int] = {}
     level: dict[str, int] = {}
-    for node in model.graph.node:
+    for node in _topological(model.graph):
         d = max((depth.get(name, 0) for name in node.input if name), default=0)
         for out in node.output:
             if out in by_output:
