@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ttgraph  # noqa: E402
 import ttgraph.api as api  # noqa: E402
-from ttgraph.compensate import FRONTIER_BYTES, compensate  # noqa: E402
+from ttgraph.compensate import compensate  # noqa: E402
+from ttgraph.frontier import FRONTIER_BYTES  # noqa: E402
 
 
 def residual_chain(blocks: int, channels: int) -> onnx.ModelProto:

@@ -13,7 +13,7 @@ import logging
 import math
 import numbers
 import os
-from collections.abc import Iterable, Mapping, Sequence, Sized
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,16 @@ from ttgraph.model_io import (
 from ttgraph.planner import COST_MODELS
 from ttgraph.shapes import Shape, infer_shapes, shapes_from_inputs
 from ttgraph.tt import TTFormat, relative_error, scale_ranks, tt_format, tt_reconstruct, tt_svd
-from ttgraph.verify import Feed, OutputError, check_feed, compare_outputs, random_feed, run_session, session
+from ttgraph.verify import (
+    Feed,
+    OutputError,
+    check_feed,
+    compare_outputs,
+    feed_count,
+    random_feed,
+    run_session,
+    session,
+)
 
 MAX_CORES = 8
 log = logging.getLogger("ttgraph.compress")  # the steps without a progress bar (compress --progress shows them)
@@ -934,7 +943,7 @@ def _judge_compensation(
             t.add(refs, [got[o] for o in outputs])
         count += 1
 
-    total = getattr(feeds, "length", None) or (len(feeds) if isinstance(feeds, Sized) else None)
+    total = feed_count(feeds)
     with tqdm(total=total, desc="judge compensation", unit="img", disable=not progress, leave=False) as bar:
         stats = side_by_side(original, models, convs, feeds, tally, also=outputs, bar=bar)
     if reference is not None:

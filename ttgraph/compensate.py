@@ -57,10 +57,10 @@ from tqdm.auto import tqdm
 from ttgraph.calibration import expose_tensors
 from ttgraph.decompose import Candidate, LayerCandidates, _sign_fix, flush_subnormals
 from ttgraph.errors import TTGraphError
-from ttgraph.frontier import CutPlan, NotATensor, Piece, plan_cuts, segment
+from ttgraph.frontier import FRONTIER_BYTES, CutPlan, NotATensor, Piece, plan_cuts, segment
 from ttgraph.model_io import fed_initializers, input_defaults
 from ttgraph.tt import tt_reconstruct
-from ttgraph.verify import Feed, session
+from ttgraph.verify import Feed, feed_count, session
 
 __all__ = [
     "Compensation",
@@ -254,9 +254,6 @@ def _constants(model: onnx.ModelProto, names: Sequence[str]) -> Values:
     """The values of those ``names`` that are initializers (a default input, or a conv reading a constant)."""
     wanted = set(names)
     return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.name in wanted}
-
-
-FRONTIER_BYTES = 1 << 30  # kept at a cut, all samples and both models; past it the next level runs from the inputs
 
 
 class _Levels:
@@ -624,9 +621,7 @@ def compensate(
         groups = _groups([lc.label for lc in compressed], stages)
     if samples is not None:
         feeds = _first(feeds, samples)
-    total = getattr(feeds, "length", None)
-    if total is None and hasattr(feeds, "__len__"):
-        total = len(feeds)
+    total = feed_count(feeds)
     steps = sweeps * len(groups)
     bar = tqdm(
         total=None if total is None else total * steps,
@@ -695,11 +690,11 @@ class _Subset:
 
     @property
     def length(self) -> int:
-        known = _known_length(self.source)
+        known = feed_count(self.source)
         return self.count if known is None else min(self.count, known)
 
     def _feeds(self) -> Iterator[Feed]:
-        known, fetch = _known_length(self.source), getattr(self.source, "fetch", None)
+        known, fetch = feed_count(self.source), getattr(self.source, "fetch", None)
         if fetch is not None and known is not None and known > self.count:
             yield from (fetch(i) for i in spread(known, self.count))
         else:
@@ -720,13 +715,6 @@ class _Subset:
                     kept = None
             yield feed
         self._cache = kept
-
-
-def _known_length(source: Any) -> int | None:
-    known = getattr(source, "length", None)
-    if known is None and hasattr(source, "__len__"):
-        known = len(source)
-    return None if known is None else int(known)
 
 
 def spread(n: int, count: int) -> list[int]:

@@ -12,7 +12,7 @@ took no part in calibration and reports, per model output,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence, Sized
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ttgraph.errors import TTGraphError
 from ttgraph.model_io import graph_inputs
-from ttgraph.verify import Feed, check_feed, run_session, session
+from ttgraph.verify import Feed, check_feed, feed_count, run_session, session
 
 __all__ = [
     "IOU_THRESHOLD",
@@ -158,7 +158,7 @@ def heldout_fidelity(
     names = [o.name for o in original.graph.output]
     tally = FidelityTally(names, iou_threshold)
     inputs = graph_inputs(original)
-    total = getattr(feeds, "length", None) or (len(feeds) if isinstance(feeds, Sized) else None)
+    total = feed_count(feeds)
     bar = tqdm(feeds, total=total, desc=desc, unit="img", disable=not progress, leave=False, dynamic_ncols=True)
     for index, feed in enumerate(bar):
         check_feed(inputs, feed, f"{source}: held-out input {index}")

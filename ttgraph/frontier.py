@@ -23,7 +23,11 @@ import onnx
 
 from ttgraph.model_io import envelope
 
-__all__ = ["CutPlan", "NotATensor", "Piece", "plan_cuts", "segment"]
+__all__ = ["FRONTIER_BYTES", "CutPlan", "NotATensor", "Piece", "plan_cuts", "segment"]
+
+# The values kept at the cuts, all samples (compensation: of both models), by default; past it a caller runs the
+# next step from the graph inputs instead (compensation: that level; sensitivity: every probe after it).
+FRONTIER_BYTES = 1 << 30
 
 _SUBGRAPH = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 

@@ -25,11 +25,9 @@ from tqdm.auto import tqdm
 
 from ttgraph.decompose import LayerCandidates
 from ttgraph.errors import TTGraphError
-from ttgraph.frontier import NotATensor, Piece, plan_cuts, segment
+from ttgraph.frontier import FRONTIER_BYTES, NotATensor, Piece, plan_cuts, segment
 from ttgraph.model_io import fed_initializers
 from ttgraph.verify import Feed, session
-
-FRONTIER_BYTES = 1 << 30  # the original's values kept at the cuts, all samples; past it, probes run the whole model
 
 __all__ = ["measured_sensitivities", "PROBE_RATIO"]
 

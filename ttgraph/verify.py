@@ -104,6 +104,15 @@ def random_feed(
     return feed
 
 
+def feed_count(feeds: Any) -> int | None:
+    """How many feeds a source holds, where it says (a ``length``, or ``len()``); None for a stream: what sizes a
+    progress bar and picks samples spread over a source."""
+    known = getattr(feeds, "length", None)
+    if known is None and hasattr(feeds, "__len__"):
+        known = len(feeds)
+    return None if known is None else int(known)
+
+
 def run_session(sess, names: list[str], feed: Feed, source: str) -> list[np.ndarray]:
     """``sess.run`` with onnxruntime's failure as a one-line error naming ``source`` (its message names the node)."""
     try:
