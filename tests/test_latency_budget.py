@@ -42,7 +42,7 @@ def candidates(model: onnx.ModelProto):
 def test_a_layer_whose_factors_measure_slower_stays_dense_even_where_macs_favour_it(tmp_path, monkeypatch):
     """Measurements injected (the runtime's behaviour is what varies; the allocator's answer to it must not)."""
     monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path))
-    monkeypatch.setattr(latency, "dense_seconds", lambda cin, cout, h, w, **_: {32: 1e-3, 8: 2e-3}[h])
+    monkeypatch.setattr(latency, "dense_times", lambda shapes, **_: {s: {32: 1e-3, 8: 2e-3}[s[2]] for s in shapes})
     # the thin high-resolution layer's factors are slower at every rank; the wide one's speed follows its MACs
     monkeypatch.setattr(
         latency,
@@ -82,6 +82,35 @@ def test_latencies_are_measured_once_and_then_read_from_the_cache(tmp_path, monk
         [c.latency for c in layer.candidates] for layer in first
     ]
     assert (tmp_path / latency.CACHE_FILE).read_text() == entries
+
+
+def test_a_busy_spell_while_the_dense_convs_are_timed_slows_every_layer_alike(tmp_path, monkeypatch):
+    """The allocator weighs each layer's share of the 1×1 time. Two layers of equal MACs, timed while another
+    process takes the CPU for the first half of the measuring and leaves it for the second (each run reports its
+    time as its work × the load of the moment): timed one after the other, the first layer would come out 3× the
+    second; timed round-robin they come out equal."""
+    monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path))
+    import ttgraph.bench
+
+    shapes = [(64, 128, 16, 16, 1), (128, 64, 16, 16, 1)]
+    warmup, runs = 2, 10
+    calls = {"n": 0}
+
+    def runner(model, feed, threads):
+        work = 1e-3 * model.graph.initializer[0].dims[0] * model.graph.initializer[0].dims[1] / 8192
+
+        def run() -> float:
+            calls["n"] += 1
+            return work * (3.0 if calls["n"] <= (warmup + runs) * len(shapes) // 2 else 1.0)
+
+        return run
+
+    monkeypatch.setattr(ttgraph.bench, "onnxruntime_runner", runner)
+    times = latency.dense_times(shapes, warmup=warmup, runs=runs)
+    assert calls["n"] == (warmup + runs) * len(shapes)
+    assert times[shapes[0]] == pytest.approx(times[shapes[1]])
+    assert latency.dense_times(shapes[:1]) == {shapes[0]: times[shapes[0]]}  # from the cache, nothing run
+    assert calls["n"] == (warmup + runs) * len(shapes)
 
 
 @pytest.mark.parametrize("ratios", [{"latency_ratio": 0.5, "macs_ratio": 0.5}, {"latency_ratio": 1.5}])

@@ -128,36 +128,58 @@ def lowrank_speedup(
     return _cached(key, measure) if cache else measure()
 
 
+Shape = tuple[int, int, int, int, int]  # cin, cout, h, w, stride
+
+
+def dense_times(shapes: Sequence[Shape], *, threads: int = 1, warmup: int = 5, runs: int = 30) -> dict[Shape, float]:
+    """Median time of one dense 1×1 conv of each shape ``(cin, cout, h, w, stride)`` in onnxruntime, cached like
+    :func:`lowrank_speedup`. Only weights between layers: the allocator needs how much of the 1×1 time each layer
+    holds, not an absolute figure. So the shapes not cached yet are timed round-robin in one run
+    (:func:`time_alternated`): load from other processes then slows them all alike. Timed one after another, a
+    busy moment inflated one layer's share (the same shape measured 0.19 and 0.28 ms in two runs)."""
+    wanted = list(dict.fromkeys(shapes))
+    keys = {shape: _key("onnxruntime", threads, *shape[:4], 0, shape[4]) for shape in wanted}
+    cached = _load_cache(cache_path())
+    missing = [shape for shape in wanted if keys[shape] not in cached]
+    if missing:
+        from ttgraph.bench import onnxruntime_runner
+
+        runners = {}
+        for cin, cout, h, w, stride in missing:
+            dense, _ = pointwise_models(cin, cout, h, w, 1, stride)
+            feed = {"x": np.random.default_rng(1).standard_normal((1, cin, h, w)).astype(np.float32)}
+            runners[keys[(cin, cout, h, w, stride)]] = onnxruntime_runner(dense, feed, threads)
+        times = time_alternated(runners, warmup=warmup, runs=runs)
+        _store({key: float(np.median(values)) for key, values in times.items()})
+        cached = _load_cache(cache_path())
+    return {shape: float(cached[keys[shape]]) for shape in wanted}
+
+
 def dense_seconds(
     cin: int, cout: int, h: int, w: int, *, stride: int = 1, threads: int = 1, warmup: int = 5, runs: int = 30
 ) -> float:
-    """Median time of one dense 1×1 conv in onnxruntime (cached like :func:`lowrank_speedup`). Only a weight
-    between layers: the allocator needs how much of the 1×1 time each layer holds, not an absolute figure."""
-    key = _key("onnxruntime", threads, cin, cout, h, w, 0, stride)
-
-    def measure() -> float:
-        from ttgraph.bench import onnxruntime_runner
-
-        dense, _ = pointwise_models(cin, cout, h, w, 1, stride)
-        feed = {"x": np.random.default_rng(1).standard_normal((1, cin, h, w)).astype(np.float32)}
-        times = time_alternated({"dense": onnxruntime_runner(dense, feed, threads)}, warmup=warmup, runs=runs)
-        return float(np.median(times["dense"]))
-
-    return _cached(key, measure)
+    """:func:`dense_times` of one shape."""
+    shape = (cin, cout, h, w, stride)
+    return dense_times([shape], threads=threads, warmup=warmup, runs=runs)[shape]
 
 
 def _cached(key: str, measure: Callable[[], float]) -> float:
-    """The cached value for ``key``, or ``measure()`` stored under it (atomic JSON write)."""
-    path = cache_path()
-    hit = _load_cache(path).get(key)
+    """The cached value for ``key``, or ``measure()`` stored under it."""
+    hit = _load_cache(cache_path()).get(key)
     if hit is not None:
         return float(hit)
     value = measure()
+    _store({key: value})
+    return value
+
+
+def _store(values: dict[str, float]) -> None:
+    """Add ``values`` to the cache (atomic JSON write)."""
+    path = cache_path()
     data = _load_cache(path)  # re-read: another process may have added entries meanwhile
-    data[key] = value
+    data.update(values)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
-    return value
 
 
 def attach_latencies(
@@ -168,26 +190,31 @@ def attach_latencies(
     Keep-dense gets the dense conv's measured median time; a low-rank candidate at rank r gets it divided by
     the measured speedup at r (:func:`lowrank_speedup`). Up to ``points`` ranks per layer are measured
     (spread over its candidates) and the others interpolated linearly in r, since a factor pair's time is
-    close to affine in its rank. TT (d ≥ 2) candidates and layers without a static 2-D shape are dropped:
+    close to affine in its rank. The dense times of all layers come from one round-robin run (:func:`dense_times`).
+    TT (d ≥ 2) candidates and layers without a static 2-D shape are dropped:
     nothing measures them, and the notes measured Reshape+MatMul TT slower than low-rank. Results are
     cached on disk, so a second run of the same shapes measures nothing.
     """
     from tqdm import tqdm
 
-    out = []
-    for layer in tqdm(layers, desc="latency", unit="layer", disable=not progress, leave=False):
+    shapes: list[Shape | None] = []
+    for layer in layers:
         conv = layer.conv
-        shape = conv.input_shape
-        stride = int(conv.strides[0]) if conv.strides else 1
-        spatial = [] if shape is None or len(shape) != 4 else list(shape[2:])
+        spatial = list(conv.input_shape[2:]) if conv.input_shape is not None and len(conv.input_shape) == 4 else []
         static = len(spatial) == 2 and None not in spatial and len(set(conv.strides)) <= 1
-        lowrank = [c for c in layer.candidates if c.kind == "lowrank"] if static else []
+        stride = int(conv.strides[0]) if conv.strides else 1
+        shapes.append((conv.cin, conv.cout, int(spatial[0]), int(spatial[1]), stride) if static else None)
+    dense = dense_times([s for s in shapes if s is not None], threads=threads, runs=runs)
+    out = []
+    for layer, shape in tqdm(
+        list(zip(layers, shapes, strict=True)), desc="latency", unit="layer", disable=not progress, leave=False
+    ):
+        lowrank = [c for c in layer.candidates if c.kind == "lowrank"] if shape is not None else []
         dense_ns = 1
         times: dict[int, float] = {}
-        if static:
-            h, w = int(spatial[0]), int(spatial[1])  # type: ignore[arg-type]
-            dense = dense_seconds(conv.cin, conv.cout, h, w, stride=stride, threads=threads, runs=runs)
-            dense_ns = max(1, round(dense * 1e9))
+        if shape is not None:
+            cin, cout, h, w, stride = shape
+            dense_ns = max(1, round(dense[shape] * 1e9))
             ranks = sorted({c.ranks[1] for c in lowrank})
             picked = (
                 sorted({ranks[round(i * (len(ranks) - 1) / max(1, points - 1))] for i in range(points)})
@@ -195,7 +222,7 @@ def attach_latencies(
                 else []
             )
             measured = {
-                r: dense_ns / lowrank_speedup(conv.cin, conv.cout, h, w, r, stride=stride, threads=threads, runs=runs)
+                r: dense_ns / lowrank_speedup(cin, cout, h, w, r, stride=stride, threads=threads, runs=runs)
                 for r in picked
             }
             for r in ranks:
