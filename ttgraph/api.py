@@ -1029,7 +1029,8 @@ def _compensation_report(
         "damping": comp.damping,
         "seconds": round(comp.seconds, 3),
         "error": "‖layer output in the compressed network − original layer output in the original network‖ / "
-        "‖original output‖",
+        "‖original output‖; calibration: before and after the layer's refit, on the inputs it was refitted on "
+        "(upstream layers already compensated); held-out: without and with compensation",
         "layers": [
             {
                 "name": lc.label,

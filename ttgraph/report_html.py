@@ -299,8 +299,8 @@ def render_html(report: Any) -> str:
             parts.append(f"<p><b>Not kept</b>: {e(str(comp.get('reason')))}.</p>")
         parts += _before_after(comp.get("end_to_end"))
         parts.append(
-            "<table><tr><th class='l'>layer</th><th>calib err before</th><th>calib err after</th>"
-            "<th>held-out err before</th><th>held-out err after</th></tr>"
+            "<table><tr><th class='l'>layer</th><th>calib err before its refit</th><th>calib err after it</th>"
+            "<th>held-out err without compensation</th><th>held-out err with it</th></tr>"
         )
         for row in comp.get("layers", []):
             parts.append(
