@@ -113,6 +113,17 @@ def test_a_busy_spell_while_the_dense_convs_are_timed_slows_every_layer_alike(tm
     assert calls["n"] == (warmup + runs) * len(shapes)
 
 
+def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_measurements(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(latency.CACHE_ENV, str(blocker / "cache"))  # mkdir under a file fails, even as root
+    with caplog.at_level("WARNING", logger="ttgraph.compress"):
+        layers = latency.attach_latencies(candidates(two_layer_model()), runs=3, points=2)
+    assert all(c.latency and c.latency > 0 for layer in layers for c in layer.candidates)
+    assert "latency measurements not cached" in caplog.text and latency.CACHE_ENV in caplog.text
+    assert blocker.read_text() == "not a folder"
+
+
 @pytest.mark.parametrize("ratios", [{"latency_ratio": 0.5, "macs_ratio": 0.5}, {"latency_ratio": 1.5}])
 def test_bad_latency_budgets_are_refused(ratios):
     with pytest.raises(Exception, match="latency_ratio"):

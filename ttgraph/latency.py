@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ttgraph.bench import cpu_model, time_alternated
 from ttgraph.decompose import LayerCandidates
+from ttgraph.errors import TTGraphError
 from ttgraph.files import write_atomic
 
 CACHE_ENV = "TTGRAPH_CACHE_DIR"
@@ -150,8 +152,9 @@ def dense_times(shapes: Sequence[Shape], *, threads: int = 1, warmup: int = 5, r
             feed = {"x": np.random.default_rng(1).standard_normal((1, cin, h, w)).astype(np.float32)}
             runners[keys[(cin, cout, h, w, stride)]] = onnxruntime_runner(dense, feed, threads)
         times = time_alternated(runners, warmup=warmup, runs=runs)
-        _store({key: float(np.median(values)) for key, values in times.items()})
-        cached = _load_cache(cache_path())
+        measured = {key: float(np.median(values)) for key, values in times.items()}
+        _store(measured)
+        cached.update(measured)
     return {shape: float(cached[keys[shape]]) for shape in wanted}
 
 
@@ -174,12 +177,21 @@ def _cached(key: str, measure: Callable[[], float]) -> float:
 
 
 def _store(values: dict[str, float]) -> None:
-    """Add ``values`` to the cache (atomic JSON write)."""
+    """Add ``values`` to the cache (atomic JSON write). A cache that cannot be written (a read-only home in a
+    container) costs a warning and the next run's measuring, not the measurements in hand and the run."""
     path = cache_path()
     data = _load_cache(path)  # re-read: another process may have added entries meanwhile
     data.update(values)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+    except (OSError, TTGraphError) as err:
+        logging.getLogger("ttgraph.compress").warning(
+            "latency measurements not cached in %s (%s); set $%s to a writable folder to keep them",
+            path,
+            err,
+            CACHE_ENV,
+        )
 
 
 def attach_latencies(
