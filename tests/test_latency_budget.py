@@ -124,6 +124,17 @@ def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_measurements(tmp
     assert blocker.read_text() == "not a folder"
 
 
+def test_latency_timings_live_beside_the_planners_measured_tables(tmp_path, monkeypatch):
+    from ttgraph.planner import MeasuredCost
+
+    monkeypatch.delenv(latency.CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert latency.cache_path() == tmp_path / "xdg" / "ttgraph" / latency.CACHE_FILE
+    assert MeasuredCost(timer=lambda op: 1.0).cache_path.parent == latency.cache_path().parent
+    monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path / "moved"))
+    assert latency.cache_path() == tmp_path / "moved" / latency.CACHE_FILE
+
+
 @pytest.mark.parametrize("ratios", [{"latency_ratio": 0.5, "macs_ratio": 0.5}, {"latency_ratio": 1.5}])
 def test_bad_latency_budgets_are_refused(ratios):
     with pytest.raises(Exception, match="latency_ratio"):

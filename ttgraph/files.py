@@ -160,3 +160,12 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
     except OSError:
         return False
+
+
+def default_cache_dir() -> Path:
+    """Where measured tables (the planner's op costs, the latency budget's conv timings) live:
+    ``$TTGRAPH_CACHE_DIR``, else ``$XDG_CACHE_HOME/ttgraph``, else ``~/.cache/ttgraph``."""
+    if os.environ.get("TTGRAPH_CACHE_DIR"):
+        return Path(os.environ["TTGRAPH_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ttgraph"

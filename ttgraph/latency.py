@@ -4,7 +4,8 @@
 two Convs), times both in onnxruntime at a thread count, A/B alternated, and returns
 ``time(dense) / time(low-rank)`` (> 1: the low-rank form is faster), the median of pair-by-pair ratios.
 Results are cached on disk as JSON, keyed by runtime, its version, threads, CPU model and shape, in
-``$TTGRAPH_CACHE_DIR`` (default ``~/.cache/ttgraph``).
+:func:`ttgraph.files.default_cache_dir` (``$TTGRAPH_CACHE_DIR``, else ``$XDG_CACHE_HOME/ttgraph`` or
+``~/.cache/ttgraph``), beside the planner's measured tables.
 
 >>> lowrank_speedup(384, 384, 20, 20, rank=96)  # doctest: +SKIP
 1.9
@@ -15,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,15 +26,14 @@ from onnx import TensorProto, helper, numpy_helper
 from ttgraph.bench import cpu_model, time_alternated
 from ttgraph.decompose import LayerCandidates
 from ttgraph.errors import TTGraphError
-from ttgraph.files import write_atomic
+from ttgraph.files import default_cache_dir, write_atomic
 
 CACHE_ENV = "TTGRAPH_CACHE_DIR"
 CACHE_FILE = "latency.json"
 
 
 def cache_path() -> Path:
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "ttgraph")
-    return Path(root) / CACHE_FILE
+    return default_cache_dir() / CACHE_FILE
 
 
 def _conv(name: str, x: str, y: str, w: np.ndarray, b: np.ndarray | None, stride: int) -> tuple:

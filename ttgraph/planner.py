@@ -70,6 +70,7 @@ from typing import Any, Literal, NamedTuple
 import networkx as nx
 
 from ttgraph.errors import TTGraphError
+from ttgraph.files import default_cache_dir
 
 __all__ = [
     "COST_MODELS",
@@ -187,15 +188,6 @@ class RooflineCost:
 
     def __repr__(self) -> str:
         return f"RooflineCost(bytes_weight={self.bytes_weight}, dtype_bytes={self.dtype_bytes})"
-
-
-def default_cache_dir() -> Path:
-    """Where measured tables live: ``$TTGRAPH_CACHE_DIR``, else ``$XDG_CACHE_HOME/ttgraph``, else
-    ``~/.cache/ttgraph``."""
-    if os.environ.get("TTGRAPH_CACHE_DIR"):
-        return Path(os.environ["TTGRAPH_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "ttgraph"
 
 
 def time_op_onnxruntime(op: Op, repeats: int = 10, budget_s: float = 0.5) -> float:
