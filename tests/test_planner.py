@@ -484,6 +484,18 @@ def test_measured_cost_times_each_shape_once_and_round_trips_the_disk_cache(tmp_
         plan_layer(*args, cost=MeasuredCost(cache_dir=tmp_path, target="broken", timer=fake_timer))
 
 
+def test_measured_cost_plans_on_when_its_table_cannot_be_written(tmp_path, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    args = ((8, 48), (48, 8), 8)
+    cost = MeasuredCost(cache_dir=blocker / "cache", target="fake", timer=lambda op: 1e-9 * op.macs + 1e-6)
+    with caplog.at_level("WARNING", logger="ttgraph.compress"):
+        plan = plan_layer(*args, pixels=6400, cost=cost)
+    assert plan.cost_model == "measured" and plan.total_cost > 0
+    assert caplog.text.count("measurements not cached") == 1  # once, however many shapes were timed
+    assert blocker.read_text() == "not a folder"
+
+
 def test_measured_cost_follows_the_cache_directory_when_it_moves(tmp_path, monkeypatch):
     cost = MeasuredCost(target="fake", timer=lambda op: 1e-9 * op.macs)
     args = ((8, 48), (48, 8), 8)

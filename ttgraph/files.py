@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -169,3 +170,22 @@ def default_cache_dir() -> Path:
         return Path(os.environ["TTGRAPH_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "ttgraph"
+
+
+_UNWRITABLE_CACHES: set[Path] = set()
+
+
+def write_cache(path: Path, data: bytes) -> None:
+    """Write a cache file atomically, creating its folder. A cache that cannot be written (a read-only home in a
+    container) costs one warning per file and the next run's measuring, not the measurements in hand and the run."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, data)
+    except (OSError, TTGraphError) as err:
+        if path not in _UNWRITABLE_CACHES:
+            _UNWRITABLE_CACHES.add(path)
+            logging.getLogger("ttgraph.compress").warning(
+                "measurements not cached in %s (%s); set $TTGRAPH_CACHE_DIR to a writable folder to keep them",
+                path,
+                err,
+            )

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,8 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ttgraph.bench import cpu_model, time_alternated
 from ttgraph.decompose import LayerCandidates
-from ttgraph.errors import TTGraphError
-from ttgraph.files import default_cache_dir, write_atomic
+from ttgraph.files import default_cache_dir, write_cache
 
 CACHE_ENV = "TTGRAPH_CACHE_DIR"
 CACHE_FILE = "latency.json"
@@ -176,21 +174,11 @@ def _cached(key: str, measure: Callable[[], float]) -> float:
 
 
 def _store(values: dict[str, float]) -> None:
-    """Add ``values`` to the cache (atomic JSON write). A cache that cannot be written (a read-only home in a
-    container) costs a warning and the next run's measuring, not the measurements in hand and the run."""
+    """Add ``values`` to the cache (:func:`ttgraph.files.write_cache`)."""
     path = cache_path()
     data = _load_cache(path)  # re-read: another process may have added entries meanwhile
     data.update(values)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
-    except (OSError, TTGraphError) as err:
-        logging.getLogger("ttgraph.compress").warning(
-            "latency measurements not cached in %s (%s); set $%s to a writable folder to keep them",
-            path,
-            err,
-            CACHE_ENV,
-        )
+    write_cache(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
 
 def attach_latencies(

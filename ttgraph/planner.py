@@ -60,7 +60,6 @@ from __future__ import annotations
 import heapq
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -70,7 +69,7 @@ from typing import Any, Literal, NamedTuple
 import networkx as nx
 
 from ttgraph.errors import TTGraphError
-from ttgraph.files import default_cache_dir
+from ttgraph.files import default_cache_dir, write_cache
 
 __all__ = [
     "COST_MODELS",
@@ -240,6 +239,7 @@ class MeasuredCost:
     (default :func:`time_op_onnxruntime`) and the file is rewritten atomically. Inject ``timer`` to
     plan without timing (tests) or to time on another runtime.
 
+    >>> import tempfile
     >>> tmp = tempfile.TemporaryDirectory()
     >>> cost = MeasuredCost(cache_dir=tmp.name, timer=lambda op: op.macs / 1000)
     >>> cost(Op("matmul", left=1, out=10, contracted=10, right=10))
@@ -289,18 +289,8 @@ class MeasuredCost:
         return self._table
 
     def _save(self) -> None:
-        path = self.cache_path
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"target": self.target, "entries": self._table}, indent=0, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_cache(self.cache_path, text.encode())
 
     def __call__(self, op: Op) -> float:
         table = self._load()
