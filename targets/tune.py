@@ -96,7 +96,7 @@ def load_tensor_intrinsics(target: Any) -> None:
     it and only the submodules for this target kind are imported. Any failure falls back to the full
     import. Pinned to TVM 0.27, where this layout was checked.
     """
-    import importlib
+    import importlib.util
     import sys
     import types
 
