@@ -45,7 +45,6 @@ schedule the "after" error on calibration data is exact (a layer's inputs do not
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import math
 import time
@@ -53,6 +52,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import networkx as nx
 import numpy as np
 import onnx
 from tqdm.auto import tqdm
@@ -537,27 +537,21 @@ def _groups(labels: list[str], stages: int) -> list[list[str]]:
 
 def _topological(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     """The nodes in an order where each comes after the producers of its inputs: the list order where that holds
-    (the earliest ready node first), so a graph listed out of order (onnxruntime runs one) gets the same levels."""
+    (networkx's lexicographical sort by list position), so a graph listed out of order (onnxruntime runs one) gets
+    the same levels. A cycle (no valid graph has one) leaves the list order."""
     producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
-    waits = [
-        {producer[n] for n in node.input if n in producer and producer[n] != i} for i, node in enumerate(graph.node)
-    ]
-    readers: dict[int, list[int]] = {}
-    for i, deps in enumerate(waits):
-        for d in deps:
-            readers.setdefault(d, []).append(i)
-    ready = [i for i, deps in enumerate(waits) if not deps]
-    heapq.heapify(ready)
-    order: list[int] = []
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(i)
-        for j in readers.get(i, []):
-            waits[j].discard(i)
-            if not waits[j]:
-                heapq.heappush(ready, j)
-    emitted = set(order)
-    order += [i for i in range(len(graph.node)) if i not in emitted]  # a cycle: left in list order
+    deps = nx.DiGraph()
+    deps.add_nodes_from(range(len(graph.node)))
+    deps.add_edges_from(
+        (producer[name], i)
+        for i, node in enumerate(graph.node)
+        for name in node.input
+        if name in producer and producer[name] != i
+    )
+    try:
+        order = list(nx.lexicographical_topological_sort(deps))
+    except nx.NetworkXUnfeasible:
+        order = list(range(len(graph.node)))
     return [graph.node[i] for i in order]
 
 
