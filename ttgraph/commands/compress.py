@@ -372,7 +372,12 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
             + (
                 "; rolled back (the passes are exact: please report this model)"
                 if report.lowering.get("rolled_back")
-                else ""
+                else (
+                    f" (float rounding here: the original's outputs move {report.lowering['rounding_scale']:.2g} "
+                    "when its inputs change by 1e-6)"
+                    if report.lowering.get("rounding_scale") is not None
+                    else ""
+                )
             )
         )
     cal = report.calibration
