@@ -220,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
     if not budgeted and (args.calib or args.html or args.sensitivity or args.distill):
         raise TTGraphError(
             "options",
-            "--calib, --html, --sensitivity and --distill go with a budget (--macs-ratio, --params-ratio, --max-error)",
+            "--calib, --html, --sensitivity and --distill go with a budget "
+            "(--macs-ratio, --params-ratio, --latency-ratio, --max-error)",
         )
     # Check every output path before any work, so a bad path fails in a second, not after decomposition.
     inputs = source_files(args.model) + _calibration_files(args.calib)
