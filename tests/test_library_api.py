@@ -151,6 +151,34 @@ def test_an_empty_verify_feeds_is_an_error_with_a_budget_too():
         ttgraph.compress(model, calibration=calib, macs_ratio=0.5, verify_feeds=[])
 
 
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        ({"x": np.zeros((1, 16, 6, 6))}, r"verify_feeds\[1\]: input 'x' is float64, the model expects float32"),
+        ({"y": np.zeros((1, 16, 6, 6), np.float32)}, r"verify_feeds\[1\]: a feed needs the model inputs \['x'\]"),
+        ({"x": np.zeros((1, 16, 5, 6), np.float32)}, r"verify_feeds\[1\]: input 'x' has shape 1×16×5×6"),
+        (np.zeros((1, 16, 6, 6), np.float32), r"verify_feeds\[1\]: expected a feed dict"),
+    ],
+)
+@pytest.mark.parametrize("options", [{"macs_ratio": 0.5}, {"macs_ratio": 0.5, "compensate": False}, {"rank": 2}])
+def test_verify_feeds_the_model_cannot_take_are_named_before_any_work(bad, needle, options):
+    """Found calling the API as a pipeline would: with compensation on, such a feed failed after calibration and
+    compensation, as onnxruntime's own error from inside the compensation's judgement."""
+    model = conv_model(16, 16, hw=(6, 6))
+    read = []
+
+    def calib():
+        for s in range(8):
+            read.append(s)
+            yield {"x": np.random.default_rng(s).standard_normal((1, 16, 6, 6)).astype(np.float32)}
+
+    good = {"x": np.ones((1, 16, 6, 6), np.float32)}
+    data = {"calibration": calib(), "holdout": 2} if "rank" not in options else {}
+    with pytest.raises(ttgraph.TTGraphError, match=needle):
+        ttgraph.compress(model, verify_feeds=[good, bad], **data, **options)  # type: ignore[list-item]
+    assert read == []
+
+
 def test_the_callers_matplotlib_backend_and_graphsurgeon_logging_are_left_alone(tmp_path):
     import matplotlib
     from onnx_graphsurgeon.logger import G_LOGGER

@@ -507,6 +507,7 @@ def compress(
         raise TTGraphError("options", f"tolerance must be ≥ 0, got {tolerance}")
     name = source_name(model)
     original = load_model(model, input_shapes)
+    verify_feeds = _checked_verify_feeds(original, verify_feeds, name)
     graph, found, shapes = _analyse(original)
     _skip_our_own_factors(found, provenance(original, name))
     candidates = _select_layers(found, layers, name)
@@ -543,6 +544,21 @@ def compress(
         errors = compare_outputs(original, result.model, verify_feeds, name)
         report.verification = {"outputs": [e.to_dict() for e in errors]}
     return result
+
+
+def _checked_verify_feeds(original: onnx.ModelProto, feeds: Iterable[Feed] | None, name: str) -> Sequence[Feed] | None:
+    """The caller's ``verify_feeds``, each checked against the model's inputs before any work: a feed the model
+    cannot take would otherwise fail minutes later, as onnxruntime's error from inside compensation. A sequence is
+    kept as it is (a dataset that loads on access stays so), anything else is read into a list once."""
+    if feeds is None:
+        return None
+    listed = feeds if isinstance(feeds, Sequence) else list(feeds)
+    if not len(listed):
+        raise TTGraphError(name, "no verification inputs: verify_feeds is empty, nothing would be compared")
+    inputs = graph_inputs(original)
+    for k in range(len(listed)):
+        check_feed(inputs, listed[k], f"{name}: verify_feeds[{k}]")
+    return listed
 
 
 def _lower(
@@ -638,6 +654,7 @@ def _compress_to_budget(
                 "input shape; give samples of one size (the written model keeps its dynamic dims)"
             )
             source = calibration_source(calibration, original, preprocess, shape_hint=hint)
+    verify_feeds = _checked_verify_feeds(original, verify_feeds, name)
     if epochs:  # before the statistics pass, not after it
         from ttgraph.torch_graph import check_runnable, require_torch
 
@@ -717,7 +734,7 @@ def _compress_to_budget(
     check_feeds: Any = None  # what compensation is judged and the result verified on: never calibration samples
     reference = OriginalOutputs()  # the original's outputs on them, kept by the first pass for the next ones
     if verify_feeds is not None:
-        check_feeds = verify_feeds if isinstance(verify_feeds, Sequence) else list(verify_feeds)
+        check_feeds = verify_feeds
     elif held is not None and held.length:
         check_feeds = held
     comp, comp_skipped, judged = None, None, None
