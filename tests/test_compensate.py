@@ -434,7 +434,7 @@ def test_levels_whose_cut_holds_a_sequence_or_reads_a_constant_are_compensated(k
     reading an initializer gets it from the model, not from a run."""
     model = odd_cut_model(kind)
     data = feeds(10, seed=6)
-    result = ttgraph.compress(model, calibration=data, holdout=3, macs_ratio=0.5, rank_multiple=1)
+    result = ttgraph.compress(model, calibration=data, holdout=3, macs_ratio=0.5, rank_multiple=1, compensate_samples=7)
     comp = result.report.compensation
     assert comp["applied"] and comp["passes"] == 3
     # the sequence crosses the cut after level 0 (that level runs from the inputs, then the next tries again)
@@ -468,3 +468,19 @@ def test_held_out_samples_are_read_once_to_judge_compensation_and_once_to_verify
     assert comp["end_to_end"]["after"] == heldout_fidelity(model, result.model, check)["outputs"]
     plain = ttgraph.compress(model, compensate=False, verify_feeds=check, **kwargs)
     assert comp["end_to_end"]["before"] == plain.report.verification["outputs"]
+
+
+def test_compensation_fitted_to_too_few_samples_is_skipped_unless_asked_for_and_unjudged_says_so():
+    """Found calling the API with one sample: compensation fitted the direction classifier to it and turned its
+    answer on unseen inputs to certainty, with nothing held out to catch it. Fewer than 8 calibration samples: not
+    compensated (the reason says how to insist); nothing held out: compensated, and the report says unchecked."""
+    model, data = stacked_convs(), feeds(12, seed=4)
+    few = ttgraph.compress(model, calibration=data[:3], holdout=0, params_ratio=0.75)
+    assert few.report.compensation["applied"] is False
+    assert "only 3 calibration samples to fit to" in few.report.compensation["reason"]
+    insisted = ttgraph.compress(model, calibration=data[:3], holdout=0, params_ratio=0.75, compensate_samples=3)
+    assert insisted.report.compensation["applied"] and insisted.report.compensation["checked"] is False
+    enough = ttgraph.compress(model, calibration=data, holdout=0, params_ratio=0.75)
+    assert enough.report.compensation["applied"] and enough.report.compensation["checked"] is False
+    judged = ttgraph.compress(model, calibration=data, holdout=2, compensate_samples=10, params_ratio=0.75)
+    assert judged.report.compensation["checked"] is True

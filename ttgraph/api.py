@@ -743,6 +743,13 @@ def _compress_to_budget(
             comp_skipped = "compensation needs calibration data and data-aware candidates (method='data')"
         elif not calib.reiterable and not (comp_feeds and comp_feeds.length):  # type: ignore[union-attr]
             comp_skipped = "the calibration source can be read only once and kept no samples for compensation"
+        elif compensate_samples is None and (few := _too_few_for_compensation(calib, comp_feeds)) is not None:
+            comp_skipped = (
+                f"only {few} calibration sample{'s' if few != 1 else ''} to fit to; compensation reads at least "
+                f"{MIN_COMPENSATE_SAMPLES} by default (fitted to one, it turned the direction classifier's answer "
+                "on unseen inputs to certainty): give more samples, or compensate_samples=N (--compensate-samples) "
+                "to fit to these"
+            )
         else:
             one_pass = not calib.reiterable  # type: ignore[union-attr]
             comp = run_compensation(
@@ -999,6 +1006,17 @@ def _first_feed(source: Any) -> Feed | None:
 COMPENSATE_ELEMENTS = 1 << 25
 
 
+MIN_COMPENSATE_SAMPLES = 8
+
+
+def _too_few_for_compensation(calib: Any, kept: Any) -> int | None:
+    """How many samples compensation would fit to, where that is fewer than :data:`MIN_COMPENSATE_SAMPLES` (else
+    None). A layer refitted to one image's rows fits that image and nothing else; with nothing held out no
+    judgement catches it."""
+    available = feed_count(kept if not calib.reiterable else calib)
+    return available if available is not None and available < MIN_COMPENSATE_SAMPLES else None
+
+
 def _auto_samples(source: Any) -> int:
     """How many calibration samples the compensation reads by default: enough to hold
     :data:`COMPENSATE_ELEMENTS` input values (the first feed's size), at least 8."""
@@ -1036,6 +1054,7 @@ def _compensation_report(
     return {
         "applied": True,
         "kept": judged is None or judged.kept,
+        "checked": judged is not None,  # False: no held-out samples to judge it on, kept untested
         "reason": reason,
         "method": "asymmetric reduced-rank ridge refit of low-rank factors + bias (TT d ≥ 2: bias only), "
         "layers in dependency order",

@@ -405,7 +405,8 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
     elif comp:
         line = f"compensated {len(comp['layers'])} layers in {comp['passes']} passes over {comp['samples']} samples"
         piecewise = _piecewise(comp)
-        lines.append(line + f" ({comp['seconds']:.1f} s{piecewise})" + _end_to_end(comp.get("end_to_end")))
+        unchecked = "; not checked: no samples were held out to judge it on" if comp.get("checked") is False else ""
+        lines.append(line + f" ({comp['seconds']:.1f} s{piecewise})" + _end_to_end(comp.get("end_to_end")) + unchecked)
         if comp.get("kept") is False:
             lines.append(f"compensation not kept: {comp.get('reason')}")
     dist = report.distillation
