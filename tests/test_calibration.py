@@ -605,3 +605,94 @@ def test_a_conv_reading_an_input_with_a_default_is_calibrated_on_that_default():
     gram = default.transpose(0, 2, 3, 1).reshape(-1, 16).astype(np.float64)
     np.testing.assert_allclose(stats.layers["a"].gram, gram.T @ gram, rtol=1e-6)
     assert [i.name for i in result.model.graph.input] == ["x", "z"]  # still a default the caller may feed
+
+
+# ------------------------------------------------- what a deployment engineer's image folder holds (found probing)
+
+
+def test_transparent_pixels_are_white_not_what_they_happen_to_hold(tmp_path):
+    """Black text on a transparent page (RGB all 0, the text only in alpha) read as a black page: the alpha
+    channel was dropped. It is composited onto white, as rapidocr's own image loader does."""
+    rgba = np.zeros((4, 6, 4), np.uint8)
+    rgba[1:3, 2:4, 3] = 255  # the "text": opaque black; everything else transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
+    Image.fromarray(rgba[:, :, [0, 3]], "LA").save(tmp_path / "la.png")
+    for name in ("t.png", "la.png"):
+        x = PRESETS["unit"].with_size((4, 6)).apply(Image.open(tmp_path / name))
+        text = np.zeros((4, 6), bool)
+        text[1:3, 2:4] = True
+        np.testing.assert_array_equal(x[0, 0], np.where(text, 0.0, 1.0))
+
+
+def test_a_sixteen_bit_pgm_is_scaled_like_a_sixteen_bit_png(tmp_path):
+    """Pillow opens a PGM of maxval 65535 as 32-bit "I", which was refused as having no 0..255 scale."""
+    values = np.array([[0, 257, 1028, 65535]] * 2, np.uint16)
+    header = b"P5\n4 2\n65535\n"
+    (tmp_path / "a.pgm").write_bytes(header + values.astype(">u2").tobytes())
+    Image.fromarray(values).save(tmp_path / "a.png")
+    spec = PRESETS["unit"].with_size((2, 4))
+    pgm, png = spec.apply(Image.open(tmp_path / "a.pgm")), spec.apply(Image.open(tmp_path / "a.png"))
+    np.testing.assert_array_equal(pgm, png)
+    np.testing.assert_allclose(pgm[0, 0, 0], [0, 1 / 255, 4 / 255, 1], atol=1e-6)
+
+
+def test_a_folder_reads_every_raster_format_pillow_opens_and_counts_the_files_it_skips(tmp_path):
+    """.pnm, .jp2 or .tga images were dropped without a word (20 of 22 in one probe: the model was fitted to one
+    image). The suffixes now come from Pillow's registry, and the description counts what was left out."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    arr = np.random.default_rng(0).integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    for name in ("a.pnm", "b.tga", "c.jp2", "d.PNG", "e.ppm"):
+        Image.fromarray(arr).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "f.heic").write_bytes(b"\0" * 16)
+    (folder / "g.heic").write_bytes(b"\0" * 16)
+    (folder / ".hidden.png").write_bytes(b"")
+    source = calibration_source(folder, image_model(hw=(8, 12)), "unit")
+    assert len(list(source)) == 5
+    assert source.description.startswith(f"5 images in {folder}; 3 other files skipped (.heic ×2, .txt); RGB 8×12")
+    (folder / "a.pnm").rename(folder / "a.pnm.bak")
+    only = tmp_path / "none"
+    only.mkdir()
+    (only / "x.heic").write_bytes(b"\0")
+    with pytest.raises(TTGraphError, match=r"none: no image files \(bmp, .*\) in this folder; 1 other file skipped"):
+        calibration_source(only, image_model(hw=(8, 12)), "unit")
+
+
+def test_unreadable_image_files_say_why_without_repeating_the_path(tmp_path):
+    folder = tmp_path / "imgs"
+    write_images(folder, 2)
+    (folder / "z0.png").write_bytes(b"")
+    with pytest.raises(TTGraphError) as err:
+        list(calibration_source(folder, image_model(), "unit"))
+    assert err.value.one_line().endswith("z0.png: cannot read as an image: the file is empty")
+    (folder / "z0.png").write_text("<html>not a picture</html>")
+    with pytest.raises(TTGraphError) as err:
+        list(calibration_source(folder, image_model(), "unit"))
+    assert err.value.one_line().endswith("z0.png: cannot read as an image: not an image file Pillow can read")
+    assert err.value.one_line().count("z0.png") == 1
+
+
+@pytest.mark.parametrize(
+    "spec, needle",
+    [
+        ("", "empty: give a preset"),
+        (" , ", "empty: give a preset"),
+        ("paddleocr-cls,scale=0", "scale must be non-zero"),
+        ("scale=nan", "scale, mean and std must be finite"),
+        ("mean=inf", "scale, mean and std must be finite"),
+        ("std=1e-40", "scale, mean and std take pixels to 1e\\+40, beyond float32"),
+    ],
+)
+def test_preprocessing_that_cannot_make_a_real_input_is_refused_when_parsed(spec, needle):
+    """scale=0 made every image the same input (and a report of a perfect compensation); nan/inf failed only at
+    the first sample, blaming the sample rather than the option; an empty spec silently meant RGB/255."""
+    with pytest.raises(TTGraphError, match=f"--preprocess: {needle}"):
+        parse_preprocess(spec)
+
+
+def test_a_calibration_file_that_is_neither_image_nor_array_is_named_as_such_with_preprocess_too(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    with pytest.raises(TTGraphError, match="notes.txt: expected a folder of images, an image, a .npy or a .npz"):
+        calibration_source(notes, image_model(), "unit")

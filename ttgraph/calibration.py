@@ -3,7 +3,8 @@
 **Sources.** Whatever the user hands us becomes a :class:`CalibrationSource`, an iterable of feed dicts
 (``{input name: array}``) that the original model accepts:
 
-- a folder of images (jpg/png/bmp/webp/tif, searched recursively, sorted by path) or one image file,
+- a folder of images (the raster formats of :data:`IMAGE_FORMATS` — jpg, png, bmp, webp, tif, jp2, tga, … —
+  searched recursively, sorted by path; other files are counted as skipped) or one image file,
   read with Pillow and turned into a tensor by a :class:`Preprocess` spec (size, RGB/BGR, scale,
   mean/std; presets in :data:`PRESETS`, e.g. ``"imagenet"``, ``"paddleocr-det"``);
 - a ``.npy`` file (one array, samples on axis 0, for single-input models; memory-mapped) or a ``.npz``
@@ -30,10 +31,12 @@ weight ``Ŵ`` on the calibration data is exact without re-running anything::
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -51,7 +54,25 @@ from ttgraph.verify import check_feed
 
 Feed = Mapping[str, np.ndarray]
 MAX_PIXELS = 1 << 28  # a resize target beyond this is a typo (size=100000x100000 was killed for memory)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
+# Pillow's raster formats a calibration folder may hold; their file suffixes come from Pillow itself. Not its
+# vector, container or stub formats (EPS, PDF, HDF5, MPEG, …): a stray figure or data file among the images is
+# skipped (and counted in the summary), not an error.
+IMAGE_FORMATS = (
+    "BMP",
+    "DIB",
+    "GIF",
+    "ICO",
+    "JPEG",
+    "JPEG2000",
+    "PCX",
+    "PNG",
+    "PPM",
+    "TGA",
+    "TIFF",
+    "WEBP",
+    "AVIF",
+    "QOI",
+)
 
 __all__ = [
     "PRESETS",
@@ -82,7 +103,9 @@ class Preprocess:
     ``size`` is ``(height, width)`` to resize to (bilinear, aspect ratio not kept); ``None`` takes the
     model input's static height and width. ``channels`` is the channel order the model expects
     (``"RGB"``, ``"BGR"`` or ``"GRAY"``). ``mean``/``std`` are per channel in that order (one value is
-    broadcast). ``layout`` is ``"NCHW"`` or ``"NHWC"``.
+    broadcast). ``layout`` is ``"NCHW"`` or ``"NHWC"``. Transparent pixels are composited onto white, as
+    rapidocr's image loader does (dropping the alpha channel would leave what the transparent pixels hold, often
+    black: black text on a transparent page became a black page).
 
     >>> spec = PRESETS["imagenet"]
     >>> spec.channels, spec.scale, spec.mean
@@ -115,6 +138,13 @@ class Preprocess:
                 raise TTGraphError("--preprocess", f"{key} has {len(values)} values; {self.channels} takes {takes}")
         if any(s == 0 for s in self.std):
             raise TTGraphError("--preprocess", f"std must be non-zero, got {self.std}")
+        if not all(math.isfinite(v) for v in (self.scale, *self.mean, *self.std)):
+            raise TTGraphError("--preprocess", "scale, mean and std must be finite numbers")
+        if self.scale == 0:
+            raise TTGraphError("--preprocess", "scale must be non-zero: every image would become the same input")
+        reach = max(abs((p * self.scale - m) / d) for p in (0.0, 255.0) for m in self.mean for d in self.std)
+        if not reach < float(np.finfo(np.float32).max):
+            raise TTGraphError("--preprocess", f"scale, mean and std take pixels to {reach:.3g}, beyond float32")
 
     def with_size(self, size: tuple[int, int]) -> Preprocess:
         return replace(self, size=(int(size[0]), int(size[1])))
@@ -131,7 +161,7 @@ class Preprocess:
         if image.getexif().get(0x0112, 1) != 1:  # EXIF Orientation
             image = ImageOps.exif_transpose(image)
         with quiet_warnings():  # Pillow's note on palette images with transparency: not the user's concern
-            image = _eight_bit(image).convert("L" if self.channels == "GRAY" else "RGB")
+            image = _on_white(_eight_bit(image)).convert("L" if self.channels == "GRAY" else "RGB")
         height, width = self.size
         if image.size != (width, height):
             image = image.resize((width, height), Image.BILINEAR)
@@ -228,6 +258,10 @@ def parse_preprocess(spec: str | Preprocess | None) -> Preprocess:
     if isinstance(spec, Preprocess):
         return spec
     items = [s.strip() for s in str(spec).split(",") if s.strip()]
+    if not items:
+        raise TTGraphError(
+            "--preprocess", f"empty: give a preset ({', '.join(PRESETS)}) and/or key=value items, or leave it out"
+        )
     base = Preprocess()
     if items and "=" not in items[0]:
         name = items.pop(0).lower()
@@ -323,15 +357,42 @@ def _input_dtype(value: onnx.ValueInfoProto) -> np.dtype:
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
 
 
-def _image_files(path: Path) -> list[Path]:
-    """The images of a folder and its subfolders, symlinked ones too, sorted; hidden files and folders (a
-    ``.thumbnails`` cache, macOS ``._name.jpg`` resource forks) are not images of the data set. Each real
-    folder is walked once and each real file taken once (a link to ``.`` would loop, and an image reached
-    twice could land on both sides of the held-out split). A folder that cannot be read, or an image link
-    that points nowhere, is an error like an unreadable image: the data set would shrink without a word."""
+@functools.cache
+def image_suffixes() -> frozenset[str]:
+    """The file suffixes (lower case) of :data:`IMAGE_FORMATS` that the installed Pillow registers and can open."""
+    from PIL import Image
+
+    Image.init()
+    return frozenset(
+        ext for ext, fmt in Image.registered_extensions().items() if fmt in IMAGE_FORMATS and fmt in Image.OPEN
+    )
+
+
+def _is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in image_suffixes()
+
+
+def _skipped_note(skipped: Counter[str]) -> str:
+    """``; 3 other files skipped (.heic ×2, .txt)``: files in the folder that are not read, so that a data set
+    shrunk by a format ttgraph does not take says so."""
+    if not skipped:
+        return ""
+    kinds = ", ".join(f"{ext} ×{n}" if n > 1 else ext for ext, n in sorted(skipped.items()))
+    total = sum(skipped.values())
+    return f"; {total} other file{'s' if total != 1 else ''} skipped ({kinds})"
+
+
+def _image_files(path: Path) -> tuple[list[Path], Counter[str]]:
+    """The images of a folder and its subfolders, symlinked ones too, sorted, and a count by suffix of the other
+    files left out; hidden files and folders (a ``.thumbnails`` cache, macOS ``._name.jpg`` resource forks) are
+    not files of the data set. Each real folder is walked once and each real file taken once (a link to ``.``
+    would loop, and an image reached twice could land on both sides of the held-out split). A folder that cannot
+    be read, or an image link that points nowhere, is an error like an unreadable image: the data set would
+    shrink without a word."""
     if path.is_file():
-        return [path]
+        return [path], Counter()
     found = []
+    skipped: Counter[str] = Counter()
     seen_folders: set[tuple[int, int]] = set()
 
     def unreadable(err: OSError) -> None:
@@ -344,7 +405,9 @@ def _image_files(path: Path) -> list[Path]:
             continue
         seen_folders.add((info.st_dev, info.st_ino))
         subfolders[:] = [d for d in subfolders if not d.startswith(".") and d != "__MACOSX"]
-        found += [Path(folder, n) for n in names if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_SUFFIXES]
+        visible = [n for n in names if not n.startswith(".")]
+        found += [Path(folder, n) for n in visible if _is_image_name(n)]
+        skipped.update(Path(n).suffix.lower() or "(no suffix)" for n in visible if not _is_image_name(n))
     dangling = next((p for p in found if p.is_symlink() and not p.exists()), None)
     if dangling is not None:
         raise TTGraphError(dangling, f"a link to {os.readlink(dangling)}, which does not exist")
@@ -356,14 +419,19 @@ def _image_files(path: Path) -> list[Path]:
             seen_files.add(real)
             files.append(p)
     if not files:
-        raise TTGraphError(path, f"no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-    return files
+        formats = ", ".join(f.lower() for f in IMAGE_FORMATS)
+        raise TTGraphError(path, f"no image files ({formats}) in this folder{_skipped_note(skipped)}")
+    return files, skipped
 
 
 def image_source(
-    files: Sequence[str | os.PathLike[str]], model: onnx.ModelProto, preprocess: Preprocess | str | None = None
+    files: Sequence[str | os.PathLike[str]],
+    model: onnx.ModelProto,
+    preprocess: Preprocess | str | None = None,
+    skipped: Counter[str] | None = None,
 ) -> CalibrationSource:
-    """Image files → feeds for the model's single image input (see :class:`Preprocess`)."""
+    """Image files → feeds for the model's single image input (see :class:`Preprocess`); ``skipped`` counts the
+    folder's other files, for the description."""
     spec = parse_preprocess(preprocess)
     inputs = _model_inputs(model)
     if len(inputs) != 1:
@@ -422,21 +490,38 @@ def image_source(
                 with Image.open(path) as img:
                     return spec.apply(img, dtype)
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
-            raise TTGraphError(path, f"cannot read as an image: {err}") from err
+            raise TTGraphError(path, f"cannot read as an image: {_unreadable(path, err)}") from err
 
     def fetch(i: int) -> dict[str, np.ndarray]:
         images = [read(p) for p in paths[i * batch : (i + 1) * batch]]
         return {name: images[0] if batch == 1 else np.concatenate(images)}
 
-    where = os.path.commonpath([os.fspath(p.parent) for p in paths]) if paths else "?"
+    where = (os.path.commonpath([os.fspath(p.parent) for p in paths]) or ".") if paths else "?"
     return CalibrationSource(
         lambda: (fetch(i) for i in range(len(paths) // batch)),
         len(paths) // batch,
         True,
-        f"{len(paths)} images in {where}; {spec.describe()}",
+        f"{len(paths)} image{'s' if len(paths) != 1 else ''} in {where}{_skipped_note(skipped or Counter())}; "
+        f"{spec.describe()}",
         fetch,
         (name, spec),
     )
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    """Why Pillow could not read ``path``, without the path its messages repeat."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty"
+    except OSError:
+        pass
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image file Pillow can read"
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err)
 
 
 def _stored_sample(image: Any) -> str | None:
@@ -451,12 +536,23 @@ def _stored_sample(image: Any) -> str | None:
     return None
 
 
-def _eight_bit(image: Any) -> Any:
-    """16-bit greyscale scaled to 0..255 (``convert`` would clip every value above 255 to white); 32-bit
-    integer and float images have no agreed 0..255 scale, so they are refused rather than guessed."""
+def _on_white(image: Any) -> Any:
+    """An image with transparency composited onto white; others as they are."""
     from PIL import Image
 
-    if image.mode.startswith("I;16"):
+    if image.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in image.info:
+        return image
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+
+
+def _eight_bit(image: Any) -> Any:
+    """16-bit greyscale scaled to 0..255 (``convert`` would clip every value above 255 to white); 32-bit
+    integer and float images have no agreed 0..255 scale, so they are refused rather than guessed. Pillow opens
+    some unsigned 16-bit files (a PGM of maxval 65535) as 32-bit ``I``: their decoder's raw mode tells."""
+    from PIL import Image
+
+    if image.mode.startswith("I;16") or (image.mode == "I" and _stored_sample(image) == "16-bit"):
         return Image.fromarray((np.asarray(image, np.float64) / 257.0).round().astype(np.uint8))
     if image.mode in ("I", "F"):
         kind = "floating-point" if image.mode == "F" else f"{_stored_sample(image) or '32-bit'} integer"
@@ -663,9 +759,10 @@ def _calibration_source(
         p = Path(data)
         if not p.exists():
             raise TTGraphError(p, "no such file or folder")
-        if p.is_dir() or p.suffix.lower() in IMAGE_SUFFIXES:
-            return image_source(_image_files(p), model, preprocess)
-        if preprocess is not None:  # the user expects it applied; it cannot be, to samples already tensors
+        if p.is_dir() or _is_image_name(p.name):
+            files, skipped = _image_files(p)
+            return image_source(files, model, preprocess, skipped)
+        if preprocess is not None and p.suffix.lower() in (".npy", ".npz"):  # samples already tensors
             raise TTGraphError("--preprocess", f"applies to images; {p.name} holds samples that are fed as they are")
         return array_source(p, model)
     if preprocess is not None:
