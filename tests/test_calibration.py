@@ -266,6 +266,9 @@ def test_npy_and_npz_files_feed_samples_along_axis_zero(tmp_path):
     np.savez(tmp_path / "bad.npz", y=arr)
     with pytest.raises(TTGraphError, match="missing"):
         calibration_source(tmp_path / "bad.npz", model)
+    np.savez(tmp_path / "typo.npz", x=arr, x_mask=arr)  # an extra array was left out without a word
+    with pytest.raises(TTGraphError, match=r"typo.npz: arrays \['x_mask'\] are no input of the model"):
+        calibration_source(tmp_path / "typo.npz", model)
     with pytest.raises(TTGraphError, match="no such file"):
         calibration_source(tmp_path / "nothere.npy", model)
     with pytest.raises(TTGraphError, match="--preprocess: applies to images; x.npy holds samples"):

@@ -593,6 +593,9 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
             raise TTGraphError(
                 p, f"expected one array per model input {sorted(by_name)}, missing {missing} (has {sorted(keys)})"
             )
+        extra = sorted(keys - set(by_name))
+        if extra:  # a misspelt name beside the right one would be left out without a word
+            raise TTGraphError(p, f"arrays {extra} are no input of the model (its inputs: {sorted(by_name)})")
         shapes = {}
         for n in by_name:
             try:
