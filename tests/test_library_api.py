@@ -97,6 +97,22 @@ def test_verification_needs_real_inputs():
     assert result.verify([{"x": np.ones((1, 16, 6, 6), np.float32)}])[0].rel_l2 < 1
 
 
+def test_verify_refuses_to_compare_with_an_original_file_replaced_since(tmp_path):
+    """verify() reads the original from its path: a pipeline that deployed the result over that path then got
+    a perfect score, comparing the result with itself."""
+    import onnx
+
+    src = tmp_path / "m.onnx"
+    onnx.save(conv_model(16, 16, hw=(6, 6)), src)
+    result = ttgraph.compress(src, rank=4)
+    feed = [{"x": np.ones((1, 16, 6, 6), np.float32)}]
+    assert result.verify(feed)[0].rel_l2 > 1e-3
+    result.save(tmp_path / "out.onnx")
+    (tmp_path / "out.onnx").replace(src)
+    with pytest.raises(ttgraph.TTGraphError, match="m.onnx: the original model file has changed since"):
+        result.verify(feed)
+
+
 def test_outputs_get_the_permissions_a_plain_open_would_give(tmp_path):
     old = os.umask(0o022)
     try:

@@ -257,6 +257,11 @@ class CompressionResult:
     report: CompressionReport
     source: ModelSource | None = field(default=None, repr=False)
     decomposition: Decomposition | None = field(default=None, repr=False)
+    # the source file's (size, mtime, inode) when the result was made: verify() re-reads it, so it must be the same
+    _stamp: tuple[int, int, int] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._stamp = _file_stamp(self.source)
 
     def save(
         self,
@@ -286,9 +291,26 @@ class CompressionResult:
         """Compare the rewritten model with the original on ``feeds`` (onnxruntime)."""
         if self.source is None:
             raise TTGraphError(None, "this result does not hold its original model")
+        if self._stamp is not None and _file_stamp(self.source) != self._stamp:
+            raise TTGraphError(
+                self.source,  # type: ignore[arg-type]
+                "the original model file has changed since it was compressed (saved over?): verify compares with "
+                "the original, so call it before replacing the file, or compress a copy",
+            )
         given = self.report.options.get("input_shapes_from") != "calibration"
         original = load_model(self.source, (self.report.options.get("input_shapes") or None) if given else None)
         return compare_outputs(original, self.model, feeds, source_name(self.source))
+
+
+def _file_stamp(source: ModelSource | None) -> tuple[int, int, int] | None:
+    """(size, modification time, inode) of a model given as a path; None for bytes or a ModelProto."""
+    if not isinstance(source, str | os.PathLike):
+        return None
+    try:
+        info = os.stat(source)
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns, info.st_ino
 
 
 def choose_format(
