@@ -51,13 +51,14 @@ from tests.calib_material import (  # noqa: E402
     heldout_lines,
     heldout_page_lines,
     heldout_pages,
+    material_preset,
     text_line_image,
     top1_agreement,
 )
 from tests.ocr_metrics import box_score, says_upside_down, sure, text_boxes, turned_over  # noqa: E402
 from ttgraph.allocate import Budget, allocate, uniform_allocation_reaching  # noqa: E402
 from ttgraph.api import _analyse, rewrite_allocation  # noqa: E402
-from ttgraph.calibration import PRESETS, collect_statistics  # noqa: E402
+from ttgraph.calibration import collect_statistics  # noqa: E402
 from ttgraph.compensate import compensate  # noqa: E402
 from ttgraph.decompose import build_candidates  # noqa: E402
 from ttgraph.examples import example_model  # noqa: E402
@@ -148,7 +149,7 @@ def main() -> int:
     n_cal, n_held = args.calib or n_cal, args.heldout or n_held
     model = load_model(example_model(name), {"x": list(shape)})
     _, found, _ = _analyse(model)
-    pre = PRESETS[preset].with_size(shape[2:])
+    pre = material_preset(preset).with_size(shape[2:])
     if args.model == "det":
         calib = (pre.apply(det_image("calib", i, shape[2])) for i in range(n_cal))
         held = [pre.apply(img) for img in heldout_pages(n_held, shape[2])]

@@ -40,10 +40,10 @@ from tests.calib_material import (  # noqa: E402
     det_image,
     heldout_lines,
     heldout_pages,
+    material_preset,
     text_line_image,
     top1_agreement,
 )
-from ttgraph.calibration import PRESETS  # noqa: E402
 from ttgraph.examples import example_model  # noqa: E402
 from ttgraph.model_io import load_model  # noqa: E402
 from ttgraph.verify import session  # noqa: E402
@@ -81,7 +81,7 @@ def main() -> int:
     args = parser.parse_args()
     shape, preset, n_cal, n_held = SETUPS[args.model]
     n_held = args.heldout or n_held
-    pre = PRESETS[preset].with_size(shape[2:])
+    pre = material_preset(preset).with_size(shape[2:])
     model = load_model(example_model(args.model), {"x": list(shape)})
     if args.model == "det":
         held = heldout_pages(n_held, shape[2])

@@ -47,11 +47,11 @@ from tests.calib_material import (  # noqa: E402
     det_image,
     document_page,
     heldout_pages,
+    material_preset,
     text_line_image,
 )
 from ttgraph.api import _analyse, compress  # noqa: E402
 from ttgraph.bench import compare  # noqa: E402
-from ttgraph.calibration import PRESETS  # noqa: E402
 from ttgraph.costs import model_macs  # noqa: E402
 from ttgraph.examples import example_model, example_shape  # noqa: E402
 from ttgraph.lowering import lower_model  # noqa: E402
@@ -81,7 +81,7 @@ def preprocess(name: str):
     if name == "layout":
         return _layout_pre()
     shape = example_shape(name)
-    preset = PRESETS["paddleocr-det" if name == "det" else "paddleocr-cls"].with_size(shape[2:])
+    preset = material_preset("paddleocr-det" if name == "det" else "paddleocr-cls").with_size(shape[2:])
     return preset.apply
 
 

@@ -7,11 +7,14 @@ Everything is a pure function of its seed, so calibration and held-out sets are 
 
 from __future__ import annotations
 
+import dataclasses
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from ttgraph.calibration import PRESETS, Preprocess
 
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 
@@ -271,3 +274,11 @@ if __name__ == "__main__":  # python -m tests.calib_material DIR COUNT [calib|he
     kind = sys.argv[3] if len(sys.argv) > 3 else "calib"
     pictures = det_images("calib", count) if kind == "calib" else heldout_pages(count)
     print(write_images(pictures, folder))
+
+
+def material_preset(name: str) -> Preprocess:
+    """The preprocessing preset ``name`` as the measurements on this material use it: every image stretched to
+    the input's size. Since 2026-11-30 the ``paddleocr-cls`` preset keeps a line's aspect ratio and pads it on
+    the right, as rapidocr does; the rendered lines here (aspect 3–6) are still stretched, so that the figures
+    in benchmarks/RESULTS.md and the tests' measured values stay what they were measured as."""
+    return dataclasses.replace(PRESETS[name], resize="stretch")

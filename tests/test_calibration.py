@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -699,3 +701,28 @@ def test_a_calibration_file_that_is_neither_image_nor_array_is_named_as_such_wit
     notes.write_text("hello")
     with pytest.raises(TTGraphError, match="notes.txt: expected a folder of images, an image, a .npy or a .npz"):
         calibration_source(notes, image_model(), "unit")
+
+
+def test_the_paddleocr_cls_preset_pads_a_line_as_rapidocr_does():
+    """Found probing: the preset stretched every line to 48×192, while rapidocr (the pipeline the classifier ships
+    in) keeps a line's aspect ratio and pads it on the right; the original's answer differed on 5 of 32 lines
+    between the two. Compared with rapidocr's own resize_norm_img (cv2's bilinear resize, not Pillow's: the
+    pixels differ a little, the layout not at all)."""
+    from types import SimpleNamespace
+
+    from rapidocr_onnxruntime.ch_ppocr_cls.text_cls import TextClassifier
+
+    from tests.calib_material import text_line_image
+
+    line = next(img for img in (text_line_image(s, False) for s in range(50)) if img.shape[1] < 3.5 * img.shape[0])
+    ours = PRESETS["paddleocr-cls"].with_size((48, 192)).apply(line)[0]
+    theirs = TextClassifier.resize_norm_img(SimpleNamespace(cls_image_shape=[3, 48, 192]), line[:, :, ::-1].copy())
+    fitted = int(np.ceil(48 * line.shape[1] / line.shape[0]))
+    assert ours.shape == theirs.shape == (3, 48, 192) and fitted < 192
+    assert not ours[:, :, fitted:].any() and not theirs[:, :, fitted:].any()
+    assert np.abs(ours - theirs).mean() < 0.05
+    stretched = dataclasses.replace(PRESETS["paddleocr-cls"], resize="stretch").with_size((48, 192)).apply(line)[0]
+    assert np.abs(stretched - theirs).mean() > 4 * np.abs(ours - theirs).mean()
+    assert parse_preprocess("paddleocr-cls,resize=stretch").resize == "stretch"
+    with pytest.raises(TTGraphError, match="--preprocess: resize must be stretch or pad, got 'crop'"):
+        parse_preprocess("unit,resize=crop")

@@ -20,7 +20,15 @@ import numpy as np
 import pytest
 
 import ttgraph
-from tests.calib_material import binary_iou, det_image, heldout_lines, heldout_pages, text_line_image, write_images
+from tests.calib_material import (
+    binary_iou,
+    det_image,
+    heldout_lines,
+    heldout_pages,
+    material_preset,
+    text_line_image,
+    write_images,
+)
 from tests.conftest import CLS_SHAPE, DET_SHAPE
 from ttgraph.allocate import uniform_allocation_reaching
 from ttgraph.api import _analyse, rewrite_allocation
@@ -147,7 +155,7 @@ def test_detector_compensated_iou_reaches_the_issue_7_target_at_half_the_macs(de
 
 @pytest.fixture(scope="module")
 def cls_data(tmp_path_factory):
-    pre = PRESETS["paddleocr-cls"].with_size((48, 192))
+    pre = material_preset("paddleocr-cls").with_size((48, 192))
     calib = np.concatenate([pre.apply(text_line_image(i, i % 2 == 1)) for i in range(272)])
     path = tmp_path_factory.mktemp("cls_calib") / "lines.npy"
     np.save(path, calib)

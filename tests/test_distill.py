@@ -16,8 +16,7 @@ from onnx import numpy_helper
 import ttgraph  # noqa: E402
 import ttgraph.api  # noqa: E402
 import ttgraph.torch_graph  # noqa: E402
-from tests.calib_material import text_line_image  # noqa: E402
-from ttgraph.calibration import PRESETS  # noqa: E402
+from tests.calib_material import material_preset, text_line_image  # noqa: E402
 from ttgraph.distill import distill, distill_targets, factor_initializers  # noqa: E402
 from ttgraph.errors import TTGraphError  # noqa: E402
 from ttgraph.model_io import load_model  # noqa: E402
@@ -27,7 +26,7 @@ SHAPE = [1, 3, 48, 192]
 
 
 def _lines(first: int, count: int) -> list[dict[str, np.ndarray]]:
-    pre = PRESETS["paddleocr-cls"].with_size((48, 192))
+    pre = material_preset("paddleocr-cls").with_size((48, 192))
     return [{"x": pre.apply(text_line_image(first + i, i % 2 == 1))} for i in range(count)]
 
 

@@ -100,8 +100,10 @@ __all__ = [
 class Preprocess:
     """How an image file becomes a model input: ``((pixels · scale) − mean) / std`` per channel, NCHW.
 
-    ``size`` is ``(height, width)`` to resize to (bilinear, aspect ratio not kept); ``None`` takes the
-    model input's static height and width. ``channels`` is the channel order the model expects
+    ``size`` is ``(height, width)`` to resize to (bilinear); ``None`` takes the model input's static height and
+    width. ``resize="stretch"`` fills it whatever the aspect ratio; ``"pad"`` is what PaddleOCR does for text
+    lines: the height is fitted, the width follows the aspect ratio up to ``width``, and the rest on the right is
+    0 after normalization. ``channels`` is the channel order the model expects
     (``"RGB"``, ``"BGR"`` or ``"GRAY"``). ``mean``/``std`` are per channel in that order (one value is
     broadcast). ``layout`` is ``"NCHW"`` or ``"NHWC"``. Transparent pixels are composited onto white, as
     rapidocr's image loader does (dropping the alpha channel would leave what the transparent pixels hold, often
@@ -118,12 +120,15 @@ class Preprocess:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     layout: Literal["NCHW", "NHWC"] = "NCHW"
+    resize: Literal["stretch", "pad"] = "stretch"
 
     def __post_init__(self) -> None:
         if self.channels not in ("RGB", "BGR", "GRAY"):
             raise TTGraphError("--preprocess", f"channels must be RGB, BGR or GRAY, got {self.channels!r}")
         if self.layout not in ("NCHW", "NHWC"):
             raise TTGraphError("--preprocess", f"layout must be NCHW or NHWC, got {self.layout!r}")
+        if self.resize not in ("stretch", "pad"):
+            raise TTGraphError("--preprocess", f"resize must be stretch or pad, got {self.resize!r}")
         if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
             raise TTGraphError("--preprocess", f"size must be two positive ints (height, width), got {self.size}")
         if self.size is not None and self.size[0] * self.size[1] > MAX_PIXELS:
@@ -163,14 +168,19 @@ class Preprocess:
         with quiet_warnings():  # Pillow's note on palette images with transparency: not the user's concern
             image = _on_white(_eight_bit(image)).convert("L" if self.channels == "GRAY" else "RGB")
         height, width = self.size
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.BILINEAR)
+        fitted = width
+        if self.resize == "pad":  # PaddleOCR's resize_norm_img: ceil(height · aspect ratio), at most width
+            fitted = min(width, math.ceil(height * image.size[0] / max(image.size[1], 1)))
+        if image.size != (fitted, height):
+            image = image.resize((fitted, height), Image.BILINEAR)
         x = np.asarray(image, dtype=np.float32)
         if x.ndim == 2:
             x = x[:, :, None]
         if self.channels == "BGR":
             x = x[:, :, ::-1]
         x = (x * np.float32(self.scale) - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        if fitted < width:
+            x = np.concatenate([x, np.zeros((height, width - fitted, x.shape[2]), np.float32)], axis=1)
         if self.layout == "NCHW":
             x = x.transpose(2, 0, 1)
         return np.ascontiguousarray(x[None], dtype=dtype)
@@ -179,7 +189,7 @@ class Preprocess:
         """What the preprocessing does, for a report line (a run's images read wrong are no error).
 
         >>> PRESETS["paddleocr-cls"].with_size((48, 192)).describe()
-        'BGR 48×192 NCHW, (pixels·0.003922 − 0.5) / 0.5'
+        'BGR 48×192 NCHW, aspect ratio kept, padded right with 0, (pixels·0.003922 − 0.5) / 0.5'
         """
         size = "?" if self.size is None else f"{self.size[0]}×{self.size[1]}"
 
@@ -187,7 +197,8 @@ class Preprocess:
             return f"{v[0]:.4g}" if len(v) == 1 else "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
 
         formula = f"(pixels·{self.scale:.4g} − {values(self.mean)}) / {values(self.std)}"
-        return f"{self.channels} {size} {self.layout}, {formula}"
+        fit = ", aspect ratio kept, padded right with 0" if self.resize == "pad" else ""
+        return f"{self.channels} {size} {self.layout}{fit}, {formula}"
 
     def grey_level_noise(self, levels: int = 1, seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
         """A function adding ±``levels`` grey levels of uniform integer noise to inputs made by :meth:`apply`
@@ -222,9 +233,10 @@ PRESETS: dict[str, Preprocess] = {
     # the same statistics on BGR data (OpenCV-loaded images), as PaddleOCR's detector does
     "imagenet-bgr": Preprocess(channels="BGR", scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD),
     "paddleocr-det": Preprocess(channels="BGR", scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    # PaddleOCR recognizer and direction classifier: (x/255 − 0.5)/0.5 on BGR
-    "paddleocr-cls": Preprocess(channels="BGR", scale=1 / 255, mean=(0.5,), std=(0.5,)),
-    "paddleocr-rec": Preprocess(channels="BGR", scale=1 / 255, mean=(0.5,), std=(0.5,)),
+    # PaddleOCR recognizer and direction classifier: (x/255 − 0.5)/0.5 on BGR, a line's aspect ratio kept and
+    # the input padded on the right (rapidocr's TextClassifier/TextRecognizer.resize_norm_img)
+    "paddleocr-cls": Preprocess(channels="BGR", scale=1 / 255, mean=(0.5,), std=(0.5,), resize="pad"),
+    "paddleocr-rec": Preprocess(channels="BGR", scale=1 / 255, mean=(0.5,), std=(0.5,), resize="pad"),
     # simple ranges
     "unit": Preprocess(channels="RGB", scale=1 / 255),  # [0, 1]
     "symmetric": Preprocess(channels="RGB", scale=1 / 127.5, mean=(1.0,)),  # [−1, 1] (TF/Keras "tf")
@@ -245,8 +257,8 @@ def parse_preprocess(spec: str | Preprocess | None) -> Preprocess:
     """Parse ``--preprocess``: an optional preset name, then ``key=value`` items, comma separated.
 
     Keys: ``size=HxW`` (or one number for a square), ``channels=rgb|bgr|gray``, ``scale=1/255``,
-    ``mean=a:b:c``, ``std=a:b:c``, ``layout=nchw|nhwc``. Without a preset the defaults are RGB, scale 1/255,
-    mean 0, std 1.
+    ``mean=a:b:c``, ``std=a:b:c``, ``layout=nchw|nhwc``, ``resize=stretch|pad``. Without a preset the defaults
+    are RGB, scale 1/255, mean 0, std 1, stretch.
 
     >>> parse_preprocess("paddleocr-det,size=640x640").size
     (640, 640)
@@ -289,13 +301,15 @@ def parse_preprocess(spec: str | Preprocess | None) -> Preprocess:
             changes["channels"] = value.upper()
         elif key == "layout":
             changes["layout"] = value.upper()
+        elif key == "resize":
+            changes["resize"] = value.lower()
         elif key == "scale":
             changes["scale"] = _number(value, key)
         elif key in ("mean", "std"):
             changes[key] = tuple(_number(v, key) for v in value.split(":"))
         else:
             raise TTGraphError(
-                "--preprocess", f"unknown key {key!r}; expected size, channels, scale, mean, std or layout"
+                "--preprocess", f"unknown key {key!r}; expected size, channels, scale, mean, std, layout or resize"
             )
     return replace(base, **changes)
 

@@ -47,9 +47,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     budget.add_argument(
         "--preprocess",
         metavar="SPEC",
-        help="how images become inputs: a preset (imagenet, imagenet-bgr, paddleocr-det, paddleocr-cls, unit, "
-        "symmetric, raw, caffe) then key=value items, e.g. paddleocr-det,size=640x640 "
-        "(keys: size=HxW, channels=rgb|bgr|gray, scale=1/255, mean=a:b:c, std=a:b:c, layout=nchw|nhwc)",
+        help="how images become inputs: a preset (imagenet, imagenet-bgr, paddleocr-det, paddleocr-cls, "
+        "paddleocr-rec, unit, symmetric, raw, caffe) then key=value items, e.g. paddleocr-det,size=640x640 "
+        "(keys: size=HxW, channels=rgb|bgr|gray, scale=1/255, mean=a:b:c, std=a:b:c, layout=nchw|nhwc, "
+        "resize=stretch|pad; paddleocr-cls/-rec pad, keeping a line's aspect ratio)",
     )
     budget.add_argument(
         "--holdout",
