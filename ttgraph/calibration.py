@@ -648,7 +648,11 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
 
     rows_in_file = max(shape[0] for shape in shapes.values())
     return CalibrationSource(
-        lambda: (fetch(i) for i in range(feeds)), feeds, True, f"{rows_in_file} samples in {p.name}", fetch
+        lambda: (fetch(i) for i in range(feeds)),
+        feeds,
+        True,
+        f"{rows_in_file} sample{'s' * (rows_in_file != 1)} in {p.name}",
+        fetch,
     )
 
 
@@ -850,7 +854,11 @@ def _ndarray_source(data: np.ndarray, model: onnx.ModelProto) -> CalibrationSour
         return {name: np.ascontiguousarray(value, dtype=dtype)}
 
     return CalibrationSource(
-        lambda: (fetch(i) for i in range(count)), count, True, f"{len(data)} samples in an array", fetch
+        lambda: (fetch(i) for i in range(count)),
+        count,
+        True,
+        f"{len(data)} sample{'s' * (len(data) != 1)} in an array",
+        fetch,
     )
 
 

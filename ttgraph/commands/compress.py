@@ -385,7 +385,8 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
     cal = report.calibration
     if cal:
         lines.append(
-            f"calibration: {cal['samples']} samples, {cal['heldout_samples']} held out for verification "
+            f"calibration: {cal['samples']} sample{'s' * (cal['samples'] != 1)}, {cal['heldout_samples']} held out "
+            "for verification "
             f"({cal['source']})"
         )
     if report.allocation:
