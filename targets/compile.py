@@ -171,6 +171,10 @@ def compile_model(
             f"tuning measures candidates on this machine, which cannot run {preset.name} code ({why}); "
             "measure them on the device (--tracker HOST:PORT --key KEY) or apply existing records with --tune-db",
         )
+    if tracker is not None:
+        from .rpc import check_tracker
+
+        check_tracker(tracker)
     db_root = Path(tune_db) if tune_db is not None else (_default_tune_db() if tuning else None)
     # MetaSchedule looks records up by workload only, not by target: a CPU schedule found for a CUDA
     # build would break it. So each target keeps its records in its own sub-folder.

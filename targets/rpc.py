@@ -97,6 +97,21 @@ def parse_address(text: str, option: str = "--rpc") -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def check_tracker(tracker: tuple[str, int]) -> None:
+    """Fail with one line where a tracker does not answer: MetaSchedule's runner would instead retry it without
+    end, printing a thread's traceback every minute."""
+    import socket
+
+    from tvm import rpc as tvm_rpc
+
+    host, port = tracker
+    try:
+        socket.create_connection((host, port), timeout=10).close()  # nothing listening: say so now, not in a minute
+        tvm_rpc.connect_tracker(host, port).summary()
+    except Exception as err:  # TVMError / OSError / RuntimeError depending on where it fails
+        raise TTGraphError(f"{host}:{port}", f"cannot reach the TVM RPC tracker: {_last_line(err)}") from err
+
+
 def connect(
     rpc: str | None = None,
     tracker: str | None = None,

@@ -18,6 +18,7 @@ import pytest
 from onnx import helper
 
 from tests.conftest import conv_model, sha256
+from ttgraph.errors import TTGraphError
 from ttgraph.verify import session
 
 
@@ -242,6 +243,34 @@ def test_termination_unwinds_like_ctrl_c_and_leaves_no_staged_output(tmp_path, m
         signal.signal(signum, before)
     assert capsys.readouterr().err == f"ttgraph: terminated ({signal.Signals(signum).name})\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_termination_inside_a_library_that_turns_it_into_its_own_error_still_reads_as_termination(monkeypatch, capsys):
+    """TVM's FFI catches what a Python callback raises and raises its own error: a SIGTERM during tuning read as
+    "TVM could not build it for x86_64: 15". A later run in the same process is not taken for terminated."""
+    import ttgraph.cli
+
+    def tuning_when_killed(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+        except BaseException as err:  # what a C++ library's callback wrapper does
+            raise TTGraphError("model.onnx", f"TVM could not build it for x86_64: {err}") from err
+        return 0
+
+    def failing(args):
+        raise TTGraphError("model.onnx", "a plain error")
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        monkeypatch.setattr(ttgraph.cli, "build_parser", lambda: _OneCommand(tuning_when_killed))
+        assert ttgraph.cli.main([]) == 128 + signal.SIGTERM
+        assert capsys.readouterr().err == "ttgraph: terminated (SIGTERM)\n"
+        monkeypatch.setattr(ttgraph.cli, "build_parser", lambda: _OneCommand(failing))
+        assert ttgraph.cli.main([]) == 2
+        assert capsys.readouterr().err == "ttgraph: error: model.onnx: a plain error\n"
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_a_signal_between_the_renames_of_one_save_leaves_every_file_new(small_model, tmp_path, monkeypatch):

@@ -285,3 +285,19 @@ def test_a_shape_output_is_read_back_and_an_unused_input_is_named(tmp_path):
     conv, shape = run_library(tmp_path / "m.so", {"x": x}, names=result.input_names)
     np.testing.assert_array_equal(shape, [1, 8, 8, 8])
     np.testing.assert_allclose(conv, np.broadcast_to(x.sum(axis=1, keepdims=True), (1, 8, 8, 8)), rtol=1e-5)
+
+
+def test_tuning_through_a_tracker_nothing_listens_on_fails_at_once_in_one_line(tmp_path):
+    """Found probing: MetaSchedule's runner retried such a tracker without end, printing a thread's traceback every
+    minute, and a SIGTERM then read as "TVM could not build it: 15"."""
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on once this socket is closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start = time.perf_counter()
+    with pytest.raises(TTGraphError, match=f"127.0.0.1:{port}: cannot reach the TVM RPC tracker"):
+        compile_model(
+            pointwise_model(), "x86_64", tmp_path / "m.so", tune=4, tune_tracker=f"127.0.0.1:{port}", tune_key="phone"
+        )
+    assert time.perf_counter() - start < 30 and list(tmp_path.iterdir()) == []

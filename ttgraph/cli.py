@@ -70,11 +70,18 @@ class _Terminated(BaseException):  # like KeyboardInterrupt: no `except Exceptio
         self.signum = signum
 
 
+_terminated: int | None = None  # the signal, once one came: TVM's FFI turns our exception into its own error
+
+
 def _raise_terminated(signum: int, _frame: object) -> None:
+    global _terminated
+    _terminated = signum
     raise _Terminated(signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global _terminated
+    _terminated = None
     for signum in (signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(ValueError):  # not the main thread: leave the caller's handlers
             signal.signal(signum, _raise_terminated)
@@ -97,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"ttgraph: terminated ({signal.Signals(stop.signum).name})\n")
         return 128 + stop.signum
     except TTGraphError as err:
+        if _terminated is not None:  # raised inside a TVM callback, it came back as "could not build it: 15"
+            sys.stderr.write(f"ttgraph: terminated ({signal.Signals(_terminated).name})\n")
+            return 128 + _terminated
         if args.debug:
             traceback.print_exc()
         sys.stderr.write(f"ttgraph: error: {err.one_line()}\n")
