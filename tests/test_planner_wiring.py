@@ -130,7 +130,13 @@ def test_plan_cli_rejects_inconsistent_modes():
     [
         (["--modes-in", "8,48", "--modes-out", "48,8", "--ranks", "8", "--hw", "0x80"], "--hw: expected a positive"),
         (["--modes-in", "8,48", "--modes-out", "48,8", "--ranks", "8", "--batch", "0"], "--batch: expected a positive"),
-        (["MODEL", "--ranks", "8"], "--ranks: describes one layer"),
+        (
+            ["MODEL", "--ranks", "8"],
+            "--ranks: describes one layer, and a MODEL's layers come from its metadata: "
+            "give either a MODEL or --modes-in, --modes-out and --ranks, not both\n",
+        ),
+        (["MODEL", "--hw", "0x0"], "--hw: describes one layer"),  # was ignored without a word
+        (["--cin", "0", "--modes-in", "8,48", "--modes-out", "48,8", "--ranks", "8"], "--cin: expected a positive"),
         (
             ["--modes-in", ",".join(["2"] * 24), "--modes-out", ",".join(["2"] * 24), "--ranks", "2"],
             "--modes-in: at most 8",

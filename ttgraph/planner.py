@@ -369,8 +369,8 @@ def expand_ranks(ranks: int | Sequence[int], d: int) -> tuple[int, ...]:
         else:
             raise TTGraphError(
                 "ranks",
-                f"expected 1, {d - 1} (inner) or {d + 1} (all) ranks for {d} cores, "
-                f"found {len(values)}: {list(values)}",
+                f"expected one rank for all bonds, {d - 1} inner rank{'s' * (d > 2)} or all {d + 1} (the end 1s "
+                f"included) for {d} cores, found {len(values)}: {list(values)}",
             )
     if full[0] != 1 or full[-1] != 1:
         raise TTGraphError("ranks", f"expected r_0 = r_d = 1, found {list(full)}")

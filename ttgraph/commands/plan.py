@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modes-in", type=_ints, help="split of Cin, e.g. 16,24")
     p.add_argument("--modes-out", type=_ints, help="split of Cout, e.g. 16,24")
     p.add_argument("--ranks", type=_ints, help="one inner rank for all bonds, the d−1 inner ranks, or all d+1")
-    p.add_argument("--hw", default="1x1", help="spatial size HxW of the layer's output (default 1x1)")
+    p.add_argument("--hw", help="spatial size HxW of the layer's output (default 1x1)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--cost", default="flops", choices=["flops", "roofline", "measured"], help="cost model")
     p.add_argument("--merges", action="store_true", help="allow offline core-core merges (changes params)")
@@ -49,7 +49,7 @@ def _ints(text: str) -> list[int]:
 
 def _pixels(args: argparse.Namespace) -> int:
     try:
-        h, w = (int(v) for v in args.hw.lower().split("x"))
+        h, w = (int(v) for v in (args.hw or "1x1").lower().split("x"))
     except ValueError:
         raise TTGraphError("--hw", f"expected HxW such as 80x80, got {args.hw!r}") from None
     if h < 1 or w < 1:
@@ -74,11 +74,18 @@ def _plan(args: argparse.Namespace, modes_in, modes_out, ranks, pixels: int) -> 
 
 def run(args: argparse.Namespace) -> int:
     if args.model:
-        one_layer = ("cin", "cout", "modes_in", "modes_out", "ranks")
+        one_layer = ("cin", "cout", "modes_in", "modes_out", "ranks", "hw")
         given = [f"--{key.replace('_', '-')}" for key in one_layer if getattr(args, key) is not None]
         if given:
-            raise TTGraphError(given[0], "describes one layer, a MODEL's layers come from its metadata: give either")
+            raise TTGraphError(
+                given[0],
+                "describes one layer, and a MODEL's layers come from its metadata: give either a MODEL or "
+                "--modes-in, --modes-out and --ranks, not both",
+            )
         return _run_model(args)
+    for key in ("cin", "cout"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            raise TTGraphError(f"--{key}", f"expected a positive channel count, got {getattr(args, key)}")
     if not (args.modes_in and args.modes_out and args.ranks):
         raise TTGraphError("plan", "give a compressed MODEL, or --modes-in, --modes-out and --ranks")
     if args.cin is not None and args.cin != _prod(args.modes_in):
