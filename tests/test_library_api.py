@@ -232,3 +232,16 @@ def test_locating_an_example_model_leaves_the_callers_process_alone():
 
 def test_dir_lists_the_lazily_imported_api():
     assert {"compress", "inspect", "compile", "CompressionResult"} <= set(dir(ttgraph))
+
+
+def test_inspect_counts_a_model_without_multiplies_as_zero_macs_not_unknown():
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+    )
+    report = ttgraph.inspect(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert report.model_macs == 0 and report.unknown_macs_nodes == 0

@@ -135,7 +135,7 @@ def inspect(model: ModelSource, input_shapes: InputShapes | None = None) -> Insp
     _, found, shapes = _analyse(proto)
     _skip_our_own_factors(found, provenance(proto, source_name(model)))  # as compress will
     total, unknown = model_macs(proto, shapes)
-    known = total if total > 0 else None
+    known = total if total > 0 or not unknown else None  # 0 is a count too, where every node was counted
     layers = [
         CandidateInfo(
             c.label,
