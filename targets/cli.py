@@ -244,6 +244,7 @@ def _run_ab(args: argparse.Namespace) -> int:
         runs=args.runs,
         input_shapes=parse_input_shapes(args.input_shape) or None,
         feed=_load_inputs(args.inputs) if args.inputs else None,
+        feed_source=args.inputs,
         runtime=runtime,
         factory=factory,
         device=device,

@@ -113,8 +113,8 @@ def test_bench_options_that_cannot_work_are_one_line_errors_before_timing(pair, 
     [
         ("bigger", "other.onnx: input 'x' has shape 1×32×16×16, the model expects 1×32×24×24"),
         ("inputs.npy", "inputs.npy: expected an .npz with one array per model input, keyed by input name"),
-        ("wrong.npz", "orig.onnx: input 'x' has shape 1×32×8×8, the model expects 1×32×16×16"),
-        ("nan.npz", "orig.onnx: input 'x' holds NaN or infinite values"),
+        ("wrong.npz", "wrong.npz, fed to orig.onnx: input 'x' has shape 1×32×8×8, the model expects 1×32×16×16"),
+        ("nan.npz", "nan.npz, fed to orig.onnx: input 'x' holds NaN or infinite values"),
     ],
 )
 def test_bench_inputs_that_do_not_fit_a_model_are_one_line_errors(pair, tmp_path, capsys, other, needle):

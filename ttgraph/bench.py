@@ -208,8 +208,11 @@ def compare(
     factory: RunnerFactory | None = None,
     device: str | None = None,
     memory: bool = True,
+    feed_source: str | None = None,
 ) -> BenchReport:
     """Time ``models`` (label → model; the first is the reference) A/B alternated at each thread count.
+
+    ``feed_source`` names where a given ``feed`` came from (a ``.npz``): errors about it name that file.
 
     ``factory`` builds a runner per (model, feed, threads); the default is onnxruntime. ``memory`` measures each
     model's peak RSS in its own onnxruntime process (load + one run).
@@ -228,7 +231,7 @@ def compare(
             what = f"the given inputs' {sorted(feed)}" if given else f"the reference {reference}'s {sorted(feed)}"
             raise TTGraphError(label, f"inputs {sorted(names)} differ from {what}")
         # every model runs the same feed: a shape or type it cannot take is one line here, not onnxruntime's traceback
-        check_feed(graph_inputs(proto), feed, label)
+        check_feed(graph_inputs(proto), feed, f"{feed_source}, fed to {label}" if feed_source else label)
     factory = factory or onnxruntime_runner
     report = BenchReport(
         {label: source_name(m) for label, m in models.items()}, runtime, warmup, runs, device=device or cpu_model()
