@@ -215,7 +215,10 @@ def compile_model(
     except TTGraphError:
         raise
     except Exception as err:  # TVM raises TVMError/ValueError/InternalError from C++ passes
-        raise TTGraphError(name, f"TVM could not build it for {preset.name}: {_first_line(err)}") from err
+        # the input size is named: a size smaller than the model's pooling and strides fail deep in TVM's passes
+        # ("Divide by zero" at 8×8 on the direction classifier, which onnxruntime runs)
+        at = "; ".join(f"{k} {'×'.join(map(str, v))}" for k, v in prepared.input_shapes.items())
+        raise TTGraphError(name, f"TVM could not build it for {preset.name} at {at}: {_first_line(err)}") from err
     build_s = time.perf_counter() - start
 
     cuda_source = _cuda_source(executable) if preset.is_cuda else None

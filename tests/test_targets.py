@@ -301,3 +301,11 @@ def test_tuning_through_a_tracker_nothing_listens_on_fails_at_once_in_one_line(t
             pointwise_model(), "x86_64", tmp_path / "m.so", tune=4, tune_tracker=f"127.0.0.1:{port}", tune_key="phone"
         )
     assert time.perf_counter() - start < 30 and list(tmp_path.iterdir()) == []
+
+
+def test_a_build_tvm_cannot_do_at_the_given_size_names_the_size(tmp_path):
+    """The classifier runs in onnxruntime at 8×8, but TVM's passes stop with "Divide by zero" there (its pooling is
+    larger than the feature map); without the size in the message nothing pointed at the cause."""
+    with pytest.raises(TTGraphError, match=r"TVM could not build it for x86_64 at x 1×3×8×8: .*Divide by zero"):
+        compile_model(example_model("cls"), "x86_64", tmp_path / "c.so", {"x": [1, 3, 8, 8]})
+    assert list(tmp_path.iterdir()) == []
