@@ -244,3 +244,18 @@ def test_peak_memory_is_the_models_process_not_the_callers():
     beside = peak_rss_mb(model, feed_for(model, [1, 8, 8, 8]))
     del ballast
     assert alone is not None and beside is not None and beside < alone + 100
+
+
+def test_a_dynamic_original_is_benched_at_the_shape_its_fixed_rewrite_has(tmp_path, capsys):
+    """`ttgraph bench ORIGINAL COMPRESSED` with a dynamic original and a rewrite fixed by --input-shape asked for
+    --input-shape again; the rewrite's shape is the one to time both at. Two dynamic models still need it."""
+    dynamic = conv_model(32, 32, hw=("h", "w"), seed=1)
+    fixed = compress(dynamic, rank_ratio=0.25, input_shapes={"x": [1, 32, 16, 16]}).model
+    a, b = tmp_path / "orig.onnx", tmp_path / "small.onnx"
+    onnx.save(dynamic, a)
+    onnx.save(fixed, b)
+    options = ["--runs", "2", "--warmup", "0", "--threads", "1", "--no-memory", "--json"]
+    assert main(["bench", str(a), str(b), *options]) == 0
+    assert json.loads(capsys.readouterr().out)["results"]
+    assert main(["bench", str(a), str(a), *options]) == 2
+    assert "orig.onnx: input 'x' has dynamic dims [1,32,?,?]; fix them with --input-shape" in capsys.readouterr().err

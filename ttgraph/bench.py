@@ -224,7 +224,9 @@ def compare(
     protos = {label: load_model(m, input_shapes) for label, m in models.items()}
     reference, first = next(iter(protos.items()))
     given = feed is not None
-    feed = feed if feed is not None else feed_for(first, name=reference)
+    if feed is None:  # the first model with static inputs sets the shape: a dynamic original beside its fixed rewrite
+        static = [p for p in protos.values() if all(None not in input_dims(v) for v in graph_inputs(p))]
+        feed = feed_for(static[0] if static else first, name=reference)
     for label, proto in protos.items():
         names = {v.name for v in graph_inputs(proto)}
         if names != set(feed):
