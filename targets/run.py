@@ -18,6 +18,7 @@ import numpy as np
 
 from ttgraph.errors import TTGraphError
 from ttgraph.model_io import ModelSource, load_model
+from ttgraph.verify import relative_errors as relative_errors  # re-exported: targets.run is where it was
 
 Inputs = Mapping[str, np.ndarray] | Sequence[np.ndarray]
 
@@ -95,21 +96,6 @@ def onnxruntime_outputs(model: ModelSource, inputs: Inputs, *, threads: int | No
     names = [i.name for i in session.get_inputs()]
     values = ordered_inputs(inputs, names)
     return list(session.run(None, dict(zip(names, values, strict=True))))
-
-
-def relative_errors(reference: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> list[float]:
-    """Per output, ``max|got − ref| / max|ref|`` (plain max-abs where the reference is all zero)."""
-    if len(reference) != len(got):
-        raise TTGraphError("outputs", f"expected {len(reference)} outputs, the library gave {len(got)}")
-    errors = []
-    for ref, val in zip(reference, got, strict=True):
-        ref64, val64 = np.asarray(ref, np.float64), np.asarray(val, np.float64)
-        if ref64.shape != val64.shape:
-            raise TTGraphError("outputs", f"output shape {val64.shape} differs from onnxruntime's {ref64.shape}")
-        diff = float(np.abs(ref64 - val64).max(initial=0.0))
-        peak = float(np.abs(ref64).max(initial=0.0))
-        errors.append(diff / peak if peak > 0 else diff)
-    return errors
 
 
 def _last_line(err: BaseException) -> str:

@@ -1026,9 +1026,7 @@ def _first_feed(source: Any) -> Feed | None:
 # left all 8 outputs worse on held-out images, those of 20 or 24 made 7 of 8 better; the text detector at 0.5
 # gains 0.7 points of IoU from 32 instead of 8 (benchmarks/RESULTS.md, "How many compensation samples").
 COMPENSATE_ELEMENTS = 1 << 25
-
-
-MIN_COMPENSATE_SAMPLES = 8
+MIN_COMPENSATE_SAMPLES = 8  # fewer by default only if the user insists (_too_few_for_compensation)
 
 
 def _too_few_for_compensation(calib: Any, kept: Any) -> int | None:
@@ -1041,15 +1039,16 @@ def _too_few_for_compensation(calib: Any, kept: Any) -> int | None:
 
 def _auto_samples(source: Any) -> int:
     """How many calibration samples the compensation reads by default: enough to hold
-    :data:`COMPENSATE_ELEMENTS` input values (the first feed's size), at least 8."""
+    :data:`COMPENSATE_ELEMENTS` input values (the first feed's size), at least :data:`MIN_COMPENSATE_SAMPLES`."""
     fetch = getattr(source, "fetch", None)
     return _samples_for(fetch(0) if fetch is not None else next(iter(source), None))
 
 
 def _samples_for(first: Feed | None) -> int:
-    """Enough samples like ``first`` to hold :data:`COMPENSATE_ELEMENTS` input values, at least 8."""
+    """Enough samples like ``first`` to hold :data:`COMPENSATE_ELEMENTS` input values, at least
+    :data:`MIN_COMPENSATE_SAMPLES`."""
     size = sum(int(np.size(v)) for v in first.values()) if first else 1
-    return max(8, -(-COMPENSATE_ELEMENTS // max(size, 1)))
+    return max(MIN_COMPENSATE_SAMPLES, -(-COMPENSATE_ELEMENTS // max(size, 1)))
 
 
 def _compensation_report(

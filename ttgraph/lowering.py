@@ -88,7 +88,7 @@ def rounding_scale(model: onnx.ModelProto, feed: dict[str, Any]) -> dict[str, fl
     input far smaller than the model was trained at, or random — that is percents of the output's largest value
     (the text detector at 64×64 on a random input: 2.4 %), and an exact rewrite, which rounds differently, moves it
     as much; on real data at the model's size, 2e-5."""
-    from ttgraph.verify import run_session, session
+    from ttgraph.verify import relative_errors, run_session, session
 
     rng = np.random.default_rng(0)
     nudged = {}
@@ -101,13 +101,7 @@ def rounding_scale(model: onnx.ModelProto, feed: dict[str, Any]) -> dict[str, fl
     names = [o.name for o in sess.get_outputs()]
     refs = run_session(sess, names, feed, "<before lowering>")
     gots = run_session(sess, names, nudged, "<before lowering>")
-    scale = {}
-    for name, ref, got in zip(names, refs, gots, strict=True):
-        ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
-        peak = float(np.abs(np.where(np.isfinite(ref), ref, 0.0)).max(initial=0.0))
-        moved = float(np.abs(np.nan_to_num(ref - got, nan=0.0, posinf=0.0, neginf=0.0)).max(initial=0.0))
-        scale[name] = moved / peak if peak > 0 else moved
-    return scale
+    return dict(zip(names, relative_errors(refs, gots), strict=True))
 
 
 def _as_inputs(graph: gs.Graph, fed: set[str]) -> None:

@@ -165,3 +165,19 @@ def compare_outputs(
         )
         for name in names
     ]
+
+
+def relative_errors(reference: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> list[float]:
+    """Per output, ``max|got − ref| / max|ref|`` (plain max-abs where the reference is all zero): a compiled
+    library against onnxruntime, or a model against itself on a nudged input."""
+    if len(reference) != len(got):
+        raise TTGraphError("outputs", f"expected {len(reference)} outputs, the library gave {len(got)}")
+    errors = []
+    for ref, val in zip(reference, got, strict=True):
+        ref64, val64 = np.asarray(ref, np.float64), np.asarray(val, np.float64)
+        if ref64.shape != val64.shape:
+            raise TTGraphError("outputs", f"output shape {val64.shape} differs from onnxruntime's {ref64.shape}")
+        diff = float(np.abs(ref64 - val64).max(initial=0.0))
+        peak = float(np.abs(ref64).max(initial=0.0))
+        errors.append(diff / peak if peak > 0 else diff)
+    return errors
