@@ -233,6 +233,34 @@ def test_grey_level_noise_is_one_grey_level_of_the_image_within_its_range(spec):
     assert np.all(moved[0] > -1e-3) and np.all(moved[1] < 1e-3)
 
 
+def nhwc_model(hw=(32, 48)) -> onnx.ModelProto:
+    """x (1×H×W×3, channels last, as TensorFlow exports) → Transpose → 1×1 Conv."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 1, 1)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+            helper.make_node("Conv", ["t", "w"], ["y"], kernel_shape=[1, 1]),
+        ],
+        "nhwc",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *hw, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, *hw])],
+        [w],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_an_image_layout_the_input_plainly_is_not_is_named_as_a_layout_error(tmp_path):
+    """An NCHW input read as NHWC used to be "the model input has 48 channels" (its width), or "dynamic
+    height/width" when the width was dynamic; the error says which layout the input has."""
+    folder = write_images(tmp_path / "imgs", 2)
+    assert next(iter(calibration_source(folder, nhwc_model(), "imagenet,layout=nhwc")))["x"].shape == (1, 32, 48, 3)
+    with pytest.raises(TTGraphError, match=r"x: the model input is 1×32×48×3, channels last \(NHWC\): add layout"):
+        calibration_source(folder, nhwc_model(), "imagenet")
+    for model in (image_model(), conv_model(3, 4, hw=("h", "w"))):
+        with pytest.raises(TTGraphError, match=r"x: the model input is 1×3×.*channels first \(NCHW\), but"):
+            calibration_source(folder, model, "imagenet,layout=nhwc")
+
+
 def test_dynamic_image_input_needs_a_size_and_says_so(tmp_path):
     folder = write_images(tmp_path / "imgs", 2)
     model = conv_model(3, 4, hw=("h", "w"))

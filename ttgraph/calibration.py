@@ -438,6 +438,21 @@ def _image_files(path: Path) -> tuple[list[Path], Counter[str]]:
     return files, skipped
 
 
+def _check_layout(name: str, dims: Sequence[int | None], layout: str) -> None:
+    """Refuse a layout the input plainly is not (channels 1 or 3 on the other side, the dim ``layout`` would
+    read as channels neither): otherwise the error would speak of a 192-channel input, or of a dynamic height
+    that is really the channel count."""
+    first, last = dims[1], dims[3]
+    image_channels = (1, 3, 4)
+    shape = "×".join("?" if d is None else str(d) for d in dims)
+    if layout == "NHWC" and first in image_channels and last not in image_channels:
+        raise TTGraphError(
+            name, f"the model input is {shape}, channels first (NCHW), but --preprocess says layout=nhwc"
+        )
+    if layout == "NCHW" and last in image_channels and first not in image_channels:
+        raise TTGraphError(name, f"the model input is {shape}, channels last (NHWC): add layout=nhwc to --preprocess")
+
+
 def image_source(
     files: Sequence[str | os.PathLike[str]],
     model: onnx.ModelProto,
@@ -455,6 +470,7 @@ def image_source(
     dims = input_dims(value)
     if len(dims) != 4:
         raise TTGraphError(value.name, f"images need a 4-D image input, the model's input has dims {dims}")
+    _check_layout(value.name, dims, spec.layout)
     if spec.size is None:
         hw = dims[2:4] if spec.layout == "NCHW" else dims[1:3]
         if any(d is None for d in hw):
