@@ -19,6 +19,7 @@ import os
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -174,12 +175,12 @@ class BenchReport:
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(self.rows))])
         ax.set_xticklabels([f"{row['threads']} thread(s)" for row in self.rows])
-        ax.set_ylabel(f"speedup over {labels[0]}")
+        ax.set_ylabel(textwrap.fill(f"speedup over {labels[0]}", 32))  # a long model path fits the plot's height
         ax.set_title(f"{self.runtime}: ratio of times, A/B alternated")
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.15))  # below: bars stay visible
         fig.tight_layout()
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110)
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")  # nothing clipped at the edges
         write_atomic(path, buffer.getvalue())
 
 
