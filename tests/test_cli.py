@@ -341,3 +341,23 @@ def test_a_module_named_like_our_companion_packages_in_the_working_directory_is_
         timeout=120,
     )
     assert library.returncode == 1 and "TTGraphError" in library.stderr and "rename it" in library.stderr
+
+
+def test_main_gives_the_callers_signal_handlers_back(monkeypatch):
+    """A pipeline calling ttgraph.cli.main in-process had SIGTERM and SIGHUP left raising ttgraph's private
+    exception inside its own work afterwards."""
+    import ttgraph.cli
+
+    def mine(signum, frame):  # the pipeline's own handlers
+        pass
+
+    before = {s: signal.signal(s, mine) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        monkeypatch.setattr(ttgraph.cli, "build_parser", lambda: _OneCommand(lambda args: 0))
+        assert ttgraph.cli.main([]) == 0
+        monkeypatch.setattr(ttgraph.cli, "build_parser", lambda: _OneCommand(lambda args: os.kill(os.getpid(), 15)))
+        assert ttgraph.cli.main([]) == 128 + signal.SIGTERM
+        assert all(signal.getsignal(s) is mine for s in before)
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)

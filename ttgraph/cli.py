@@ -80,11 +80,22 @@ def _raise_terminated(signum: int, _frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; SIGTERM and SIGHUP end it like Ctrl-C while it runs, and the caller's handlers are back
+    when it returns (a pipeline calling main() in-process keeps its own)."""
     global _terminated
     _terminated = None
+    previous = {}
     for signum in (signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(ValueError):  # not the main thread: leave the caller's handlers
-            signal.signal(signum, _raise_terminated)
+            previous[signum] = signal.signal(signum, _raise_terminated)
+    try:
+        return _run(argv)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     try:
         check_companions()
         parser = build_parser()
