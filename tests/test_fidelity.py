@@ -4,6 +4,7 @@ outputs kept by the first, within a memory bound."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from onnx import numpy_helper
 
 from tests.test_compensate import feeds, stacked_convs
@@ -42,3 +43,21 @@ def test_outputs_past_the_memory_bound_are_not_kept_and_each_pass_runs_the_origi
     assert not reference.complete
     assert heldout_fidelity(original, rewritten, data, reference=reference) == first
     assert heldout_fidelity(changed(original, 0.5), rewritten, data, reference=reference) != first
+
+
+def test_a_map_with_no_pixel_above_the_threshold_in_either_model_has_no_iou():
+    """Both maps below 0.3 everywhere: the IoU is 0/0. It read 1.0, a perfect score for a map 86 % off, and
+    judging compensation by it saw a tie; now it is None and the relative error judges."""
+    from ttgraph.fidelity import FidelityTally, worse_and_better
+
+    ref = np.full((1, 1, 4, 4), 0.1, np.float32)
+    tally = FidelityTally(["map"], 0.3)
+    tally.add([ref], [ref * 0.2])
+    empty = tally.result("m")["outputs"][0]
+    assert empty["binary_iou"] is None and empty["rel_l2"] == pytest.approx(0.8)
+    closer = FidelityTally(["map"], 0.3)
+    closer.add([ref], [ref * 0.9])
+    assert worse_and_better([empty], [closer.result("m")["outputs"][0]]) == (0, 1)
+    some = FidelityTally(["map"], 0.3)
+    some.add([ref], [ref + 0.5 * np.eye(4, dtype=np.float32)])  # 4 pixels above in one map, none in the other
+    assert some.result("m")["outputs"][0]["binary_iou"] == 0.0

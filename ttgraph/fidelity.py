@@ -7,7 +7,8 @@ took no part in calibration and reports, per model output,
 - ``top1_agreement`` for outputs shaped like class scores (``N × K``, K ≥ 2): the share of samples whose
   arg-max class is unchanged;
 - ``binary_iou`` for outputs shaped like probability maps (``N × 1 × H × W`` with values in [0, 1]): the
-  pooled IoU of ``map > threshold`` (Σ intersections / Σ unions), as a text or segmentation map is judged.
+  pooled IoU of ``map > threshold`` (Σ intersections / Σ unions), as a text or segmentation map is judged;
+  None when no pixel of either map is above the threshold (then ``rel_l2`` judges).
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ class FidelityTally:
             if "scores" in self.kinds[name]:
                 entry["top1_agreement"] = s["agree"] / max(s["count"], 1)
             if "map" in self.kinds[name]:
-                entry["binary_iou"] = s["inter"] / s["union"] if s["union"] else 1.0
+                # no pixel above the threshold in either map: undefined, not a perfect 1.0 (a map 86 % off read so)
+                entry["binary_iou"] = s["inter"] / s["union"] if s["union"] else None
                 entry["iou_threshold"] = self.iou_threshold
             outputs.append(entry)
         return {"samples": self.samples, "outputs": outputs}
@@ -190,7 +192,7 @@ def worse_and_better(before: list[dict[str, Any]], after: list[dict[str, Any]]) 
     """
     worse = better = 0
     for old, new in zip(before, after, strict=True):
-        key = next((k for k in _JUDGED_BY if k in old and k in new), None)
+        key = next((k for k in _JUDGED_BY if old.get(k) is not None and new.get(k) is not None), None)
         if key is None or abs(new[key] - old[key]) <= SAME * max(abs(old[key]), abs(new[key])):
             continue  # rounding, not a change (an unchanged model may differ in the last bits)
         if (new[key] > old[key]) == _JUDGED_BY[key]:

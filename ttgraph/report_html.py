@@ -163,7 +163,7 @@ def _endtoend_figure(verification: dict[str, Any] | None) -> str | None:
         labels.append(f"{short}\nrel L2")
         values.append(out["rel_l2"])
         for key, text in (("top1_agreement", "top-1 agree"), ("binary_iou", "IoU")):
-            if key in out:
+            if out.get(key) is not None:
                 labels.append(f"{short}\n{text}")
                 values.append(out[key])
     fig, ax = _subplots(figsize=(max(4, 1.4 * len(labels)), 2.6))

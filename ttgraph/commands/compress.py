@@ -178,7 +178,7 @@ def _end_to_end(ends: dict | None) -> str:
     ends = ends or {}
     for before, after in zip(ends.get("before") or [], ends.get("after") or [], strict=False):
         for key, label in (("binary_iou", "IoU"), ("top1_agreement", "top-1 agreement"), ("rel_l2", "rel L2")):
-            if key in before and key in after:
+            if before.get(key) is not None and after.get(key) is not None:
                 text += f"; {before['name']} {label} {before[key]:.4f} → {after[key]:.4f} held out"
                 break
     return text
@@ -193,7 +193,10 @@ def _fidelity(out: dict) -> str:
     if "top1_agreement" in out:
         text += f", top-1 agreement {out['top1_agreement']:.4f}"
     if "binary_iou" in out:
-        text += f", IoU(>{out['iou_threshold']:g}) {out['binary_iou']:.4f}"
+        iou = out["binary_iou"]
+        text += f", IoU(>{out['iou_threshold']:g}) " + (
+            "n/a (no pixel above it in either map)" if iou is None else f"{iou:.4f}"
+        )
     return text
 
 
