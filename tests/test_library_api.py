@@ -113,6 +113,73 @@ def test_verify_refuses_to_compare_with_an_original_file_replaced_since(tmp_path
         result.verify(feed)
 
 
+def test_a_result_keeps_its_source_by_absolute_path_so_a_chdir_cannot_save_over_it(tmp_path, monkeypatch):
+    """compress("m.onnx") kept the relative path: after the pipeline changed directory, save("A/m.onnx") wrote
+    over the input (the guard compared "m.onnx" in the new directory) and verify() said the file had changed."""
+    import onnx
+
+    (tmp_path / "A").mkdir()
+    src = tmp_path / "A" / "m.onnx"
+    onnx.save(conv_model(16, 16, hw=(6, 6)), src)
+    before = src.read_bytes()
+    monkeypatch.chdir(tmp_path / "A")
+    result = ttgraph.compress("m.onnx", rank=4)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ttgraph.TTGraphError, match="output path is the input file"):
+        result.save("A/m.onnx")
+    assert src.read_bytes() == before
+    feed = [{"x": np.ones((1, 16, 6, 6), np.float32)}]
+    assert result.verify(feed)[0].rel_l2 > 1e-3
+    src.rename(tmp_path / "moved.onnx")
+    with pytest.raises(ttgraph.TTGraphError, match=r"A/m.onnx: the original model file is gone \(moved or deleted\)"):
+        result.verify(feed)
+
+
+def test_one_feed_dict_where_a_list_goes_says_to_wrap_it(tmp_path):
+    import onnx
+
+    onnx.save(conv_model(16, 16, hw=(6, 6)), tmp_path / "m.onnx")
+    result = ttgraph.compress(tmp_path / "m.onnx", rank=4)
+    feed = {"x": np.ones((1, 16, 6, 6), np.float32)}
+    for call in (lambda: result.verify(feed), lambda: ttgraph.compress(tmp_path / "m.onnx", rank=4, verify_feeds=feed)):
+        with pytest.raises(ttgraph.TTGraphError, match=r"got dict \(one feed dict: wrap it in a list\)"):
+            call()
+    # compare_outputs takes paths and bytes as compress does, not only ModelProtos
+    errors = ttgraph.compare_outputs(tmp_path / "m.onnx", result.model.SerializeToString(), [feed])
+    assert errors == result.verify([feed])
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"compensate": "false"}, "compensate: expected True or False, got 'false'"),
+        ({"progress": 1}, "progress: expected True or False, got 1"),
+    ],
+)
+def test_flags_that_are_not_bools_are_refused(options, needle):
+    with pytest.raises(ttgraph.TTGraphError, match=needle):
+        ttgraph.compress(conv_model(16, 16, hw=(6, 6)), rank=4, **options)
+    assert ttgraph.compress(conv_model(16, 16, hw=(6, 6)), rank=4, progress=np.bool_(False)).report.layers
+
+
+def test_holding_out_all_of_a_generators_samples_says_so():
+    """It said "the calibration data gave no samples (a generator or reader already read to its end?)"."""
+    samples = np.random.default_rng(0).standard_normal((6, 1, 16, 6, 6)).astype(np.float32)
+    for holdout, gave in ((6, 6), (9, 6)):
+        with pytest.raises(ttgraph.TTGraphError, match=f"holding out {holdout} samples leaves none .* gave {gave}$"):
+            ttgraph.compress(
+                conv_model(16, 16, hw=(6, 6)),
+                calibration=({"x": x} for x in samples),
+                params_ratio=0.5,
+                holdout=holdout,
+            )
+
+
+def test_input_shapes_from_one_string_as_the_docstring_shows():
+    assert ttgraph.parse_input_shapes("x=1,3,64,64") == {"x": [1, 3, 64, 64]}
+    assert ttgraph.parse_input_shapes(["x = 1,3,64,64", "s=2"]) == {"x": [1, 3, 64, 64], "s": [2]}
+
+
 def test_outputs_get_the_permissions_a_plain_open_would_give(tmp_path):
     old = os.umask(0o022)
     try:

@@ -401,6 +401,7 @@ def test_inspect_gives_no_share_of_a_model_total_it_knows_only_in_part():
     report = ttgraph.inspect(model_of(nodes, ins, outs, inits))
     (layer,) = report.layers
     assert report.unknown_macs_nodes == 1 and layer.macs == 16 * 16 * 64 and layer.macs_share is None
+    assert report.model_macs is None  # was the known part, 16·16·64, read as the whole model's
 
 
 def test_compensation_that_leaves_held_out_outputs_worse_is_not_kept():

@@ -69,3 +69,27 @@ def test_the_wheel_ships_every_packages_type_marker_and_the_license(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {"ttgraph/py.typed", "passes/py.typed", "targets/py.typed"} <= set(names)
     assert any(name.endswith(".dist-info/licenses/LICENSE") or name.endswith("/LICENSE") for name in names), names
+
+
+def test_every_public_hint_resolves_at_run_time():
+    """pydantic's validate_call, typer and sphinx read hints with typing.get_type_hints: a hint written as a
+    string alias ("str | …" inside a TypeAlias) made that raise TypeError for compress()."""
+    import inspect
+    import typing
+
+    import ttgraph
+
+    checked = []
+    for name in ttgraph.__all__:
+        obj = getattr(ttgraph, name)
+        functions = [obj] if inspect.isfunction(obj) else []
+        if inspect.isclass(obj):
+            functions += [
+                f for _, f in inspect.getmembers(obj, inspect.isfunction) if f.__module__.startswith("ttgraph")
+            ]
+        for function in functions:
+            typing.get_type_hints(function)
+            checked.append(function.__qualname__)
+    assert "compress" in checked and "CompressionResult.save" in checked
+    hints = typing.get_type_hints(ttgraph.compress)
+    assert hints["calibration"] == ttgraph.calibration.CalibrationData | None

@@ -107,7 +107,8 @@ class CandidateInfo:
 
 @dataclass
 class InspectReport:
-    """What :func:`inspect` found: rewritable 1×1 convs, skipped convs with reasons, and totals."""
+    """What :func:`inspect` found: rewritable 1×1 convs, skipped convs with reasons, and totals (``model_macs`` is
+    None when ``unknown_macs_nodes`` of the compute nodes have shapes that dynamic dims leave unknown)."""
 
     model: str
     layers: list[CandidateInfo]
@@ -135,7 +136,7 @@ def inspect(model: ModelSource, input_shapes: InputShapes | None = None) -> Insp
     _, found, shapes = _analyse(proto)
     _skip_our_own_factors(found, provenance(proto, source_name(model)))  # as compress will
     total, unknown = model_macs(proto, shapes)
-    known = total if total > 0 or not unknown else None  # 0 is a count too, where every node was counted
+    known = None if unknown else total  # a sum missing some nodes is not the model's total (0 is a count too)
     layers = [
         CandidateInfo(
             c.label,
@@ -145,7 +146,7 @@ def inspect(model: ModelSource, input_shapes: InputShapes | None = None) -> Insp
             None if c.input_shape is None else list(c.input_shape),
             c.params,
             c.macs,
-            None if c.macs is None or not known or unknown else c.macs / known,  # not a share of a partial total
+            None if c.macs is None or not known else c.macs / known,
         )
         for c in found.candidates
     ]
@@ -261,6 +262,9 @@ class CompressionResult:
     _stamp: tuple[int, int, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.source, str | os.PathLike):  # save()'s guard and verify() must survive the caller's chdir
+            absolute = os.path.abspath(self.source)
+            self.source = absolute if isinstance(self.source, str) else Path(absolute)
         self._stamp = _file_stamp(self.source)
 
     def save(
@@ -291,6 +295,11 @@ class CompressionResult:
         """Compare the rewritten model with the original on ``feeds`` (onnxruntime)."""
         if self.source is None:
             raise TTGraphError(None, "this result does not hold its original model")
+        if self._stamp is not None and not os.path.exists(self.source):  # type: ignore[arg-type]
+            raise TTGraphError(
+                self.source,  # type: ignore[arg-type]
+                "the original model file is gone (moved or deleted): verify compares with the original",
+            )
         if self._stamp is not None and _file_stamp(self.source) != self._stamp:
             raise TTGraphError(
                 self.source,  # type: ignore[arg-type]
@@ -346,6 +355,14 @@ def _integer(name: str, value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TTGraphError(name, f"expected an integer, got {value!r} ({type(value).__name__})")
     return int(value)
+
+
+def _flag(name: str, value: Any) -> bool:
+    """``value`` as a plain bool (numpy's included): the string "false" is truthy, so a pipeline reading its
+    settings from text would get the opposite of what it wrote."""
+    if not isinstance(value, bool | np.bool_):
+        raise TTGraphError(name, f"expected True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
 
 
 def _real(name: str, value: Any) -> Any:
@@ -455,6 +472,7 @@ def compress(
     compensate_samples = _integer("compensate_samples", compensate_samples)
     distill, distill_batch = _integer("distill", distill), _integer("distill_batch", distill_batch)
     distill_lr = _real("distill_lr", distill_lr)
+    compensate, progress = _flag("compensate", compensate), _flag("progress", progress)
     if latency_threads < 1:
         raise TTGraphError("options", f"latency threads must be ≥ 1, got {latency_threads}")
     if distill < 0 or distill_batch < 1 or not distill_lr > 0 or distill_train not in ("factors", "all"):
@@ -476,7 +494,10 @@ def compress(
     if not isinstance(lower, bool) and (not isinstance(lower, Iterable) or not all(isinstance(n, str) for n in lower)):
         raise TTGraphError("lower", f"expected True, False or pass names, got {lower!r}")
     if verify_feeds is not None and (isinstance(verify_feeds, Mapping) or not isinstance(verify_feeds, Iterable)):
-        raise TTGraphError("verify_feeds", f"expected a list of feed dicts, got {type(verify_feeds).__name__}")
+        raise TTGraphError(
+            "verify_feeds",
+            f"expected a list of feed dicts, got {type(verify_feeds).__name__} (one feed dict: wrap it in a list)",
+        )
     if not isinstance(plan_cost, str) or plan_cost not in COST_MODELS:
         raise TTGraphError("plan_cost", f"unknown cost model {plan_cost!r} (known: {', '.join(COST_MODELS)})")
     budgeted = any(x is not None for x in (macs_ratio, params_ratio, max_error, latency_ratio))

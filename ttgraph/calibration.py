@@ -32,6 +32,7 @@ weight ``Ŵ`` on the calibration data is exact without re-running anything::
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import time
@@ -357,9 +358,15 @@ class CalibrationSource:
 #: What ``compress(calibration=...)`` accepts: a folder of images or an image, a ``.npy``/``.npz`` file, an
 #: array (samples on axis 0), one feed dict, an iterable of feed dicts (a list, a generator), an onnxruntime
 #: ``CalibrationDataReader``, or a :class:`CalibrationSource`.
+#: A real union, not a string: typing.get_type_hints (pydantic, typer, sphinx) evaluates the hints that use it.
 CalibrationData: TypeAlias = (
-    "str | os.PathLike[str] | np.ndarray | Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]] "
-    "| CalibrationDataReaderLike | CalibrationSource"
+    str
+    | os.PathLike[str]
+    | np.ndarray
+    | Mapping[str, np.ndarray]
+    | Iterable[Mapping[str, np.ndarray]]
+    | CalibrationDataReaderLike
+    | CalibrationSource
 )
 
 
@@ -939,6 +946,13 @@ def split_holdout(source: CalibrationSource, holdout: int | float) -> tuple[Cali
         if feed is None:
             break
         held_feeds.append(_own_copy(feed))
+    after = next(stream, None) if held_feeds else None  # nothing held: the stream was empty, said where it is read
+    if held_feeds and after is None:
+        raise TTGraphError(
+            "holdout", f"holding out {count} samples leaves none for calibration: the data gave {len(held_feeds)}"
+        )
+    if after is not None:
+        stream = itertools.chain([after], stream)
     rest = None if source.length is None else source.length - len(held_feeds)
     calib = CalibrationSource(lambda: stream, rest, False, source.description)
     heldout = CalibrationSource(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import numbers
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -181,15 +182,19 @@ def source_name(source: ModelSource) -> str:
     return os.fspath(source)
 
 
-def parse_input_shapes(specs: Sequence[str] | None) -> dict[str, list[int]]:
-    """Parse ``["x=1,3,640,640", ...]`` (the ``--input-shape`` option) into ``{"x": [1, 3, 640, 640]}``.
+def parse_input_shapes(specs: str | Sequence[str] | None) -> dict[str, list[int]]:
+    """Parse ``["x=1,3,640,640", ...]`` (the ``--input-shape`` option), or one string of them separated by
+    spaces, into ``{"x": [1, 3, 640, 640]}``.
 
-    >>> parse_input_shapes(["x=1,3,64,64"])
-    {'x': [1, 3, 64, 64]}
+    >>> parse_input_shapes(["x=1,3,64,64"]), parse_input_shapes("x=1,3,64,64 scale = 1,2")
+    ({'x': [1, 3, 64, 64]}, {'x': [1, 3, 64, 64], 'scale': [1, 2]})
     """
+    if isinstance(specs, str):  # one string: its characters are not specs
+        specs = re.sub(r"\s*=\s*", "=", specs.strip()).split()
     shapes: dict[str, list[int]] = {}
     for spec in specs or ():
         name, sep, dims = spec.partition("=")
+        name = name.strip()
         try:
             values = [int(d) for d in dims.split(",")] if sep and dims else None
         except ValueError:

@@ -11,7 +11,15 @@ import numpy as np
 import onnx
 
 from ttgraph.errors import TTGraphError
-from ttgraph.model_io import fits_protobuf, graph_inputs, input_dims, write_external
+from ttgraph.model_io import (
+    ModelSource,
+    fits_protobuf,
+    graph_inputs,
+    input_dims,
+    load_model,
+    source_name,
+    write_external,
+)
 
 Feed = Mapping[str, np.ndarray]
 
@@ -123,14 +131,24 @@ def run_session(sess, names: list[str], feed: Feed, source: str) -> list[np.ndar
 
 
 def compare_outputs(
-    original: onnx.ModelProto, rewritten: onnx.ModelProto, feeds: Iterable[Feed], source: str = "<model>"
+    original: ModelSource, rewritten: ModelSource, feeds: Iterable[Feed], source: str | None = None
 ) -> list[OutputError]:
-    """Run both models on every feed; per output, the error of the rewritten against the original.
+    """Run both models (protos, paths or bytes) on every feed; per output, the error of the rewritten against
+    the original.
 
-    ``source`` names the original model in error messages. No feeds, or a feed the model cannot take, is an
-    error (an empty comparison would read as a perfect one); a NaN in one output but not the other is an
-    infinite difference.
+    ``source`` names the original model in error messages (by default its path, or "<model>"). No feeds, or a
+    feed the model cannot take, is an error (an empty comparison would read as a perfect one); a NaN in one
+    output but not the other is an infinite difference.
     """
+    source = source or source_name(original)
+    if isinstance(feeds, Mapping) or not isinstance(feeds, Iterable):
+        raise TTGraphError(
+            source, f"expected a list of feed dicts, got {type(feeds).__name__} (one feed dict: wrap it in a list)"
+        )
+    if not isinstance(original, onnx.ModelProto):
+        original = load_model(original, check=False)
+    if not isinstance(rewritten, onnx.ModelProto):
+        rewritten = load_model(rewritten, check=False)
     a, b = session(original, name=source), session(rewritten, name=f"{source} (rewritten)")
     names = [o.name for o in a.get_outputs()]
     inputs = graph_inputs(original)

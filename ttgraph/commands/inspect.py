@@ -69,6 +69,7 @@ def render(report: InspectReport) -> str:
         lines.append("MACs unknown where spatial sizes are dynamic: fix them with --input-shape NAME=1,3,H,W")
     elif report.unknown_macs_nodes:
         lines.append(
-            f"note: {report.unknown_macs_nodes} compute nodes had unknown shapes and are not in the model total"
+            f"note: {report.unknown_macs_nodes} compute nodes have unknown shapes, so the model's total MACs are "
+            "unknown: fix dynamic dims with --input-shape NAME=1,3,H,W"
         )
     return "\n".join(lines)
