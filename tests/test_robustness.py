@@ -451,3 +451,88 @@ def test_the_random_smoke_input_of_a_uint8_model_spans_the_pixel_range():
     assert pixels.dtype == np.uint8 and len(np.unique(pixels)) > 200 and pixels.min() < 5 and pixels.max() > 250
     x = random_feed(model_of([], [vi("x", [1, 3, 64, 64])], []))["x"]
     assert x.dtype == np.float32 and abs(float(x.mean())) < 0.05 and 0.95 < float(x.std()) < 1.05
+
+
+def test_macs_come_from_the_inputs_not_from_a_stale_value_info():
+    """Exported at 16×16, inputs and outputs edited to 8×8 since: the value_info still said 16×16 and the MACs
+    were counted there — the second conv 4× over, and a --macs-ratio budget met on paper only."""
+    rng = np.random.default_rng(0)
+    vi = helper.make_tensor_value_info
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["t"], name="c1"),
+        helper.make_node("Relu", ["t"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2"], ["y"], name="c2"),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((32, 16, 1, 1)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((16, 32, 1, 1)).astype(np.float32), "w2"),
+    ]
+    model = onnx.shape_inference.infer_shapes(
+        model_of(
+            nodes, [vi("x", TensorProto.FLOAT, [1, 16, 16, 16])], [vi("y", TensorProto.FLOAT, [1, 16, 16, 16])], inits
+        )
+    )
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[2].dim_value = value.type.tensor_type.shape.dim[3].dim_value = 8
+    report = ttgraph.inspect(model)
+    assert [layer.macs for layer in report.layers] == [16 * 32 * 64, 16 * 32 * 64]
+    assert [layer.input_shape for layer in report.layers] == [[1, 16, 8, 8], [1, 32, 8, 8]]
+    assert report.model_macs == report.pointwise_macs == 2 * 16 * 32 * 64
+
+
+def test_constants_written_as_value_floats_or_ints_are_constants():
+    """Constant(value_floats=…) as a conv's bias was "not a constant" to the pass; Constant(value_float / value_ints)
+    was a KeyError in distillation's executor. Loading makes them Constant(value=…) tensors of the same values."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 16, 1, 1)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Constant", [], ["b"], value_floats=[0.5] * 8),
+        helper.make_node("Constant", [], ["k"], value_float=2.0),
+        helper.make_node("Constant", [], ["shape"], value_ints=[1, -1]),
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+        helper.make_node("Mul", ["c", "k"], ["m"]),
+        helper.make_node("Reshape", ["m", "shape"], ["y"]),
+    ]
+    model = model_of(nodes, [vi("x", [1, 16, 4, 4])], [vi("y", [1, 128])], [w])
+    assert [layer.name for layer in ttgraph.inspect(model).layers] == ["conv"]
+    result = ttgraph.compress(model, rank_ratio=1.0)
+    assert result.report.layers[0].name == "conv"
+    (error,) = compare_outputs(model, result.model, [feed_for(model, [1, 16, 4, 4])])
+    assert error.max_rel < 1e-5
+    from ttgraph.model_io import load_model
+
+    loaded = load_model(model)
+    assert [a.name for n in loaded.graph.node if n.op_type == "Constant" for a in n.attribute] == ["value"] * 3
+    assert compare_outputs(model, loaded, [feed_for(model, [1, 16, 4, 4])])[0].max_abs == 0
+
+
+def test_outputs_that_are_infinite_by_design_compare_equal_where_both_models_agree():
+    """A Div by a per-channel scale with zeros puts ±inf in the output by design: an exact rewrite read as
+    "max |Δ| inf, rel L2 inf" and the exact BatchNorm fold was rolled back as a wrong pass."""
+    rng = np.random.default_rng(0)
+    scale = np.where(np.arange(32) % 4 == 0, 0, 1).astype(np.float32).reshape(1, 32, 1, 1)
+    bn = {
+        "g": rng.standard_normal(32) + 2,
+        "bb": rng.standard_normal(32),
+        "m": rng.standard_normal(32),
+        "v": np.abs(rng.standard_normal(32)) + 0.5,
+    }
+    inits = [numpy_helper.from_array(rng.standard_normal((32, 16, 1, 1)).astype(np.float32), "w")]
+    inits += [numpy_helper.from_array(v.astype(np.float32), k) for k, v in bn.items()]
+    inits.append(numpy_helper.from_array(scale, "k"))
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["t"], name="conv"),
+        helper.make_node("BatchNormalization", ["t", "g", "bb", "m", "v"], ["tb"]),
+        helper.make_node("Div", ["tb", "k"], ["y"]),
+    ]
+    model = model_of(nodes, [vi("x", [1, 16, 8, 8])], [vi("y", [1, 32, 8, 8])], inits, opset=13)
+    result = ttgraph.compress(model, rank_ratio=1.0, verify_feeds=[feed_for(model, [1, 16, 8, 8])])
+    assert not result.report.lowering.get("rolled_back") and result.report.lowering["nodes_after"] == 3
+    (error,) = result.report.verification["outputs"]
+    assert error["max_rel"] < 1e-5 and error["rel_l2"] < 1e-5
+    wrong = onnx.ModelProto()
+    wrong.CopyFrom(result.model)
+    for node in wrong.graph.node:
+        if node.op_type == "Div":
+            node.input[0], node.input[1] = node.input[1], node.input[0]  # k / x: infinities move elsewhere
+    assert compare_outputs(model, wrong, [feed_for(model, [1, 16, 8, 8])])[0].max_abs == np.inf

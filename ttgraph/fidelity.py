@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ttgraph.errors import TTGraphError
 from ttgraph.model_io import graph_inputs
-from ttgraph.verify import Feed, check_feed, feed_count, run_session, session
+from ttgraph.verify import Feed, abs_difference, check_feed, feed_count, run_session, session
 
 __all__ = [
     "IOU_THRESHOLD",
@@ -62,10 +62,11 @@ class FidelityTally:
         for name, ref, got in zip(self.names, refs, gots, strict=True):
             r, g = np.asarray(ref, np.float64), np.asarray(got, np.float64)
             s = self.acc[name]
-            s["diff_sq"] += float(np.sum((r - g) ** 2))
-            s["ref_sq"] += float(np.sum(r**2))
-            s["max_abs"] = max(s["max_abs"], float(np.max(np.abs(r - g), initial=0.0)))
-            s["peak"] = max(s["peak"], float(np.max(np.abs(r), initial=0.0)))
+            diff, finite = abs_difference(r, g), np.where(np.isfinite(r), r, 0.0)
+            s["diff_sq"] += float(np.sum(diff**2))
+            s["ref_sq"] += float(np.sum(finite**2))
+            s["max_abs"] = max(s["max_abs"], float(np.max(diff, initial=0.0)))
+            s["peak"] = max(s["peak"], float(np.max(np.abs(finite), initial=0.0)))
             if r.ndim != 2 or r.shape[1] < 2:
                 self.kinds[name].discard("scores")
             if r.ndim != 4 or r.shape[1] != 1 or r.min(initial=0) < 0 or r.max(initial=0) > 1:

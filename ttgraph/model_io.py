@@ -240,7 +240,7 @@ def load_model(source: ModelSource, input_shapes: InputShapes | None = None, *, 
         model = _load_path(Path(source))
     if not model.graph.node or not model.graph.output:
         raise TTGraphError(name, "the graph has no nodes or no outputs: there is nothing to run or rewrite")
-    _densify_sparse(model, name)
+    _plain_tensors(model, name)
     if check:
         check_model(model, name)
     if input_shapes:
@@ -248,21 +248,38 @@ def load_model(source: ModelSource, input_shapes: InputShapes | None = None, *, 
     return model
 
 
-def _densify_sparse(model: onnx.ModelProto, name: str) -> None:
-    """Sparse initializers and ``Constant(sparse_value=…)`` become dense tensors of the same values: onnx-graphsurgeon
-    reads sparse values as zeros of the wrong type (wrong outputs, unloadable models). The written model then
-    stores them dense."""
+_SCALAR_CONSTANTS = {
+    "value_float": np.float32,
+    "value_floats": np.float32,
+    "value_int": np.int64,
+    "value_ints": np.int64,
+}
+
+
+def _plain_tensors(model: onnx.ModelProto, name: str) -> None:
+    """Sparse initializers and ``Constant(sparse_value=…)`` become dense tensors of the same values (onnx-graphsurgeon
+    reads sparse values as zeros of the wrong type: wrong outputs, unloadable models), and ``Constant(value_float
+    / value_floats / value_int / value_ints=…)`` a ``Constant(value=…)`` tensor of the same values and type (a bias or
+    a Reshape's shape written so was "not a constant" to the pass, a KeyError to distillation). The written model
+    then stores them so."""
+    from onnx import numpy_helper
+
     graph = model.graph
     for sparse in list(graph.sparse_initializer):
         graph.initializer.append(_dense(sparse, name))
     del graph.sparse_initializer[:]
     for node in graph.node:
-        if node.op_type == "Constant":
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             for attr in node.attribute:
                 if attr.name == "sparse_value":
                     dense = _dense(attr.sparse_tensor, name)
-                    attr.Clear()
-                    attr.CopyFrom(onnx.helper.make_attribute("value", dense))
+                elif attr.name in _SCALAR_CONSTANTS:
+                    value = onnx.helper.get_attribute_value(attr)
+                    dense = numpy_helper.from_array(np.array(value, _SCALAR_CONSTANTS[attr.name]))
+                else:
+                    continue
+                attr.Clear()
+                attr.CopyFrom(onnx.helper.make_attribute("value", dense))
 
 
 def _dense(sparse: onnx.SparseTensorProto, name: str) -> onnx.TensorProto:

@@ -31,21 +31,30 @@ def is_static(shape: Shape | None) -> bool:
 
 
 def infer_shapes(model: onnx.ModelProto, wanted: Iterable[str] = ()) -> dict[str, Shape]:
-    """Shapes of the model's tensors (None for unknown dims); ``wanted`` tensors get the onnxruntime fallback."""
-    shapes: dict[str, Shape] = {}
-    # Over 2 GiB, protobuf cannot hand the model to the C++ inference: infer on a copy without the big weights.
-    target = model if fits_protobuf(model) else skeleton(model)
+    """Shapes of the model's tensors (None for unknown dims); ``wanted`` tensors get the onnxruntime fallback.
+
+    Shapes come from the graph inputs first: a model's own value_info and output shapes may be stale (exported
+    at 16×16, its inputs edited to 8×8 since) and are used only for tensors nothing else resolves — trusting
+    them counted MACs at the old size and let a written model exceed its MACs budget."""
+    target = skeleton(model)  # a copy (big weights stubbed: protobuf cannot hand C++ over 2 GiB) to clear
+    del target.graph.value_info[:]
+    for output in target.graph.output:
+        output.type.tensor_type.ClearField("shape")
     try:
-        inferred = onnx.shape_inference.infer_shapes(target, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(target, data_prop=True).graph
     except Exception:  # inference is best effort: a model onnxruntime runs may still confuse it
-        inferred = model
-    g = inferred.graph
-    shapes.update(_value_shapes([*g.input, *g.value_info, *g.output]))
-    for init in g.initializer:
+        inferred = target.graph
+    shapes = _value_shapes([*inferred.input, *inferred.value_info, *inferred.output])
+    for init in model.graph.initializer:
         shapes[init.name] = tuple(init.dims)
     missing = [t for t in wanted if not is_static(shapes.get(t))]
     if missing:
         shapes.update(_probe_with_onnxruntime(model, missing))
+    declared = _value_shapes([*model.graph.value_info, *model.graph.output])
+    for name, shape in declared.items():
+        known = shapes.get(name)
+        if known is None or (not is_static(known) and len(known) == len(shape)):
+            shapes[name] = tuple(k if k is not None else d for k, d in zip(known or shape, shape, strict=True))
     return shapes
 
 

@@ -165,8 +165,7 @@ def compare_outputs(
         refs, gots = run_session(a, names, feed, source), run_session(b, names, feed, f"{source} (rewritten)")
         for name, ref, got in zip(names, refs, gots, strict=True):
             ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
-            diff = np.abs(np.where(np.isnan(ref) & np.isnan(got), 0.0, ref - got))
-            diff = np.where(np.isnan(diff), np.inf, diff)  # np.where keeps a scalar output an array
+            diff = abs_difference(ref, got)
             ref = np.where(np.isfinite(ref), ref, 0.0)
             max_abs[name] = max(max_abs[name], float(diff.max(initial=0.0)))
             peak[name] = max(peak[name], float(np.abs(ref).max(initial=0.0)))
@@ -185,6 +184,17 @@ def compare_outputs(
     ]
 
 
+def abs_difference(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """``|ref − got|`` in float64 where equal values (an infinity of the same sign, NaN against NaN) differ by 0
+    and any other NaN or infinity by ``inf``: a model whose outputs hold ±inf by design (a division by a zero
+    scale) was infinitely wrong against an exact copy of itself."""
+    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+    with np.errstate(invalid="ignore"):  # inf − inf: handled here, not a warning for the caller
+        diff = np.abs(ref - got)
+    same = (ref == got) | (np.isnan(ref) & np.isnan(got))
+    return np.where(same, 0.0, np.where(np.isnan(diff), np.inf, diff))  # np.where keeps a scalar an array
+
+
 def relative_errors(reference: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> list[float]:
     """Per output, ``max|got − ref| / max|ref|`` (plain max-abs where the reference is all zero): a compiled
     library against onnxruntime, or a model against itself on a nudged input."""
@@ -195,7 +205,7 @@ def relative_errors(reference: Sequence[np.ndarray], got: Sequence[np.ndarray]) 
         ref64, val64 = np.asarray(ref, np.float64), np.asarray(val, np.float64)
         if ref64.shape != val64.shape:
             raise TTGraphError("outputs", f"output shape {val64.shape} differs from onnxruntime's {ref64.shape}")
-        diff = float(np.abs(ref64 - val64).max(initial=0.0))
-        peak = float(np.abs(ref64).max(initial=0.0))
+        diff = float(abs_difference(ref64, val64).max(initial=0.0))
+        peak = float(np.abs(np.where(np.isfinite(ref64), ref64, 0.0)).max(initial=0.0))
         errors.append(diff / peak if peak > 0 else diff)
     return errors
