@@ -193,6 +193,29 @@ def test_a_model_it_cannot_run_is_refused_before_any_work(tmp_path):
         ttgraph.compress(str(path), calibration=calib, params_ratio=0.5, distill=1, holdout=1)
 
 
+def test_a_float16_model_is_refused_before_any_work():
+    """Its factors trained in float32 beside float16 values: PyTorch's dtype error about ttgraph's own factor
+    node, after calibration, fitting and compensation had run."""
+    from onnx import TensorProto, helper
+
+    w = np.random.default_rng(0).standard_normal((8, 8, 1, 1)).astype(np.float16)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 8, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 8, 4, 4])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+    def never():
+        raise AssertionError("calibration was read")
+        yield
+
+    with pytest.raises(TTGraphError, match=r"distillation trains float32 models; 'w' is float16"):
+        ttgraph.compress(model, calibration=never(), params_ratio=0.5, distill=1, holdout=1)
+
+
 def _conv_then(op: str, opset: int, **attrs) -> onnx.ModelProto:
     from onnx import TensorProto, helper
 
