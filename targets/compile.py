@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ttgraph.errors import TTGraphError
-from ttgraph.files import check_output_path, usual_permissions
+from ttgraph.files import check_output_path, temp_prefix, usual_permissions
 from ttgraph.model_io import ModelSource, source_files, source_name
 from ttgraph.process_state import quiet_warnings, stdout_into
 
@@ -419,7 +419,7 @@ def _export(executable: Any, out: Path, linker: str | None, preset: TargetPreset
         from tvm.support import cc
 
         kwargs["fcompile"] = cc.cross_compiler(linker)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(out.with_suffix("")), suffix=out.suffix, dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -361,3 +361,34 @@ def test_main_gives_the_callers_signal_handlers_back(monkeypatch):
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def test_file_names_at_and_over_the_file_systems_limit(small_model, tmp_path):
+    """A legal 250-byte output name was "not writable" (the temporary beside it went over 255 bytes); a name
+    over the limit, as output, report, model or calibration file, was an OSError traceback."""
+    legal = tmp_path / ("m" * 245 + ".onnx")
+    done = ttgraph_cli(
+        "compress", small_model, "-o", legal, "--rank", "2", "--report", tmp_path / ("r" * 240 + ".json")
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([legal.name, "r" * 240 + ".json", "small.onnx"])
+    long = "h" * 251 + ".onnx"
+    assert_clean_error(
+        ttgraph_cli("compress", small_model, "-o", tmp_path / long, "--rank", "2"),
+        "the file name is 256 bytes; this file system allows 255",
+    )
+    assert_clean_error(ttgraph_cli("inspect", tmp_path / long), f"{long}: File name too long")
+    assert_clean_error(
+        ttgraph_cli(
+            "compress",
+            small_model,
+            "-o",
+            tmp_path / "o.onnx",
+            "--calib",
+            tmp_path / (long + ".npy"),
+            "--macs-ratio",
+            "0.5",
+        ),
+        "File name too long",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([legal.name, "r" * 240 + ".json", "small.onnx"])

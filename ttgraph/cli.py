@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import signal
 import sys
 import traceback
@@ -125,6 +126,12 @@ def _run(argv: Sequence[str] | None) -> int:
     except BrokenPipeError:  # e.g. `ttgraph inspect M | head`: the reader left, which is fine
         sys.stderr.close()
         return 0
+    except OSError as err:  # the file system's refusal of a path (too long, a loop, …): one line, not a traceback
+        if args.debug:
+            traceback.print_exc()
+        where = f"{os.fsdecode(err.filename)}: " if err.filename is not None else ""
+        sys.stderr.write(f"ttgraph: error: {where}{err.strerror or err}\n")
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write("ttgraph: interrupted\n")
         return 130

@@ -25,16 +25,34 @@ def check_output_path(path: str | os.PathLike[str], inputs: tuple[str | os.PathL
     parent = target.parent
     if not parent.is_dir():
         raise TTGraphError(target, f"output directory {os.fspath(parent)!r} does not exist")
+    limit = _name_max(parent)
+    if len(os.fsencode(target.name)) > limit:  # else OSError "File name too long" from the first stat
+        size = len(os.fsencode(target.name))
+        raise TTGraphError(target, f"the file name is {size} bytes; this file system allows {limit}")
     if target.is_dir():
         raise TTGraphError(target, "output path is a directory")
     if target.exists() and not target.is_file():  # the rename would replace a device or FIFO (as root: /dev/null)
         raise TTGraphError(target, "output path is a device, FIFO or socket, not a file; choose a file to write")
     try:  # os.access says yes to root everywhere; only a real file tells whether we can write here
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{target.name}.probe."):
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=temp_prefix(target, "probe.")):
             pass
     except OSError as err:
         raise TTGraphError(target, f"output directory {os.fspath(parent)!r} is not writable ({err.strerror})") from err
     return target
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def temp_prefix(target: Path, tag: str = "") -> str:
+    """``.<name>.<tag>`` for a temporary file beside ``target``, the name cut to 100 bytes: a legal 250-byte
+    output name plus the temporary's suffix went over the file system's limit (and read as "not writable")."""
+    name = os.fsencode(target.name)[:100].decode(errors="ignore")
+    return f".{name}.{tag}"
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -78,7 +96,7 @@ class Staging:
 
     def write(self, target: Path, data: bytes) -> None:
         try:
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=temp_prefix(target))
             self.renames.append((Path(tmp), target))
             usual_permissions(tmp, replacing=target)
             with os.fdopen(fd, "wb") as handle:
@@ -89,7 +107,7 @@ class Staging:
     def folder(self, target: Path) -> Path:
         """A temporary folder beside ``target`` (same file system, so the renames are atomic), removed after."""
         try:
-            folder = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+            folder = Path(tempfile.mkdtemp(dir=target.parent, prefix=temp_prefix(target)))
         except OSError as err:
             raise TTGraphError(target, f"cannot write: {err.strerror or err}") from err
         self.folders.append(folder)
