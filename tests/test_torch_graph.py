@@ -156,3 +156,22 @@ def test_an_unsupported_attribute_names_the_node():
     model = _model(nodes, [_f("x", [1, 1, 4, 4])], [_f("y", None)], [("scales", np.array([1, 1, 2, 2], np.float32))])
     with pytest.raises(TTGraphError, match=r"node 'up' \(Resize\): Resize mode cubic"):
         _run(model, {"x": np.zeros((1, 1, 4, 4), np.float32)})
+
+
+@pytest.mark.parametrize("mode", ["SAME_UPPER", "SAME_LOWER"])
+def test_auto_pad_same_is_padded_as_onnxruntime_pads_it(mode):
+    """auto_pad=SAME_* was refused ("export with explicit pads"), even on a 1×1 conv that pads nothing."""
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], auto_pad=mode),
+        helper.make_node("Conv", ["a", "w3"], ["b"], auto_pad=mode, strides=[2, 2], kernel_shape=[3, 3]),
+        helper.make_node("MaxPool", ["b"], ["m"], auto_pad=mode, kernel_shape=[2, 2], strides=[2, 1]),
+        helper.make_node("Conv", ["m", "w2"], ["y"], auto_pad=mode, kernel_shape=[2, 2]),  # ORT: no SAME with dilation
+    ]
+    inits = [
+        ("w1", rng.standard_normal((4, 3, 1, 1)).astype(np.float32)),
+        ("w3", rng.standard_normal((5, 4, 3, 3)).astype(np.float32)),
+        ("w2", rng.standard_normal((2, 5, 2, 2)).astype(np.float32)),
+    ]
+    model = _model(nodes, [_f("x", [1, 3, 9, 8])], [_f("y", None)], inits)
+    _assert_matches(model, {"x": rng.standard_normal((1, 3, 9, 8)).astype(np.float32)})

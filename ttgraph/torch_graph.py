@@ -47,9 +47,22 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _pads(attrs: Mapping[str, Any], rank: int) -> list[int]:
-    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
-        raise ValueError(f"auto_pad={attrs['auto_pad']!r} is not supported; export with explicit pads")
+def _pads(attrs: Mapping[str, Any], rank: int, spatial: Sequence[int] = (), kernel: Sequence[int] = ()) -> list[int]:
+    """ONNX pads ``[b1, …, e1, …]``; ``auto_pad=SAME_*`` computed from the input's ``spatial`` size and the
+    ``kernel`` as onnxruntime does (the extra pad at the end for SAME_UPPER, at the start for SAME_LOWER)."""
+    mode = attrs.get("auto_pad", b"NOTSET")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode in ("SAME_UPPER", "SAME_LOWER") and len(spatial) == len(kernel) == rank:
+        strides, dilations = attrs.get("strides", [1] * rank), attrs.get("dilations", [1] * rank)
+        begin, end = [], []
+        for size, k, s, d in zip(spatial, kernel, strides, dilations, strict=True):
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            small = total // 2
+            begin.append(small if mode == "SAME_UPPER" else total - small)
+            end.append(total - begin[-1])
+        return begin + end
+    if mode not in ("NOTSET", "VALID"):
+        raise ValueError(f"auto_pad={mode} is not supported here; export with explicit pads")
     return list(attrs.get("pads", [0] * (2 * rank)))
 
 
@@ -67,7 +80,7 @@ def _padded(x, pads: list[int], value: float = 0.0):
 
 def _conv(attrs, x, w, b=None):
     rank = w.dim() - 2
-    x, pads = _padded(x, _pads(attrs, rank))
+    x, pads = _padded(x, _pads(attrs, rank, x.shape[2:], w.shape[2:]))
     conv = (F.conv1d, F.conv2d, F.conv3d)[rank - 1]
     return conv(
         x,
@@ -123,7 +136,7 @@ def _pool(kind: str):
         rank = x.dim() - 2
         kernel = attrs["kernel_shape"]
         pad_value = -math.inf if kind == "max" else 0.0
-        x, pads = _padded(x, _pads(attrs, rank), pad_value)
+        x, pads = _padded(x, _pads(attrs, rank, x.shape[2:], kernel), pad_value)
         strides = attrs.get("strides", [1] * rank)
         ceil = bool(attrs.get("ceil_mode", 0))
         if kind == "max":
