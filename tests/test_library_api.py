@@ -312,3 +312,13 @@ def test_inspect_counts_a_model_without_multiplies_as_zero_macs_not_unknown():
     )
     report = ttgraph.inspect(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert report.model_macs == 0 and report.unknown_macs_nodes == 0
+
+
+def test_naming_a_conv_that_stays_as_it_is_says_why():
+    model = conv_model(8, 8, group=8, hw=(6, 6))  # depthwise
+    (skipped,) = ttgraph.inspect(model).skipped
+    with pytest.raises(ttgraph.TTGraphError) as err:
+        ttgraph.compress(model, rank=2, layers=[skipped.label, "nope"])
+    assert f"not a rewritable 1×1 conv: {skipped.label} ({skipped.reason}); nope (no conv of that name)" in str(
+        err.value
+    )

@@ -626,7 +626,12 @@ def _select_layers(found: FoundConvs, layers: Sequence[str] | None, name: str) -
         known = {c.label for c in candidates}
         unknown = [label for label in layers if label not in known]
         if unknown:
-            raise TTGraphError(name, f"not a rewritable 1×1 conv: {', '.join(unknown)}")
+            reasons = {s.label: s.reason for s in found.skipped}
+            why = [
+                f"{label} ({reasons[label]})" if label in reasons else f"{label} (no conv of that name)"
+                for label in unknown
+            ]
+            raise TTGraphError(name, f"not a rewritable 1×1 conv: {'; '.join(why)}")
         candidates = [c for c in candidates if c.label in set(layers)]
     return candidates
 
