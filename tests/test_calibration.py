@@ -261,6 +261,40 @@ def test_an_image_layout_the_input_plainly_is_not_is_named_as_a_layout_error(tmp
             calibration_source(folder, model, "imagenet,layout=nhwc")
 
 
+def test_a_grey_model_read_with_a_colour_preset_says_to_add_channels_gray(tmp_path):
+    folder = write_images(tmp_path / "imgs", 2)
+    with pytest.raises(TTGraphError, match="1 channels, preprocessing gives 3: add channels=gray to --preprocess"):
+        calibration_source(folder, image_model(channels=1), "imagenet")
+    grey = next(
+        iter(calibration_source(folder, image_model(channels=1), "imagenet,channels=gray,mean=0.449,std=0.226"))
+    )
+    assert grey["x"].shape == (1, 1, 32, 48)
+
+
+def test_samples_too_large_for_a_float16_input_are_named_not_blamed_on_the_file(tmp_path):
+    """float32 samples over 65504 became infinities in the cast and read as "holds NaN or infinite values"."""
+    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float16), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        "half",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 4, 4, 4])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    samples = np.ones((3, 3, 4, 4), np.float32)
+    samples[1, 0, 0, 0] = 1e5
+    np.save(tmp_path / "big.npy", samples)
+    for data, where in (
+        (tmp_path / "big.npy", r"big\.npy, sample 1, array 'x'"),
+        (samples, "calibration array, sample 1"),
+    ):
+        source = calibration_source(data, model)
+        with pytest.raises(TTGraphError, match=f"{where}: values up to 1e\\+05 do not fit the model input's float16"):
+            list(source)
+    assert next(iter(calibration_source(samples[:1], model)))["x"].dtype == np.float16
+
+
 def test_dynamic_image_input_needs_a_size_and_says_so(tmp_path):
     folder = write_images(tmp_path / "imgs", 2)
     model = conv_model(3, 4, hw=("h", "w"))
@@ -278,7 +312,7 @@ def test_preprocess_spec_parses_presets_and_overrides_and_rejects_nonsense():
     for bad in ("nosuch", "size=abc", "scale=x", "color=red", "mean=1:2", "std=0"):
         with pytest.raises(TTGraphError, match="--preprocess"):
             parse_preprocess(bad)
-    with pytest.raises(TTGraphError, match="mean has 3 values; GRAY takes 1 value"):
+    with pytest.raises(TTGraphError, match=r"mean has 3 values; GRAY takes 1 value \(their average: mean=0.449\)"):
         parse_preprocess("imagenet,channels=gray")
     with pytest.raises(TTGraphError, match="size 100000x100000 is over the 268,435,456 pixels of an image"):
         parse_preprocess("size=100000x100000")

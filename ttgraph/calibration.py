@@ -141,7 +141,10 @@ class Preprocess:
             values = getattr(self, key)
             if len(values) not in (1, nch):
                 takes = "1 value" if nch == 1 else "1 or 3 values"
-                raise TTGraphError("--preprocess", f"{key} has {len(values)} values; {self.channels} takes {takes}")
+                hint = f" (their average: {key}={sum(values) / len(values):.4g})" if nch == 1 else ""
+                raise TTGraphError(
+                    "--preprocess", f"{key} has {len(values)} values; {self.channels} takes {takes}{hint}"
+                )
         if any(s == 0 for s in self.std):
             raise TTGraphError("--preprocess", f"std must be non-zero, got {self.std}")
         if not all(math.isfinite(v) for v in (self.scale, *self.mean, *self.std)):
@@ -497,7 +500,11 @@ def image_source(
     channel_dim = dims[1] if spec.layout == "NCHW" else dims[3]
     want = 1 if spec.channels == "GRAY" else 3
     if channel_dim is not None and channel_dim != want:
-        raise TTGraphError(value.name, f"the model input has {channel_dim} channels, preprocessing gives {want}")
+        hint = {1: ": add channels=gray to --preprocess", 3: ": add channels=rgb (or bgr) to --preprocess"}
+        raise TTGraphError(
+            value.name,
+            f"the model input has {channel_dim} channels, preprocessing gives {want}{hint.get(channel_dim, '')}",
+        )
     dtype = _input_dtype(value)
     if dtype.kind in "iub":  # the model normalises raw pixels itself: feed them as they are
         if preprocess is None:
@@ -667,7 +674,7 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
         if not cache:
             cache.update({n: getter(n) for n in by_name})  # .npy: a memory map; .npz: read once
         taken = {n: cache[n][i] if n in stacked else cache[n][i * rows[n] : (i + 1) * rows[n]] for n in by_name}
-        return {n: np.ascontiguousarray(value, dtype=dtypes[n]) for n, value in taken.items()}
+        return {n: _cast(value, dtypes[n], f"{p.name}, sample {i}, array {n!r}") for n, value in taken.items()}
 
     rows_in_file = max(shape[0] for shape in shapes.values())
     return CalibrationSource(
@@ -858,6 +865,22 @@ def _calibration_source(
     )
 
 
+def _cast(value: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
+    """``value`` as the input's type; a value the type cannot hold (float32 samples over 65504 for a float16
+    input) is an error naming it, not infinities later blamed on the file."""
+    if value.dtype == dtype:
+        return np.ascontiguousarray(value)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.ascontiguousarray(value, dtype=dtype)
+    if out.dtype.kind == "f" and not np.isfinite(out).all() and np.isfinite(value).all():
+        largest = float(np.abs(value).max())
+        raise TTGraphError(
+            where,
+            f"values up to {largest:.4g} do not fit the model input's {dtype} (at most {np.finfo(dtype).max:.5g})",
+        )
+    return out
+
+
 def _ndarray_source(data: np.ndarray, model: onnx.ModelProto) -> CalibrationSource:
     """An array in memory, read like a ``.npy`` file: samples on axis 0, single-input models."""
     inputs = _model_inputs(model)
@@ -874,7 +897,7 @@ def _ndarray_source(data: np.ndarray, model: onnx.ModelProto) -> CalibrationSour
 
     def fetch(i: int) -> dict[str, np.ndarray]:
         value = data[i] if stacked else data[i * rows[name] : (i + 1) * rows[name]]
-        return {name: np.ascontiguousarray(value, dtype=dtype)}
+        return {name: _cast(value, dtype, f"calibration array, sample {i}")}
 
     return CalibrationSource(
         lambda: (fetch(i) for i in range(count)),
