@@ -173,3 +173,37 @@ def test_compress_to_a_latency_budget_measures_allocates_and_reports(tmp_path, m
     assert alloc["latency_measured_on"].startswith("onnxruntime ")  # the device the budget holds for
     assert all(layer.format in ("dense", "lowrank") for layer in result.report.layers)
     assert result.report.verification["outputs"][0]["rel_l2"] < 1  # a real model came out and runs
+
+
+def test_1d_and_3d_convs_are_timed_as_the_2d_convs_of_as_many_positions():
+    """A Conv1d over 1024 positions was not timed at all: every layer 1 ns, and the budget "out of reach"."""
+    from tests.conftest import conv_model
+
+    def shape(model):
+        (conv,) = _analyse(model)[1].candidates
+        return latency.timing_shape(conv)
+
+    assert shape(conv_model(16, 8, hw=(1024, 1), spatial_rank=1)) == (16, 8, 1, 1024, 1)
+    assert shape(conv_model(16, 8, hw=(1024, 1), spatial_rank=1, stride=2)) == (16, 8, 1, 1024, 2)
+    assert shape(conv_model(16, 8, hw=(6, 5), spatial_rank=3)) == (16, 8, 30, 4, 1)  # D×H×W = 6×5×4
+    assert shape(conv_model(16, 8, hw=(6, 5), spatial_rank=3, stride=2)) is None
+    assert shape(conv_model(16, 8, hw=("h", "w"))) is None
+
+
+def test_a_latency_budget_over_layers_none_of_which_can_be_timed_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path))
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((32, 32, 1, 1)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="c", strides=[2, 1])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 4, 8])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = rng.standard_normal((8, 1, 32, 8, 8)).astype(np.float32)
+    from ttgraph import TTGraphError, compress
+
+    with pytest.raises(TTGraphError, match=r"one stride for every axis; none of these can be \(c\): use --macs-ratio"):
+        compress(model, calibration=feeds, latency_ratio=0.9)

@@ -767,9 +767,18 @@ def _compress_to_budget(
         )
         for conv in tqdm(convs, desc="decompose", unit="layer", disable=not progress, leave=False)
     ]
+    untimed: list[str] = []
     if timed:
-        from ttgraph.latency import attach_latencies
+        from ttgraph.latency import attach_latencies, timing_shape
 
+        untimed = [layer.conv.label for layer in layer_cands if timing_shape(layer.conv) is None]
+        if untimed and len(untimed) == len(layer_cands):
+            raise TTGraphError(
+                name,
+                "a latency budget times each 1×1 conv as a 2-D conv of static size with one stride for every axis; "
+                f"none of these can be ({', '.join(untimed[:5])}{', …' if len(untimed) > 5 else ''}): "
+                "use --macs-ratio",
+            )
         layer_cands = attach_latencies(layer_cands, threads=latency_threads, progress=progress)
     weights = None
     if sensitivity:
@@ -778,7 +787,15 @@ def _compress_to_budget(
         probe_feeds = list(itertools.islice(calib, sensitivity))
         weights = measured_sensitivities(original, layer_cands, probe_feeds, metric=metric, progress=progress)
     log.info("allocating the budget over %d layers", len(layer_cands))
-    alloc = allocate(layer_cands, budget, metric=metric, weights=weights)
+    try:
+        alloc = allocate(layer_cands, budget, metric=metric, weights=weights)
+    except TTGraphError as err:
+        if not untimed or "out of reach" not in err.what:
+            raise
+        note = (
+            f"{len(untimed)} of the {len(layer_cands)} layers cannot be timed and stay dense ({', '.join(untimed[:5])})"
+        )
+        raise TTGraphError(err.source, f"{err.what}; {note}") from err
     check_feeds: Any = None  # what compensation is judged and the result verified on: never calibration samples
     reference = OriginalOutputs()  # the original's outputs on them, kept by the first pass for the next ones
     if verify_feeds is not None:
@@ -932,7 +949,7 @@ def _compress_to_budget(
         }
     elif check_feeds is not None:
         report.verification = {
-            "inputs": f"{held.length} held-out calibration samples (not used to fit)",
+            "inputs": f"{held.length} held-out calibration sample{'s' * (held.length != 1)} (not used to fit)",
             **heldout_fidelity(original, rewritten, held, source=name, progress=progress, reference=reference),
         }
         if held.images is not None:

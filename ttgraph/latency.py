@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from passes.find_pointwise import PointwiseConv
 from ttgraph.bench import cpu_model, time_alternated
 from ttgraph.decompose import LayerCandidates
 from ttgraph.files import default_cache_dir, write_cache
@@ -181,6 +182,24 @@ def _store(values: dict[str, float]) -> None:
     write_cache(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
 
+def timing_shape(conv: PointwiseConv) -> Shape | None:
+    """The 2-D ``(cin, cout, h, w, stride)`` a pointwise conv is timed as, None where none fits: a 1-D conv over
+    L positions is a 1 × L one, a 3-D conv at stride 1 a (D·H) × W one (a 1×1 conv's cost is its positions);
+    dynamic sizes, and strides that differ per axis, are not timed."""
+    spatial = list(conv.input_shape[2:]) if conv.input_shape is not None else []
+    strides = {int(s) for s in conv.strides} or {1}
+    if not spatial or None in spatial or len(strides) > 1:
+        return None
+    stride = strides.pop()
+    if len(spatial) == 1:
+        spatial = [1, spatial[0]]
+    elif len(spatial) == 3 and stride == 1:
+        spatial = [spatial[0] * spatial[1], spatial[2]]
+    if len(spatial) != 2:
+        return None
+    return (conv.cin, conv.cout, int(spatial[0]), int(spatial[1]), stride)
+
+
 def attach_latencies(
     layers: Sequence[LayerCandidates], *, threads: int = 1, points: int = 4, runs: int = 20, progress: bool = False
 ) -> list[LayerCandidates]:
@@ -190,19 +209,13 @@ def attach_latencies(
     the measured speedup at r (:func:`lowrank_speedup`). Up to ``points`` ranks per layer are measured
     (spread over its candidates) and the others interpolated linearly in r, since a factor pair's time is
     close to affine in its rank. The dense times of all layers come from one round-robin run (:func:`dense_times`).
-    TT (d ≥ 2) candidates and layers without a static 2-D shape are dropped:
-    nothing measures them, and the notes measured Reshape+MatMul TT slower than low-rank. Results are
+    TT (d ≥ 2) candidates are dropped (the notes measured Reshape+MatMul TT slower than low-rank), and a layer
+    :func:`timing_shape` cannot time keeps only its dense form, at 1 ns. Results are
     cached on disk, so a second run of the same shapes measures nothing.
     """
     from tqdm import tqdm
 
-    shapes: list[Shape | None] = []
-    for layer in layers:
-        conv = layer.conv
-        spatial = list(conv.input_shape[2:]) if conv.input_shape is not None and len(conv.input_shape) == 4 else []
-        static = len(spatial) == 2 and None not in spatial and len(set(conv.strides)) <= 1
-        stride = int(conv.strides[0]) if conv.strides else 1
-        shapes.append((conv.cin, conv.cout, int(spatial[0]), int(spatial[1]), stride) if static else None)
+    shapes = [timing_shape(layer.conv) for layer in layers]
     dense = dense_times([s for s in shapes if s is not None], threads=threads, runs=runs)
     out = []
     for layer, shape in tqdm(
