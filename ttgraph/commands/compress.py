@@ -370,7 +370,7 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
             f"{report.lowering['nodes_after']}"
             + ("" if err is None else f", max rel. change {err:.2g}")
             + (
-                f"; {report.lowering['params_folded_in']} params of folded ops became the layers' biases"
+                f"; {report.lowering['params_folded_in']} params of folded ops went into the layers' weights and biases"
                 if report.lowering.get("params_folded_in")
                 else ""
             )

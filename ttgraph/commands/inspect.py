@@ -66,7 +66,7 @@ def render(report: InspectReport) -> str:
         share = f" ({100 * report.pointwise_macs / report.model_macs:.1f}% of the model's {human(report.model_macs)})"
     lines.append(f"1×1 convs: {human(report.pointwise_params)} params, {human(report.pointwise_macs)} MACs{share}")
     if report.pointwise_macs is None:
-        lines.append("MACs unknown where spatial sizes are dynamic: fix them with --input-shape NAME=1,3,H,W")
+        lines.append("MACs unknown where input dims (batch or spatial) are dynamic: fix them with --input-shape")
     elif report.unknown_macs_nodes:
         lines.append(
             f"note: {report.unknown_macs_nodes} compute nodes have unknown shapes, so the model's total MACs are "
