@@ -188,3 +188,27 @@ def test_training_info_that_trains_a_replaced_weight_is_dropped():
     onnx.checker.check_model(model)
     assert len(ttgraph.compress(model, rank=4, lower=False).model.training_info) == 0  # 'w' is gone
     assert len(ttgraph.compress(model, rank=4, layers=[]).model.training_info) == 1  # nothing replaced
+
+
+def test_a_graph_output_declared_without_a_shape_gets_the_inferred_one():
+    """make_tensor_value_info(name, type, None) writes no shape: onnxruntime runs such a model, onnx.checker
+    refused it ("Field 'shape' of 'type' is required but missing.", naming nothing)."""
+    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
+
+    def model(x_shape):
+        graph = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [w],
+        )
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    given = model([1, 3, 4, 4])
+    loaded = model_io.load_model(given)
+    assert model_io.input_dims(loaded.graph.output[0]) == [1, 4, 4, 4]
+    assert not given.graph.output[0].type.tensor_type.HasField("shape")  # the caller's proto is not touched
+    assert ttgraph.compress(given, rank=2).report.layers[0].format == "lowrank"
+    with pytest.raises(TTGraphError, match=r"required but missing\. \(no shape on graph input/output 'x', 'y'\)"):
+        model_io.load_model(model(None))

@@ -241,6 +241,7 @@ def load_model(source: ModelSource, input_shapes: InputShapes | None = None, *, 
     if not model.graph.node or not model.graph.output:
         raise TTGraphError(name, "the graph has no nodes or no outputs: there is nothing to run or rewrite")
     _plain_tensors(model, name)
+    _shape_unshaped_outputs(model)
     if check:
         check_model(model, name)
     if input_shapes:
@@ -332,6 +333,30 @@ def _parse(data: bytes, name: str) -> onnx.ModelProto:
     return model
 
 
+def _shape_unshaped_outputs(model: onnx.ModelProto) -> None:
+    """A graph output declared with a type but no shape (``make_tensor_value_info(name, type, None)``), which
+    onnxruntime runs and onnx.checker refuses, gets the shape inference gives it."""
+    unshaped = [
+        v for v in model.graph.output if v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")
+    ]
+    if not unshaped:
+        return
+    target = skeleton(model)
+    del target.graph.value_info[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(target, data_prop=True).graph
+    except Exception:  # best effort: the checker then names what is missing
+        return
+    shapes = {
+        v.name: v.type.tensor_type.shape
+        for v in (*inferred.value_info, *inferred.output)
+        if v.type.tensor_type.HasField("shape")
+    }
+    for value in unshaped:
+        if value.name in shapes:
+            value.type.tensor_type.shape.CopyFrom(shapes[value.name])
+
+
 def check_model(model: onnx.ModelProto, name: str = "<model>") -> None:
     """Run ``onnx.checker`` and turn its complaint into a one-line error."""
     try:
@@ -350,6 +375,10 @@ def check_model(model: onnx.ModelProto, name: str = "<model>") -> None:
                 onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        graph = model.graph
+        unshaped = [v.name for v in (*graph.input, *graph.output) if not v.type.tensor_type.HasField("shape")]
+        if "'shape'" in first and unshaped:  # the checker does not say which one
+            first += f" (no shape on graph input/output {', '.join(map(repr, unshaped))})"
         raise TTGraphError(name, f"fails onnx.checker: {first}") from err
     except UnicodeDecodeError as err:  # the checker's complaint quotes a name whose bytes are not UTF-8
         reason = f"corrupt file: a name or string in the graph is not valid UTF-8 ({err.reason})"
