@@ -181,13 +181,19 @@ def test_a_budget_counts_macs_at_the_first_samples_size_but_keeps_the_dynamic_di
     assert_exact(result.verify([feed_for(model, [2, 16, 5, 7])]), 1e-4)
 
 
-def test_samples_of_several_sizes_for_a_macs_budget_are_refused_with_the_reason():
+def test_samples_of_several_sizes_calibrate_a_params_budget_and_are_refused_a_macs_one():
+    """A list of a pipeline's real inputs, of several sizes, was refused from the second size on ("the first
+    calibration sample fixed the model's dynamic dims"), where a generator of the same feeds calibrated the
+    dynamic model; now both do, and give the same model."""
     model = conv_model(16, 24, batch="n", hw=("h", "w"))
-    calib = [feed_for(model, [1, 16, 8, 8]), feed_for(model, [1, 16, 12, 12])]
-    with pytest.raises(ttgraph.TTGraphError, match="first calibration sample fixed the model's dynamic dims"):
-        ttgraph.compress(model, calibration=calib, macs_ratio=0.5, holdout=0)
-    with pytest.raises(ttgraph.TTGraphError, match="input dims are dynamic: give input_shapes"):
-        ttgraph.compress(model, calibration=iter(calib), macs_ratio=0.5, holdout=0)
+    calib = [feed_for(model, [1, 16, 8 + 2 * (s % 3), 8], seed=s) for s in range(10)]
+    from_list = ttgraph.compress(model, calibration=calib, params_ratio=0.5, holdout=0, compensate=False)
+    from_generator = ttgraph.compress(model, calibration=iter(calib), params_ratio=0.5, holdout=0, compensate=False)
+    assert from_list.model.SerializeToString() == from_generator.model.SerializeToString()
+    assert from_list.report.layers[0].format == "lowrank" and from_list.report.totals["macs_before"] is None
+    for data in (calib, iter(calib)):
+        with pytest.raises(ttgraph.TTGraphError, match="input dims are dynamic: .* samples of one size"):
+            ttgraph.compress(model, calibration=data, macs_ratio=0.5, holdout=0)
 
 
 def test_an_empty_list_attribute_elsewhere_survives_the_rewrite_and_the_lowering():

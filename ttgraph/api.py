@@ -636,12 +636,18 @@ def _select_layers(found: FoundConvs, layers: Sequence[str] | None, name: str) -
     return candidates
 
 
-def _fixed_shapes_from_data(model: onnx.ModelProto, source: Any) -> dict[str, list[int]] | None:
+def _fixed_shapes_from_data(model: onnx.ModelProto, source: Any, data: Any) -> dict[str, list[int]] | None:
     """Input shapes read from the first calibration feed, for a model with dynamic input dims (so MACs can
-    be counted); None when the model's inputs are static or the source can be read only once."""
+    be counted); None when the model's inputs are static, the source can be read only once, or ``data`` is a
+    list of feeds of several sizes (a pipeline's real inputs): those calibrate the dynamic model as a generator
+    of them would, without MACs, instead of being refused from the second size on."""
     values = graph_inputs(model)
     if all(all(d is not None for d in input_dims(v)) for v in values) or not source.reiterable:
         return None
+    if isinstance(data, Sequence) and not isinstance(data, str) and all(isinstance(f, Mapping) for f in data):
+        sizes = {tuple(tuple(np.shape(f[v.name])) if v.name in f else None for v in values) for f in data}
+        if len(sizes) > 1:
+            return None
     first = next(iter(source), None)
     if first is None:
         return None
@@ -692,7 +698,7 @@ def _compress_to_budget(
     declared = None  # the model as given, when its dynamic dims are fixed from the data only to count MACs
     if calibration is not None:
         source = calibration_source(calibration, original, preprocess)
-        fixed = _fixed_shapes_from_data(original, source) if not input_shapes else None
+        fixed = _fixed_shapes_from_data(original, source, calibration) if not input_shapes else None
         if fixed:
             declared, input_shapes = original, fixed
             original = load_model(model, input_shapes)
@@ -716,7 +722,8 @@ def _compress_to_budget(
         raise TTGraphError(
             name,
             "a MACs or time budget needs the input's spatial size and the model's input dims are dynamic: give "
-            "input_shapes (--input-shape), or calibration data that can be read twice (its first sample fixes them)",
+            "input_shapes (--input-shape), or calibration samples of one size that can be read twice (the first "
+            "fixes them)",
         )
     opset = int(graph.opset or 13)
     stats = held_stats = None
