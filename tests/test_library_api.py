@@ -322,3 +322,26 @@ def test_naming_a_conv_that_stays_as_it_is_says_why():
     assert f"not a rewritable 1×1 conv: {skipped.label} ({skipped.reason}); nope (no conv of that name)" in str(
         err.value
     )
+
+
+def test_library_errors_name_the_keyword_and_the_command_line_its_flag(tmp_path):
+    """A library caller read "--lower: unknown lowering pass" about lower=[...], "--preprocess" about preprocess=."""
+    import onnx
+
+    model = conv_model(16, 16, hw=(6, 6))
+    with pytest.raises(ttgraph.TTGraphError, match="^lower: unknown lowering pass 'bogus'"):
+        ttgraph.compress(model, rank=4, lower=["bogus"])
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a.png")
+    with pytest.raises(ttgraph.TTGraphError, match="^preprocess: unknown preset 'nope'"):
+        ttgraph.compress(model, calibration=tmp_path / "imgs", preprocess="nope", params_ratio=0.5)
+    onnx.save(model, tmp_path / "m.onnx")
+    done = subprocess.run(
+        [sys.executable, "-m", "ttgraph", "compress", tmp_path / "m.onnx", "-o", tmp_path / "o.onnx", "--rank", "4"]
+        + ["--lower", "bogus"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and done.stderr.startswith("ttgraph: error: --lower: unknown pass 'bogus'")

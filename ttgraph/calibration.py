@@ -125,16 +125,16 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         if self.channels not in ("RGB", "BGR", "GRAY"):
-            raise TTGraphError("--preprocess", f"channels must be RGB, BGR or GRAY, got {self.channels!r}")
+            raise TTGraphError("preprocess", f"channels must be RGB, BGR or GRAY, got {self.channels!r}")
         if self.layout not in ("NCHW", "NHWC"):
-            raise TTGraphError("--preprocess", f"layout must be NCHW or NHWC, got {self.layout!r}")
+            raise TTGraphError("preprocess", f"layout must be NCHW or NHWC, got {self.layout!r}")
         if self.resize not in ("stretch", "pad"):
-            raise TTGraphError("--preprocess", f"resize must be stretch or pad, got {self.resize!r}")
+            raise TTGraphError("preprocess", f"resize must be stretch or pad, got {self.resize!r}")
         if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
-            raise TTGraphError("--preprocess", f"size must be two positive ints (height, width), got {self.size}")
+            raise TTGraphError("preprocess", f"size must be two positive ints (height, width), got {self.size}")
         if self.size is not None and self.size[0] * self.size[1] > MAX_PIXELS:
             raise TTGraphError(
-                "--preprocess", f"size {self.size[0]}x{self.size[1]} is over the {MAX_PIXELS:,} pixels of an image"
+                "preprocess", f"size {self.size[0]}x{self.size[1]} is over the {MAX_PIXELS:,} pixels of an image"
             )
         nch = 1 if self.channels == "GRAY" else 3
         for key in ("mean", "std"):
@@ -142,18 +142,16 @@ class Preprocess:
             if len(values) not in (1, nch):
                 takes = "1 value" if nch == 1 else "1 or 3 values"
                 hint = f" (their average: {key}={sum(values) / len(values):.4g})" if nch == 1 else ""
-                raise TTGraphError(
-                    "--preprocess", f"{key} has {len(values)} values; {self.channels} takes {takes}{hint}"
-                )
+                raise TTGraphError("preprocess", f"{key} has {len(values)} values; {self.channels} takes {takes}{hint}")
         if any(s == 0 for s in self.std):
-            raise TTGraphError("--preprocess", f"std must be non-zero, got {self.std}")
+            raise TTGraphError("preprocess", f"std must be non-zero, got {self.std}")
         if not all(math.isfinite(v) for v in (self.scale, *self.mean, *self.std)):
-            raise TTGraphError("--preprocess", "scale, mean and std must be finite numbers")
+            raise TTGraphError("preprocess", "scale, mean and std must be finite numbers")
         if self.scale == 0:
-            raise TTGraphError("--preprocess", "scale must be non-zero: every image would become the same input")
+            raise TTGraphError("preprocess", "scale must be non-zero: every image would become the same input")
         reach = max(abs((p * self.scale - m) / d) for p in (0.0, 255.0) for m in self.mean for d in self.std)
         if not reach < float(np.finfo(np.float32).max):
-            raise TTGraphError("--preprocess", f"scale, mean and std take pixels to {reach:.3g}, beyond float32")
+            raise TTGraphError("preprocess", f"scale, mean and std take pixels to {reach:.3g}, beyond float32")
 
     def with_size(self, size: tuple[int, int]) -> Preprocess:
         return replace(self, size=(int(size[0]), int(size[1])))
@@ -164,7 +162,7 @@ class Preprocess:
         from PIL import Image, ImageOps
 
         if self.size is None:
-            raise TTGraphError("--preprocess", "no image size: give size=HxW or fix the model input shape")
+            raise TTGraphError("preprocess", "no image size: give size=HxW or fix the model input shape")
         if isinstance(image, np.ndarray):
             image = Image.fromarray(image)
         if image.getexif().get(0x0112, 1) != 1:  # EXIF Orientation
@@ -254,7 +252,7 @@ def _number(text: str, key: str) -> float:
     try:
         return float(Fraction(text)) if "/" in text else float(text)
     except (ValueError, ZeroDivisionError) as err:
-        raise TTGraphError("--preprocess", f"{key}: expected a number like 0.5 or 1/255, got {text!r}") from err
+        raise TTGraphError("preprocess", f"{key}: expected a number like 0.5 or 1/255, got {text!r}") from err
 
 
 def parse_preprocess(spec: str | Preprocess | None) -> Preprocess:
@@ -276,20 +274,20 @@ def parse_preprocess(spec: str | Preprocess | None) -> Preprocess:
     items = [s.strip() for s in str(spec).split(",") if s.strip()]
     if not items:
         raise TTGraphError(
-            "--preprocess", f"empty: give a preset ({', '.join(PRESETS)}) and/or key=value items, or leave it out"
+            "preprocess", f"empty: give a preset ({', '.join(PRESETS)}) and/or key=value items, or leave it out"
         )
     base = Preprocess()
     if items and "=" not in items[0]:
         name = items.pop(0).lower()
         if name not in PRESETS:
-            raise TTGraphError("--preprocess", f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+            raise TTGraphError("preprocess", f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
         base = PRESETS[name]
     changes: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip().lower()
         if not sep:
-            raise TTGraphError("--preprocess", f"expected key=value, got {item!r} (a preset goes first)")
+            raise TTGraphError("preprocess", f"expected key=value, got {item!r} (a preset goes first)")
         if key == "size":
             parts = value.lower().replace("×", "x").split("x")
             try:
@@ -299,7 +297,7 @@ def parse_preprocess(spec: str | Preprocess | None) -> Preprocess:
             if len(dims) == 1:
                 dims = dims * 2
             if len(dims) != 2 or min(dims) < 1:
-                raise TTGraphError("--preprocess", f"size: expected HxW like 640x640, got {value!r}")
+                raise TTGraphError("preprocess", f"size: expected HxW like 640x640, got {value!r}")
             changes["size"] = (dims[0], dims[1])
         elif key == "channels":
             changes["channels"] = value.upper()
@@ -313,7 +311,7 @@ def parse_preprocess(spec: str | Preprocess | None) -> Preprocess:
             changes[key] = tuple(_number(v, key) for v in value.split(":"))
         else:
             raise TTGraphError(
-                "--preprocess", f"unknown key {key!r}; expected size, channels, scale, mean, std, layout or resize"
+                "preprocess", f"unknown key {key!r}; expected size, channels, scale, mean, std, layout or resize"
             )
     return replace(base, **changes)
 
@@ -475,7 +473,9 @@ def image_source(
     inputs = _model_inputs(model)
     if len(inputs) != 1:
         names = ", ".join(i.name for i in inputs)
-        raise TTGraphError("--calib", f"images can feed a model with one input; this model has {len(inputs)}: {names}")
+        raise TTGraphError(
+            "calibration", f"images can feed a model with one input; this model has {len(inputs)}: {names}"
+        )
     value = inputs[0]
     dims = input_dims(value)
     if len(dims) != 4:
@@ -493,7 +493,7 @@ def image_source(
     fixed = dims[2:4] if spec.layout == "NCHW" else dims[1:3]
     if None not in fixed and tuple(fixed) != spec.size:  # before any image is resized to a size that cannot run
         raise TTGraphError(
-            "--preprocess",
+            "preprocess",
             f"size={spec.size[0]}x{spec.size[1]}, but the model input {value.name!r} is "
             f"{fixed[0]}x{fixed[1]}; leave size out or fix a dynamic input with --input-shape",
         )
@@ -513,7 +513,7 @@ def image_source(
             raise TTGraphError(value.name, f"the model input is {dtype}, which cannot hold 0..255 pixels")
         if spec.scale != 1 or any(m != 0 for m in spec.mean) or any(d != 1 for d in spec.std):
             raise TTGraphError(
-                "--preprocess",
+                "preprocess",
                 f"the model input {value.name!r} is {dtype}: images feed it raw 0..255 pixels; give scale=1 and "
                 "no mean/std (or leave --preprocess out)",
             )
@@ -522,7 +522,7 @@ def image_source(
     batch = dims[0] or 1  # a model with a fixed batch of b takes b consecutive images per feed
     if len(paths) % batch:
         raise TTGraphError(
-            "--calib",
+            "calibration",
             f"{len(paths)} images do not fill batches of {batch} (the model input {name!r} has batch {batch})",
         )
 
@@ -814,7 +814,7 @@ def _calibration_source(
             files, skipped = _image_files(p)
             return image_source(files, model, preprocess, skipped)
         if preprocess is not None and p.suffix.lower() in (".npy", ".npz"):  # samples already tensors
-            raise TTGraphError("--preprocess", f"applies to images; {p.name} holds samples that are fed as they are")
+            raise TTGraphError("preprocess", f"applies to images; {p.name} holds samples that are fed as they are")
         return array_source(p, model)
     if preprocess is not None:
         raise TTGraphError("preprocess", f"applies to images; {type(data).__name__} calibration data is fed as it is")

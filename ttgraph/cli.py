@@ -102,7 +102,7 @@ def _run(argv: Sequence[str] | None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
     except TTGraphError as err:  # before the arguments are parsed: no --debug
-        sys.stderr.write(f"ttgraph: error: {err.one_line()}\n")
+        sys.stderr.write(f"ttgraph: error: {err.one_line(flags=True)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("ttgraph: interrupted\n")
@@ -121,7 +121,7 @@ def _run(argv: Sequence[str] | None) -> int:
             return 128 + _terminated
         if args.debug:
             traceback.print_exc()
-        sys.stderr.write(f"ttgraph: error: {err.one_line()}\n")
+        sys.stderr.write(f"ttgraph: error: {err.one_line(flags=True)}\n")
         return 2
     except BrokenPipeError:  # e.g. `ttgraph inspect M | head`: the reader left, which is fine
         sys.stderr.close()

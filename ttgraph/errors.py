@@ -24,13 +24,25 @@ class TTGraphError(Exception):
         self.node = node
         super().__init__(self.one_line())
 
-    def one_line(self) -> str:
+    def one_line(self, flags: bool = False) -> str:
+        """``source: what (node)`` on one line; ``flags``: an option named as the library's keyword
+        (``preprocess``) is named as the command line's flag (``--preprocess``) instead."""
         text = self.what
         if self.source:
-            text = f"{self.source}: {text}"
+            text = f"{OPTION_FLAGS.get(self.source, self.source) if flags else self.source}: {text}"
         if self.node:
             text = f"{text} ({self.node})"
         return " ".join(text.split())
+
+
+#: the library's keyword → the command line's flag, for errors about an option given either way
+OPTION_FLAGS = {
+    "preprocess": "--preprocess",
+    "calibration": "--calib",
+    "input_shapes": "--input-shape",
+    "lower": "--lower",
+    "holdout": "--holdout",
+}
 
 
 @contextmanager

@@ -45,7 +45,7 @@ def lower_model(
     try:
         lower = Lower(passes)
     except ValueError as err:
-        raise TTGraphError("--lower", str(err)) from err
+        raise TTGraphError("lower", str(err)) from err
     graph = import_graph(_with_shapes(model))
     fed = fed_initializers(model)
     _as_inputs(graph, fed)

@@ -200,9 +200,9 @@ def parse_input_shapes(specs: str | Sequence[str] | None) -> dict[str, list[int]
         except ValueError:
             values = None
         if not name or values is None or any(v <= 0 for v in values):
-            raise TTGraphError("--input-shape", f"expected NAME=D1,D2,... with positive integers, got {spec!r}")
+            raise TTGraphError("input_shapes", f"expected NAME=D1,D2,... with positive integers, got {spec!r}")
         if name in shapes and shapes[name] != values:
-            raise TTGraphError("--input-shape", f"{name!r} is given twice, as {shapes[name]} and {values}")
+            raise TTGraphError("input_shapes", f"{name!r} is given twice, as {shapes[name]} and {values}")
         shapes[name] = values
     return shapes
 
@@ -421,7 +421,7 @@ def set_input_shapes(model: onnx.ModelProto, shapes: InputShapes, name: str = "<
         dims = [int(d) for d in dims]
         if input_name not in inputs:
             known = ", ".join(inputs) or "none"
-            raise TTGraphError(name, f"--input-shape names unknown input {input_name!r} (inputs: {known})")
+            raise TTGraphError(name, f"the input shapes name an unknown input {input_name!r} (inputs: {known})")
         value = inputs[input_name]
         current = input_dims(value)
         if len(current) != len(dims):
