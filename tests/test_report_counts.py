@@ -75,6 +75,13 @@ def test_the_report_says_what_lowering_folded_into_the_factors():
     assert params == 4 * (16 + 24) + 24  # the written factors hold the BatchNormalization's shift as a bias
     assert layer.params_after == result.report.totals["params_after"] == 4 * (16 + 24)  # what the budget counts
     assert result.report.lowering["params_folded_in"] == 24
+    # the summary and the HTML give the count a look at the written file gives, beside the budget's
+    from ttgraph.commands.compress import render
+    from ttgraph.report_html import render_html
+
+    folded = "as written: 24 params folded in from the ops after them"
+    assert f"1×1 params 384→160 (0.417×) (184, 0.479× {folded})" in render(result.report)
+    assert f"160 (0.417×); 184 (0.479×) {folded}" in render_html(result.report)
 
 
 def test_a_kept_dense_conv_whose_weight_is_a_constant_node_folds_nothing_in():

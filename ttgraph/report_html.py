@@ -43,6 +43,16 @@ def _png(fig: Any, tight: bool = True) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _as_written(totals: dict[str, Any], folded: int | None) -> str:
+    """``; 52.2k (0.508×) as written: …``: a count of the written file's 1×1 layers includes the biases that
+    lowering folded in from the ops after them."""
+    if not folded or totals.get("params_after") is None:
+        return ""
+    written = totals["params_after"] + folded
+    ratio = f" ({written / totals['params_before']:.3f}×)" if totals.get("params_before") else ""
+    return f"; {human(written)}{ratio} as written: {folded} params folded in from the ops after them"
+
+
 def _err(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
@@ -239,7 +249,8 @@ def render_html(report: Any) -> str:
         (
             "1×1 params",
             f"{human(totals.get('params_before'))} → {human(totals.get('params_after'))}"
-            + (f" ({totals['params_ratio']:.3f}×)" if totals.get("params_ratio") is not None else ""),
+            + (f" ({totals['params_ratio']:.3f}×)" if totals.get("params_ratio") is not None else "")
+            + _as_written(totals, (r.get("lowering") or {}).get("params_folded_in")),
         ),
         (
             "1×1 MACs",

@@ -340,6 +340,11 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
     line = f"{t['layers_rewritten']} layers rewritten; 1×1 params {params}"
     if "params_ratio" in t:
         line += f" ({t['params_ratio']:.3f}×)"
+    folded = (report.lowering or {}).get("params_folded_in") or 0
+    if folded and t.get("params_after") is not None:  # what a count of the written file's 1×1 layers gives
+        written = t["params_after"] + folded
+        ratio = f", {written / t['params_before']:.3f}×" if t.get("params_before") else ""
+        line += f" ({human(written)}{ratio} as written: {folded} params folded in from the ops after them)"
     if "macs_ratio" in t:
         line += f", MACs {human(t['macs_before'])}→{human(t['macs_after'])} ({t['macs_ratio']:.3f}×)"
     lines.append(line)
@@ -370,7 +375,8 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
             f"{report.lowering['nodes_after']}"
             + ("" if err is None else f", max rel. change {err:.2g}")
             + (
-                f"; {report.lowering['params_folded_in']} params of folded ops went into the layers' weights and biases"
+                f"; {report.lowering['params_folded_in']} params of the folded ops went into the layers' biases"
+                " (the ops left the model)"
                 if report.lowering.get("params_folded_in")
                 else ""
             )
