@@ -484,3 +484,15 @@ def test_compensation_fitted_to_too_few_samples_is_skipped_unless_asked_for_and_
     assert enough.report.compensation["applied"] and enough.report.compensation["checked"] is False
     judged = ttgraph.compress(model, calibration=data, holdout=2, compensate_samples=10, params_ratio=0.75)
     assert judged.report.compensation["checked"] is True
+
+
+def test_a_first_layer_reads_the_same_error_in_the_layer_table_and_the_compensation_table():
+    """Both tables measure a layer's output error relative to ‖XWᵀ‖; the compensation's divided by ‖XWᵀ + b‖,
+    so the first layer (nothing compressed before it, the same factors) read 0.1320 there and 0.1686 here."""
+    result = ttgraph.compress(stacked_convs(), calibration=feeds(24, seed=1), holdout=8, params_ratio=0.55)
+    table = {layer.name: layer for layer in result.report.layers}
+    comp = {row["name"]: row for row in result.report.compensation["layers"]}
+    first = table["conv1"]
+    assert first.format == "lowrank"
+    assert comp["conv1"]["calibration_error_before"] == pytest.approx(first.calibration_error, rel=1e-6)
+    assert comp["conv1"]["heldout_error_before"] == pytest.approx(first.heldout_error, rel=1e-6)

@@ -439,6 +439,12 @@ def test_compensation_that_leaves_held_out_outputs_worse_is_not_kept():
     assert after < before and result.report.compensation["kept"] is True
     assert result.report.verification["outputs"][0]["rel_l2"] == pytest.approx(after, rel=1e-5)
     assert "compensation not kept" not in render(result.report)
+    # the layer table's errors are the allocated factors', and both reports say so where compensation is kept
+    from ttgraph.report_html import LAYER_ERRORS_BEFORE_COMPENSATION, render_html
+
+    assert LAYER_ERRORS_BEFORE_COMPENSATION in render(result.report)
+    assert "before compensation refitted them" in render_html(result.report)
+    assert LAYER_ERRORS_BEFORE_COMPENSATION not in render(report)
 
 
 def test_the_random_smoke_input_of_a_uint8_model_spans_the_pixel_range():

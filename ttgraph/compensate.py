@@ -464,12 +464,16 @@ def _augmented(st: PairStatistics) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def accumulated_error(
     st: PairStatistics, weight: np.ndarray, bias: np.ndarray, approx: np.ndarray, approx_bias: np.ndarray
 ) -> float:
-    """``‖X̃Ŵᵀ + b̂ − (XWᵀ + b₀)‖_F / ‖XWᵀ + b₀‖_F`` over the rows of ``st`` (exact, from the statistics)."""
+    """``‖X̃Ŵᵀ + b̂ − (XWᵀ + b₀)‖_F / ‖XWᵀ‖_F`` over the rows of ``st`` (exact, from the statistics): the
+    denominator without the bias, as the layer table's calibration error has it (:func:`ttgraph.calibration.
+    output_error`), so a layer with nothing compressed before it reads the same in both tables."""
     gc, cross, g = _augmented(st)
-    wa = np.hstack([np.asarray(weight, np.float64), np.asarray(bias, np.float64)[:, None]])
+    w = np.asarray(weight, np.float64)
+    wa = np.hstack([w, np.asarray(bias, np.float64)[:, None]])
     wh = np.hstack([np.asarray(approx, np.float64), np.asarray(approx_bias, np.float64)[:, None]])
-    ref = float(np.sum((wa @ g) * wa))
-    num = float(np.sum((wh @ gc) * wh)) - 2 * float(np.sum((wh @ cross) * wa)) + ref
+    ref_with_bias = float(np.sum((wa @ g) * wa))
+    ref = float(np.sum((w @ st.gram) * w))
+    num = float(np.sum((wh @ gc) * wh)) - 2 * float(np.sum((wh @ cross) * wa)) + ref_with_bias
     num = max(num, 0.0)
     return math.sqrt(num / ref) if ref > 0 else math.sqrt(num)
 

@@ -43,6 +43,14 @@ def _png(fig: Any, tight: bool = True) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+#: the layer table's errors are the allocation's; compensated factors are fitted to the compressed network
+LAYER_ERRORS_BEFORE_COMPENSATION = (
+    "the table's errors are the allocated factors', before compensation refitted them to the compressed "
+    "network's inputs (a refit layer is farther from its original alone and the network closer: see the "
+    "compensation's per-layer errors)"
+)
+
+
 def _as_written(totals: dict[str, Any], folded: int | None) -> str:
     """``; 52.2k (0.508×) as written: …``: a count of the written file's 1×1 layers includes the biases that
     lowering folded in from the ops after them."""
@@ -342,8 +350,11 @@ def render_html(report: Any) -> str:
         if img:
             parts.append(f"<img src='{img}' alt='distillation loss'>")
     weighted = any(layer.get("sensitivity") is not None for layer in layers)
+    kept = (r.get("compensation") or {}).get("kept")
     parts.append(
-        "<h2>Layers</h2><table><tr><th class='l'>layer</th><th>Cout×Cin</th><th>stride</th>"
+        "<h2>Layers</h2>"
+        + (f"<p>{e(LAYER_ERRORS_BEFORE_COMPENSATION)}.</p>" if kept else "")
+        + "<table><tr><th class='l'>layer</th><th>Cout×Cin</th><th>stride</th>"
         "<th class='l'>format</th><th>ranks</th><th>params</th><th>MACs</th><th>calib err</th>"
         "<th>held-out err</th><th>weight err</th>"
         + (f"<th title='{SENSITIVITY_TIP}'>sensitivity</th>" if weighted else "")

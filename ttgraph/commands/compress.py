@@ -18,6 +18,7 @@ from ttgraph.costs import human
 from ttgraph.errors import TTGraphError
 from ttgraph.files import check_output_path, distinct_outputs
 from ttgraph.model_io import parse_input_shapes, source_files
+from ttgraph.report_html import LAYER_ERRORS_BEFORE_COMPENSATION
 from ttgraph.verify import random_feed
 
 
@@ -420,6 +421,8 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
         lines.append(line + f" ({comp['seconds']:.1f} s{piecewise})" + _end_to_end(comp.get("end_to_end")) + unchecked)
         if comp.get("kept") is False:
             lines.append(f"compensation not kept: {comp.get('reason')}")
+        elif report.layers:
+            lines.append(LAYER_ERRORS_BEFORE_COMPENSATION)
     dist = report.distillation
     if dist and not dist.get("applied"):
         lines.append(f"not distilled: {dist.get('reason')}")
