@@ -114,7 +114,7 @@ def test_params_budget_from_npy_and_error_cap(setup, tmp_path):
         tmp_path / "r.json",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "budget params" in proc.stdout and "held-out" in proc.stdout
+    assert "budget params ratio 0.7: " in proc.stdout and "held-out" in proc.stdout
     # samples that are not images have no grey level: no yardstick rather than a made-up one
     assert "original_under_input_noise" not in json.loads((tmp_path / "r.json").read_text())["verification"]
     report = tmp_path / "cap.json"
@@ -126,6 +126,7 @@ def test_params_budget_from_npy_and_error_cap(setup, tmp_path):
     layers = json.loads(report.read_text())["layers"]
     compressed = [layer for layer in layers if layer["format"] != "dense"]
     assert compressed and all(layer["calibration_error"] <= 0.2 for layer in layers)
+    assert "budget max error 0.2 (each layer's cheapest form in macs within it): " in proc.stdout  # was "budget macs"
 
 
 def test_a_model_onnxruntime_cannot_run_is_named_by_its_file(tmp_path):

@@ -401,8 +401,13 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
         )
     if report.allocation:
         a = report.allocation
+        asked = a.get("budget") or {}
+        wanted = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in asked.items() if k != "metric" and v is not None)
+        alone = wanted.startswith("max error") and "," not in wanted  # no ratio: each layer's cheapest within it
+        how = f" (each layer's cheapest form in {a['metric']} within it)" if alone else ""
         lines.append(
-            f"budget {a['metric']}: {a['layers_compressed']} of {len(report.layers)} layers compressed; "
+            f"budget {wanted or a['metric']}{how}: {a['layers_compressed']} of {len(report.layers)} layers "
+            "compressed; "
             f"objective Σ err² = {a['objective_value']:.4g}"
             + (
                 f"; measured 1×1 time {a['latency_ratio']:.3f}× ({a['latency_threads']} thread(s), "
