@@ -788,3 +788,20 @@ def test_the_paddleocr_cls_preset_pads_a_line_as_rapidocr_does():
     assert parse_preprocess("paddleocr-cls,resize=stretch").resize == "stretch"
     with pytest.raises(TTGraphError, match="^preprocess: resize must be stretch or pad, got 'crop'"):
         parse_preprocess("unit,resize=crop")
+
+
+def test_the_report_names_the_held_out_images(tmp_path):
+    """Held-out images are picked by sorted name: the report says which, so a fidelity figure can be traced to
+    the pages it was measured on (evenly spread picks can land on one kind of image)."""
+    from ttgraph.commands.compress import render
+
+    folder = write_images(tmp_path / "imgs", 5)
+    result = ttgraph.compress(
+        conv_model(3, 16, hw=(32, 48)), calibration=folder, preprocess="imagenet", holdout=2, params_ratio=0.9
+    )
+    assert result.report.calibration["heldout_names"] == ["im02.jpg", "im04.jpg"]  # holdout_indices(5, 2)
+    assert "held out: im02.jpg, im04.jpg" in render(result.report)
+    arrays = ttgraph.compress(
+        conv_model(3, 16, hw=(8, 8)), calibration=np.ones((4, 1, 3, 8, 8), np.float32), holdout=1, params_ratio=0.9
+    )
+    assert arrays.report.calibration["heldout_names"] is None

@@ -919,6 +919,8 @@ def _compress_to_budget(
             "source": stats.source,
             "samples": stats.samples,
             "heldout_samples": 0 if held_stats is None else held_stats.samples,
+            # which samples those are, where the source names them (image files: their paths in the folder)
+            "heldout_names": None if held is None else held.names,
             "seconds": round(stats.seconds, 3),
             "method": method,
             "statistic": "Gram matrix of each 1×1 conv's input (float64), channel sums, row count",

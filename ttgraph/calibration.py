@@ -342,6 +342,8 @@ class CalibrationSource:
     fetch: Callable[[int], dict[str, np.ndarray]] | None = field(default=None, repr=False)
     # images: (input name, the preprocessing that made it), so a report can say what a grey level does
     images: tuple[str, Preprocess] | None = field(default=None, repr=False)
+    # what each sample is called (image files: their paths in the folder), so a report can say which were held out
+    names: list[str] | None = field(default=None, repr=False)
     _used: bool = field(default=False, repr=False)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
@@ -541,14 +543,17 @@ def image_source(
         return {name: images[0] if batch == 1 else np.concatenate(images)}
 
     where = (os.path.commonpath([os.fspath(p.parent) for p in paths]) or ".") if paths else "?"
+    count = len(paths) // batch
+    names = ["+".join(os.path.relpath(p, where) for p in paths[i * batch : (i + 1) * batch]) for i in range(count)]
     return CalibrationSource(
-        lambda: (fetch(i) for i in range(len(paths) // batch)),
-        len(paths) // batch,
+        lambda: (fetch(i) for i in range(count)),
+        count,
         True,
         f"{len(paths)} image{'s' if len(paths) != 1 else ''} in {where}{_skipped_note(skipped or Counter())}; "
         f"{spec.describe()}",
         fetch,
         (name, spec),
+        names,
     )
 
 
@@ -949,9 +954,20 @@ def split_holdout(source: CalibrationSource, holdout: int | float) -> tuple[Cali
         def picker(indices: list[int]) -> Callable[[int], dict[str, np.ndarray]] | None:
             return None if fetch is None else (lambda k: fetch(indices[k]))
 
-        calib = CalibrationSource(part(kept), len(kept), True, source.description, picker(kept), source.images)
+        def named(indices: list[int]) -> list[str] | None:
+            return None if source.names is None else [source.names[i] for i in indices]
+
+        calib = CalibrationSource(
+            part(kept), len(kept), True, source.description, picker(kept), source.images, named(kept)
+        )
         heldout = CalibrationSource(
-            part(held), len(held), True, f"{len(held)} held out of {source.description}", picker(held), source.images
+            part(held),
+            len(held),
+            True,
+            f"{len(held)} held out of {source.description}",
+            picker(held),
+            source.images,
+            named(held),
         )
         return calib, heldout
     if source.length is not None:

@@ -280,6 +280,8 @@ def render_html(report: Any) -> str:
                 f"{cal.get('heldout_samples')} held out, {cal.get('seconds')} s, method {cal.get('method')}",
             )
         )
+        if cal.get("heldout_names"):
+            summary.append(("held out", ", ".join(cal["heldout_names"])))
     rows = "".join(f"<tr><th class='l'>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in summary)
     parts.append(f"<table class='kv'>{rows}</table>")
     ver = r.get("verification")

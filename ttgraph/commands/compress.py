@@ -399,6 +399,11 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
             "for verification "
             f"({cal['source']})"
         )
+        names = cal.get("heldout_names") or []
+        if names:
+            lines.append(
+                f"held out: {', '.join(names[:6])}" + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+            )
     if report.allocation:
         a = report.allocation
         asked = a.get("budget") or {}
