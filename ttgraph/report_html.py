@@ -175,19 +175,31 @@ def _errors_figure(layers: list[dict[str, Any]]) -> str | None:
 def _endtoend_figure(verification: dict[str, Any] | None) -> str | None:
     if not verification or not verification.get("outputs"):
         return None
-    labels, values = [], []
+    # an error (lower is better) and an agreement (higher is better) look different; the original's own move
+    # under ±1 grey level of input noise, where measured, is the scale each bar is read on
+    noise = {o["name"]: o for o in (verification.get("original_under_input_noise") or {}).get("outputs", [])}
+    labels, values, colors, scale = [], [], [], []
     for out in verification["outputs"]:
-        short = out["name"].rsplit("/", 1)[-1][:18]
-        labels.append(f"{short}\nrel L2")
-        values.append(out["rel_l2"])
-        for key, text in (("top1_agreement", "top-1 agree"), ("binary_iou", "IoU")):
+        short = out["name"].rsplit("/", 1)[-1][-24:]
+        kinds = [("rel_l2", "rel L2 (lower: better)", "#cc6677")]
+        kinds += [("top1_agreement", "top-1 agreement", "#228833"), ("binary_iou", "IoU (higher: better)", "#228833")]
+        for key, text, color in kinds:
             if out.get(key) is not None:
                 labels.append(f"{short}\n{text}")
                 values.append(out[key])
-    fig, ax = _subplots(figsize=(max(4, 1.4 * len(labels)), 2.6))
-    ax.bar(range(len(values)), values, color="#228833")
+                colors.append(color)
+                scale.append(noise.get(out["name"], {}).get(key))
+    fig, ax = _subplots(figsize=(max(4, 1.6 * len(labels)), 2.8))
+    ax.bar(range(len(values)), values, color=colors)
     for i, v in enumerate(values):
         ax.text(i, v, f"{v:.4f}", ha="center", va="bottom", fontsize=7)
+    marked = [(i, s) for i, s in enumerate(scale) if s is not None]
+    if marked:
+        ax.scatter(
+            [i for i, _ in marked], [s for _, s in marked], marker="_", s=600, color="black",
+            label="the original under ±1 grey level",
+        )  # fmt: skip
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35))
     ax.set_xticks(range(len(labels)), labels, fontsize=7)
     ax.set_title(f"end to end on {verification.get('inputs', 'the verification inputs')}", fontsize=9)
     ax.set_ylim(0, max(1.0, max(values) * 1.15))
