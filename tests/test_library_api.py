@@ -24,8 +24,10 @@ def test_numpy_scalars_and_arrays_as_options_give_a_plain_json_report(tmp_path):
         input_shapes={"x": np.array([1, 16, 6, 6])},
     )
     result.save(tmp_path / "m.onnx", report_path=tmp_path / "m.json")
-    options = json.loads((tmp_path / "m.json").read_text())["options"]
+    written = json.loads((tmp_path / "m.json").read_text())
+    options = written["options"]
     assert options["rank_ratio"] == 0.5 and options["input_shapes"] == {"x": [1, 16, 6, 6]}
+    assert written["ttgraph_version"] == ttgraph.__version__  # a report says which release made its choices
 
 
 @pytest.mark.parametrize(

@@ -213,6 +213,7 @@ class CompressionReport:
     lowering: dict[str, Any] | None = None  # fast-lowering passes run after the rewrite (ttgraph.lowering)
     compensation: dict[str, Any] | None = None  # per-layer and end-to-end errors before/after compensation
     distillation: dict[str, Any] | None = None  # losses and end-to-end held-out errors before/after distillation
+    ttgraph_version: str = field(default_factory=lambda: _version())  # which release's choices these are
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -220,6 +221,12 @@ class CompressionReport:
     def to_json(self) -> str:
         """Strict JSON: numpy values as plain numbers, a NaN or infinite measurement as null."""
         return json.dumps(_plain(self.to_dict()), indent=2, allow_nan=False) + "\n"
+
+
+def _version() -> str:
+    from ttgraph import __version__
+
+    return __version__
 
 
 def _plain(value: Any) -> Any:
