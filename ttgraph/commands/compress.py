@@ -374,7 +374,11 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
         lines.append(
             f"lowering: {', '.join(done) or 'nothing to change'}; nodes {report.lowering['nodes_before']}→"
             f"{report.lowering['nodes_after']}"
-            + ("" if err is None else f", max rel. change {err:.2g}")
+            + (
+                ""
+                if err is None
+                else f", max rel. change {err:.2g} on {report.lowering.get('error_input', 'one input')}"
+            )
             + (
                 f"; {report.lowering['params_folded_in']} params of the folded ops went into the layers' biases"
                 " (the ops left the model)"
