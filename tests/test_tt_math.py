@@ -145,3 +145,10 @@ def test_step_macs_are_the_sizes_of_the_matrix_products():
 def test_orders_that_skip_a_core_are_rejected():
     with pytest.raises(ValueError, match="not next to"):
         contraction_steps(TTFormat((2, 2, 2), (2, 2, 2), (1, 2, 2, 1)), (0, 2, 1))
+
+
+def test_a_weight_with_nan_is_a_value_error_not_lapacks():
+    w = np.ones((4, 6))
+    w[1, 2] = np.nan
+    with pytest.raises(ValueError, match="weight holds NaN or infinite values"):
+        tt_svd(w, lowrank_format(4, 6))

@@ -181,6 +181,8 @@ def tt_svd(weight: np.ndarray, fmt: TTFormat, *, tolerance: float | None = None)
         raise ValueError(f"weight has shape {w.shape}, format {fmt} expects ({fmt.cout}, {fmt.cin})")
     if tolerance is not None and tolerance < 0:
         raise ValueError(f"tolerance must be ≥ 0, got {tolerance}")
+    if not np.isfinite(w).all():  # else LAPACK's "SVD did not converge"
+        raise ValueError("weight holds NaN or infinite values")
     d = fmt.num_cores
     sizes = [m * n for m, n in zip(fmt.modes_out, fmt.modes_in, strict=True)]
     delta = tolerance * np.linalg.norm(w) / math.sqrt(d - 1) if tolerance is not None and d > 1 else None
