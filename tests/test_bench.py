@@ -259,3 +259,19 @@ def test_a_dynamic_original_is_benched_at_the_shape_its_fixed_rewrite_has(tmp_pa
     assert json.loads(capsys.readouterr().out)["results"]
     assert main(["bench", str(a), str(a), *options]) == 2
     assert "orig.onnx: input 'x' has dynamic dims [1,32,?,?]; fix them with --input-shape" in capsys.readouterr().err
+
+
+def test_a_model_whose_inputs_differ_from_a_dynamic_reference_is_the_one_named(tmp_path, capsys):
+    """The feed comes from the first static model: with a dynamic reference, the odd model's names were given
+    as the reference's, and the reference was blamed ("det.onnx: inputs ['x'] differ from the reference
+    det.onnx's ['image']")."""
+    dynamic = conv_model(8, 8, hw=("h", "w"), seed=1)
+    other = conv_model(8, 8, hw=(6, 6), seed=2)
+    other.graph.input[0].name = "image"
+    for node in other.graph.node:
+        node.input[:] = ["image" if n == "x" else n for n in node.input]
+    onnx.save(dynamic, tmp_path / "det.onnx")
+    onnx.save(other, tmp_path / "layout.onnx")
+    code = main(["bench", str(tmp_path / "det.onnx"), str(tmp_path / "layout.onnx"), "--runs", "2", "--no-memory"])
+    assert code == 2
+    assert "layout.onnx: inputs ['image'] differ from the reference det.onnx's ['x']" in capsys.readouterr().err

@@ -224,15 +224,21 @@ def compare(
         raise TTGraphError("bench", "--runs and --threads must be ≥ 1, --warmup ≥ 0")
     protos = {label: load_model(m, input_shapes) for label, m in models.items()}
     reference, first = next(iter(protos.items()))
-    given = feed is not None
+    wanted = {v.name for v in graph_inputs(first)}
+    for label, proto in protos.items():  # before a feed is made from one of them: the error names the odd one out
+        names = {v.name for v in graph_inputs(proto)}
+        if names != wanted:
+            raise TTGraphError(
+                label, f"inputs {sorted(names)} differ from the reference {reference}'s {sorted(wanted)}"
+            )
     if feed is None:  # the first model with static inputs sets the shape: a dynamic original beside its fixed rewrite
         static = [p for p in protos.values() if all(None not in input_dims(v) for v in graph_inputs(p))]
         feed = feed_for(static[0] if static else first, name=reference)
+    elif set(feed) != wanted:
+        raise TTGraphError(
+            feed_source or reference, f"the given inputs {sorted(feed)} differ from the models' {sorted(wanted)}"
+        )
     for label, proto in protos.items():
-        names = {v.name for v in graph_inputs(proto)}
-        if names != set(feed):
-            what = f"the given inputs' {sorted(feed)}" if given else f"the reference {reference}'s {sorted(feed)}"
-            raise TTGraphError(label, f"inputs {sorted(names)} differ from {what}")
         # every model runs the same feed: a shape or type it cannot take is one line here, not onnxruntime's traceback
         check_feed(graph_inputs(proto), feed, f"{feed_source}, fed to {label}" if feed_source else label)
     factory = factory or onnxruntime_runner
