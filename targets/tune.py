@@ -277,46 +277,53 @@ def tune(
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             todo, work_dir=str(db_dir), strategy=strategy, seed=seed
         )
-    callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
-    stop = None
-    if minutes is not None:
-        stop = _deadline_callback(start + 60.0 * minutes)
-        callbacks.append(stop)
-    # Time-bounded runs use small batches, so that every task gets a first round early and the bound is kept.
-    per_iter = max(1, min(64, trials // len(todo))) if trials else TIME_BOUNDED_BATCH
-    workers = max(1, os.cpu_count() or 1)
-    builder = ms.builder.LocalBuilder(
-        max_workers=workers,
-        timeout_sec=BUILD_TIMEOUT_S,
-        f_build=_candidate_build,
-        f_export=functools.partial(_export_shared, linker) if tracker is not None else None,
-    )
-    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)
-    if tracker is not None:
-        rpc = ms.runner.RPCConfig(
-            tracker_host=tracker[0], tracker_port=tracker[1], tracker_key=key, session_timeout_sec=int(RUN_TIMEOUT_S)
+    with _private_tmpdir():  # the builder's workers stage every candidate in a temporary folder of their own
+        callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
+        stop = None
+        if minutes is not None:
+            stop = _deadline_callback(start + 60.0 * minutes)
+            callbacks.append(stop)
+        # Time-bounded runs use small batches, so that every task gets a first round early and the bound is kept —
+        # also when a trial count is given beside the time (1000 trials over 131 tasks made batches of 7 each).
+        per_iter = max(1, min(64, trials // len(todo))) if trials else TIME_BOUNDED_BATCH
+        if minutes is not None:
+            per_iter = min(per_iter, TIME_BOUNDED_BATCH)
+        workers = max(1, os.cpu_count() or 1)
+        builder = ms.builder.LocalBuilder(
+            max_workers=workers,
+            timeout_sec=BUILD_TIMEOUT_S,
+            f_build=_candidate_build,
+            f_export=functools.partial(_export_shared, linker) if tracker is not None else None,
         )
-        runner = ms.runner.RPCRunner(
-            rpc_config=rpc, evaluator_config=evaluator, f_alloc_argument=_alloc_uploaded_arguments, max_workers=1
+        evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)
+        if tracker is not None:
+            rpc = ms.runner.RPCConfig(
+                tracker_host=tracker[0],
+                tracker_port=tracker[1],
+                tracker_key=key,
+                session_timeout_sec=int(RUN_TIMEOUT_S),
+            )
+            runner = ms.runner.RPCRunner(
+                rpc_config=rpc, evaluator_config=evaluator, f_alloc_argument=_alloc_uploaded_arguments, max_workers=1
+            )
+        else:
+            runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=evaluator)
+        with _foreign_handlers_set_aside(), _stdout_into(console):
+            _run_tuning(
+                ms, contexts, weights, db_dir, trials, per_iter, builder, runner, database, cost_model, callbacks, stop
+            )
+        if stop is not None and stop.fired:
+            log.info("tuning: %g min are up; the measured records are kept", minutes)
+        measured = sum(_has_record(database, t.dispatched[0]) for t in todo)
+        if not measured:  # every candidate failed to build or run: what would be built is untuned
+            raise TTGraphError(
+                "--tune",
+                f"no candidate of the {len(todo)} tasks built and ran {'on the device' if tracker else 'here'} "
+                f"(a CPU feature the target names and this machine lacks?); see {Path(db_dir) / 'logs'}",
+            )
+        return replace(
+            stats, tuned=measured, seconds=time.monotonic() - start, timed_out=bool(stop is not None and stop.fired)
         )
-    else:
-        runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=evaluator)
-    with _foreign_handlers_set_aside(), _stdout_into(console):
-        _run_tuning(
-            ms, contexts, weights, db_dir, trials, per_iter, builder, runner, database, cost_model, callbacks, stop
-        )
-    if stop is not None and stop.fired:
-        log.info("tuning: %g min are up; the measured records are kept", minutes)
-    measured = sum(_has_record(database, t.dispatched[0]) for t in todo)
-    if not measured:  # every candidate failed to build or run: what would be built is untuned
-        raise TTGraphError(
-            "--tune",
-            f"no candidate of the {len(todo)} tasks built and ran {'on the device' if tracker else 'here'} "
-            f"(a CPU feature the target names and this machine lacks?); see {Path(db_dir) / 'logs'}",
-        )
-    return replace(
-        stats, tuned=measured, seconds=time.monotonic() - start, timed_out=bool(stop is not None and stop.fired)
-    )
 
 
 def _run_tuning(
@@ -346,6 +353,10 @@ def _run_tuning(
             database=database,
             cost_model=cost_model,
             measure_callbacks=callbacks,
+            # the gradient scheduler collects no measured batch (so runs no callback, and no deadline) until every
+            # task has had its first: on a detector's 131 tasks, minutes past the bound; round-robin collects each
+            # task's batch as it finishes
+            task_scheduler="gradient" if stop is None else "round-robin",
         )
     except Exception:
         if stop is None or not stop.fired:
@@ -385,6 +396,28 @@ def _export_shared(linker: str | None, mod: Any) -> str:
     path = os.path.join(tempfile.mkdtemp(prefix="ttgraph-candidate-"), "candidate.so")
     mod.export_library(path, fcompile=cc.cross_compiler(linker) if linker else cc.create_shared)
     return path
+
+
+@contextlib.contextmanager
+def _private_tmpdir() -> Iterator[None]:
+    """TMPDIR (and :mod:`tempfile`'s) a fresh folder while tuning, removed after it however tuning ends: the
+    builder's workers stage each candidate in a ``tmpXXXX`` folder of their own, which an interrupted run left in
+    /tmp by the hundred."""
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="ttgraph-tune-")
+    before_env, before_module = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = folder, folder
+    try:
+        yield
+    finally:
+        if before_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = before_env
+        tempfile.tempdir = before_module
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager

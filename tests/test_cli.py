@@ -392,3 +392,23 @@ def test_file_names_at_and_over_the_file_systems_limit(small_model, tmp_path):
         "File name too long",
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([legal.name, "r" * 240 + ".json", "small.onnx"])
+
+
+def test_ctrl_c_inside_a_library_that_turns_it_into_its_own_error_still_reads_as_interrupted(monkeypatch, capsys):
+    """Ctrl-C during TVM's tuning came back as "TVM could not build it for x86_64 …: RuntimeError", exit 2."""
+    import ttgraph.cli
+
+    def tuning_when_interrupted(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises before this ends
+        except BaseException as err:  # what a C++ library's callback wrapper does
+            raise TTGraphError("model.onnx", f"TVM could not build it for x86_64: {type(err).__name__}") from err
+        return 0
+
+    before = signal.getsignal(signal.SIGINT)
+    assert before is signal.default_int_handler
+    monkeypatch.setattr(ttgraph.cli, "build_parser", lambda: _OneCommand(tuning_when_interrupted))
+    assert ttgraph.cli.main([]) == 130
+    assert capsys.readouterr().err == "ttgraph: interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is before

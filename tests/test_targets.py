@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import conv_model
+from onnx import TensorProto, helper, numpy_helper
 from tvm_helpers import compressed, det_input, line_input, pointwise_model, record, resize_model
 
 from targets.cli import add_parser
@@ -309,3 +310,35 @@ def test_a_build_tvm_cannot_do_at_the_given_size_names_the_size(tmp_path):
     with pytest.raises(TTGraphError, match=r"TVM could not build it for x86_64 at x 1×3×8×8: .*Divide by zero"):
         compile_model(example_model("cls"), "x86_64", tmp_path / "c.so", {"x": [1, 3, 8, 8]})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_time_bound_beside_a_trial_count_is_kept_on_a_model_of_many_tasks(tmp_path):
+    """`--tune 1000 --tune-minutes 0.5` on a detector's 131 tasks ran for minutes: the gradient scheduler
+    collects no measured batch — so runs no deadline check — until every task has had its first. Each of these
+    six convs is a task of its own; time is up at once, so tuning stops after the first batch it collects."""
+    rng = np.random.default_rng(0)
+    nodes, inits, current, channels = [], [], "x", 8
+    for i, width in enumerate((12, 16, 20, 24, 28, 32)):
+        w = (rng.standard_normal((width, channels, 1, 1)) / np.sqrt(channels)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("Conv", [current, f"w{i}"], [f"c{i}"], name=f"conv{i}"))
+        current, channels = f"c{i}", width
+    graph = helper.make_graph(
+        nodes,
+        "six",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [helper.make_tensor_value_info(current, TensorProto.FLOAT, [1, channels, 8, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    db = tmp_path / "db"
+    import tempfile
+
+    before = set(Path(tempfile.gettempdir()).iterdir())
+    result = compile_model(model, "x86_64", tmp_path / "t.so", tune=600, tune_db=db, tune_minutes=0.001)
+    staged = [p for p in set(Path(tempfile.gettempdir()).iterdir()) - before if (p / "tvm_tmp_mod.tar").exists()]
+    assert staged == []  # the builder's candidate folders live in a private TMPDIR, removed after tuning
+    assert result.tune_timed_out and result.tune_tasks == 6
+    assert 1 <= result.tuned_tasks < 6  # stopped before every task had its batch of 600 / 6 = 100
+    records = (db / "x86_64" / "database_tuning_record.json").read_text().splitlines()
+    assert len(records) <= 2 * 16  # a time-bounded batch is at most 16 candidates

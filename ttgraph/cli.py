@@ -80,15 +80,26 @@ def _raise_terminated(signum: int, _frame: object) -> None:
     raise _Terminated(signum)
 
 
+def _raise_interrupted(signum: int, _frame: object) -> None:
+    """Ctrl-C as Python has it (KeyboardInterrupt), remembered: inside TVM's tuning it came back as "TVM could
+    not build it: RuntimeError"."""
+    global _terminated
+    _terminated = signum
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; SIGTERM and SIGHUP end it like Ctrl-C while it runs, and the caller's handlers are back
     when it returns (a pipeline calling main() in-process keeps its own)."""
     global _terminated
     _terminated = None
     previous = {}
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         with contextlib.suppress(ValueError):  # not the main thread: leave the caller's handlers
-            previous[signum] = signal.signal(signum, _raise_terminated)
+            if signum == signal.SIGINT and signal.getsignal(signum) is not signal.default_int_handler:
+                continue  # ignored (a background job) or the caller's own: left as it is
+            handler = _raise_interrupted if signum == signal.SIGINT else _raise_terminated
+            previous[signum] = signal.signal(signum, handler)
     try:
         return _run(argv)
     finally:
@@ -116,6 +127,9 @@ def _run(argv: Sequence[str] | None) -> int:
         sys.stderr.write(f"ttgraph: terminated ({signal.Signals(stop.signum).name})\n")
         return 128 + stop.signum
     except TTGraphError as err:
+        if _terminated == signal.SIGINT:  # raised inside a TVM callback, it came back as TVM's error
+            sys.stderr.write("ttgraph: interrupted\n")
+            return 130
         if _terminated is not None:  # raised inside a TVM callback, it came back as "could not build it: 15"
             sys.stderr.write(f"ttgraph: terminated ({signal.Signals(_terminated).name})\n")
             return 128 + _terminated
