@@ -94,9 +94,16 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--key", help="device key registered with the tracker")
     _add_shape_option(p)
     p.add_argument("--inputs", metavar="NPZ", help="input values (.npz keyed by input name; default: random)")
-    p.add_argument("--number", type=int, default=10, help="runs averaged per timing (default 10)")
-    p.add_argument("--repeat", type=int, default=3, help="timings taken (default 3)")
-    p.add_argument("--tolerance", type=float, default=1e-3, help="max relative error accepted (default 1e-3)")
+    p.add_argument(
+        "--number", type=int, default=None, help="runs averaged per timing (default 10; one model on a device)"
+    )
+    p.add_argument("--repeat", type=int, default=None, help="timings taken (default 3; one model on a device)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="max relative error accepted (default 1e-3; one model on a device)",
+    )
     p.add_argument("-o", "--output", help="also keep the built library at this path (.so)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run_bench)
@@ -162,6 +169,9 @@ def run_bench(args: argparse.Namespace) -> int:
 
     log_to_stderr("ttgraph.targets")
     args.model = args.models[0]
+    args.number = 10 if args.number is None else args.number
+    args.repeat = 3 if args.repeat is None else args.repeat
+    args.tolerance = 1e-3 if args.tolerance is None else args.tolerance
     if args.number < 1 or args.repeat < 1:
         raise TTGraphError("--number", "--number and --repeat must be at least 1")
     inputs = _load_inputs(args.inputs) if args.inputs else None
@@ -219,6 +229,17 @@ def _run_ab(args: argparse.Namespace) -> int:
             raise TTGraphError(args.plot, "--plot writes a PNG: name it *.png")
     if args.output:
         raise TTGraphError("-o", "keeping the built library goes with timing one model over --rpc; A/B keeps none")
+    # options of the other modes would be ignored here, and a result read as what they asked for (an onnxruntime
+    # table on x86 under --target arm64-android)
+    one_model = [f"--{k}" for k in ("number", "repeat", "tolerance") if getattr(args, k) is not None]
+    if one_model:
+        raise TTGraphError(
+            one_model[0], f"{', '.join(one_model)} go with timing one model on a device; A/B does not use them"
+        )
+    if args.target and runtime != "tvm":
+        raise TTGraphError("--target", "A/B in onnxruntime runs here; a target goes with --runtime tvm")
+    if args.key and not args.tracker:
+        raise TTGraphError("--key", "goes with --tracker HOST:PORT")
     for path in args.models:
         if not Path(path).is_file():
             raise TTGraphError(path, "no such model file")

@@ -87,6 +87,10 @@ def test_bench_on_a_bad_file_is_a_one_line_error(pair, tmp_path, capsys, bad):
         (["-o", "lib.so"], "-o: keeping the built library goes with timing one model over --rpc"),
         (["--threads", "100000"], "--threads: at most 1024 threads"),
         (["RENAMED"], "renamed.onnx: inputs ['z'] differ from the reference orig.onnx's ['x']"),
+        # other modes' options were ignored, and an onnxruntime table on x86 read as an arm64 measurement
+        (["--target", "arm64-android"], "--target: A/B in onnxruntime runs here; a target goes with --runtime tvm"),
+        (["--tolerance", "0.5", "--number", "5"], "--number: --number, --tolerance go with timing one model on a"),
+        (["--key", "abc"], "--key: goes with --tracker HOST:PORT"),
     ],
 )
 def test_bench_options_that_cannot_work_are_one_line_errors_before_timing(pair, tmp_path, capsys, extra, needle):
