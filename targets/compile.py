@@ -104,6 +104,10 @@ class CompileResult:
                 f"{self.tune_seconds:.0f}s"
                 f" (bound: {bound}{'; time ran out' if self.tune_timed_out else ''})"
             )
+        elif self.tune_db is not None:
+            extra += (
+                f", tuning records of {self.reused_tasks} of its {self.tune_tasks} tasks applied from {self.tune_db}"
+            )
         extra += "".join(f"; {step}" for step in self.frontend_steps if step.startswith(UNUSED_INPUTS))
         if self.cuda_fatbin_bytes is not None:
             extra += f", nvcc fatbin check ok ({self.cuda_fatbin_bytes} bytes)"
@@ -207,8 +211,10 @@ def compile_model(
                 mod, tvm_target, tune, db_dir, minutes=tune_minutes, tracker=tracker, key=tune_key, linker=cand_linker
             )
         if db_dir is not None:
-            from .tune import build_with_database
+            from .tune import build_with_database, records_for
 
+            if stats is None:  # only applying the records: say how many of the tasks they cover
+                stats = records_for(mod, tvm_target, db_dir)
             executable = build_with_database(mod, tvm_target, db_dir)
         else:
             executable = tvm.relax.build(mod, target=tvm_target)

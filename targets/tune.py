@@ -455,6 +455,20 @@ def _stdout_into(path: Path) -> Iterator[None]:
                     logger.removeHandler(handler)
 
 
+def records_for(mod: Any, target: Any, db_dir: str | os.PathLike[str]) -> TuneStats:
+    """How many of ``mod``'s tasks the records in ``db_dir`` cover (no tuning): what a build that only applies
+    a database says it applied."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    database = open_database(db_dir)
+    with target:
+        fused = tvm.transform.Sequential(fuse_passes(target))(mod)
+    tasks = ms.relax_integration.extract_tasks(fused, target)
+    covered = sum(_has_record(database, t.dispatched[0]) for t in tasks)
+    return TuneStats(len(tasks), covered, 0, 0, Path(db_dir))
+
+
 def build_with_database(mod: Any, target: Any, db_dir: str | os.PathLike[str]) -> Any:
     """``relax.build`` with the tuned schedules of ``db_dir`` applied (untuned functions stay default)."""
     from tvm.s_tir import meta_schedule as ms

@@ -162,8 +162,12 @@ def test_tuning_is_bounded_and_reuses_its_database(tmp_path, capsys):
     second = compile_model(model, "x86_64", tmp_path / "b.so", tune=4, tune_db=db)
     assert (second.tuned_tasks, second.reused_tasks) == (0, 2)
     assert time.perf_counter() - start < 30
+    # applying the records without tuning says so (it said nothing, and its JSON 0 of 0 tasks)
+    third = compile_model(model, "x86_64", tmp_path / "c.so", tune_db=db)
+    assert (third.tune_tasks, third.reused_tasks) == (2, 2)
+    assert f"tuning records of 2 of its 2 tasks applied from {db / 'x86_64'}" in third.summary()
     ref = onnxruntime_outputs(model, feed)
-    for lib in ("a.so", "b.so"):
+    for lib in ("a.so", "b.so", "c.so"):
         assert max(relative_errors(ref, run_library(tmp_path / lib, feed))) <= X86_TOLERANCE
 
 
