@@ -805,3 +805,14 @@ def test_the_report_names_the_held_out_images(tmp_path):
         conv_model(3, 16, hw=(8, 8)), calibration=np.ones((4, 1, 3, 8, 8), np.float32), holdout=1, params_ratio=0.9
     )
     assert arrays.report.calibration["heldout_names"] is None
+
+
+def test_images_read_without_a_preprocessing_say_the_default_was_used(tmp_path):
+    """Without --preprocess a folder was read as RGB pixels/255, with no mean or std, and only the formula in
+    the summary said so: wrong for most third-party models, and easy to miss."""
+    folder = write_images(tmp_path / "imgs", 2)
+    described = calibration_source(folder, image_model(), None).description
+    assert (
+        "(the default: no preprocessing was given; a preset such as imagenet says what the model expects)" in described
+    )
+    assert "the default" not in calibration_source(folder, image_model(), "imagenet").description

@@ -550,7 +550,13 @@ def image_source(
         count,
         True,
         f"{len(paths)} image{'s' if len(paths) != 1 else ''} in {where}{_skipped_note(skipped or Counter())}; "
-        f"{spec.describe()}",
+        f"{spec.describe()}"
+        # a third-party model's normalisation is rarely this one: say it was not chosen
+        + (
+            " (the default: no preprocessing was given; a preset such as imagenet says what the model expects)"
+            if preprocess is None
+            else ""
+        ),
         fetch,
         (name, spec),
         names,
