@@ -234,7 +234,9 @@ def compile_model(
     start = time.perf_counter()
     fatbin = None
     if cuda_source and shutil.which("nvcc"):
+        log.info("checking the CUDA source with nvcc")  # tens of seconds on a detector: say what runs
         fatbin = check_cuda_source(cuda_source, str(preset.target.get("arch", "sm_80")), out)
+    log.info("exporting %s", out)
     _export(executable, out, linker, preset)
     export_s = time.perf_counter() - start
 
