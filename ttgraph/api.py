@@ -651,7 +651,8 @@ def _fixed_shapes_from_data(model: onnx.ModelProto, source: Any, data: Any) -> d
     values = graph_inputs(model)
     if all(all(d is not None for d in input_dims(v)) for v in values) or not source.reiterable:
         return None
-    if isinstance(data, Sequence) and not isinstance(data, str) and all(isinstance(f, Mapping) for f in data):
+    # a list or tuple holds its feeds already; a dataset that loads on access is not read twice to find out
+    if isinstance(data, list | tuple) and all(isinstance(f, Mapping) for f in data):
         sizes = {tuple(tuple(np.shape(f[v.name])) if v.name in f else None for v in values) for f in data}
         if len(sizes) > 1:
             return None
