@@ -136,6 +136,8 @@ def test_plan_cli_rejects_inconsistent_modes():
             "give either a MODEL or --modes-in, --modes-out and --ranks, not both\n",
         ),
         (["MODEL", "--hw", "0x0"], "--hw: describes one layer"),  # was ignored without a word
+        (["MODEL", "--batch", "4"], "--batch: describes one layer"),  # so was this
+        (["--modes-in", "64", "--modes-out", "32", "--ranks", "8"], "--ranks: one mode each side is one core"),
         (["--cin", "0", "--modes-in", "8,48", "--modes-out", "48,8", "--ranks", "8"], "--cin: expected a positive"),
         (
             ["--modes-in", ",".join(["2"] * 24), "--modes-out", ",".join(["2"] * 24), "--ranks", "2"],
@@ -230,3 +232,11 @@ def chain_model() -> onnx.ModelProto:
         weights,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_plan_of_a_model_with_dynamic_sizes_says_its_costs_are_per_pixel(tmp_path):
+    path = tmp_path / "tt.onnx"
+    onnx.save(ttgraph.compress(conv_model(32, 32, hw=("h", "w")), cores=2, rank=4).model, path)
+    proc = cli("plan", path)
+    assert proc.returncode == 0, proc.stderr
+    assert "costs of 1 layer are per output pixel: the model's spatial sizes are dynamic" in proc.stdout

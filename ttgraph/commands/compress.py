@@ -429,7 +429,9 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
     if comp and not comp.get("applied"):
         lines.append(f"not compensated: {comp.get('reason')}")
     elif comp:
-        line = f"compensated {len(comp['layers'])} layers in {comp['passes']} passes over {comp['samples']} samples"
+        n, passes = len(comp["layers"]), comp["passes"]
+        line = f"compensated {n} layer{'s' * (n != 1)} in {passes} pass{'es' * (passes != 1)}"
+        line += f" over {comp['samples']} samples"
         piecewise = _piecewise(comp)
         unchecked = "; not checked: no samples were held out to judge it on" if comp.get("checked") is False else ""
         lines.append(line + f" ({comp['seconds']:.1f} s{piecewise})" + _end_to_end(comp.get("end_to_end")) + unchecked)

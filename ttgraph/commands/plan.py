@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modes-out", type=_ints, help="split of Cout, e.g. 16,24")
     p.add_argument("--ranks", type=_ints, help="one inner rank for all bonds, the d−1 inner ranks, or all d+1")
     p.add_argument("--hw", help="spatial size HxW of the layer's output (default 1x1)")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int, default=None, help="images per run (default 1; one layer only)")
     p.add_argument("--cost", default="flops", choices=["flops", "roofline", "measured"], help="cost model")
     p.add_argument("--merges", action="store_true", help="allow offline core-core merges (changes params)")
     p.add_argument("--any-layout", action="store_true", help="allow orders that need a Transpose on NCHW data")
@@ -54,9 +54,10 @@ def _pixels(args: argparse.Namespace) -> int:
         raise TTGraphError("--hw", f"expected HxW such as 80x80, got {args.hw!r}") from None
     if h < 1 or w < 1:
         raise TTGraphError("--hw", f"expected a positive HxW such as 80x80, got {args.hw!r}")
-    if args.batch < 1:
-        raise TTGraphError("--batch", f"expected a positive batch, got {args.batch}")
-    return args.batch * h * w
+    batch = 1 if args.batch is None else args.batch
+    if batch < 1:
+        raise TTGraphError("--batch", f"expected a positive batch, got {batch}")
+    return batch * h * w
 
 
 def _plan(args: argparse.Namespace, modes_in, modes_out, ranks, pixels: int) -> tuple[ContractionPlan, ContractionPlan]:
@@ -74,7 +75,7 @@ def _plan(args: argparse.Namespace, modes_in, modes_out, ranks, pixels: int) -> 
 
 def run(args: argparse.Namespace) -> int:
     if args.model:
-        one_layer = ("cin", "cout", "modes_in", "modes_out", "ranks", "hw")
+        one_layer = ("cin", "cout", "modes_in", "modes_out", "ranks", "hw", "batch")
         given = [f"--{key.replace('_', '-')}" for key in one_layer if getattr(args, key) is not None]
         if given:
             raise TTGraphError(
@@ -96,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         raise TTGraphError("--modes-in", "--modes-in and --modes-out need the same number of modes")
     if len(args.modes_in) > MAX_CORES:  # the DP is exponential in the modes: 24 ran for minutes
         raise TTGraphError("--modes-in", f"at most {MAX_CORES} modes (TT cores), got {len(args.modes_in)}")
+    if len(args.modes_in) == 1 and args.ranks not in ([1], [1, 1]):  # one core has no bond: a rank would be dropped
+        raise TTGraphError("--ranks", "one mode each side is one core, the dense matrix, with no bond rank to give")
     ranks = args.ranks[0] if len(args.ranks) == 1 else args.ranks
     plan, naive = _plan(args, args.modes_in, args.modes_out, ranks, _pixels(args))
     if args.json:
@@ -119,11 +122,13 @@ def _run_model(args: argparse.Namespace) -> int:
         if layer["format"] != "dense" and not any(n.startswith(f"{layer['name']}/tt/") for n in nodes):
             missing = f"the metadata names layer {layer['name']!r}, whose factors are not in the graph"
             raise TTGraphError(args.model, missing)
-    rows, out = [], []
+    rows, out, unsized = [], [], []
     for layer in meta["layers"]:
         if layer["format"] != "tt":
             continue
         pixels = layer["pixels"] or 1
+        if not layer["pixels"]:
+            unsized.append(layer["name"])
         plan, naive = _plan(args, layer["modes_in"], layer["modes_out"], layer["ranks"], pixels)
         emitted = [plan.groups[i][0] for i in plan.order] if plan.order and plan.groups else None
         rows.append(
@@ -151,6 +156,9 @@ def _run_model(args: argparse.Namespace) -> int:
     else:
         header = ["layer", "modes out", "modes in", "ranks", "emitted", "planned", "cost", "left-to-right"]
         print(format_table(header, rows) if rows else "no TT (d ≥ 2) layers in this model")
+        if unsized:  # the order is the same at any size under flops; the costs are per pixel
+            n = len(unsized)
+            print(f"costs of {n} layer{'s' * (n != 1)} are per output pixel: the model's spatial sizes are dynamic")
     return 0
 
 
