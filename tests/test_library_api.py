@@ -347,3 +347,23 @@ def test_library_errors_name_the_keyword_and_the_command_line_its_flag(tmp_path)
         text=True,
     )
     assert done.returncode == 2 and done.stderr.startswith("ttgraph: error: --lower: unknown pass 'bogus'")
+
+
+def test_a_budgets_options_beside_a_rank_rule_are_refused_not_dropped(tmp_path):
+    """`--rank 4 --rank-multiple 16` gave ranks 4 and exit 0, with no trace of the multiple in the report."""
+    import onnx
+
+    model = conv_model(16, 16, hw=(6, 6))
+    for options in ({"rank_multiple": 16}, {"method": "weight"}):
+        with pytest.raises(ttgraph.TTGraphError, match="rank_multiple and method shape a budget's candidates"):
+            ttgraph.compress(model, rank=4, **options)
+    onnx.save(model, tmp_path / "m.onnx")
+    for extra, flag in ((["--rank-multiple", "16"], "--rank-multiple"), (["--holdout", "2"], "--holdout")):
+        done = subprocess.run(
+            [sys.executable, "-m", "ttgraph", "compress", tmp_path / "m.onnx", "-o", tmp_path / "o.onnx", "--rank", "4"]
+            + extra,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 2 and done.stderr.startswith(f"ttgraph: error: {flag}: {flag} go with a budget")
+    assert not (tmp_path / "o.onnx").exists()

@@ -549,6 +549,8 @@ def compress(
         raise TTGraphError("options", "sensitivity weights a budget's allocation: give macs_ratio, params_ratio, ...")
     if distill:
         raise TTGraphError("options", "distillation fits to calibration data: give a budget and calibration")
+    if rank_multiple != 1 or method != "data":  # a budget's candidates: a rank rule would drop them without a word
+        raise TTGraphError("options", "rank_multiple and method shape a budget's candidates, not a rank rule's ranks")
     if rank is not None and rank < 1:
         raise TTGraphError("options", f"rank must be ≥ 1, got {rank}")
     if rank_ratio is not None and not 0 < rank_ratio <= 1:

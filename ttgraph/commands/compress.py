@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     budget.add_argument(
         "--holdout",
-        default="0.1",
+        default=None,
         metavar="N_OR_FRACTION",
         help="calibration samples set aside for verification: a count (8) or a fraction (0.1, default)",
     )
@@ -68,7 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "measured A/B on this machine (cached in ~/.cache/ttgraph); a layer whose factors are not faster stays dense",
     )
     budget.add_argument(
-        "--latency-threads", type=int, default=1, help="onnxruntime threads for --latency-ratio timings (default 1)"
+        "--latency-threads", type=int, default=None, help="onnxruntime threads for --latency-ratio timings (default 1)"
     )
     budget.add_argument(
         "--max-error", type=float, help="every layer's calibration output error ≤ E (alone or with a ratio)"
@@ -76,16 +76,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     budget.add_argument(
         "--method",
         choices=("data", "weight"),
-        default="data",
+        default=None,
         help="data: fit to calibration statistics (default); weight: data-free SVD baseline",
     )
     budget.add_argument(
-        "--rank-multiple", type=int, default=1, help="low-rank ranks are multiples of this (16 suits AVX-512)"
+        "--rank-multiple", type=int, default=None, help="low-rank ranks are multiples of this (16 suits AVX-512)"
     )
     budget.add_argument(
         "--compensate",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=None,
         help="refit the compressed layers, in dependency order, to the original layers' outputs given the "
         "compressed network's inputs; kept only if no worse on the held-out samples (default on; "
         "--no-compensate: per-layer fits only)",
@@ -93,7 +93,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     budget.add_argument(
         "--compensate-samples",
         type=int,
-        default=0,
+        default=None,
         metavar="N",
         help="calibration samples the compensation reads (N spread over them; default 0 = as many as hold 2^25 "
         "input values, at least 8: 28 images at 640×640)",
@@ -220,6 +220,25 @@ def run(args: argparse.Namespace) -> int:
             "give one rank rule (--rank, --rank-ratio, --tolerance) or a budget "
             "(--macs-ratio, --params-ratio, --latency-ratio, --max-error), not both and not neither",
         )
+    # a budget's options beside a rank rule would be dropped without a word (ranks 4 under --rank-multiple 16)
+    for_budget = (
+        "preprocess",
+        "holdout",
+        "latency_threads",
+        "method",
+        "rank_multiple",
+        "compensate",
+        "compensate_samples",
+    )
+    given = [f"--{key.replace('_', '-')}" for key in for_budget if getattr(args, key) is not None]
+    if ruled and given:
+        raise TTGraphError(
+            given[0], f"{', '.join(given)} go with a budget (--macs-ratio, --params-ratio, …), not a rank rule"
+        )
+    defaults = {"holdout": "0.1", "latency_threads": 1, "method": "data", "rank_multiple": 1, "compensate": True}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if budgeted and args.calib is None and args.method == "data":
         raise TTGraphError("options", "a budget needs calibration data: --calib DIR_OR_FILE")
     if not budgeted and (args.calib or args.html or args.sensitivity or args.distill):
