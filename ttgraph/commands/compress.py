@@ -381,6 +381,16 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
             f"note: these ranks cost more than the original 1×1 convs ({worse}): a rank rule does not look at "
             "cost; --calib with --macs-ratio or --params-ratio chooses ranks for a budget"
         )
+    if report.allocation is not None and costlier:  # a budget in one metric can cost more in the other
+        bounded = {k: v for k, v in (report.allocation.get("budget") or {}).items() if v is not None}
+        loose = [k for k in costlier if k not in bounded]
+        if loose:
+            worse = " and ".join(f"{k.split('_')[0]} {t[k]:.2f}×" for k in loose).replace("macs", "MACs")
+            flags = " / ".join(f"--{k.replace('_', '-')}" for k in loose)
+            lines.append(
+                f"note: the rewritten 1×1 convs cost more than the original's in {worse}: this budget does "
+                f"not bound that ({flags} does)"
+            )
     if report.options.get("input_shapes_from") == "calibration":
         at = ", ".join(f"{k}={','.join(map(str, v))}" for k, v in report.options["input_shapes"].items())
         lines.append(f"MACs counted at the first calibration sample's size, {at}; the model keeps its dynamic dims")
