@@ -816,3 +816,13 @@ def test_images_read_without_a_preprocessing_say_the_default_was_used(tmp_path):
         "(the default: no preprocessing was given; a preset such as imagenet says what the model expects)" in described
     )
     assert "the default" not in calibration_source(folder, image_model(), "imagenet").description
+
+
+def test_samples_grouped_by_a_fixed_batch_dim_say_how_they_run(tmp_path):
+    """'calibration: 12 samples … (24 samples in x.npy)': the model's batch of 2 groups the file's samples."""
+    arr = np.zeros((24, 3, 5, 6), np.float32)
+    np.save(tmp_path / "x.npy", arr)
+    model = conv_model(3, 4, hw=(5, 6), batch=2)
+    assert calibration_source(tmp_path / "x.npy", model).description == "24 samples in x.npy, run as 12 batches of 2"
+    assert calibration_source(arr, model).description == "24 samples in an array, run as 12 batches of 2"
+    assert calibration_source(arr, conv_model(3, 4, hw=(5, 6), batch="n")).description == "24 samples in an array"

@@ -692,7 +692,7 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
         lambda: (fetch(i) for i in range(feeds)),
         feeds,
         True,
-        f"{rows_in_file} sample{'s' * (rows_in_file != 1)} in {p.name}",
+        f"{rows_in_file} sample{'s' * (rows_in_file != 1)} in {p.name}{_batched(rows_in_file, feeds)}",
         fetch,
     )
 
@@ -876,6 +876,12 @@ def _calibration_source(
     )
 
 
+def _batched(rows: int, feeds: int) -> str:
+    """``, run as 12 batches of 2`` where the model's batch dim groups the file's samples: the run's sample
+    count (feeds) then differs from the file's."""
+    return f", run as {feeds} batches of {rows // feeds}" if feeds and rows != feeds else ""
+
+
 def _cast(value: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
     """``value`` as the input's type; a value the type cannot hold (float32 samples over 65504 for a float16
     input) is an error naming it, not infinities later blamed on the file."""
@@ -914,7 +920,7 @@ def _ndarray_source(data: np.ndarray, model: onnx.ModelProto) -> CalibrationSour
         lambda: (fetch(i) for i in range(count)),
         count,
         True,
-        f"{len(data)} sample{'s' * (len(data) != 1)} in an array",
+        f"{len(data)} sample{'s' * (len(data) != 1)} in an array{_batched(len(data), count)}",
         fetch,
     )
 
