@@ -240,3 +240,13 @@ def test_plan_of_a_model_with_dynamic_sizes_says_its_costs_are_per_pixel(tmp_pat
     proc = cli("plan", path)
     assert proc.returncode == 0, proc.stderr
     assert "costs of 1 layer are per output pixel: the model's spatial sizes are dynamic" in proc.stdout
+
+
+def test_compress_on_the_command_line_plans_under_the_cost_model_asked_for(tmp_path):
+    """The library's plan_cost had no flag: the command line always planned by flops."""
+    path, report = tmp_path / "m.onnx", tmp_path / "r.json"
+    onnx.save(conv_model(32, 32), path)
+    proc = cli("compress", path, "-o", tmp_path / "o.onnx", "--cores", "2", "--rank", "4", "--plan-cost", "roofline",
+               "--report", report)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(report.read_text())["options"]["plan_cost"] == "roofline"

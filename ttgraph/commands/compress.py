@@ -37,6 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="TT order d: 1 = low-rank (two 1×1 convs), 2..8 = TT; with a budget, try every d from 1 to this",
     )
+    p.add_argument(
+        "--plan-cost",
+        choices=("flops", "roofline", "measured"),
+        default="flops",
+        help="cost model the DP planner orders each TT layer's contractions by (as `ttgraph plan --cost`)",
+    )
     budget = p.add_argument_group("budget from calibration data (instead of a rank rule)")
     budget.add_argument(
         "--calib",
@@ -265,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
         result = compress(
             args.model,
             cores=args.cores,
+            plan_cost=args.plan_cost,
             input_shapes=shapes,
             layers=args.layer,
             progress=_progress(args),
@@ -291,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
         result = compress(
             args.model,
             cores=args.cores,
+            plan_cost=args.plan_cost,
             rank=args.rank,
             rank_ratio=args.rank_ratio,
             tolerance=args.tolerance,
