@@ -245,25 +245,34 @@ def test_termination_unwinds_like_ctrl_c_and_leaves_no_staged_output(tmp_path, m
     assert list(tmp_path.iterdir()) == []
 
 
+def _signalled_inside_a_library(signum: int):
+    """A command that gets ``signum`` inside a C++ library's callback, which turns what the handler raises into
+    its own error (as TVM's FFI does during tuning)."""
+
+    def command(args):
+        try:
+            os.kill(os.getpid(), signum)
+            time.sleep(5)  # the handler raises before this ends
+        except BaseException as err:
+            raise TTGraphError("model.onnx", f"TVM could not build it for x86_64: {type(err).__name__}") from err
+        return 0
+
+    return command
+
+
 def test_termination_inside_a_library_that_turns_it_into_its_own_error_still_reads_as_termination(monkeypatch, capsys):
     """TVM's FFI catches what a Python callback raises and raises its own error: a SIGTERM during tuning read as
     "TVM could not build it for x86_64: 15". A later run in the same process is not taken for terminated."""
     import ttgraph.cli
-
-    def tuning_when_killed(args):
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the handler raises before this ends
-        except BaseException as err:  # what a C++ library's callback wrapper does
-            raise TTGraphError("model.onnx", f"TVM could not build it for x86_64: {err}") from err
-        return 0
 
     def failing(args):
         raise TTGraphError("model.onnx", "a plain error")
 
     before = signal.getsignal(signal.SIGTERM)
     try:
-        monkeypatch.setattr(ttgraph.cli, "build_parser", lambda: _OneCommand(tuning_when_killed))
+        monkeypatch.setattr(
+            ttgraph.cli, "build_parser", lambda: _OneCommand(_signalled_inside_a_library(signal.SIGTERM))
+        )
         assert ttgraph.cli.main([]) == 128 + signal.SIGTERM
         assert capsys.readouterr().err == "ttgraph: terminated (SIGTERM)\n"
         monkeypatch.setattr(ttgraph.cli, "build_parser", lambda: _OneCommand(failing))
@@ -398,17 +407,9 @@ def test_ctrl_c_inside_a_library_that_turns_it_into_its_own_error_still_reads_as
     """Ctrl-C during TVM's tuning came back as "TVM could not build it for x86_64 …: RuntimeError", exit 2."""
     import ttgraph.cli
 
-    def tuning_when_interrupted(args):
-        try:
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(5)  # the handler raises before this ends
-        except BaseException as err:  # what a C++ library's callback wrapper does
-            raise TTGraphError("model.onnx", f"TVM could not build it for x86_64: {type(err).__name__}") from err
-        return 0
-
     before = signal.getsignal(signal.SIGINT)
     assert before is signal.default_int_handler
-    monkeypatch.setattr(ttgraph.cli, "build_parser", lambda: _OneCommand(tuning_when_interrupted))
+    monkeypatch.setattr(ttgraph.cli, "build_parser", lambda: _OneCommand(_signalled_inside_a_library(signal.SIGINT)))
     assert ttgraph.cli.main([]) == 130
     assert capsys.readouterr().err == "ttgraph: interrupted\n"
     assert signal.getsignal(signal.SIGINT) is before
