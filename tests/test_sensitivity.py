@@ -104,7 +104,11 @@ def test_compress_with_sensitivity_reports_the_weights(tmp_path):
     result = ttgraph.compress(model, calibration=feeds(10, seed=1), holdout=2, macs_ratio=0.5, sensitivity=3)
     report = result.report
     assert report.options["sensitivity"] == 3
-    assert "sensitivity" in report.allocation["objective"]
+    assert report.allocation["objective"].endswith("each weighted by its sensitivity (measured on 3 samples)")
+    more = ttgraph.compress(model, calibration=feeds(10, seed=1), holdout=2, macs_ratio=0.5, sensitivity=100)
+    assert more.report.allocation["objective"].endswith(
+        "(measured on 8 samples: all the calibration has, of the 100 asked for)"
+    )
     by_name = {layer.name: layer for layer in report.layers}
     assert by_name["convB"].sensitivity < by_name["convA"].sensitivity / 50
     assert by_name["convA"].macs_after > by_name["convB"].macs_after

@@ -798,10 +798,14 @@ def _compress_to_budget(
             )
         layer_cands = attach_latencies(layer_cands, threads=latency_threads, progress=progress)
     weights = None
+    probed = ""  # how many samples the sensitivities were measured on, for the report
     if sensitivity:
         from ttgraph.sensitivity import measured_sensitivities
 
         probe_feeds = list(itertools.islice(calib, sensitivity))
+        probed = f"{len(probe_feeds)} samples"
+        if len(probe_feeds) < sensitivity:  # a larger count ran on what there was, without a word
+            probed += f": all the calibration has, of the {sensitivity} asked for"
         weights = measured_sensitivities(original, layer_cands, probe_feeds, metric=metric, progress=progress)
     log.info("allocating the budget over %d layers", len(layer_cands))
     try:
@@ -943,7 +947,7 @@ def _compress_to_budget(
                 if method == "data"
                 else "sum over layers of squared relative weight error (method 'weight': data-free)"
             )
-            + ("" if weights is None else f", each weighted by its sensitivity (measured on {sensitivity} samples)"),
+            + ("" if weights is None else f", each weighted by its sensitivity (measured on {probed})"),
             "objective_value": alloc.damage,
             "macs_ratio": None if macs is None or not macs[0] else macs[1] / macs[0],
             "params_ratio": params[1] / params[0] if params[0] else None,
