@@ -333,19 +333,29 @@ def _parse(data: bytes, name: str) -> onnx.ModelProto:
     return model
 
 
+def inferred_from_inputs(model: onnx.ModelProto, *, output_shapes: bool = True) -> onnx.GraphProto | None:
+    """The graph as ONNX shape inference fills it in from the graph inputs alone, on a copy (big weights stubbed:
+    protobuf cannot hand C++ more than 2 GiB) without the model's value_info — and without its declared output
+    shapes unless ``output_shapes`` — since a stale declaration would be merged in; None where inference fails."""
+    target = skeleton(model)
+    del target.graph.value_info[:]
+    if not output_shapes:
+        for output in target.graph.output:
+            output.type.tensor_type.ClearField("shape")
+    try:
+        return onnx.shape_inference.infer_shapes(target, data_prop=True).graph
+    except Exception:  # inference is best effort: a model onnxruntime runs may still confuse it
+        return None
+
+
 def _shape_unshaped_outputs(model: onnx.ModelProto) -> None:
     """A graph output declared with a type but no shape (``make_tensor_value_info(name, type, None)``), which
     onnxruntime runs and onnx.checker refuses, gets the shape inference gives it."""
     unshaped = [
         v for v in model.graph.output if v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")
     ]
-    if not unshaped:
-        return
-    target = skeleton(model)
-    del target.graph.value_info[:]
-    try:
-        inferred = onnx.shape_inference.infer_shapes(target, data_prop=True).graph
-    except Exception:  # best effort: the checker then names what is missing
+    inferred = inferred_from_inputs(model) if unshaped else None
+    if inferred is None:  # nothing to shape, or no inference: the checker then names what is missing
         return
     shapes = {
         v.name: v.type.tensor_type.shape

@@ -51,14 +51,22 @@ LAYER_ERRORS_BEFORE_COMPENSATION = (
 )
 
 
-def _as_written(totals: dict[str, Any], folded: int | None) -> str:
-    """``; 52.2k (0.508×) as written: …``: a count of the written file's 1×1 layers includes the biases that
-    lowering folded in from the ops after them."""
+def params_as_written(totals: dict[str, Any], folded: int | None) -> tuple[int, float | None] | None:
+    """(params, ratio) a count of the written file's 1×1 layers gives: it includes the biases lowering folded in
+    from the ops after them, which the budget's figures leave out; None when nothing was folded in."""
     if not folded or totals.get("params_after") is None:
-        return ""
+        return None
     written = totals["params_after"] + folded
-    ratio = f" ({written / totals['params_before']:.3f}×)" if totals.get("params_before") else ""
-    return f"; {human(written)}{ratio} as written: {folded} params folded in from the ops after them"
+    return written, written / totals["params_before"] if totals.get("params_before") else None
+
+
+def _as_written(totals: dict[str, Any], folded: int | None) -> str:
+    """``; 52.2k (0.508×) as written: …`` (:func:`params_as_written`)."""
+    counted = params_as_written(totals, folded)
+    if counted is None:
+        return ""
+    ratio = "" if counted[1] is None else f" ({counted[1]:.3f}×)"
+    return f"; {human(counted[0])}{ratio} as written: {folded} params folded in from the ops after them"
 
 
 def _err(value: float | None) -> str:

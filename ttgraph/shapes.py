@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 import onnx
 
-from ttgraph.model_io import fits_protobuf, graph_inputs, input_dims, skeleton
+from ttgraph.model_io import fits_protobuf, graph_inputs, inferred_from_inputs, input_dims
 
 Shape = tuple[int | None, ...]
 
@@ -36,15 +36,9 @@ def infer_shapes(model: onnx.ModelProto, wanted: Iterable[str] = ()) -> dict[str
     Shapes come from the graph inputs first: a model's own value_info and output shapes may be stale (exported
     at 16×16, its inputs edited to 8×8 since) and are used only for tensors nothing else resolves — trusting
     them counted MACs at the old size and let a written model exceed its MACs budget."""
-    target = skeleton(model)  # a copy (big weights stubbed: protobuf cannot hand C++ over 2 GiB) to clear
-    del target.graph.value_info[:]
-    for output in target.graph.output:
-        output.type.tensor_type.ClearField("shape")
-    try:
-        inferred = onnx.shape_inference.infer_shapes(target, data_prop=True).graph
-    except Exception:  # inference is best effort: a model onnxruntime runs may still confuse it
-        inferred = target.graph
-    shapes = _value_shapes([*inferred.input, *inferred.value_info, *inferred.output])
+    inferred = inferred_from_inputs(model, output_shapes=False)
+    values = [*model.graph.input] if inferred is None else [*inferred.input, *inferred.value_info, *inferred.output]
+    shapes = _value_shapes(values)
     for init in model.graph.initializer:
         shapes[init.name] = tuple(init.dims)
     missing = [t for t in wanted if not is_static(shapes.get(t))]
@@ -64,13 +58,10 @@ def shapes_from_inputs(model: onnx.ModelProto) -> dict[str, Shape]:
     dynamic) or a probe on zeros (a Pad whose pads are an input) need not hold at run time."""
     if not all(is_static(tuple(input_dims(i))) for i in graph_inputs(model)):
         return {}
-    target = skeleton(model)  # a copy (big weights stubbed) whose value_info can go
-    del target.graph.value_info[:]
-    try:
-        inferred = onnx.shape_inference.infer_shapes(target, data_prop=True)
-    except Exception:
+    inferred = inferred_from_inputs(model)
+    if inferred is None:
         return {}
-    return {name: shape for name, shape in _value_shapes(inferred.graph.value_info).items() if is_static(shape)}
+    return {name: shape for name, shape in _value_shapes(inferred.value_info).items() if is_static(shape)}
 
 
 def _probe_with_onnxruntime(model: onnx.ModelProto, tensors: list[str]) -> dict[str, Shape]:

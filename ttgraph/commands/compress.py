@@ -18,7 +18,7 @@ from ttgraph.costs import human
 from ttgraph.errors import TTGraphError
 from ttgraph.files import check_output_path, distinct_outputs
 from ttgraph.model_io import parse_input_shapes, source_files
-from ttgraph.report_html import LAYER_ERRORS_BEFORE_COMPENSATION
+from ttgraph.report_html import LAYER_ERRORS_BEFORE_COMPENSATION, params_as_written
 from ttgraph.verify import random_feed
 
 
@@ -368,11 +368,11 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
     line = f"{t['layers_rewritten']} layers rewritten; 1×1 params {params}"
     if "params_ratio" in t:
         line += f" ({t['params_ratio']:.3f}×)"
-    folded = (report.lowering or {}).get("params_folded_in") or 0
-    if folded and t.get("params_after") is not None:  # what a count of the written file's 1×1 layers gives
-        written = t["params_after"] + folded
-        ratio = f", {written / t['params_before']:.3f}×" if t.get("params_before") else ""
-        line += f" ({human(written)}{ratio} as written: {folded} params folded in from the ops after them)"
+    folded = (report.lowering or {}).get("params_folded_in")
+    counted = params_as_written(t, folded)
+    if counted is not None:
+        ratio = "" if counted[1] is None else f", {counted[1]:.3f}×"
+        line += f" ({human(counted[0])}{ratio} as written: {folded} params folded in from the ops after them)"
     if "macs_ratio" in t:
         line += f", MACs {human(t['macs_before'])}→{human(t['macs_after'])} ({t['macs_ratio']:.3f}×)"
     lines.append(line)
