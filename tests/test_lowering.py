@@ -384,3 +384,26 @@ def test_the_summary_says_a_large_change_is_float_rounding(det_path, tmp_path, c
     assert "float rounding here: the original's outputs move" in line and "rolled back" not in line
     lowering = json.loads(rep.read_text())["lowering"]
     assert lowering["nodes_after"] < lowering["nodes_before"] and not lowering.get("rolled_back")
+
+
+def test_a_check_on_an_output_that_is_zero_everywhere_says_it_proves_nothing(tmp_path, capsys):
+    """A zero output matches a wrong lowering as well as a right one: "max rel. change 0" read as proof."""
+    w, b = _weights(16, 16)
+    rng = np.random.default_rng(6)
+    bn = {"s": rng.uniform(0.5, 2, 16), "t": rng.standard_normal(16), "mu": rng.standard_normal(16)}
+    nodes = [
+        _conv("c", "x", "h", w, b),
+        helper.make_node("BatchNormalization", ["h", "s", "t", "mu", "v"], ["z"]),
+        helper.make_node("Relu", ["z"], ["r"]),
+        helper.make_node("Mul", ["r", "zero"], ["y"]),
+    ]
+    model = _model(nodes, {"c_w": w, "c_b": b, **bn, "v": rng.uniform(0.5, 2, 16), "zero": [0.0]}, cin=16)
+    lowered, report = lower_model(model)
+    assert report["passes"][1]["count"] == 1 and report["max_rel_error"] == 0
+    assert report["error_check"] == "not informative: every output of the model is 0 on one standard-normal input"
+    src = tmp_path / "zero.onnx"
+    onnx.save(model, src)
+    assert main(["compress", str(src), "-o", str(tmp_path / "z.onnx"), "--rank-ratio", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "check not informative: every output of the model is 0" in out and "max rel. change" not in out
+    assert "(the original's output is 0 everywhere on these inputs: this compares nothing)" in out

@@ -92,6 +92,7 @@ class FidelityTally:
                 "rel_l2": diff,
                 "max_abs": s["max_abs"],
                 "max_rel": s["max_abs"] / s["peak"] if s["peak"] > 0 else s["max_abs"],  # as compare_outputs has it
+                "max_original": s["peak"],  # 0: the original's output was zero everywhere, the comparison says nothing
             }
             if "scores" in self.kinds[name]:
                 entry["top1_agreement"] = s["agree"] / max(s["count"], 1)

@@ -71,6 +71,8 @@ def lower_model(
         except TTGraphError as err:  # a model onnxruntime cannot run: verification, not lowering, reports that
             report["error_check"] = f"not measured: {err.one_line()}"
         else:
+            if all(e.max_original == 0 for e in errors):  # a zero output matches anything zero there: no evidence
+                report["error_check"] = f"not informative: every output of the model is 0 on {report['error_input']}"
             report["max_rel_error"] = max((e.max_rel for e in errors), default=0.0)
             if report["max_rel_error"] > ROLLBACK_ERROR:
                 scale = rounding_scale(model, used)

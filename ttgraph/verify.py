@@ -28,13 +28,16 @@ Feed = Mapping[str, np.ndarray]
 class OutputError:
     """Distance of one output from the original's, accumulated over all the inputs compared.
 
-    ``max_rel`` is ``max|a−b| / max|a|``; ``rel_l2`` is ``‖a−b‖₂ / ‖a‖₂`` over everything compared.
+    ``max_rel`` is ``max|a−b| / max|a|``; ``rel_l2`` is ``‖a−b‖₂ / ‖a‖₂`` over everything compared;
+    ``max_original`` is ``max|a|``: 0 says the comparison proved nothing (an all-zero output matches anything
+    that is also zero there).
     """
 
     name: str
     max_abs: float
     max_rel: float
     rel_l2: float
+    max_original: float
 
     def to_dict(self) -> dict[str, float | str]:
         return asdict(self)
@@ -179,6 +182,7 @@ def compare_outputs(
             max_abs[name],
             max_abs[name] / peak[name] if peak[name] > 0 else max_abs[name],
             float(np.sqrt(diff_sq[name] / ref_sq[name])) if ref_sq[name] > 0 else float(np.sqrt(diff_sq[name])),
+            peak[name],
         )
         for name in names
     ]

@@ -194,6 +194,8 @@ def _end_to_end(ends: dict | None) -> str:
 def _fidelity(out: dict) -> str:
     """One output's line of the verification: ``max |Δ| …, rel L2 …, IoU(>0.3) …``."""
     text = f"max |Δ| {out['max_abs']:.3g}"
+    if out.get("max_original") == 0:
+        text += " (the original's output is 0 everywhere on these inputs: this compares nothing)"
     if "max_rel" in out:
         text += f", max rel {out['max_rel']:.3g}"
     text += f", rel L2 {out['rel_l2']:.3g}"
@@ -408,11 +410,14 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
     if report.lowering:
         done = [f"{p['pass']} ×{p['count']}" for p in report.lowering["passes"] if p["count"]]
         err = report.lowering.get("max_rel_error")
+        unchecked = report.lowering.get("error_check")
         lines.append(
             f"lowering: {', '.join(done) or 'nothing to change'}; nodes {report.lowering['nodes_before']}→"
             f"{report.lowering['nodes_after']}"
             + (
-                ""
+                f"; check {unchecked}"
+                if unchecked
+                else ""
                 if err is None
                 else f", max rel. change {err:.2g} on {report.lowering.get('error_input', 'one input')}"
             )
