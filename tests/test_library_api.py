@@ -367,3 +367,23 @@ def test_a_budgets_options_beside_a_rank_rule_are_refused_not_dropped(tmp_path):
         )
         assert done.returncode == 2 and done.stderr.startswith(f"ttgraph: error: {flag}: {flag} go with a budget")
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_progress_off_leaves_no_thread_behind():
+    """tqdm starts a monitor thread with any bar, a disabled one too, that lives as long as the process: a
+    pipeline that calls compress(progress=False) and then forks would fork a multi-threaded process."""
+    code = (
+        "import sys, threading, numpy as np, ttgraph\n"
+        "from tests.conftest import conv_model\n"
+        "x = np.random.default_rng(0).standard_normal((12, 1, 16, 9, 10)).astype(np.float32)\n"
+        "for progress in (False, True):\n"
+        "    ttgraph.compress(conv_model(16, 16), calibration=[{'x': a} for a in x], macs_ratio=0.5, holdout=4,\n"
+        "                     progress=progress)\n"
+        "    print(sorted(t.name for t in threading.enumerate()))\n"
+        "    print('--', file=sys.stderr, flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr.strip().splitlines()[-1:]
+    assert done.stdout.splitlines()[0] == "['MainThread']"
+    off, on, _ = done.stderr.split("--\n")
+    assert not off and "calibrate" in on  # the bars are still there when asked for

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from tqdm.auto import tqdm
 
 from passes import quiet_graphsurgeon
 from passes.find_pointwise import FindPointwiseConvs, FoundConvs, PointwiseConv, SkippedConv
@@ -61,6 +60,7 @@ from ttgraph.model_io import (
     source_name,
 )
 from ttgraph.planner import COST_MODELS
+from ttgraph.progress import progress_bar
 from ttgraph.shapes import Shape, infer_shapes, shapes_from_inputs
 from ttgraph.tt import TTFormat, relative_error, scale_ranks, tt_format, tt_reconstruct, tt_svd
 from ttgraph.verify import (
@@ -565,7 +565,7 @@ def compress(
     candidates = _select_layers(found, layers, name)
     opset = int(graph.opset or 13)
     rewrites, reports = [], []
-    for conv in tqdm(candidates, desc="decompose", unit="layer", disable=not progress, leave=False):
+    for conv in progress_bar(candidates, desc="decompose", unit="layer", show=progress, leave=False):
         fmt, note = choose_format(conv, cores, rank=rank, rank_ratio=rank_ratio, opset=opset)
         factors, used = tt_svd(conv.weight, fmt, tolerance=tolerance)
         order = planned_order(used, conv.pixels or 1, plan_cost)
@@ -782,7 +782,7 @@ def _compress_to_budget(
             metric="macs" if timed else (metric if budget.ratio is not None else None),
             progress=progress,
         )
-        for conv in tqdm(convs, desc="decompose", unit="layer", disable=not progress, leave=False)
+        for conv in progress_bar(convs, desc="decompose", unit="layer", show=progress, leave=False)
     ]
     untimed: list[str] = []
     if timed:
@@ -1056,7 +1056,7 @@ def _judge_compensation(
         count += 1
 
     total = feed_count(feeds)
-    with tqdm(total=total, desc="judge compensation", unit="img", disable=not progress, leave=False) as bar:
+    with progress_bar(total=total, desc="judge compensation", unit="img", show=progress, leave=False) as bar:
         stats = side_by_side(original, models, convs, feeds, tally, also=outputs, bar=bar)
     if reference is not None:
         reference.done(count)

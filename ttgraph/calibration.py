@@ -46,11 +46,11 @@ from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 import onnx
-from tqdm.auto import tqdm
 
 from ttgraph.errors import TTGraphError
 from ttgraph.model_io import graph_inputs, input_defaults, input_dims
 from ttgraph.process_state import quiet_warnings
+from ttgraph.progress import progress_bar
 from ttgraph.verify import check_feed
 
 Feed = Mapping[str, np.ndarray]
@@ -1317,7 +1317,7 @@ def collect_statistics(
     tensors = list(dict.fromkeys((s.tensor, s.dtype) for s in specs))
     if total is None and hasattr(feeds, "length"):
         total = feeds.length  # type: ignore[union-attr]
-    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False, dynamic_ncols=True)
+    bar = progress_bar(total=total, desc=desc, unit="img", show=progress, leave=False, dynamic_ncols=True)
     start = time.perf_counter()
     samples = 0
     try:

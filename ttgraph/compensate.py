@@ -55,13 +55,13 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import onnx
-from tqdm.auto import tqdm
 
 from ttgraph.calibration import expose_tensors
 from ttgraph.decompose import Candidate, LayerCandidates, _sign_fix, flush_subnormals
 from ttgraph.errors import TTGraphError
 from ttgraph.frontier import FRONTIER_BYTES, CutPlan, NotATensor, Piece, plan_cuts, segment
 from ttgraph.model_io import fed_initializers, input_defaults
+from ttgraph.progress import progress_bar
 from ttgraph.tt import tt_reconstruct
 from ttgraph.verify import Feed, feed_count, session
 
@@ -627,11 +627,11 @@ def compensate(
         feeds = _first(feeds, samples)
     total = feed_count(feeds)
     steps = sweeps * len(groups)
-    bar = tqdm(
+    bar = progress_bar(
         total=None if total is None else total * steps,
         desc="compensate",
         unit="img",
-        disable=not progress,
+        show=progress,
         leave=False,
         dynamic_ncols=True,
     )

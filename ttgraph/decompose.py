@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ttgraph.calibration import LayerStatistics, output_error
 from ttgraph.contraction import contraction_macs, planned_order
 from ttgraph.errors import TTGraphError
+from ttgraph.progress import progress_bar
 from ttgraph.tt import TTFormat, relative_error, split_modes, tt_reconstruct, tt_svd
 
 Method = Literal["data", "weight"]
@@ -478,7 +478,7 @@ def build_candidates(
             add("lowrank", fmt, (0, 1), params, macs, err, werr, "whitened-svd" if method == "data" else "svd")
     strided = any(s != 1 for s in conv.strides)
     # a wide layer's TT fits take minutes (2048→2048, d ≤ 3: 138 s): a bar of their own, not a still terminal
-    fits = tqdm(desc=f"{conv.label}: TT fits", unit="fit", disable=not progress or max(cores) < 2, leave=False)
+    fits = progress_bar(desc=f"{conv.label}: TT fits", unit="fit", show=progress and max(cores) >= 2, leave=False)
     for d in sorted(set(cores) - {1}):
         if d < 2 or (strided and opset < 10):
             continue

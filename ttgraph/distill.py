@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import numpy_helper
-from tqdm.auto import tqdm
 
 from ttgraph.calibration import expose_tensors
 from ttgraph.errors import TTGraphError
+from ttgraph.progress import progress_bar
 from ttgraph.torch_graph import GraphModule, check_agrees, require_torch, torch
 from ttgraph.verify import Feed, session
 
@@ -356,7 +356,7 @@ def distill(
     history: list[float] = []
     held_curve: list[float] = []
     best = _Best(params, held_before)
-    with tqdm(total=total, desc="distill", unit="step", disable=not progress, leave=False) as bar:
+    with progress_bar(total=total, desc="distill", unit="step", show=progress, leave=False) as bar:
         for _ in range(epochs):
             for part in _batches(_shuffled(calibration, SHUFFLE_BATCHES * batch, rng), batch):
                 optimizer.zero_grad()

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-from tqdm.auto import tqdm
 
 from ttgraph.errors import TTGraphError
 from ttgraph.model_io import graph_inputs
+from ttgraph.progress import progress_bar
 from ttgraph.verify import Feed, abs_difference, check_feed, feed_count, run_session, session
 
 __all__ = [
@@ -163,7 +163,7 @@ def heldout_fidelity(
     tally = FidelityTally(names, iou_threshold)
     inputs = graph_inputs(original)
     total = feed_count(feeds)
-    bar = tqdm(feeds, total=total, desc=desc, unit="img", disable=not progress, leave=False, dynamic_ncols=True)
+    bar = progress_bar(feeds, total=total, desc=desc, unit="img", show=progress, leave=False, dynamic_ncols=True)
     for index, feed in enumerate(bar):
         check_feed(inputs, feed, f"{source}: held-out input {index}")
         refs = reference.get(index) if reference is not None else None

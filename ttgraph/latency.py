@@ -26,6 +26,7 @@ from passes.find_pointwise import PointwiseConv
 from ttgraph.bench import cpu_model, time_alternated
 from ttgraph.decompose import LayerCandidates
 from ttgraph.files import default_cache_dir, write_cache
+from ttgraph.progress import progress_bar
 
 CACHE_ENV = "TTGRAPH_CACHE_DIR"
 CACHE_FILE = "latency.json"
@@ -213,13 +214,11 @@ def attach_latencies(
     :func:`timing_shape` cannot time keeps only its dense form, at 1 ns. Results are
     cached on disk, so a second run of the same shapes measures nothing.
     """
-    from tqdm import tqdm
-
     shapes = [timing_shape(layer.conv) for layer in layers]
     dense = dense_times([s for s in shapes if s is not None], threads=threads, runs=runs)
     out = []
-    for layer, shape in tqdm(
-        list(zip(layers, shapes, strict=True)), desc="latency", unit="layer", disable=not progress, leave=False
+    for layer, shape in progress_bar(
+        list(zip(layers, shapes, strict=True)), desc="latency", unit="layer", show=progress, leave=False
     ):
         lowrank = [c for c in layer.candidates if c.kind == "lowrank"] if shape is not None else []
         dense_ns = 1

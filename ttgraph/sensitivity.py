@@ -21,12 +21,12 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import onnx
-from tqdm.auto import tqdm
 
 from ttgraph.decompose import LayerCandidates
 from ttgraph.errors import TTGraphError
 from ttgraph.frontier import FRONTIER_BYTES, NotATensor, Piece, plan_cuts, segment
 from ttgraph.model_io import fed_initializers
+from ttgraph.progress import progress_bar
 from ttgraph.verify import Feed, session
 
 __all__ = ["measured_sensitivities", "PROBE_RATIO"]
@@ -73,7 +73,7 @@ def measured_sensitivities(
             probes[layer.label] = min(curve, key=lambda c: abs(c.cost(metric) - ratio * layer.dense.cost(metric)))  # type: ignore[arg-type]
     dense = {layer.label: layer.dense for layer in layers}
     weights: dict[str, float] = {}
-    bar = tqdm(total=len(probes), desc="sensitivity", unit="layer", disable=not progress, leave=False)
+    bar = progress_bar(total=len(probes), desc="sensitivity", unit="layer", show=progress, leave=False)
     probed_layers = [lc for lc in layers if lc.label in probes]
     try:
         for group, given in _levels(model, probed_layers, feeds, names, cut_bytes):
