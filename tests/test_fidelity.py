@@ -61,3 +61,17 @@ def test_a_map_with_no_pixel_above_the_threshold_in_either_model_has_no_iou():
     some = FidelityTally(["map"], 0.3)
     some.add([ref], [ref + 0.5 * np.eye(4, dtype=np.float32)])  # 4 pixels above in one map, none in the other
     assert some.result("m")["outputs"][0]["binary_iou"] == 0.0
+
+
+def test_the_summary_marks_an_output_a_kept_step_made_worse():
+    """Compensation is kept when no more outputs got worse than better: on a model of two outputs one may get
+    worse, and the summary line must not bury that among the numbers."""
+    from ttgraph.commands.compress import _end_to_end
+
+    ends = {
+        "before": [{"name": "maps", "binary_iou": 0.9, "rel_l2": 0.3}, {"name": "boxes", "rel_l2": 0.1}],
+        "after": [{"name": "maps", "binary_iou": 0.95, "rel_l2": 0.4}, {"name": "boxes", "rel_l2": 0.12}],
+    }
+    assert _end_to_end(ends) == "; maps IoU 0.9000 → 0.9500 held out; boxes rel L2 0.1000 → 0.1200 held out (worse)"
+    same = {"before": [{"name": "y", "rel_l2": 0.1}], "after": [{"name": "y", "rel_l2": 0.1 * (1 + 1e-9)}]}
+    assert _end_to_end(same) == "; y rel L2 0.1000 → 0.1000 held out"

@@ -30,6 +30,7 @@ __all__ = [
     "OriginalOutputs",
     "binary_iou",
     "heldout_fidelity",
+    "judged_change",
     "worse_and_better",
 ]
 
@@ -185,20 +186,28 @@ SAME = 1e-6  # relative difference below which a measure counts as unchanged (on
 _JUDGED_BY = {"binary_iou": True, "top1_agreement": True, "rel_l2": False}  # True: higher is better
 
 
+def judged_change(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, int] | None:
+    """The metric one output is judged by (its IoU, top-1 agreement or else relative L2 error) and whether a step
+    made it better (1), worse (−1) or left it alone (0: within rounding); None when neither side measured one.
+
+    >>> judged_change({"binary_iou": 0.9, "rel_l2": 0.2}, {"binary_iou": 0.95, "rel_l2": 0.3})
+    ('binary_iou', 1)
+    """
+    key = next((k for k in _JUDGED_BY if old.get(k) is not None and new.get(k) is not None), None)
+    if key is None:
+        return None
+    if abs(new[key] - old[key]) <= SAME * max(abs(old[key]), abs(new[key])):
+        return key, 0  # rounding, not a change (an unchanged model may differ in the last bits)
+    return key, 1 if (new[key] > old[key]) == _JUDGED_BY[key] else -1
+
+
 def worse_and_better(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> tuple[int, int]:
-    """How many outputs a step (compensation) made worse and how many better, each judged by its IoU, top-1
-    agreement or else relative L2 error (``heldout_fidelity(...)["outputs"]`` before and after the step).
+    """How many outputs a step (compensation) made worse and how many better, each judged by
+    :func:`judged_change` (``heldout_fidelity(...)["outputs"]`` before and after the step).
 
     >>> worse_and_better([{"rel_l2": 0.2}, {"binary_iou": 0.9}], [{"rel_l2": 0.3}, {"binary_iou": 0.95}])
     (1, 1)
     """
-    worse = better = 0
-    for old, new in zip(before, after, strict=True):
-        key = next((k for k in _JUDGED_BY if old.get(k) is not None and new.get(k) is not None), None)
-        if key is None or abs(new[key] - old[key]) <= SAME * max(abs(old[key]), abs(new[key])):
-            continue  # rounding, not a change (an unchanged model may differ in the last bits)
-        if (new[key] > old[key]) == _JUDGED_BY[key]:
-            better += 1
-        else:
-            worse += 1
-    return worse, better
+    changes = [judged_change(old, new) for old, new in zip(before, after, strict=True)]
+    signs = [c[1] for c in changes if c is not None]
+    return signs.count(-1), signs.count(1)
