@@ -41,6 +41,7 @@ from ttgraph.model_io import (
     load_model,
     set_input_shapes,
     source_name,
+    static_dims,
 )
 from ttgraph.process_state import shared, stdout_into
 
@@ -129,7 +130,8 @@ def _static_shapes(
         if dims and dims[0] is None and all(d is not None for d in dims[1:]):
             dims = [1, *dims[1:]]
             steps.append(f"input {input_name!r}: dynamic batch dim set to 1")
-        if any(d is None for d in dims):
+        fixed = static_dims(dims)
+        if fixed is None:
             shown = ",".join("?" if d is None else str(d) for d in dims)
             example = ",".join(_placeholder(axis, len(dims)) if d is None else str(d) for axis, d in enumerate(dims))
             raise TTGraphError(
@@ -137,7 +139,7 @@ def _static_shapes(
                 f"input {input_name!r} has dynamic dims [{shown}]; give a fixed shape, "
                 f"e.g. --input-shape {input_name}={example}",
             )
-        shapes[input_name] = [int(d) for d in dims]
+        shapes[input_name] = fixed
     return shapes
 
 

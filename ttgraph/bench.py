@@ -30,7 +30,7 @@ import onnx
 
 from ttgraph.errors import TTGraphError
 from ttgraph.files import write_atomic
-from ttgraph.model_io import InputShapes, ModelSource, graph_inputs, input_dims, load_model, source_name
+from ttgraph.model_io import InputShapes, ModelSource, graph_inputs, input_dims, load_model, source_name, static_dims
 from ttgraph.verify import check_feed
 
 Runner = Callable[[], Any]
@@ -54,14 +54,15 @@ def feed_for(model: onnx.ModelProto, seed: int = 0, name: str | None = None) -> 
     feed = {}
     for value in graph_inputs(model):
         dims = input_dims(value)
-        if any(d is None for d in dims):
+        fixed = static_dims(dims)
+        if fixed is None:
             raise TTGraphError(
                 name or value.name,
                 f"input {value.name!r} has dynamic dims [{','.join('?' if d is None else str(d) for d in dims)}]; "
                 "fix them with --input-shape",
             )
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        feed[value.name] = rng.uniform(-1, 1, dims).astype(dtype)
+        feed[value.name] = rng.uniform(-1, 1, fixed).astype(dtype)
     return feed
 
 

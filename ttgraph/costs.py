@@ -10,6 +10,7 @@ import math
 
 import onnx
 
+from ttgraph.model_io import static_dims
 from ttgraph.shapes import Shape
 
 COUNTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -22,7 +23,7 @@ def _dims(shape: Shape | None) -> list[int] | None:
     dims = list(shape)
     if dims and dims[0] is None:
         dims[0] = 1
-    return None if any(d is None for d in dims) else [int(d) for d in dims]  # type: ignore[arg-type]
+    return static_dims(dims)
 
 
 def node_macs(node: onnx.NodeProto, shapes: dict[str, Shape]) -> int | None:

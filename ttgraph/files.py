@@ -153,12 +153,12 @@ def held_signals() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        for signum in caught:
-            handler = previous[signum]
-            if callable(handler):
-                handler(signum, None)
-            elif handler in (signal.SIG_DFL, None):
-                os.kill(os.getpid(), signum)
+        for number in caught:
+            later = previous[signal.Signals(number)]
+            if callable(later):
+                later(number, None)
+            elif later in (signal.SIG_DFL, None):
+                os.kill(os.getpid(), number)
 
 
 def distinct_outputs(paths: Sequence[str | os.PathLike[str] | None]) -> None:

@@ -413,6 +413,11 @@ def input_dims(value: onnx.ValueInfoProto) -> list[int | None]:
     ]
 
 
+def static_dims(dims: Sequence[int | None]) -> list[int] | None:
+    """``dims`` as ints when every one is known, else None: one check that also tells a type checker so."""
+    return None if any(d is None for d in dims) else [int(d) for d in dims if d is not None]
+
+
 _MAX_DIM = 2**31 - 1  # larger than any real tensor dim, and ONNX stores dims as int64
 
 

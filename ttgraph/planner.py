@@ -694,8 +694,8 @@ def _assemble(
                     out_size=layer.block_size[b1 | b2],
                 )
             )
-    total = 0
-    runtime_cost = 0
+    total: float = 0
+    runtime_cost: float = 0
     runtime_macs = 0
     moved = 0
     s = 0
@@ -772,7 +772,7 @@ def _search(
     """
     full = layer.full
     names = [_bits(mask) for mask in range(full + 1)]
-    bound = 0
+    bound: float = 0
     for k in range(layer.d):
         bound = bound + pricer.edge((1 << k) - 1, 1 << k).cost
     slack = 1 + 1e-9  # float sums in another order; slack only ever keeps extra edges

@@ -84,9 +84,9 @@ def stdout_into(sink: TextIO) -> Iterator[None]:
     caller's stdout); other threads' output is untouched, and ``sys.stdout`` is the caller's again after."""
     me = threading.get_ident()
     with _lock:
-        proxy = sys.stdout
-        if not isinstance(proxy, _PerThreadStdout):
-            proxy = sys.stdout = _PerThreadStdout(proxy)  # type: ignore[assignment]
+        current = sys.stdout
+        proxy = current if isinstance(current, _PerThreadStdout) else _PerThreadStdout(current)
+        sys.stdout = proxy  # type: ignore[assignment]  # a TextIO in all but name (__getattr__ does the rest)
         before = proxy.sinks.get(me)
         proxy.sinks[me] = sink
     try:

@@ -18,6 +18,7 @@ from ttgraph.model_io import (
     input_dims,
     load_model,
     source_name,
+    static_dims,
     write_external,
 )
 
@@ -102,16 +103,17 @@ def random_feed(
     feed = {}
     for value in graph_inputs(model):
         dims = input_dims(value)
-        if any(d is None for d in dims) and shapes and value.name in shapes:
-            dims = [int(d) for d in shapes[value.name]]
-        if any(d is None for d in dims):
+        fixed = static_dims(dims)
+        if fixed is None and shapes and value.name in shapes:
+            fixed = [int(d) for d in shapes[value.name]]
+        if fixed is None:
             raise TTGraphError(value.name, f"input has dynamic dims {dims}; fix them with --input-shape")
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
         if dtype in (np.uint8, np.int8):
             info = np.iinfo(dtype)
-            feed[value.name] = rng.integers(info.min, info.max, dims, endpoint=True).astype(dtype)
+            feed[value.name] = rng.integers(info.min, info.max, fixed, endpoint=True).astype(dtype)
         else:
-            feed[value.name] = rng.standard_normal(dims).astype(dtype)
+            feed[value.name] = rng.standard_normal(fixed).astype(dtype)
     return feed
 
 
