@@ -36,6 +36,7 @@ from ttgraph.errors import TTGraphError
 from ttgraph.model_io import (
     ModelSource,
     checked_input_shapes,
+    constant_tensors,
     graph_inputs,
     input_dims,
     load_model,
@@ -187,10 +188,7 @@ def _slim(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
 
 def _clean_resize(model: onnx.ModelProto, name: str) -> int:
     """Rewrite Resize nodes into the one form TVM's importer handles; returns how many changed."""
-    consts = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            consts[node.output[0]] = node.attribute[0].t
+    consts = constant_tensors(model)
     changed = 0
     for node in model.graph.node:
         if node.op_type != "Resize" or node.domain not in ("", "ai.onnx"):

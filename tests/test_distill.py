@@ -81,6 +81,29 @@ def test_distillation_lowers_held_out_loss_and_changes_only_the_factors(small):
     assert result.parameters == sum(before[n].size for n in factors)
 
 
+def test_train_all_frees_the_weights_the_exporter_put_in_constant_nodes(small):
+    """The classifier (like the detector and recognizer) holds every weight of its kept-dense convs in Constant
+    nodes, not initializers: ``train="all"`` trained the factors alone (as many parameters either way)."""
+    original, compressed, layers = small
+    frozen = compressed.SerializeToString()
+    every = distill(original, compressed, layers, _lines(0, 16), _lines(500_000, 16), epochs=1, lr=1e-5, train="all")
+    assert compressed.SerializeToString() == frozen
+    consts = {i.name: i.dims for i in compressed.graph.initializer}
+    consts.update({n.output[0]: n.attribute[0].t.dims for n in compressed.graph.node if n.op_type == "Constant"})
+    picked = {
+        name
+        for node in compressed.graph.node
+        if node.op_type in ("Conv", "MatMul", "Gemm", "BatchNormalization")
+        for name in node.input[1:3]
+        if name in consts
+    }
+    assert every.parameters == sum(int(np.prod(consts[name])) for name in picked)
+    factors = set(factor_initializers(compressed, layers))
+    from_nodes = picked - factors - {i.name for i in compressed.graph.initializer}
+    assert from_nodes and from_nodes <= set(_initializers(every.model))  # Constant nodes' weights: initializers now
+    assert not {n.output[0] for n in every.model.graph.node if n.op_type == "Constant"} & from_nodes
+
+
 def test_a_softmax_output_is_distilled_on_its_centred_logits(cls_path):
     model = onnx.load(cls_path)
     (target,) = distill_targets(model)

@@ -34,6 +34,7 @@ from onnx import numpy_helper
 
 from ttgraph.calibration import expose_tensors
 from ttgraph.errors import TTGraphError
+from ttgraph.model_io import constant_tensors, constants_as_initializers
 from ttgraph.progress import progress_bar
 from ttgraph.torch_graph import GraphModule, check_agrees, require_torch, torch
 from ttgraph.verify import Feed, session
@@ -53,9 +54,9 @@ def factor_initializers(model: onnx.ModelProto, layers: Sequence[str]) -> list[s
 
 
 def weight_initializers(model: onnx.ModelProto) -> list[str]:
-    """Every float initializer that is a Conv/ConvTranspose/MatMul/Gemm weight or bias, or a BatchNorm scale or
-    shift: what ``train="all"`` fits (costs stay: only values change)."""
-    floats = {i.name for i in model.graph.initializer if i.data_type in _FLOATS}
+    """Every float constant (initializer or Constant node) that is a Conv/ConvTranspose/MatMul/Gemm weight or
+    bias, or a BatchNorm scale or shift: what ``train="all"`` fits (costs stay: only values change)."""
+    floats = {name for name, t in constant_tensors(model).items() if t.data_type in _FLOATS}
     names: list[str] = []
     for node in model.graph.node:
         if node.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
@@ -319,6 +320,8 @@ def distill(
     start = time.perf_counter()
     targets = distill_targets(compressed)
     names = factor_initializers(compressed, layers) if train == "factors" else weight_initializers(compressed)
+    if train == "all":  # weights held in Constant nodes become initializers, which can be trained
+        compressed = constants_as_initializers(compressed, names)
     if not names:
         raise TTGraphError("distill", "the model has no compressed layers to distill")
     teacher = _Teacher(original, distill_targets(original))

@@ -283,6 +283,38 @@ def _plain_tensors(model: onnx.ModelProto, name: str) -> None:
                 attr.CopyFrom(onnx.helper.make_attribute("value", dense))
 
 
+def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Every tensor the main graph holds as a constant, by name: its initializers and its ``Constant(value=…)``
+    nodes' tensors (PaddlePaddle's exporter, for one, puts every weight in a Constant node)."""
+    tensors = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.attribute:
+            if node.attribute[0].name == "value":
+                tensors[node.output[0]] = node.attribute[0].t
+    return tensors
+
+
+def constants_as_initializers(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """A copy of ``model`` in which the Constant nodes that make ``names`` are initializers of the same values
+    (what can be fed, trained or replaced by name must be an initializer); ``model`` is not modified."""
+    wanted = set(names)
+    copied = onnx.ModelProto()
+    copied.CopyFrom(model)
+    graph = copied.graph
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] in wanted and node.attribute[0].name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    return copied
+
+
 def _dense(sparse: onnx.SparseTensorProto, name: str) -> onnx.TensorProto:
     from onnx import numpy_helper
 
