@@ -59,7 +59,10 @@ def add_compile_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--key", help="device key registered with the tracker")
     p.add_argument(
-        "--tune-db", metavar="DIR", help="tuning database folder, reused across runs (default ~/.cache/ttgraph/tune-db)"
+        "--tune-db",
+        metavar="DIR",
+        help="tuning database folder, reused across runs (default $TTGRAPH_CACHE_DIR/tune-db, "
+        "else ~/.cache/ttgraph/tune-db)",
     )
     p.add_argument("--list-targets", action="store_true", help="list the target presets and exit")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ttgraph.errors import TTGraphError
-from ttgraph.files import check_output_path, temp_prefix, usual_permissions
+from ttgraph.files import check_output_path, default_cache_dir, temp_prefix, usual_permissions
 from ttgraph.model_io import ModelSource, source_files, source_name
 from ttgraph.process_state import quiet_warnings, stdout_into
 
@@ -142,9 +142,9 @@ def compile_model(
     """Compile ``model`` for ``target`` (preset name, JSON text or dict) into the library ``output``.
 
     ``input_shapes`` fixes dynamic input dims (``{"x": [1, 3, 640, 640]}``). ``tune`` > 0 runs that many
-    MetaSchedule trials first, with records kept in ``tune_db/<target>/`` (default
-    ``~/.cache/ttgraph/tune-db``); ``tune_minutes`` bounds the tuning time too (alone: time is the only
-    bound); ``tune=0`` without it but with a ``tune_db`` applies the records already there. Tuning measures
+    MetaSchedule trials first, with records kept in ``tune_db/<target>/`` (default ``tune-db`` in ttgraph's cache
+    folder, :func:`ttgraph.files.default_cache_dir`); ``tune_minutes`` bounds the tuning time too (alone: time is
+    the only bound); ``tune=0`` without it but with a ``tune_db`` applies the records already there. Tuning measures
     candidates on this machine, or with ``tune_tracker`` ("HOST:PORT" of a TVM RPC tracker) and ``tune_key`` on
     the device registered there under that key — how a phone's own schedules are found.
     Raises :class:`TTGraphError` for anything the user can fix: unknown target, wrong output suffix,
@@ -497,8 +497,8 @@ def _target_key(preset: TargetPreset) -> str:
 
 
 def _default_tune_db() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base, "ttgraph", "tune-db")
+    """Beside ttgraph's other caches, so ``$TTGRAPH_CACHE_DIR`` moves them all."""
+    return default_cache_dir() / "tune-db"
 
 
 def _linker_reason(err: BaseException) -> str:

@@ -154,7 +154,16 @@ def test_a_model_onnxruntime_cannot_run_is_named_by_its_file(tmp_path):
         (["--rank", "2", "--macs-ratio", "0.5", "--calib", "IMGS"], "not both"),
         ([], "not both and not neither"),
         (["--rank", "2", "--calib", "IMGS"], "go with a budget"),
-        (["--macs-ratio", "1.5", "--calib", "IMGS"], "macs_ratio must be in (0, 1]"),
+        (["--macs-ratio", "1.5", "--calib", "IMGS"], "budget: --macs-ratio must be in (0, 1]"),
+        # options that would be dropped without a word
+        (["--macs-ratio", "0.5", "--calib", "IMGS", "--distill-lr", "0.5"], "--distill-lr goes with --distill EPOCHS"),
+        (
+            ["--rank", "2", "--distill-batch", "3", "--distill-all"],
+            "--distill-batch and --distill-all go with --distill",
+        ),
+        (["--macs-ratio", "0.5", "--method", "weight", "--holdout", "3"], "--holdout goes with calibration data"),
+        (["--latency-ratio", "0.5", "--cores", "3", "--calib", "IMGS"], "--cores: a latency budget times low-rank"),
+        (["--macs-ratio", "0.5", "--calib", "IMGS", "--sensitivity", "-1"], "--sensitivity: expected a sample count"),
         (["--macs-ratio", "0.01", "--calib", "IMGS"], "out of reach"),
         (["--macs-ratio", "0.5", "--calib", "IMGS", "--preprocess", "nosuch"], "unknown preset"),
         (["--macs-ratio", "0.5", "--calib", "IMGS", "--holdout", "-1"], "--holdout"),

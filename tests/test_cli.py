@@ -94,7 +94,7 @@ def test_full_rank_compress_from_the_cli_is_exact(small_model, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     summary = proc.stdout.strip().splitlines()
-    assert summary[0].startswith("1 layers rewritten;") and summary[-1] == f"wrote {out} and {report}"
+    assert summary[0].startswith("1 layer rewritten;") and summary[-1] == f"wrote {out} and {report}"
     assert not any(line.startswith("layer ") for line in summary)  # --quiet: the summary without the table
     (layer,) = json.loads(report.read_text())["layers"]
     assert len(layer["modes_in"]) == 3 and layer["format"] == "tt"
@@ -103,6 +103,17 @@ def test_full_rank_compress_from_the_cli_is_exact(small_model, tmp_path):
     got = session(onnx.load(out)).run(None, x)[0]
     assert not any(n.op_type == "Conv" for n in onnx.load(out).graph.node)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+def test_quiet_keeps_the_summary_and_leaves_per_layer_detail_to_the_report(small_model, tmp_path):
+    out, report = tmp_path / "q.onnx", tmp_path / "q.json"
+    args = ["compress", small_model, "-o", out, "--cores", "8", "--rank-ratio", "1.0", "--report", report]
+    loud, quiet = ttgraph_cli(*args), ttgraph_cli(*args, "--quiet")
+    assert loud.returncode == quiet.returncode == 0, quiet.stderr
+    (layer,) = json.loads(report.read_text())["layers"]
+    assert layer["note"] and f"  {layer['name']}: {layer['note']}" in loud.stdout.splitlines()  # 24 ch: d = 4
+    assert "notes:" not in quiet.stdout and "1 layer note in the report (and without --quiet)" in quiet.stdout
+    assert len(quiet.stdout.splitlines()) < len(loud.stdout.splitlines())
 
 
 def _bad_files(tmp_path: Path, det_path: Path) -> dict[str, tuple[Path, str]]:

@@ -365,7 +365,7 @@ def test_a_budgets_options_beside_a_rank_rule_are_refused_not_dropped(tmp_path):
             capture_output=True,
             text=True,
         )
-        assert done.returncode == 2 and done.stderr.startswith(f"ttgraph: error: {flag}: {flag} go with a budget")
+        assert done.returncode == 2 and done.stderr.startswith(f"ttgraph: error: {flag}: {flag} goes with a budget")
     assert not (tmp_path / "o.onnx").exists()
 
 

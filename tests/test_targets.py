@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -171,10 +172,14 @@ def test_tuning_is_bounded_and_reuses_its_database(tmp_path, capsys):
         assert max(relative_errors(ref, run_library(tmp_path / lib, feed))) <= X86_TOLERANCE
 
 
-def test_a_trial_budget_below_the_task_count_says_how_many_were_measured(tmp_path):
-    result = compile_model(pointwise_model(), "x86_64", tmp_path / "one.so", tune=1, tune_db=tmp_path / "db")
+def test_a_trial_budget_below_the_task_count_says_how_many_were_measured(tmp_path, monkeypatch):
+    # no tune_db: the records go to ttgraph's cache folder, which $TTGRAPH_CACHE_DIR moves, as it moves the others
+    monkeypatch.setenv("TTGRAPH_CACHE_DIR", os.fspath(tmp_path / "cache"))
+    result = compile_model(pointwise_model(), "x86_64", tmp_path / "one.so", tune=1)
     assert (result.tuned_tasks, result.reused_tasks) == (1, 0)
     assert ", 1 of 2 tasks measured (0 reused)" in result.summary()
+    assert result.tune_db is not None and result.tune_db.is_relative_to(tmp_path / "cache" / "tune-db")
+    assert list(result.tune_db.glob("*.json"))
 
 
 def test_a_damaged_tuning_database_is_named(tmp_path):

@@ -50,6 +50,7 @@ from ttgraph.model_io import (
     adopt_envelope,
     check_model,
     checked_input_shapes,
+    constant_tensors,
     declare_io_like,
     fed_initializers,
     graph_inputs,
@@ -517,6 +518,12 @@ def compress(
         )
     if not 1 <= cores <= MAX_CORES:
         raise TTGraphError("options", f"cores must be between 1 and {MAX_CORES}, got {cores}")
+    if latency_ratio is not None and cores != 1:  # TT candidates would be dropped without a word
+        raise TTGraphError(
+            "cores", f"a latency budget times low-rank factor pairs (d = 1) only: cores must be 1, got {cores}"
+        )
+    if sensitivity < 0:
+        raise TTGraphError("sensitivity", f"expected a sample count ≥ 0 (0: off), got {sensitivity}")
     if budgeted:
         with naming(source_name(model)):
             result = _compress_to_budget(
@@ -698,8 +705,8 @@ def _compress_to_budget(
     epochs = distill[0]
     if epochs and (calibration is None or method != "data"):
         raise TTGraphError("options", "distillation needs calibration data and data-aware candidates (method='data')")
-    if sensitivity < 0 or (sensitivity and calibration is None):
-        raise TTGraphError("options", f"sensitivity needs calibration data and a sample count ≥ 1, got {sensitivity}")
+    if sensitivity and calibration is None:
+        raise TTGraphError("sensitivity", "measuring sensitivity needs calibration data")
     name = source_name(model)
     original = load_model(model, input_shapes)
     if input_shapes:
@@ -1388,12 +1395,8 @@ def _note_folded_params(model: onnx.ModelProto, layers: list[LayerReport], lower
     if not lowering:
         return
     float_types = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
-    floats = {t.name: math.prod(t.dims) for t in model.graph.initializer if t.data_type in float_types}
-    for node in model.graph.node:  # weights may also come from Constant nodes (kept-dense convs keep theirs)
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            value = node.attribute[0].t
-            if value.data_type in float_types:
-                floats[node.output[0]] = math.prod(value.dims)
+    # weights may also come from Constant nodes (kept-dense convs keep theirs)
+    floats = {name: math.prod(t.dims) for name, t in constant_tensors(model).items() if t.data_type in float_types}
     by_name: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         by_name.setdefault(node.name.split("/tt/")[0], []).append(node)

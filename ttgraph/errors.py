@@ -7,6 +7,7 @@ status 2; library callers catch :class:`TTGraphError` and read its fields.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -27,7 +28,7 @@ class TTGraphError(Exception):
     def one_line(self, flags: bool = False) -> str:
         """``source: what (node)`` on one line; ``flags``: an option named as the library's keyword
         (``preprocess``) is named as the command line's flag (``--preprocess``) instead."""
-        text = self.what
+        text = _KEYWORD.sub(lambda m: "--" + m.group(1).replace("_", "-"), self.what) if flags else self.what
         if self.source:
             text = f"{OPTION_FLAGS.get(self.source, self.source) if flags else self.source}: {text}"
         if self.node:
@@ -42,7 +43,16 @@ OPTION_FLAGS = {
     "input_shapes": "--input-shape",
     "lower": "--lower",
     "holdout": "--holdout",
+    "cores": "--cores",
+    "sensitivity": "--sensitivity",
+    "compensate_samples": "--compensate-samples",
+    "rank_multiple": "--rank-multiple",
 }
+#: keywords named inside a message (``macs_ratio must be in (0, 1]``), written as the flag on the command line
+_KEYWORD = re.compile(
+    r"\b(macs_ratio|params_ratio|latency_ratio|max_error|rank_ratio|rank_multiple|compensate_samples|distill_lr"
+    r"|distill_batch|latency_threads|plan_cost)\b"
+)
 
 
 @contextmanager

@@ -1,7 +1,8 @@
 """``ttgraph compress MODEL -o OUT``: rewrite the 1×1 convs as TT cores and write the model and its report.
 
 Either a rank rule (``--rank``, ``--rank-ratio``, ``--tolerance``) or a global budget chosen from calibration
-data: ``--calib DIR_OR_FILE [--preprocess SPEC] --macs-ratio R`` (or ``--params-ratio R``, ``--max-error E``).
+data: ``--calib DIR_OR_FILE [--preprocess SPEC] --macs-ratio R`` (or ``--params-ratio R``, ``--latency-ratio R``,
+``--max-error E``).
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--latency-ratio",
         type=float,
         help="rewritten 1×1 layers' onnxruntime time ≤ R × the original's, each layer's dense and low-rank forms "
-        "measured A/B on this machine (cached in ~/.cache/ttgraph); a layer whose factors are not faster stays dense",
+        "measured A/B on this machine (cached in $TTGRAPH_CACHE_DIR, else ~/.cache/ttgraph); a layer whose factors "
+        "are not faster stays dense",
     )
     budget.add_argument(
         "--latency-threads", type=int, default=None, help="onnxruntime threads for --latency-ratio timings (default 1)"
@@ -125,13 +127,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     budget.add_argument(
         "--distill-lr",
         type=float,
-        default=1e-3,
         metavar="LR",
         help="Adam step size (default 1e-3; divided by ten after each epoch that makes the held-out loss worse)",
     )
-    budget.add_argument(
-        "--distill-batch", type=int, default=16, metavar="N", help="calibration samples per step (default 16)"
-    )
+    budget.add_argument("--distill-batch", type=int, metavar="N", help="calibration samples per step (default 16)")
     budget.add_argument(
         "--distill-all",
         action="store_true",
@@ -142,7 +141,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--layer", action="append", default=None, help="rewrite only this conv (repeatable)")
     p.add_argument("--report", help="write the JSON report here")
-    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison on a random input")
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the onnxruntime smoke check on one random input (made when nothing else verified the model; "
+        "a budget's held-out verification stays)",
+    )
     lowering = p.add_mutually_exclusive_group()
     lowering.add_argument(
         "--lower",
@@ -223,6 +227,13 @@ def _holdout(text: str) -> int | float:
     return int(value) if value >= 1 else value
 
 
+def _go_with(flags: list[str]) -> str:
+    """``--a goes with`` / ``--a and --b go with``."""
+    if len(flags) == 1:
+        return f"{flags[0]} goes with"
+    return f"{', '.join(flags[:-1])} and {flags[-1]} go with"
+
+
 def run(args: argparse.Namespace) -> int:
     budgeted = any(x is not None for x in (args.macs_ratio, args.params_ratio, args.max_error, args.latency_ratio))
     ruled = any(x is not None for x in (args.rank, args.rank_ratio, args.tolerance))
@@ -244,10 +255,29 @@ def run(args: argparse.Namespace) -> int:
     )
     given = [f"--{key.replace('_', '-')}" for key in for_budget if getattr(args, key) is not None]
     if ruled and given:
-        raise TTGraphError(
-            given[0], f"{', '.join(given)} go with a budget (--macs-ratio, --params-ratio, …), not a rank rule"
-        )
-    defaults = {"holdout": "0.1", "latency_threads": 1, "method": "data", "rank_multiple": 1, "compensate": True}
+        raise TTGraphError(given[0], f"{_go_with(given)} a budget (--macs-ratio, --params-ratio, …), not a rank rule")
+    # options that only shape distillation, or only read calibration data, would be dropped without it
+    for_distill = {
+        "--distill-lr": args.distill_lr,
+        "--distill-batch": args.distill_batch,
+        "--distill-all": args.distill_all,
+    }
+    given = [flag for flag, value in for_distill.items() if value not in (None, False)]
+    if given and not args.distill:
+        raise TTGraphError(given[0], f"{_go_with(given)} --distill EPOCHS")
+    for_data = ("preprocess", "holdout", "compensate", "compensate_samples", "sensitivity")
+    given = [f"--{key.replace('_', '-')}" for key in for_data if getattr(args, key) not in (None, 0)]
+    if budgeted and args.calib is None and given:
+        raise TTGraphError(given[0], f"{_go_with(given)} calibration data (--calib DIR_OR_FILE)")
+    defaults = {
+        "holdout": "0.1",
+        "latency_threads": 1,
+        "method": "data",
+        "rank_multiple": 1,
+        "compensate": True,
+        "distill_lr": 1e-3,
+        "distill_batch": 16,
+    }
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -371,7 +401,8 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
     lines = [format_table(header, rows), ""] if table else []
     t = report.totals
     params = f"{human(t['params_before'])}→{human(t['params_after'])}"
-    line = f"{t['layers_rewritten']} layers rewritten; 1×1 params {params}"
+    n = t["layers_rewritten"]
+    line = f"{n} layer{'s' * (n != 1)} rewritten; 1×1 params {params}"
     if "params_ratio" in t:
         line += f" ({t['params_ratio']:.3f}×)"
     folded = (report.lowering or {}).get("params_folded_in")
@@ -409,8 +440,10 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
         at = ", ".join(f"{k}={','.join(map(str, v))}" for k, v in report.options["input_shapes"].items())
         lines.append(f"MACs counted at the first calibration sample's size, {at}; the model keeps its dynamic dims")
     notes = [f"  {layer.name}: {layer.note}" for layer in report.layers if layer.note]
-    if notes:
+    if notes and table:
         lines += ["notes:", *notes]
+    elif notes:  # --quiet: the per-layer detail is the table's and the report's
+        lines.append(f"{len(notes)} layer note{'s' * (len(notes) != 1)} in the report (and without --quiet)")
     if report.lowering:
         done = [f"{p['pass']} ×{p['count']}" for p in report.lowering["passes"] if p["count"]]
         err = report.lowering.get("max_rel_error")
@@ -483,7 +516,7 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
         lines.append(line + f" ({comp['seconds']:.1f} s{piecewise})" + _end_to_end(comp.get("end_to_end")) + unchecked)
         if comp.get("kept") is False:
             lines.append(f"compensation not kept: {comp.get('reason')}")
-        elif report.layers:
+        elif report.layers and table:  # it explains the table's columns
             lines.append(LAYER_ERRORS_BEFORE_COMPENSATION)
     dist = report.distillation
     if dist and not dist.get("applied"):
