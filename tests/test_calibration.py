@@ -826,3 +826,40 @@ def test_samples_grouped_by_a_fixed_batch_dim_say_how_they_run(tmp_path):
     assert calibration_source(tmp_path / "x.npy", model).description == "24 samples in x.npy, run as 12 batches of 2"
     assert calibration_source(arr, model).description == "24 samples in an array, run as 12 batches of 2"
     assert calibration_source(arr, conv_model(3, 4, hw=(5, 6), batch="n")).description == "24 samples in an array"
+
+
+def _scaled_conv_model(hw=(8, 8)) -> onnx.ModelProto:
+    """A 1×1 conv times a scalar input (an audio model's sample rate, a detector's score threshold)."""
+    w = np.random.default_rng(0).standard_normal((16, 16, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Mul", ["c", "s"], ["y"])],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, *hw]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, *hw])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_scalar_input_stays_a_scalar_from_an_npz_file(tmp_path):
+    """Each sample of a scalar input is one value of its array: it was read back as shape (1,), and the run
+    failed with "input 's' has rank 0, --input-shape gives 1 dims" — a flag nobody had given."""
+    rng = np.random.default_rng(1)
+    x, s = rng.standard_normal((12, 1, 16, 8, 8)), rng.uniform(0.5, 2, 12)
+    np.savez(tmp_path / "c.npz", x=x.astype(np.float32), s=s.astype(np.float32))
+    model = _scaled_conv_model(("h", "w"))  # dynamic: the samples' shapes are the ones MACs are counted at
+    result = ttgraph.compress(model, calibration=tmp_path / "c.npz", macs_ratio=0.5, holdout=2)
+    assert result.report.layers[0].format != "dense"
+    assert [d.dim_value for d in result.model.graph.input[1].type.tensor_type.shape.dim] == []
+
+
+def test_a_feed_of_rank_one_for_a_scalar_input_is_refused():
+    model = _scaled_conv_model()
+    feed = {"x": np.zeros((1, 16, 8, 8), np.float32), "s": np.ones(1, np.float32)}
+    with pytest.raises(TTGraphError, match="input 's' has shape 1, the model expects a scalar"):
+        ttgraph.compress(model, rank_ratio=1.0, verify_feeds=[feed])

@@ -885,10 +885,10 @@ def _batched(rows: int, feeds: int) -> str:
 def _cast(value: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
     """``value`` as the input's type; a value the type cannot hold (float32 samples over 65504 for a float16
     input) is an error naming it, not infinities later blamed on the file."""
-    if value.dtype == dtype:
-        return np.ascontiguousarray(value)
+    if value.dtype == dtype:  # np.asarray, not np.ascontiguousarray: that makes a scalar input's sample 1-D
+        return np.asarray(value, order="C")
     with np.errstate(over="ignore", invalid="ignore"):
-        out = np.ascontiguousarray(value, dtype=dtype)
+        out = np.asarray(value, dtype=dtype, order="C")
     if out.dtype.kind == "f" and not np.isfinite(out).all() and np.isfinite(value).all():
         largest = float(np.abs(value).max())
         raise TTGraphError(

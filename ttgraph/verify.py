@@ -81,9 +81,9 @@ def check_feed(
         dims = input_dims(value)
         shape = tuple(np.shape(feed[value.name]))
         fits = len(shape) == len(dims) and all(d is None or d == s for d, s in zip(dims, shape, strict=True))
-        if dims and not fits:
+        if value.type.tensor_type.HasField("shape") and not fits:  # a declared shape of no dims: a scalar
             got = "×".join(map(str, shape)) or "scalar"
-            expected = "×".join("?" if d is None else str(d) for d in dims)
+            expected = "×".join("?" if d is None else str(d) for d in dims) or "a scalar"
             raise TTGraphError(where, f"input {value.name!r} has shape {got}, the model expects {expected}{shape_hint}")
         array = np.asarray(feed[value.name])
         dtype, want = array.dtype, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
