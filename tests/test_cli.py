@@ -116,6 +116,17 @@ def test_quiet_keeps_the_summary_and_leaves_per_layer_detail_to_the_report(small
     assert len(quiet.stdout.splitlines()) < len(loud.stdout.splitlines())
 
 
+def test_a_console_that_cannot_show_the_summary_characters_gets_escapes_not_a_traceback(small_model, tmp_path):
+    """A Windows console (cp1252) has no "→" or "×": the summary raised UnicodeEncodeError after the model was
+    written, exit 1."""
+    env = {**os.environ, "PYTHONIOENCODING": "cp1252"}
+    for args in (["inspect", small_model], ["compress", small_model, "-o", tmp_path / "o.onnx", "--rank-ratio", "1"]):
+        proc = subprocess.run([sys.executable, "-m", "ttgraph", *map(str, args)], capture_output=True, env=env)
+        stdout, stderr = proc.stdout.decode("cp1252"), proc.stderr.decode("cp1252")
+        assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+        assert args[0] == "inspect" or "\\u2192" in stdout  # compress's "→", escaped; cp1252 has "×"
+
+
 def _bad_files(tmp_path: Path, det_path: Path) -> dict[str, tuple[Path, str]]:
     png = tmp_path / "photo.onnx"
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)

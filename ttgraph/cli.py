@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import io
 import os
 import signal
 import sys
@@ -100,11 +101,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue  # ignored (a background job) or the caller's own: left as it is
             handler = _raise_interrupted if signum == signal.SIGINT else _raise_terminated
             previous[signum] = signal.signal(signum, handler)
+    out = sys.stdout
+    strict = isinstance(out, io.TextIOWrapper) and out.errors == "strict"
+    if strict:  # a console that cannot show "→" or "×" (cp1252) gets \u2192, not a traceback after the work
+        out.reconfigure(errors="backslashreplace")
     try:
         return _run(argv)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if strict:
+            out.reconfigure(errors="strict")
 
 
 def _run(argv: Sequence[str] | None) -> int:

@@ -48,7 +48,8 @@ def render(report: InspectReport) -> str:
         for c in report.layers
     ]
     lines = [
-        f"{report.model}: {len(report.layers)} rewritable 1×1 convs, {len(report.skipped)} convs skipped"
+        f"{report.model}: {len(report.layers)} rewritable 1×1 conv{'s' * (len(report.layers) != 1)}, "
+        f"{len(report.skipped)} conv{'s' * (len(report.skipped) != 1)} skipped"
         + (
             f" ({our_factors(report.skipped)} of them factors of an earlier ttgraph compress)"
             if our_factors(report.skipped)
