@@ -542,3 +542,19 @@ def test_outputs_that_are_infinite_by_design_compare_equal_where_both_models_agr
         if node.op_type == "Div":
             node.input[0], node.input[1] = node.input[1], node.input[0]  # k / x: infinities move elsewhere
     assert compare_outputs(model, wrong, [feed_for(model, [1, 16, 8, 8])])[0].max_abs == np.inf
+
+
+def test_a_checker_complaint_keeps_the_node_it_names(tmp_path):
+    """onnx.checker names the offending node on its second line; the error kept the first one alone."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["b"], ["y"], name="late"), helper.make_node("Relu", ["x"], ["b"], name="early")],
+        "unsorted",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "unsorted.onnx")
+    with pytest.raises(ttgraph.TTGraphError) as err:
+        ttgraph.inspect(tmp_path / "unsorted.onnx")
+    assert "topologically sorted" in str(err.value) and "name: late OpType: Relu" in str(err.value)
+    assert "\n" not in str(err.value)

@@ -416,7 +416,9 @@ def check_model(model: onnx.ModelProto, name: str = "<model>") -> None:
                 path.write_bytes(skeleton(model, _EXTERNAL_THRESHOLD, stubs).SerializeToString())
                 onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        # the whole complaint on one line: its later lines name the node ("name: /model.22/Range OpType: Range")
+        first = " ".join(str(err).split()) or type(err).__name__
+        first = first if len(first) <= 400 else first[:399] + "…"
         graph = model.graph
         unshaped = [v.name for v in (*graph.input, *graph.output) if not v.type.tensor_type.HasField("shape")]
         if "'shape'" in first and unshaped:  # the checker does not say which one
