@@ -164,8 +164,11 @@ def test_images_feed_an_integer_input_raw_pixels(tmp_path):
     img = np.asarray(Image.open(folder / "im00.jpg").convert("RGB").resize((48, 32), Image.BILINEAR))
     assert x.dtype == np.uint8
     np.testing.assert_array_equal(x[0].transpose(1, 2, 0), img)
-    with pytest.raises(TTGraphError, match="'x' is uint8: images feed it raw 0..255 pixels; give scale=1"):
+    with pytest.raises(TTGraphError, match=r"'x' is uint8: images feed it raw 0..255 pixels; give the raw preset"):
         calibration_source(folder, model, "imagenet")
+    # keys that say nothing of scaling (the layout, the size) leave the pixels raw, as no keys at all do
+    (keyed,) = [feed["x"] for feed in calibration_source(folder, model, "channels=rgb,size=32x48")][:1]
+    np.testing.assert_array_equal(keyed, x)
     model.graph.input[0].type.tensor_type.elem_type = TensorProto.INT8
     with pytest.raises(TTGraphError, match="the model input is int8, which cannot hold 0..255 pixels"):
         calibration_source(folder, model)

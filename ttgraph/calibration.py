@@ -448,6 +448,19 @@ def _image_files(path: Path) -> tuple[list[Path], Counter[str]]:
     return files, skipped
 
 
+def _normalises(preprocess: Preprocess | str | None) -> bool:
+    """Whether the caller's preprocessing says how to scale pixels: a preset, or scale/mean/std keys."""
+    if preprocess is None:
+        return False
+    if isinstance(preprocess, Preprocess):
+        return True
+    items = [s.strip() for s in str(preprocess).split(",") if s.strip()]
+    return bool(items) and ("=" not in items[0] or any(i.split("=")[0].strip().lower() in _SCALING for i in items))
+
+
+_SCALING = ("scale", "mean", "std")
+
+
 def _check_layout(name: str, dims: Sequence[int | None], layout: str) -> None:
     """Refuse a layout the input plainly is not (channels 1 or 3 on the other side, the dim ``layout`` would
     read as channels neither): otherwise the error would speak of a 192-channel input, or of a dynamic height
@@ -509,15 +522,16 @@ def image_source(
         )
     dtype = _input_dtype(value)
     if dtype.kind in "iub":  # the model normalises raw pixels itself: feed them as they are
-        if preprocess is None:
+        if not _normalises(preprocess):  # "layout=nhwc" alone says nothing of scale: raw pixels, not 1/255
             spec = replace(spec, scale=1.0)
         if dtype.kind == "b" or np.iinfo(dtype).max < 255:
             raise TTGraphError(value.name, f"the model input is {dtype}, which cannot hold 0..255 pixels")
         if spec.scale != 1 or any(m != 0 for m in spec.mean) or any(d != 1 for d in spec.std):
             raise TTGraphError(
                 "preprocess",
-                f"the model input {value.name!r} is {dtype}: images feed it raw 0..255 pixels; give scale=1 and "
-                "no mean/std (or leave --preprocess out)",
+                f"the model input {value.name!r} is {dtype}: images feed it raw 0..255 pixels; give the raw preset "
+                f"(--preprocess raw{',layout=nhwc' if spec.layout == 'NHWC' else ''}), or keys without scale, mean "
+                "or std",
             )
     paths = [Path(f) for f in files]
     name = value.name
