@@ -83,7 +83,7 @@ log = logging.getLogger("ttgraph.compress")  # the steps without a progress bar 
 
 def _compute_tensors(model: onnx.ModelProto) -> list[str]:
     """Inputs and outputs of the nodes whose MACs we count: their shapes must be known."""
-    return [name for n in model.graph.node if n.op_type in COUNTED_OPS for name in (*n.input[:1], *n.output[:1])]
+    return [name for n in model.graph.node if n.op_type in COUNTED_OPS for name in (*n.input, *n.output[:1]) if name]
 
 
 def _analyse(model: onnx.ModelProto) -> tuple[gs.Graph, FoundConvs, dict[str, Shape]]:

@@ -13,7 +13,21 @@ import onnx
 from ttgraph.model_io import static_dims
 from ttgraph.shapes import Shape
 
-COUNTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+COUNTED_OPS = (
+    "Conv",
+    "ConvTranspose",
+    "MatMul",
+    "Gemm",
+    "ConvInteger",  # the quantized forms: the same MACs in int8
+    "QLinearConv",
+    "MatMulInteger",
+    "QLinearMatMul",
+    "LSTM",  # recurrent and Einsum layers: an audio or OCR model's MACs are there as much as in its convs
+    "GRU",
+    "RNN",
+    "Einsum",
+)
+_WEIGHT_AT = {"QLinearConv": 3}  # where the weight is among the inputs, when not second
 
 
 def _dims(shape: Shape | None) -> list[int] | None:
@@ -27,16 +41,21 @@ def _dims(shape: Shape | None) -> list[int] | None:
 
 
 def node_macs(node: onnx.NodeProto, shapes: dict[str, Shape]) -> int | None:
-    """MACs of one Conv/ConvTranspose/MatMul/Gemm node, or None when a shape it needs is unknown."""
+    """MACs of one node of :data:`COUNTED_OPS`, or None when a shape it needs is unknown."""
     ins = [_dims(shapes.get(name)) if name else None for name in node.input]
     outs = [_dims(shapes.get(name)) for name in node.output]
-    if node.op_type == "Conv":
-        w, y = ins[1], outs[0]
+    if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
+        w, y = ins[_WEIGHT_AT.get(node.op_type, 1)], outs[0]
         return None if w is None or y is None else math.prod(y) * math.prod(w[1:])
+    if node.op_type in ("LSTM", "GRU", "RNN"):  # per step and sequence: every gate's W·x and R·h
+        x, w, r = ins[0], ins[1], ins[2]
+        return None if x is None or w is None or r is None else x[0] * x[1] * (math.prod(w) + math.prod(r))
+    if node.op_type == "Einsum":
+        return _einsum_macs(node, ins)
     if node.op_type == "ConvTranspose":
         x, w = ins[0], ins[1]
         return None if x is None or w is None else math.prod(x) * math.prod(w[1:])
-    if node.op_type == "MatMul":
+    if node.op_type in ("MatMul", "MatMulInteger", "QLinearMatMul"):
         a, y = ins[0], outs[0]
         if a is None or y is None:
             return None
@@ -48,6 +67,22 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, Shape]) -> int | None:
         trans_a = any(at.name == "transA" and at.i for at in node.attribute)
         return math.prod(y) * (a[0] if trans_a else a[-1])
     return None
+
+
+def _einsum_macs(node: onnx.NodeProto, ins: list[list[int] | None]) -> int | None:
+    """A plain evaluation's MACs: the product of every index's size (``bij,bjk->bik``: b·i·j·k); None for an
+    ellipsis or an unknown shape."""
+    equation = next((a.s.decode() for a in node.attribute if a.name == "equation"), "").replace(" ", "")
+    terms = equation.split("->")[0].split(",")
+    if "." in equation or len(terms) != len(ins) or any(d is None for d in ins):
+        return None
+    sizes: dict[str, int] = {}
+    for term, dims in zip(terms, ins, strict=True):
+        if dims is None or len(term) != len(dims):
+            return None
+        for letter, size in zip(term, dims, strict=True):
+            sizes[letter] = max(sizes.get(letter, 1), size)  # a broadcast 1 against its real size
+    return math.prod(sizes.values())
 
 
 def model_macs(model: onnx.ModelProto, shapes: dict[str, Shape]) -> tuple[int, int]:

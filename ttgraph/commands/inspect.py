@@ -1,4 +1,9 @@
-"""``ttgraph inspect MODEL``: the 1×1 convs a rewrite would touch, their cost, and every conv skipped with why."""
+"""``ttgraph inspect MODEL``: the 1×1 convs a rewrite would touch, their cost, and every conv skipped with why.
+
+The model's MACs, which the 1×1 convs' share is of, are those of its main graph's Conv, ConvTranspose, MatMul,
+Gemm, LSTM, GRU, RNN and Einsum nodes (and the quantized convs and matmuls); elementwise ops and ops inside
+If/Loop bodies are not counted.
+"""
 
 from __future__ import annotations
 
