@@ -127,6 +127,33 @@ def test_a_console_that_cannot_show_the_summary_characters_gets_escapes_not_a_tr
         assert args[0] == "inspect" or "\\u2192" in stdout  # compress's "→", escaped; cp1252 has "×"
 
 
+def test_inspect_at_a_shape_the_model_cannot_take_does_not_ask_for_the_shape_given(tmp_path):
+    """A 9-pixel side pooled by 2 and resized back is 8 against 9: shape inference gives up there, and inspect said
+    "fix dynamic dims with --input-shape" to a user who had just given them."""
+    from onnx import TensorProto, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), n) for n in ("w1", "w2")]
+    inits.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"]),
+        helper.make_node("MaxPool", ["a"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Resize", ["p", "", "scales"], ["u"]),
+        helper.make_node("Add", ["a", "u"], ["b"]),
+        helper.make_node("Conv", ["b", "w2"], ["y"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, "h", "w"])
+    graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    fine = ttgraph_cli("inspect", tmp_path / "m.onnx", "--input-shape", "x=1,4,8,8")
+    assert fine.returncode == 0 and "100.0% of the model's 2.05k" in fine.stdout
+    odd = ttgraph_cli("inspect", tmp_path / "m.onnx", "--input-shape", "x=1,4,9,8")
+    assert odd.returncode == 0 and "could not follow 1 compute node at x=1×4×9×8" in odd.stdout
+    assert "--input-shape" not in odd.stdout
+    dynamic = ttgraph_cli("inspect", tmp_path / "m.onnx")
+    assert "fix them with --input-shape" in dynamic.stdout
+
+
 def _bad_files(tmp_path: Path, det_path: Path) -> dict[str, tuple[Path, str]]:
     png = tmp_path / "photo.onnx"
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)

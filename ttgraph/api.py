@@ -120,6 +120,7 @@ class InspectReport:
     unknown_macs_nodes: int
     pointwise_macs: int | None
     pointwise_params: int
+    input_shapes: dict[str, list[int | None]] = field(default_factory=dict)  # counted at; None: a dynamic dim
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,6 +163,7 @@ def inspect(model: ModelSource, input_shapes: InputShapes | None = None) -> Insp
         unknown,
         None if any(m is None for m in pw_macs) else sum(m for m in pw_macs if m is not None),
         sum(c.params for c in found.candidates),
+        {v.name: input_dims(v) for v in graph_inputs(proto)},
     )
 
 

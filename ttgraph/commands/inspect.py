@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--json",
         action="store_true",
         help="print JSON (keys: model, layers, skipped, model_macs, unknown_macs_nodes, pointwise_macs, "
-        "pointwise_params)",
+        "pointwise_params, input_shapes)",
     )
     p.set_defaults(func=run)
 
@@ -71,7 +71,15 @@ def render(report: InspectReport) -> str:
     if report.pointwise_macs is not None and report.model_macs:
         share = f" ({100 * report.pointwise_macs / report.model_macs:.1f}% of the model's {human(report.model_macs)})"
     lines.append(f"1×1 convs: {human(report.pointwise_params)} params, {human(report.pointwise_macs)} MACs{share}")
-    if report.pointwise_macs is None:
+    dynamic = any(d is None for dims in report.input_shapes.values() for d in dims)
+    if (report.pointwise_macs is None or report.unknown_macs_nodes) and not dynamic:
+        at = ", ".join(f"{k}={'×'.join(map(str, v)) or 'scalar'}" for k, v in report.input_shapes.items())
+        n = report.unknown_macs_nodes
+        lines.append(
+            f"note: shape inference could not follow {n or 'some'} compute node{'s' * (n != 1)} at {at}, so MACs "
+            "are unknown there: can the model run at these shapes?"
+        )
+    elif report.pointwise_macs is None:
         lines.append("MACs unknown where input dims (batch or spatial) are dynamic: fix them with --input-shape")
     elif report.unknown_macs_nodes:
         lines.append(
