@@ -374,6 +374,10 @@ def test_npz_arrays_give_samples_on_the_batch_axis_or_one_feed_value_per_leading
     np.savez(tmp_path / "fewer.npz", x=x, s=table[:5])
     with pytest.raises(TTGraphError, match=r"fewer\.npz: arrays disagree on the number of feeds \(x: 6, s: 5\)"):
         calibration_source(tmp_path / "fewer.npz", two_input_model(1, [4]))
+    # s = [2, 1, 4] (an RNN state: its first dim is no batch) saved unstacked reads as batches of 2: 1 feed
+    np.savez(tmp_path / "state.npz", x=x, s=table[:2, None])
+    with pytest.raises(TTGraphError, match=r"the first dim of 's' is no batch .*new axis 0 .*: 6×2×1×4$"):
+        calibration_source(tmp_path / "state.npz", two_input_model(1, [2, 1, 4]))
     np.savez(tmp_path / "both.npz", x=x, s=x[:3, :1])  # both batches dynamic: one sample of each per feed
     with pytest.raises(TTGraphError, match=r"arrays disagree on the number of samples \(x: 6, s: 3\)"):
         calibration_source(tmp_path / "both.npz", two_input_model("n", ["n", 1, 4, 4]))

@@ -748,7 +748,14 @@ def _array_layouts(
             dynamic.append(n)
     if len(set(feeds.values())) > 1:
         counts = ", ".join(f"{n}: {k}" for n, k in feeds.items())
-        raise TTGraphError(path, f"arrays disagree on the number of feeds ({counts})")
+        most = Counter(feeds.values()).most_common(1)[0][0]
+        odd = [n for n in rows if feeds[n] != most]  # read as batches along a first dim that may be no batch
+        hint = "".join(
+            f"; if the first dim of {n!r} is no batch (an RNN state's), save it with a new axis 0 of one value "
+            f"per feed: {most}×{'×'.join(str(d) for d in input_dims(inputs[n]))}"
+            for n in odd[:1]
+        )
+        raise TTGraphError(path, f"arrays disagree on the number of feeds ({counts}){hint}")
     if not feeds and len({shapes[n][0] for n in dynamic}) > 1:  # nothing fixes a batch: one sample per feed
         counts = ", ".join(f"{n}: {shapes[n][0]}" for n in dynamic)
         raise TTGraphError(path, f"arrays disagree on the number of samples ({counts})")

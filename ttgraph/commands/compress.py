@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--calib",
         metavar="DIR_OR_FILE",
         help="calibration data: a folder of images (or one image), a .npy (samples on axis 0) or a .npz "
-        "(one array per input name: samples on the input's batch axis, or one feed value per entry of an "
+        "(one array per input name: samples on axis 0 as the input's batch, or one feed value per entry of an "
         "extra leading axis for an input without a batch dim)",
     )
     budget.add_argument(
