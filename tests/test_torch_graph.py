@@ -144,6 +144,40 @@ def test_shape_arithmetic_and_tensor_plumbing():
     _assert_matches(model, {"x": rng.standard_normal((1, 4, 6, 5)).astype(np.float32)})
 
 
+def test_the_shape_arithmetic_of_yolo_style_anchors():
+    """YOLOv8's export builds its anchor grid from Shape, Range, ConstantOfShape and Expand: distillation refused
+    it until the graph was simplified at a fixed shape."""
+    from onnx import TensorProto
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "three"], ["w"], axis=0),  # the width, a scalar
+        helper.make_node("Cast", ["w"], ["wf"], to=TensorProto.FLOAT),
+        helper.make_node("Range", ["half", "wf", "one"], ["cols"]),  # 0.5, 1.5, … < width
+        helper.make_node("ConstantOfShape", ["grid"], ["ones"], value=helper.make_tensor("v", 1, [1], [2.0])),
+        helper.make_node("Expand", ["cols", "grid"], ["xs"]),  # [3, 5]
+        helper.make_node("Mul", ["xs", "ones"], ["twice"]),
+        helper.make_node("ConstantOfShape", ["grid"], ["zeros"]),  # no value: float 0
+        helper.make_node("Add", ["twice", "zeros"], ["y"]),
+        helper.make_node("Range", ["i0", "i5", "i2"], ["ints"]),  # int64: 0, 2, 4
+    ]
+    model = _model(
+        nodes,
+        [_f("x", [1, 2, 3, 5])],
+        [_f("y", None), helper.make_tensor_value_info("ints", TensorProto.INT64, None)],
+        [
+            ("three", np.array(3, np.int64)),
+            ("half", np.array(0.5, np.float32)),
+            ("one", np.array(1.0, np.float32)),
+            ("grid", np.array([3, 5], np.int64)),
+            ("i0", np.array(0, np.int64)),
+            ("i5", np.array(5, np.int64)),
+            ("i2", np.array(2, np.int64)),
+        ],
+    )
+    _assert_matches(model, {"x": np.zeros((1, 2, 3, 5), np.float32)})
+
+
 def test_an_operator_it_cannot_run_is_one_line_naming_it_before_any_work():
     model = _model([helper.make_node("Erf", ["x"], ["y"])], [_f("x", [1, 4])], [_f("y", None)])
     with pytest.raises(TTGraphError, match=r"cannot run operator\(s\) Erf") as err:

@@ -275,6 +275,22 @@ def _gather(attrs, x, index):
     return picked.reshape([*x.shape[:axis], *idx.shape, *x.shape[axis + 1 :]])
 
 
+def _constant_of_shape(attrs, shape):
+    """``ConstantOfShape``: the attribute's one value (default float32 0) over ``shape``."""
+    value = attrs.get("value")
+    fill = numpy_helper.to_array(value).reshape(-1)[:1] if value is not None else np.zeros(1, np.float32)
+    return _tensor(np.broadcast_to(fill, [int(d) for d in shape.tolist()]))
+
+
+def _expand(attrs, x, shape):
+    """``Expand``: numpy-style broadcast of ``x`` and ``shape`` (either may hold the 1s)."""
+    return torch.broadcast_to(x, np.broadcast_shapes(tuple(x.shape), tuple(int(d) for d in shape.tolist())))
+
+
+def _range(attrs, start, limit, delta):
+    return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype)
+
+
 _OPS: dict[str, Callable[..., Any]] = {
     "Conv": _conv,
     "ConvTranspose": _conv_transpose,
@@ -317,6 +333,9 @@ _OPS: dict[str, Callable[..., Any]] = {
     "Cast": _cast,
     "Gather": _gather,
     "Shape": lambda a, x: torch.tensor(list(x.shape), dtype=torch.int64),
+    "ConstantOfShape": _constant_of_shape,  # with Expand and Range: the shape arithmetic of YOLO-style anchors
+    "Expand": _expand,
+    "Range": _range,
 }
 
 
