@@ -180,6 +180,9 @@ class FindPointwiseConvs:
             return skip(f"{kind} 1×1 (group = {group}); only group = 1 is rewritten")
         if weight.shape[0] == 0 or weight.shape[1] == 0:
             return skip(f"weight {w_tensor.name!r} is empty ({'×'.join(map(str, weight.shape))}): nothing to factor")
+        if min(weight.shape[0], weight.shape[1]) == 1:  # any factor pair holds Cin + Cout > Cin·Cout values
+            side = "output" if weight.shape[0] == 1 else "input"
+            return skip(f"one {side} channel ({weight.shape[0]}×{weight.shape[1]}): no factorization is smaller")
         consumers = len(w_tensor.outputs)
         if consumers > 1:
             return skip(f"weight {w_tensor.name!r} is shared by {consumers} nodes")

@@ -68,6 +68,15 @@ def test_other_convs_are_skipped_with_their_reason(kwargs, reason):
     assert len(found.skipped) == 1 and reason in found.skipped[0].reason
 
 
+@pytest.mark.parametrize(("cin", "cout", "side"), [(128, 1, "output"), (1, 96, "input")])
+def test_a_conv_of_one_channel_on_a_side_is_skipped(cin, cout, side):
+    """A rank-1 pair holds Cin + Cout values, more than the Cin·Cout it replaces: a rank rule rewrote a 128→1
+    head conv into a bigger one."""
+    found = find(conv_model(cin, cout))
+    assert found.candidates == []
+    assert found.skipped[0].reason == f"one {side} channel ({cout}×{cin}): no factorization is smaller"
+
+
 def _x_to_y(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto]) -> onnx.GraphProto:
     """A graph from input x (1×4×3×3) to output y."""
     return helper.make_graph(
