@@ -170,7 +170,7 @@ def test_images_feed_an_integer_input_raw_pixels(tmp_path):
     (keyed,) = [feed["x"] for feed in calibration_source(folder, model, "channels=rgb,size=32x48")][:1]
     np.testing.assert_array_equal(keyed, x)
     model.graph.input[0].type.tensor_type.elem_type = TensorProto.INT8
-    with pytest.raises(TTGraphError, match="the model input is int8, which cannot hold 0..255 pixels"):
+    with pytest.raises(TTGraphError, match="^<model>: input 'x' is int8, which cannot hold 0..255 pixels"):
         calibration_source(folder, model)
 
 
@@ -257,16 +257,16 @@ def test_an_image_layout_the_input_plainly_is_not_is_named_as_a_layout_error(tmp
     height/width" when the width was dynamic; the error says which layout the input has."""
     folder = write_images(tmp_path / "imgs", 2)
     assert next(iter(calibration_source(folder, nhwc_model(), "imagenet,layout=nhwc")))["x"].shape == (1, 32, 48, 3)
-    with pytest.raises(TTGraphError, match=r"x: the model input is 1×32×48×3, channels last \(NHWC\): add layout"):
+    with pytest.raises(TTGraphError, match=r"^<model>: input 'x' is 1×32×48×3, channels last \(NHWC\): add layout"):
         calibration_source(folder, nhwc_model(), "imagenet")
     for model in (image_model(), conv_model(3, 4, hw=("h", "w"))):
-        with pytest.raises(TTGraphError, match=r"x: the model input is 1×3×.*channels first \(NCHW\), but"):
+        with pytest.raises(TTGraphError, match=r"^<model>: input 'x' is 1×3×.*channels first \(NCHW\), but"):
             calibration_source(folder, model, "imagenet,layout=nhwc")
 
 
 def test_a_grey_model_read_with_a_colour_preset_says_to_add_channels_gray(tmp_path):
     folder = write_images(tmp_path / "imgs", 2)
-    with pytest.raises(TTGraphError, match="1 channels, preprocessing gives 3: add channels=gray to --preprocess"):
+    with pytest.raises(TTGraphError, match="1 channel, preprocessing gives 3: add channels=gray to --preprocess"):
         calibration_source(folder, image_model(channels=1), "imagenet")
     grey = next(
         iter(calibration_source(folder, image_model(channels=1), "imagenet,channels=gray,mean=0.449,std=0.226"))

@@ -164,6 +164,8 @@ def test_a_model_onnxruntime_cannot_run_is_named_by_its_file(tmp_path):
         (["--macs-ratio", "0.5", "--method", "weight", "--holdout", "3"], "--holdout goes with calibration data"),
         (["--latency-ratio", "0.5", "--cores", "3", "--calib", "IMGS"], "--cores: a latency budget times low-rank"),
         (["--macs-ratio", "0.5", "--calib", "IMGS", "--sensitivity", "-1"], "--sensitivity: expected a sample count"),
+        # a property of the model's input: the error names the model file, the input inside it
+        (["--macs-ratio", "0.5", "--calib", "IMGS", "--preprocess", "channels=gray"], "m.onnx: input 'x' has 3 chan"),
         (["--macs-ratio", "0.01", "--calib", "IMGS"], "out of reach"),
         (["--macs-ratio", "0.5", "--calib", "IMGS", "--preprocess", "nosuch"], "unknown preset"),
         (["--macs-ratio", "0.5", "--calib", "IMGS", "--holdout", "-1"], "--holdout"),

@@ -54,6 +54,7 @@ from ttgraph.progress import progress_bar
 from ttgraph.verify import check_feed
 
 Feed = Mapping[str, np.ndarray]
+MODEL = "<model>"  # an error's source the caller's naming() turns into the model's file name
 MAX_PIXELS = 1 << 28  # a resize target beyond this is a typo (size=100000x100000 was killed for memory)
 # Pillow's raster formats a calibration folder may hold; their file suffixes come from Pillow itself. Not its
 # vector, container or stub formats (EPS, PDF, HDF5, MPEG, …): a stray figure or data file among the images is
@@ -470,10 +471,10 @@ def _check_layout(name: str, dims: Sequence[int | None], layout: str) -> None:
     shape = "×".join("?" if d is None else str(d) for d in dims)
     if layout == "NHWC" and first in image_channels and last not in image_channels:
         raise TTGraphError(
-            name, f"the model input is {shape}, channels first (NCHW), but --preprocess says layout=nhwc"
+            MODEL, f"input {name!r} is {shape}, channels first (NCHW), but --preprocess says layout=nhwc"
         )
     if layout == "NCHW" and last in image_channels and first not in image_channels:
-        raise TTGraphError(name, f"the model input is {shape}, channels last (NHWC): add layout=nhwc to --preprocess")
+        raise TTGraphError(MODEL, f"input {name!r} is {shape}, channels last (NHWC): add layout=nhwc to --preprocess")
 
 
 def image_source(
@@ -494,14 +495,14 @@ def image_source(
     value = inputs[0]
     dims = input_dims(value)
     if len(dims) != 4:
-        raise TTGraphError(value.name, f"images need a 4-D image input, the model's input has dims {dims}")
+        raise TTGraphError(MODEL, f"images need a 4-D image input; input {value.name!r} has dims {dims}")
     _check_layout(value.name, dims, spec.layout)
     if spec.size is None:
         hw = dims[2:4] if spec.layout == "NCHW" else dims[1:3]
         if any(d is None for d in hw):
             raise TTGraphError(
-                value.name,
-                f"the model input has dynamic height/width {dims}: give the image size "
+                MODEL,
+                f"input {value.name!r} has dynamic height/width {dims}: give the image size "
                 "(--preprocess size=HxW) or fix the input shape (--input-shape)",
             )
         spec = spec.with_size((int(hw[0]), int(hw[1])))  # type: ignore[arg-type]
@@ -517,15 +518,16 @@ def image_source(
     if channel_dim is not None and channel_dim != want:
         hint = {1: ": add channels=gray to --preprocess", 3: ": add channels=rgb (or bgr) to --preprocess"}
         raise TTGraphError(
-            value.name,
-            f"the model input has {channel_dim} channels, preprocessing gives {want}{hint.get(channel_dim, '')}",
+            MODEL,
+            f"input {value.name!r} has {channel_dim} channel{'s' * (channel_dim != 1)}, preprocessing gives {want}"
+            f"{hint.get(channel_dim, '')}",
         )
     dtype = _input_dtype(value)
     if dtype.kind in "iub":  # the model normalises raw pixels itself: feed them as they are
         if not _normalises(preprocess):  # "layout=nhwc" alone says nothing of scale: raw pixels, not 1/255
             spec = replace(spec, scale=1.0)
         if dtype.kind == "b" or np.iinfo(dtype).max < 255:
-            raise TTGraphError(value.name, f"the model input is {dtype}, which cannot hold 0..255 pixels")
+            raise TTGraphError(MODEL, f"input {value.name!r} is {dtype}, which cannot hold 0..255 pixels")
         if spec.scale != 1 or any(m != 0 for m in spec.mean) or any(d != 1 for d in spec.std):
             raise TTGraphError(
                 "preprocess",
@@ -539,7 +541,8 @@ def image_source(
     if len(paths) % batch:
         raise TTGraphError(
             "calibration",
-            f"{len(paths)} images do not fill batches of {batch} (the model input {name!r} has batch {batch})",
+            f"{len(paths)} image{'s do' if len(paths) != 1 else ' does'} not fill batches of {batch} (the model "
+            f"input {name!r} has batch {batch})",
         )
 
     def read(path: Path) -> np.ndarray:

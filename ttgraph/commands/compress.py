@@ -523,7 +523,8 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
         lines.append(f"not distilled: {dist.get('reason')}")
     elif dist:
         line = (
-            f"distilled {dist['parameters']} parameters, {dist['epochs']} epochs over {dist['samples']} samples "
+            f"distilled {dist['parameters']} parameters, {dist['epochs']} epoch{'s' * (dist['epochs'] != 1)} over "
+            f"{dist['samples']} samples "
             f"({dist['seconds']:.1f} s): held-out loss {_number(dist['heldout_loss_before'])} → "
             f"{_number(dist['heldout_loss_after'])}"
         )
