@@ -152,6 +152,9 @@ def test_inspect_at_a_shape_the_model_cannot_take_does_not_ask_for_the_shape_giv
     assert "--input-shape" not in odd.stdout
     dynamic = ttgraph_cli("inspect", tmp_path / "m.onnx")
     assert "fix them with --input-shape" in dynamic.stdout
+    onnx.save(conv_model(16, 16, batch="n"), tmp_path / "batch.onnx")
+    batch = ttgraph_cli("inspect", tmp_path / "batch.onnx")
+    assert batch.stdout.splitlines()[-1] == "MACs are per sample: a dynamic batch dim counts as 1"
 
 
 def _bad_files(tmp_path: Path, det_path: Path) -> dict[str, tuple[Path, str]]:

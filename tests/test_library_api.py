@@ -181,6 +181,13 @@ def test_holding_out_all_of_a_generators_samples_says_so():
 def test_input_shapes_from_one_string_as_the_docstring_shows():
     assert ttgraph.parse_input_shapes("x=1,3,64,64") == {"x": [1, 3, 64, 64]}
     assert ttgraph.parse_input_shapes(["x = 1,3,64,64", "s=2"]) == {"x": [1, 3, 64, 64], "s": [2]}
+    assert ttgraph.parse_input_shapes(["scale=a=2"]) == {"scale=a": [2]}  # an exporter's name may hold "="
+
+
+def test_a_tolerance_of_one_or_more_is_refused():
+    """Every rank-1 truncation is within a relative error of 1: such a tolerance bounds nothing."""
+    with pytest.raises(ttgraph.TTGraphError, match="tolerance is a relative error: it must be below 1, got 5"):
+        ttgraph.compress(conv_model(16, 16), tolerance=5)
 
 
 def test_outputs_get_the_permissions_a_plain_open_would_give(tmp_path):

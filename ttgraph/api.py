@@ -568,6 +568,8 @@ def compress(
         raise TTGraphError("options", f"rank ratio must be in (0, 1], got {rank_ratio}")
     if tolerance is not None and tolerance < 0:
         raise TTGraphError("options", f"tolerance must be ≥ 0, got {tolerance}")
+    if tolerance is not None and tolerance >= 1:  # every rank-1 truncation is within it: no bound at all
+        raise TTGraphError("options", f"tolerance is a relative error: it must be below 1, got {tolerance}")
     name = source_name(model)
     original = load_model(model, input_shapes)
     verify_feeds = _checked_verify_feeds(original, verify_feeds, name)
@@ -1323,7 +1325,7 @@ def _budget_layer_report(
 
 
 def _input_shape_text(model: onnx.ModelProto) -> str:
-    return ", ".join(f"{i.name}={'×'.join(map(str, input_dims(i)))}" for i in graph_inputs(model))
+    return ", ".join(f"{i.name}={'×'.join(map(str, input_dims(i))) or 'scalar'}" for i in graph_inputs(model))
 
 
 def _check_runs_at_its_input_shape(model: onnx.ModelProto, name: str) -> None:

@@ -193,7 +193,7 @@ def parse_input_shapes(specs: str | Sequence[str] | None) -> dict[str, list[int]
         specs = re.sub(r"\s*=\s*", "=", specs.strip()).split()
     shapes: dict[str, list[int]] = {}
     for spec in specs or ():
-        name, sep, dims = spec.partition("=")
+        name, sep, dims = spec.rpartition("=")  # a name may hold "=", dims do not
         name = name.strip()
         try:
             values = [int(d) for d in dims.split(",")] if sep and dims else None

@@ -86,4 +86,6 @@ def render(report: InspectReport) -> str:
             f"note: {report.unknown_macs_nodes} compute nodes have unknown shapes, so the model's total MACs are "
             "unknown: fix dynamic dims with --input-shape NAME=1,3,H,W"
         )
+    elif any(dims and dims[0] is None for dims in report.input_shapes.values()):  # costs.py's rule, said aloud
+        lines.append("MACs are per sample: a dynamic batch dim counts as 1")
     return "\n".join(lines)
