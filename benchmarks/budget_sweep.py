@@ -133,6 +133,7 @@ def main() -> int:
     parser.add_argument("--distill", type=int, default=0, metavar="E", help="also distill E epochs (needs torch)")
     parser.add_argument("--distill-samples", type=int, metavar="N", help="calibration inputs distillation reads")
     parser.add_argument("--distill-lr", type=float, default=1e-3)
+    parser.add_argument("--distill-all", action="store_true", help="distill every conv weight, not only the factors")
     parser.add_argument(
         "--task", action="store_true", help="also what rapidocr would do with the outputs (boxes, rotations)"
     )
@@ -210,6 +211,7 @@ def main() -> int:
             epochs=args.distill,
             lr=args.distill_lr,
             batch=16 if args.model == "cls" else 4,
+            train="all" if args.distill_all else "factors",
         )
         return result.model, time.perf_counter() - start
 
