@@ -13,8 +13,6 @@ import logging
 import math
 import numbers
 import os
-import re
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -643,15 +641,8 @@ def _lower(
 
 
 def _select_layers(found: FoundConvs, layers: Sequence[str] | None, name: str) -> list[PointwiseConv]:
-    """The convs to rewrite: all candidates, or the named ones. None at all is an error that says why (a quantized
-    model, convs inside an If): an unchanged copy written with exit 0 read as done."""
+    """The convs to rewrite: all candidates, or the named ones."""
     candidates = found.candidates
-    if not candidates:
-        reasons = Counter(re.sub(r"'[^']*'", "'…'", s.reason) for s in found.skipped).most_common()  # names apart
-        shown = "; ".join(f"{reason} ×{n}" if n > 1 else reason for reason, n in reasons[:3])
-        more = f"; {len(reasons) - 3} other reasons" if len(reasons) > 3 else ""
-        why = f"{len(found.skipped)} skipped ({shown}{more}; inspect lists each)" if reasons else "it has no Conv"
-        raise TTGraphError(name, f"no 1×1 conv to rewrite: {why}")
     if layers is not None:
         known = {c.label for c in candidates}
         unknown = [label for label in layers if label not in known]

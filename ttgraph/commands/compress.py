@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 from passes.lower import DEFAULT_PASSES, PASSES
@@ -378,6 +380,16 @@ def _err(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _skip_summary(skipped: list) -> str:
+    """``21 skipped (quantized convolution … ×21; inspect lists each)``, reasons grouped with names left out."""
+    if not skipped:
+        return "the model has no Conv"
+    reasons = Counter(re.sub(r"'[^']*'", "'…'", s.reason) for s in skipped).most_common()
+    shown = "; ".join(f"{reason} ×{n}" if n > 1 else reason for reason, n in reasons[:3])
+    more = f"; {len(reasons) - 3} other reasons" if len(reasons) > 3 else ""
+    return f"{len(skipped)} skipped ({shown}{more}; inspect lists each)"
+
+
 def render(report: CompressionReport, *, verify_skipped: bool = False, table: bool = True) -> str:
     calibrated = report.calibration is not None
     rows = []
@@ -398,7 +410,9 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
     header = ["layer", "Cout×Cin", "format", "d", "ranks", "params", "MACs", "weight err"]
     if calibrated:
         header += ["calib err", "held-out err"]
-    lines = [format_table(header, rows), ""] if table else []
+    lines = [format_table(header, rows), ""] if table and rows else []
+    if not report.layers:  # an unchanged (only lowered) copy must not read as done
+        lines.append(f"no 1×1 conv to rewrite: {_skip_summary(report.skipped)}; only the lowering passes ran")
     t = report.totals
     params = f"{human(t['params_before'])}→{human(t['params_after'])}"
     n = t["layers_rewritten"]
