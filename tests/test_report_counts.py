@@ -79,9 +79,13 @@ def test_the_report_says_what_lowering_folded_into_the_factors():
     from ttgraph.commands.compress import render
     from ttgraph.report_html import render_html
 
-    folded = "as written: 24 params folded in from the ops after them"
-    assert f"1×1 params 384→160 (0.417×) (184, 0.479× {folded})" in render(result.report)
-    assert f"160 (0.417×); 184 (0.479×) {folded}" in render_html(result.report)
+    folded = "as written 184 params (0.479×): 24 folded in from the ops after them"
+    assert f"1×1 params 384→160 (0.417×), MACs 24.6k→10.2k (0.417×); {folded}" in render(result.report)
+    # and the whole model: the conv's 384 weights and the BatchNormalization's 4×24 before, the factors and bias after
+    whole = result.report.totals["model"]
+    assert (whole["params_before"], whole["params_after"]) == (384 + 4 * 24, 4 * (16 + 24) + 24)
+    assert "whole model: weights 480 → 184 (0.383×), MACs 24.6k → 10.2k (0.417×)" in render(result.report)
+    assert f"160 (0.417×); {folded}" in render_html(result.report)
 
 
 def test_a_kept_dense_conv_whose_weight_is_a_constant_node_folds_nothing_in():

@@ -57,6 +57,7 @@ from ttgraph.model_io import (
     input_dims,
     load_model,
     save_model,
+    set_input_shapes,
     source_files,
     source_name,
 )
@@ -603,6 +604,7 @@ def compress(
     result = CompressionResult(rewritten, report, model if not isinstance(model, onnx.ModelProto) else original)
     result.model, report.lowering = _lower(rewritten, lower)
     _note_folded_params(result.model, reports, report.lowering)
+    report.totals["model"] = whole_model_totals(original, result.model)
     if verify_feeds is not None:
         errors = compare_outputs(original, result.model, verify_feeds, name)
         report.verification = {"outputs": [e.to_dict() for e in errors]}
@@ -909,6 +911,7 @@ def _compress_to_budget(
         log.info("lowering the rewritten model")
     rewritten, lowering = _lower(rewritten, lower, _first_feed(held))
     _note_folded_params(rewritten, reports, lowering)
+    whole = whole_model_totals(original, rewritten)
     if declared is not None:
         rewritten = declare_io_like(rewritten, declared)
     macs = alloc.totals("macs") if all(c.pixels is not None for c in convs) else None
@@ -938,7 +941,7 @@ def _compress_to_budget(
         },
         layers=reports,
         skipped=found.skipped,
-        totals=_totals(reports),
+        totals={**_totals(reports), "model": whole},
         calibration=None
         if stats is None
         else {
@@ -1413,6 +1416,29 @@ def _note_folded_params(model: onnx.ModelProto, layers: list[LayerReport], lower
     lowering["params_folded_in"] = sum(
         written[layer.name] - layer.params_after for layer in layers if layer.name in written
     )
+
+
+def whole_model_totals(original: onnx.ModelProto, written: onnx.ModelProto) -> dict[str, Any]:
+    """The whole model's float weights and MACs (:data:`ttgraph.costs.COUNTED_OPS`, at ``original``'s input
+    shapes; None where a shape is unknown) before and after: the 1×1 layers' ratios say what the budget bought,
+    these what the model as a whole became (the 1×1 convs may hold a fifth of it)."""
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+    shapes = {i.name: input_dims(i) for i in graph_inputs(original)}
+    out: dict[str, Any] = {}
+    for when, model in (("before", original), ("after", written)):
+        out[f"params_{when}"] = sum(
+            math.prod(t.dims) for t in constant_tensors(model).values() if t.data_type in floats
+        )
+        if model is written and any(input_dims(i) != shapes.get(i.name) for i in graph_inputs(model)):
+            model = onnx.ModelProto()  # the written model kept dynamic dims: count it where the original was
+            model.CopyFrom(written)
+            set_input_shapes(model, {k: v for k, v in shapes.items() if None not in v})
+        total, unknown = model_macs(model, infer_shapes(model, wanted=_compute_tensors(model)))
+        out[f"macs_{when}"] = None if unknown else total
+    for key in ("params", "macs"):
+        before, after = out[f"{key}_before"], out[f"{key}_after"]
+        out[f"{key}_ratio"] = after / before if before and after is not None else None
+    return out
 
 
 def _totals(layers: list[LayerReport]) -> dict[str, Any]:

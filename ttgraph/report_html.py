@@ -60,13 +60,30 @@ def params_as_written(totals: dict[str, Any], folded: int | None) -> tuple[int, 
     return written, written / totals["params_before"] if totals.get("params_before") else None
 
 
-def _as_written(totals: dict[str, Any], folded: int | None) -> str:
-    """``; 52.2k (0.508×) as written: …`` (:func:`params_as_written`)."""
+def as_written_text(totals: dict[str, Any], folded: int | None) -> str:
+    """``as written 52.2k params (0.508×): 832 folded in from the ops after them`` (:func:`params_as_written`);
+    empty when nothing was folded in."""
     counted = params_as_written(totals, folded)
     if counted is None:
         return ""
     ratio = "" if counted[1] is None else f" ({counted[1]:.3f}×)"
-    return f"; {human(counted[0])}{ratio} as written: {folded} params folded in from the ops after them"
+    return f"as written {human(counted[0])} params{ratio}: {folded} folded in from the ops after them"
+
+
+def whole_model_text(totals: dict[str, Any]) -> str:
+    """``weights 13.5M → 13.5M (0.996×), MACs 1.01G → 914M (0.903×)``: the whole model, where the budget's
+    figures are the 1×1 layers' alone; empty for a report without them."""
+    whole = totals.get("model")
+    if not whole:
+        return ""
+    parts = []
+    for key, label in (("params", "weights"), ("macs", "MACs")):
+        ratio = whole.get(f"{key}_ratio")
+        parts.append(
+            f"{label} {human(whole.get(f'{key}_before'))} → {human(whole.get(f'{key}_after'))}"
+            + ("" if ratio is None else f" ({ratio:.3f}×)")
+        )
+    return ", ".join(parts)
 
 
 def _err(value: float | None) -> str:
@@ -278,7 +295,9 @@ def render_html(report: Any) -> str:
             "1×1 params",
             f"{human(totals.get('params_before'))} → {human(totals.get('params_after'))}"
             + (f" ({totals['params_ratio']:.3f}×)" if totals.get("params_ratio") is not None else "")
-            + _as_written(totals, (r.get("lowering") or {}).get("params_folded_in")),
+            + "".join(
+                f"; {t}" for t in [as_written_text(totals, (r.get("lowering") or {}).get("params_folded_in"))] if t
+            ),
         ),
         (
             "1×1 MACs",
@@ -286,6 +305,8 @@ def render_html(report: Any) -> str:
             + (f" ({totals['macs_ratio']:.3f}×)" if totals.get("macs_ratio") is not None else ""),
         ),
     ]
+    if whole_model_text(totals):
+        summary.append(("whole model", whole_model_text(totals)))
     if alloc:
         budget = alloc.get("budget", {})
         wanted = ", ".join(f"{k} {v}" for k, v in budget.items() if v is not None and k != "metric")

@@ -22,7 +22,7 @@ from ttgraph.errors import TTGraphError
 from ttgraph.fidelity import judged_change
 from ttgraph.files import check_output_path, distinct_outputs
 from ttgraph.model_io import parse_input_shapes, source_files
-from ttgraph.report_html import LAYER_ERRORS_BEFORE_COMPENSATION, params_as_written
+from ttgraph.report_html import LAYER_ERRORS_BEFORE_COMPENSATION, as_written_text, whole_model_text
 from ttgraph.verify import random_feed
 
 
@@ -419,14 +419,12 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
     line = f"{n} layer{'s' * (n != 1)} rewritten; 1×1 params {params}"
     if "params_ratio" in t:
         line += f" ({t['params_ratio']:.3f}×)"
-    folded = (report.lowering or {}).get("params_folded_in")
-    counted = params_as_written(t, folded)
-    if counted is not None:
-        ratio = "" if counted[1] is None else f", {counted[1]:.3f}×"
-        line += f" ({human(counted[0])}{ratio} as written: {folded} params folded in from the ops after them)"
     if "macs_ratio" in t:
         line += f", MACs {human(t['macs_before'])}→{human(t['macs_after'])} ({t['macs_ratio']:.3f}×)"
-    lines.append(line)
+    written = as_written_text(t, (report.lowering or {}).get("params_folded_in"))
+    lines.append(line + (f"; {written}" if written else ""))
+    if whole_model_text(t):
+        lines.append(f"whole model: {whole_model_text(t)}")
     factors = our_factors(report.skipped)
     if factors:
         lines.append(
