@@ -86,6 +86,23 @@ def whole_model_text(totals: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+FAR_LOSS, FAR_FACTOR = 0.1, 5.0  # a loss beyond both (absolute, and times the noise's) reads as a warning
+
+
+def far_off(out: dict, noise: dict) -> str | None:
+    """When ``out`` (the compressed model against the original) lost over :data:`FAR_LOSS` of its metric and over
+    :data:`FAR_FACTOR` times what input noise costs the original, say so: a rel L2 of 0.59 beside the noise's
+    0.057 was a broken OCR model, printed as one number among others."""
+    labels = {"binary_iou": "IoU", "top1_agreement": "top-1 agreement"}  # higher is better; rel L2: lower
+    key = next((k for k in labels if out.get(k) is not None and noise.get(k) is not None), "rel_l2")
+    loss, floor = (1 - out[key], 1 - noise[key]) if key in labels else (out[key], noise[key])
+    if loss > FAR_LOSS and loss > FAR_FACTOR * floor:
+        return (
+            f"{labels.get(key, 'rel L2')} {out[key]:.4g}, against {noise[key]:.4g} for the original under input noise"
+        )
+    return None
+
+
 def _err(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
@@ -276,6 +293,7 @@ tr.dense td{color:#777}
 h1{font-size:20px} h2{font-size:16px;margin-top:1.5em}
 .kv td{text-align:left}
 img{max-width:100%}
+p.warn{color:#a00;font-weight:bold}
 """
 
 
@@ -345,6 +363,14 @@ def render_html(report: Any) -> str:
             )
         note = f" The last rows: the original against itself, {noisy['noise']}." if noisy else ""
         parts.append(f"</table><p>{e(str(ver.get('inputs', '')) + note)}</p>")
+        moved = {out["name"]: out for out in (noisy or {}).get("outputs", [])}
+        for out in ver.get("outputs", []):
+            far = far_off(out, moved[out["name"]]) if out["name"] in moved else None
+            if far:
+                parts.append(
+                    f"<p class='warn'>Warning, output {e(out['name'])}: {e(far)}; the model may be broken for its "
+                    "task: check it there before deploying.</p>"
+                )
         img = _endtoend_figure(ver)
         if img:
             parts.append(f"<img src='{img}' alt='end-to-end error'>")

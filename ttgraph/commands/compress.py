@@ -22,7 +22,7 @@ from ttgraph.errors import TTGraphError
 from ttgraph.fidelity import judged_change
 from ttgraph.files import check_output_path, distinct_outputs
 from ttgraph.model_io import parse_input_shapes, source_files
-from ttgraph.report_html import LAYER_ERRORS_BEFORE_COMPENSATION, as_written_text, whole_model_text
+from ttgraph.report_html import LAYER_ERRORS_BEFORE_COMPENSATION, as_written_text, far_off, whole_model_text
 from ttgraph.verify import random_feed
 
 
@@ -553,6 +553,11 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
             lines.append(f"output {out['name']}: {_fidelity(out)} ({report.verification['inputs']})")
             if out["name"] in moved:
                 lines.append(f"  for scale, the original under {noisy['noise']}: {_fidelity(moved[out['name']])}")
+                far = far_off(out, moved[out["name"]])
+                if far:
+                    lines.append(
+                        f"  warning: {far}; the model may be broken for its task: check it there before deploying"
+                    )
     elif verify_skipped:
         lines.append("not verified (--no-verify)")
     else:
