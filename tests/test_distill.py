@@ -17,6 +17,7 @@ import ttgraph  # noqa: E402
 import ttgraph.api  # noqa: E402
 import ttgraph.torch_graph  # noqa: E402
 from tests.calib_material import material_preset, text_line_image  # noqa: E402
+from tests.conftest import conv_model  # noqa: E402
 from ttgraph.distill import distill, distill_targets, factor_initializers  # noqa: E402
 from ttgraph.errors import TTGraphError  # noqa: E402
 from ttgraph.model_io import load_model  # noqa: E402
@@ -135,6 +136,16 @@ def test_a_diverging_fit_backs_off_and_is_not_kept(small):
     assert result.model is compressed
     assert result.step_size_reductions == 2 and len(result.heldout_curve) == 2
     assert result.heldout_after == result.heldout_before
+    # the reports give each epoch's held-out loss: "held-out loss 5.5e-05 → 5.5e-05, not kept" hid a 1.21
+    from ttgraph.commands.compress import render
+    from ttgraph.report_html import render_html
+
+    report = ttgraph.compress(conv_model(8, 8), rank_ratio=1.0).report
+    report.distillation = {**result.to_dict(), "applied": True}
+    epochs = ", ".join(f"{v:.4g}" for v in result.heldout_curve)
+    assert f"not kept (no better on held-out samples: after each epoch {epochs})" in render(report)
+    assert "not kept: no epoch lowered the held-out loss (after each: " in render_html(report)
+    assert "2 epochs, " in render_html(report)
 
 
 def test_compress_distills_and_reports_on_held_out_lines(cls_path, tmp_path):

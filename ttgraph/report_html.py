@@ -103,6 +103,10 @@ def far_off(out: dict, noise: dict) -> str | None:
     return None
 
 
+def _count(n: Any, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def _err(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
@@ -248,15 +252,18 @@ def _endtoend_figure(verification: dict[str, Any] | None) -> str | None:
     return _png(fig)
 
 
-def _loss_figure(curve: list[float], heldout: list[float]) -> str | None:
-    """The training loss along the steps, and the held-out loss after each epoch (what picks the epoch kept)."""
-    if len(curve) < 2:
+def _loss_figure(curve: list[float], heldout: list[float], start: float | None = None) -> str | None:
+    """The training loss along the steps, and the held-out loss before training (``start``, at step 0) and after
+    each epoch (what picks the epoch kept): without the start, epochs all worse than it read as a fall."""
+    if not curve or len(curve) + len(heldout) < 2:
         return None
     fig, ax = _subplots(figsize=(5, 2.4))
     ax.plot(range(1, len(curve) + 1), curve, color="#4477aa", label="calibration (per step)")
     if heldout:
         ends = [len(curve) * (e + 1) / len(heldout) for e in range(len(heldout))]
-        ax.plot(ends, heldout, "o--", color="#cc6677", label="held out (per epoch)")
+        if start is not None:
+            ends, heldout = [0.0, *ends], [start, *heldout]
+        ax.plot(ends, heldout, "o--", color="#cc6677", label="held out (before, then per epoch)")
         ax.legend(fontsize=7)
     ax.set_yscale("log")
     ax.set_xlabel("step (averaged)", fontsize=8)
@@ -401,21 +408,25 @@ def render_html(report: Any) -> str:
     if dist and not dist.get("applied"):
         parts.append(f"<h2>Distillation</h2><p>not applied: {e(str(dist.get('reason')))}</p>")
     elif dist:
-        kept = "not kept: no epoch lowered the held-out loss"
+        per_epoch = ", ".join(_sig(v) for v in dist.get("heldout_loss_per_epoch") or [])
+        kept = "not kept: no epoch lowered the held-out loss" + (f" (after each: {per_epoch})" if per_epoch else "")
         if dist.get("kept"):
             kept = f"kept the factors of epoch {dist.get('best_epoch')} (lowest held-out loss)"
         if dist.get("step_size_reductions"):
             kept += f"; step size divided by ten {dist['step_size_reductions']} time(s) after a worse epoch"
         parts.append(
             f"<h2>Distillation</h2><p>{dist.get('parameters')} parameters ({e(str(dist.get('train')))}), "
-            f"{dist.get('epochs')} epochs, {dist.get('steps')} steps of {dist.get('batch')} samples over "
+            f"{_count(dist.get('epochs'), 'epoch')}, {_count(dist.get('steps'), 'step')} of {dist.get('batch')} "
+            "samples over "
             f"{dist.get('samples')} calibration samples, {dist.get('seconds')} s; {kept}. Loss: "
             f"{e(str(dist.get('loss')))}: calibration {_sig(dist.get('calibration_loss_before'))} → "
             f"{_sig(dist.get('calibration_loss_after'))}, held out ({dist.get('heldout_samples')} samples) "
             f"{_sig(dist.get('heldout_loss_before'))} → {_sig(dist.get('heldout_loss_after'))}.</p>"
         )
         parts += _before_after(dist.get("end_to_end"))
-        img = _loss_figure(dist.get("loss_curve") or [], dist.get("heldout_loss_per_epoch") or [])
+        img = _loss_figure(
+            dist.get("loss_curve") or [], dist.get("heldout_loss_per_epoch") or [], dist.get("heldout_loss_before")
+        )
         if img:
             parts.append(f"<img src='{img}' alt='distillation loss'>")
     weighted = any(layer.get("sensitivity") is not None for layer in layers)

@@ -544,7 +544,13 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
             line += f", step size cut tenfold {dist['step_size_reductions']}×"
         if dist["kept"] and dist["best_epoch"] < dist["epochs"]:
             line += f", epoch {dist['best_epoch']} kept"
-        line += _end_to_end(dist.get("end_to_end")) if dist["kept"] else "; not kept (no better on held-out samples)"
+        per_epoch = ", ".join(_number(v) for v in dist.get("heldout_loss_per_epoch") or [])
+        line += (
+            _end_to_end(dist.get("end_to_end"))
+            if dist["kept"]
+            else "; not kept (no better on held-out samples"
+            + (f": after each epoch {per_epoch})" if per_epoch else ")")
+        )
         lines.append(line)
     if report.verification:
         noisy = report.verification.get("original_under_input_noise") or {}
