@@ -811,7 +811,15 @@ def test_the_report_names_the_held_out_images(tmp_path):
     arrays = ttgraph.compress(
         conv_model(3, 16, hw=(8, 8)), calibration=np.ones((4, 1, 3, 8, 8), np.float32), holdout=1, params_ratio=0.9
     )
-    assert arrays.report.calibration["heldout_names"] is None
+    assert arrays.report.calibration["heldout_names"] is None  # an array in memory: its samples have no names
+    # a file's samples are named by their rows in it: x.npz[3]; [2:4] where the model takes two per feed
+    np.savez(tmp_path / "x.npz", x=np.ones((6, 3, 8, 8), np.float32))
+    one = ttgraph.compress(conv_model(3, 16, hw=(8, 8)), calibration=tmp_path / "x.npz", holdout=1, params_ratio=0.9)
+    two = ttgraph.compress(
+        conv_model(3, 16, hw=(8, 8), batch=2), calibration=tmp_path / "x.npz", holdout=1, params_ratio=0.9
+    )
+    assert one.report.calibration["heldout_names"] == ["x.npz[5]"]
+    assert two.report.calibration["heldout_names"] == ["x.npz[4:6]"]
 
 
 def test_images_read_without_a_preprocessing_say_the_default_was_used(tmp_path):

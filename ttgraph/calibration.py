@@ -711,7 +711,13 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
         True,
         f"{rows_in_file} sample{'s' * (rows_in_file != 1)} in {p.name}{_batched(rows_in_file, feeds)}",
         fetch,
+        names=[_rows_name(p.name, i, rows_in_file // feeds) for i in range(feeds)] if feeds else None,
     )
+
+
+def _rows_name(file: str, feed: int, rows: int) -> str:
+    """``x.npz[7]``, or ``x.npz[14:16]`` for a feed of two rows: which samples a held-out feed is."""
+    return f"{file}[{feed * rows}]" if rows == 1 else f"{file}[{feed * rows}:{(feed + 1) * rows}]"
 
 
 def _array_layouts(

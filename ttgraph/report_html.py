@@ -342,8 +342,8 @@ def render_html(report: Any) -> str:
         summary.append(
             (
                 "calibration",
-                f"{cal.get('samples')} samples from {cal.get('source')}, "
-                f"{cal.get('heldout_samples')} held out, {cal.get('seconds')} s, method {cal.get('method')}",
+                f"{cal.get('samples')} samples to calibrate, {cal.get('heldout_samples')} held out (of "
+                f"{cal.get('source')}), {cal.get('seconds')} s, method {cal.get('method')}",
             )
         )
         if cal.get("heldout_names"):
