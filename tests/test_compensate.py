@@ -482,8 +482,12 @@ def test_compensation_fitted_to_too_few_samples_is_skipped_unless_asked_for_and_
     assert insisted.report.compensation["applied"] and insisted.report.compensation["checked"] is False
     enough = ttgraph.compress(model, calibration=data, holdout=0, params_ratio=0.75)
     assert enough.report.compensation["applied"] and enough.report.compensation["checked"] is False
+    from ttgraph.report_html import render_html
+
+    assert "Not checked: no samples were held out to judge it on." in render_html(enough.report)
     judged = ttgraph.compress(model, calibration=data, holdout=2, compensate_samples=10, params_ratio=0.75)
     assert judged.report.compensation["checked"] is True
+    assert "Not checked" not in render_html(judged.report)
 
 
 def test_a_first_layer_reads_the_same_error_in_the_layer_table_and_the_compensation_table():

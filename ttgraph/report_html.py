@@ -392,6 +392,8 @@ def render_html(report: Any) -> str:
         )
         if comp.get("kept") is False:
             parts.append(f"<p><b>Not kept</b>: {e(str(comp.get('reason')))}.</p>")
+        if comp.get("checked") is False:  # the summary said so; the page must too
+            parts.append("<p class='warn'>Not checked: no samples were held out to judge it on.</p>")
         parts += _before_after(comp.get("end_to_end"))
         parts.append(
             "<table><tr><th class='l'>layer</th><th>calib err before its refit</th><th>calib err after it</th>"
