@@ -212,3 +212,21 @@ def test_a_graph_output_declared_without_a_shape_gets_the_inferred_one():
     assert ttgraph.compress(given, rank=2).report.layers[0].format == "lowrank"
     with pytest.raises(TTGraphError, match=r"required but missing\. \(no shape on graph input/output 'x', 'y'\)"):
         model_io.load_model(model(None))
+
+
+def test_fixed_input_shapes_fix_the_output_dims_they_determine():
+    """YOLOv8n written at 1×3×320×320 still declared its output [batch, 22, (floor(height/2 …)]: a runtime that
+    reads the declared shapes saw a dynamic model."""
+    w = numpy_helper.from_array(np.ones((8, 4, 1, 1), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, "h", "w"])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    fixed = model_io.load_model(model, {"x": [2, 4, 6, 5]})
+    assert [d.dim_value for d in fixed.graph.output[0].type.tensor_type.shape.dim] == [2, 8, 6, 5]
+    written = ttgraph.compress(model, rank=2, input_shapes={"x": [2, 4, 6, 5]}).model
+    assert [d.dim_value for d in written.graph.output[0].type.tensor_type.shape.dim] == [2, 8, 6, 5]

@@ -488,6 +488,27 @@ def set_input_shapes(model: onnx.ModelProto, shapes: InputShapes, name: str = "<
             dim.Clear()
             dim.dim_value = int(want)
     del model.graph.value_info[:]
+    _fix_output_dims(model)
+
+
+def _fix_output_dims(model: onnx.ModelProto) -> None:
+    """The graph outputs' symbolic dims (``batch``, ``floor(h/32)·…``) that the fixed inputs now determine get
+    their values: a model written at 1×3×320×320 still declared a dynamic batch and size on its output."""
+    declared = [v for v in model.graph.output if v.type.tensor_type.HasField("shape")]
+    if not any(not d.HasField("dim_value") for v in declared for d in v.type.tensor_type.shape.dim):
+        return
+    inferred = inferred_from_inputs(model, output_shapes=False)
+    if inferred is None:
+        return
+    shapes = {v.name: v.type.tensor_type.shape for v in inferred.output if v.type.tensor_type.HasField("shape")}
+    for value in declared:
+        dims, found = value.type.tensor_type.shape.dim, shapes.get(value.name)
+        if found is None or len(found.dim) != len(dims):
+            continue
+        for dim, new in zip(dims, found.dim, strict=True):
+            if not dim.HasField("dim_value") and new.HasField("dim_value") and new.dim_value > 0:
+                dim.Clear()
+                dim.dim_value = new.dim_value
 
 
 def declare_io_like(model: onnx.ModelProto, declared: onnx.ModelProto) -> onnx.ModelProto:
