@@ -150,7 +150,10 @@ def test_a_model_onnxruntime_cannot_run_is_named_by_its_file(tmp_path):
     ("args", "needle"),
     [
         (["--macs-ratio", "0.5"], "--calib"),
-        (["--latency-ratio", "0.9", "--latency-threads", "0", "--calib", "IMGS"], "latency threads must be ≥ 1"),
+        (
+            ["--latency-ratio", "0.9", "--latency-threads", "0", "--calib", "IMGS"],
+            "--latency-threads: expected ≥ 1, got 0",
+        ),
         (["--rank", "2", "--macs-ratio", "0.5", "--calib", "IMGS"], "not both"),
         ([], "not both and not neither"),
         (["--rank", "2", "--calib", "IMGS"], "go with a budget"),
@@ -162,6 +165,8 @@ def test_a_model_onnxruntime_cannot_run_is_named_by_its_file(tmp_path):
             "--distill-batch and --distill-all go with --distill",
         ),
         (["--macs-ratio", "0.5", "--method", "weight", "--holdout", "3"], "--holdout goes with calibration data"),
+        (["--rank", "2", "--no-compensate"], "--no-compensate: --no-compensate goes with a budget"),  # as typed
+        (["--rank-ratio", "2"], "--rank-ratio: expected a fraction of full rank in (0, 1], got 2.0"),
         (["--latency-ratio", "0.5", "--cores", "3", "--calib", "IMGS"], "--cores: a latency budget times low-rank"),
         (["--macs-ratio", "0.5", "--calib", "IMGS", "--sensitivity", "-1"], "--sensitivity: expected a sample count"),
         # a property of the model's input: the error names the model file, the input inside it

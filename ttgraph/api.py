@@ -485,7 +485,7 @@ def compress(
     distill_lr = _real("distill_lr", distill_lr)
     compensate, progress = _flag("compensate", compensate), _flag("progress", progress)
     if latency_threads < 1:
-        raise TTGraphError("options", f"latency threads must be ≥ 1, got {latency_threads}")
+        raise TTGraphError("latency_threads", f"expected ≥ 1, got {latency_threads}")
     if distill < 0 or distill_batch < 1 or not distill_lr > 0 or distill_train not in ("factors", "all"):
         raise TTGraphError(
             "options",
@@ -520,7 +520,7 @@ def compress(
             "options", "choose exactly one of rank, rank_ratio and tolerance, or a budget (macs_ratio, ...)"
         )
     if not 1 <= cores <= MAX_CORES:
-        raise TTGraphError("options", f"cores must be between 1 and {MAX_CORES}, got {cores}")
+        raise TTGraphError("cores", f"expected 1 to {MAX_CORES}, got {cores}")
     if latency_ratio is not None and cores != 1:  # TT candidates would be dropped without a word
         raise TTGraphError(
             "cores", f"a latency budget times low-rank factor pairs (d = 1) only: cores must be 1, got {cores}"
@@ -562,13 +562,13 @@ def compress(
     if rank_multiple != 1 or method != "data":  # a budget's candidates: a rank rule would drop them without a word
         raise TTGraphError("options", "rank_multiple and method shape a budget's candidates, not a rank rule's ranks")
     if rank is not None and rank < 1:
-        raise TTGraphError("options", f"rank must be ≥ 1, got {rank}")
+        raise TTGraphError("rank", f"expected ≥ 1, got {rank}")
     if rank_ratio is not None and not 0 < rank_ratio <= 1:
-        raise TTGraphError("options", f"rank ratio must be in (0, 1], got {rank_ratio}")
+        raise TTGraphError("rank_ratio", f"expected a fraction of full rank in (0, 1], got {rank_ratio}")
     if tolerance is not None and tolerance < 0:
-        raise TTGraphError("options", f"tolerance must be ≥ 0, got {tolerance}")
+        raise TTGraphError("tolerance", f"expected ≥ 0, got {tolerance}")
     if tolerance is not None and tolerance >= 1:  # every rank-1 truncation is within it: no bound at all
-        raise TTGraphError("options", f"tolerance is a relative error: it must be below 1, got {tolerance}")
+        raise TTGraphError("tolerance", f"a relative error: it must be below 1, got {tolerance}")
     name = source_name(model)
     original = load_model(model, input_shapes)
     verify_feeds = _checked_verify_feeds(original, verify_feeds, name)

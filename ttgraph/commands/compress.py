@@ -235,6 +235,11 @@ def _holdout(text: str) -> int | float:
     return int(value) if value >= 1 else value
 
 
+def _flag(args: argparse.Namespace, key: str) -> str:
+    """The flag the user typed for ``key``: ``--no-compensate`` for a compensate of False."""
+    return "--no-compensate" if key == "compensate" and args.compensate is False else f"--{key.replace('_', '-')}"
+
+
 def _go_with(flags: list[str]) -> str:
     """``--a goes with`` / ``--a and --b go with``."""
     if len(flags) == 1:
@@ -261,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
         "compensate",
         "compensate_samples",
     )
-    given = [f"--{key.replace('_', '-')}" for key in for_budget if getattr(args, key) is not None]
+    given = [_flag(args, key) for key in for_budget if getattr(args, key) is not None]
     if ruled and given:
         raise TTGraphError(given[0], f"{_go_with(given)} a budget (--macs-ratio, --params-ratio, …), not a rank rule")
     # options that only shape distillation, or only read calibration data, would be dropped without it
@@ -274,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
     if given and not args.distill:
         raise TTGraphError(given[0], f"{_go_with(given)} --distill EPOCHS")
     for_data = ("preprocess", "holdout", "compensate", "compensate_samples", "sensitivity")
-    given = [f"--{key.replace('_', '-')}" for key in for_data if getattr(args, key) not in (None, 0)]
+    given = [_flag(args, key) for key in for_data if getattr(args, key) not in (None, 0)]
     if budgeted and args.calib is None and given:
         raise TTGraphError(given[0], f"{_go_with(given)} calibration data (--calib DIR_OR_FILE)")
     defaults = {
@@ -392,7 +397,7 @@ def _skip_summary(skipped: list) -> str:
         return "the model has no Conv"
     reasons = Counter(re.sub(r"'[^']*'", "'…'", s.reason) for s in skipped).most_common()
     shown = "; ".join(f"{reason} ×{n}" if n > 1 else reason for reason, n in reasons[:3])
-    more = f"; {len(reasons) - 3} other reasons" if len(reasons) > 3 else ""
+    more = f"; {len(reasons) - 3} other reason{'s' * (len(reasons) != 4)}" if len(reasons) > 3 else ""
     return f"{len(skipped)} skipped ({shown}{more}; inspect lists each)"
 
 

@@ -83,7 +83,8 @@ def render(report: InspectReport) -> str:
         lines.append("MACs unknown where input dims (batch or spatial) are dynamic: fix them with --input-shape")
     elif report.unknown_macs_nodes:
         lines.append(
-            f"note: {report.unknown_macs_nodes} compute nodes have unknown shapes, so the model's total MACs are "
+            f"note: {report.unknown_macs_nodes} compute node{'s have' if report.unknown_macs_nodes != 1 else ' has'} "
+            "unknown shapes, so the model's total MACs are "
             "unknown: fix dynamic dims with --input-shape NAME=1,3,H,W"
         )
     elif any(dims and dims[0] is None for dims in report.input_shapes.values()):  # costs.py's rule, said aloud
