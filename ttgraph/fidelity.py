@@ -30,7 +30,10 @@ __all__ = [
     "OriginalOutputs",
     "binary_iou",
     "heldout_fidelity",
+    "METRIC_LABELS",
+    "higher_is_better",
     "judged_change",
+    "judged_metric",
     "worse_and_better",
 ]
 
@@ -184,6 +187,17 @@ SAME = 1e-6  # relative difference below which a measure counts as unchanged (on
 
 #: per-output measures a step is judged by, the first one an output has: task-shaped ones before the raw error
 _JUDGED_BY = {"binary_iou": True, "top1_agreement": True, "rel_l2": False}  # True: higher is better
+METRIC_LABELS = {"binary_iou": "IoU", "top1_agreement": "top-1 agreement", "rel_l2": "rel L2"}
+
+
+def judged_metric(*outputs: dict[str, Any]) -> str | None:
+    """The metric an output is judged by: its IoU, else its top-1 agreement, else its relative L2 error — the
+    first that every one of ``outputs`` (the same output measured before and after a step, say) has."""
+    return next((k for k in _JUDGED_BY if all(o.get(k) is not None for o in outputs)), None)
+
+
+def higher_is_better(metric: str) -> bool:
+    return _JUDGED_BY[metric]
 
 
 def judged_change(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, int] | None:
@@ -193,7 +207,7 @@ def judged_change(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, int] |
     >>> judged_change({"binary_iou": 0.9, "rel_l2": 0.2}, {"binary_iou": 0.95, "rel_l2": 0.3})
     ('binary_iou', 1)
     """
-    key = next((k for k in _JUDGED_BY if old.get(k) is not None and new.get(k) is not None), None)
+    key = judged_metric(old, new)
     if key is None:
         return None
     if abs(new[key] - old[key]) <= SAME * max(abs(old[key]), abs(new[key])):

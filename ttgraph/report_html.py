@@ -19,6 +19,7 @@ from typing import Any
 
 from ttgraph.costs import human
 from ttgraph.errors import TTGraphError
+from ttgraph.fidelity import METRIC_LABELS, higher_is_better, judged_metric
 from ttgraph.files import write_atomic
 from ttgraph.process_state import quiet_warnings
 
@@ -98,14 +99,13 @@ def far_off(out: dict, noise: dict | None) -> str | None:
     (``noise``, None when the calibration had no images), say so: a rel L2 of 0.59 beside the noise's 0.057 was a
     broken OCR model, printed as one number among others."""
     noise = noise or {}
-    labels = {"binary_iou": "IoU", "top1_agreement": "top-1 agreement", "rel_l2": "rel L2"}
-    key = next(k for k in labels if out.get(k) is not None or k == "rel_l2")  # as the keep decision judges
-    higher = key != "rel_l2"
+    key = judged_metric(out) or "rel_l2"  # as the keep decision judges
+    higher = higher_is_better(key)
     loss = 1 - out[key] if higher else out[key]
     floor = None if noise.get(key) is None else (1 - noise[key] if higher else noise[key])
     if loss > FAR_ALWAYS[key] or (floor is not None and loss > FAR_LOSS and loss > FAR_FACTOR * floor):
         against = "" if floor is None else f", against {noise[key]:.4g} for the original under input noise"
-        return f"{labels[key]} {out[key]:.4g}{against}"
+        return f"{METRIC_LABELS[key]} {out[key]:.4g}{against}"
     return None
 
 
@@ -326,15 +326,14 @@ def render_html(report: Any) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ttgraph: {e(str(r.get('model')))}</title>"]
     parts.append(f"<style>{STYLE}</style></head><body><h1>ttgraph compression report: {e(str(r.get('model')))}</h1>")
     totals = r.get("totals", {})
+    written = as_written_text(totals, (r.get("lowering") or {}).get("params_folded_in"))
     summary = [
         ("layers rewritten", f"{totals.get('layers_rewritten')} of {len(layers)}"),
         (
             "1×1 params",
             f"{human(totals.get('params_before'))} → {human(totals.get('params_after'))}"
             + (f" ({totals['params_ratio']:.3f}×)" if totals.get("params_ratio") is not None else "")
-            + "".join(
-                f"; {t}" for t in [as_written_text(totals, (r.get("lowering") or {}).get("params_folded_in"))] if t
-            ),
+            + (f"; {written}" if written else ""),
         ),
         (
             "1×1 MACs",

@@ -19,7 +19,7 @@ from ttgraph.api import CompressionReport, compress, our_factors
 from ttgraph.commands.common import add_input_shape_option, format_table, help_text, log_to_stderr
 from ttgraph.costs import human
 from ttgraph.errors import TTGraphError
-from ttgraph.fidelity import judged_change
+from ttgraph.fidelity import METRIC_LABELS, judged_change
 from ttgraph.files import check_output_path, distinct_outputs
 from ttgraph.model_io import parse_input_shapes, source_files
 from ttgraph.report_html import (
@@ -197,12 +197,11 @@ def _end_to_end(ends: dict | None) -> str:
     one the step made worse: a model of several outputs can keep a step that helped the others."""
     text = ""
     ends = ends or {}
-    labels = {"binary_iou": "IoU", "top1_agreement": "top-1 agreement", "rel_l2": "rel L2"}
     for before, after in zip(ends.get("before") or [], ends.get("after") or [], strict=False):
         judged = judged_change(before, after)
         if judged is not None:
             key, sign = judged
-            text += f"; {before['name']} {labels[key]} {before[key]:.4f} → {after[key]:.4f} held out"
+            text += f"; {before['name']} {METRIC_LABELS[key]} {before[key]:.4f} → {after[key]:.4f} held out"
             text += " (worse)" if sign < 0 else ""
     return text
 
