@@ -165,6 +165,12 @@ def test_a_model_onnxruntime_cannot_run_is_named_by_its_file(tmp_path):
             "--distill-batch and --distill-all go with --distill",
         ),
         (["--macs-ratio", "0.5", "--method", "weight", "--holdout", "3"], "--holdout goes with calibration data"),
+        (["--macs-ratio", "0.5", "--calib", "IMGS", "--latency-threads", "4"], "--latency-threads goes with --latency"),
+        (
+            ["--macs-ratio", "0.5", "--calib", "IMGS", "--no-compensate", "--compensate-samples", "8"],
+            "--compensate-samples and --no-compensate contradict",
+        ),
+        (["--rank", "2", "--plan-cost", "roofline"], "--plan-cost: --plan-cost orders TT cores' contractions"),
         (["--rank", "2", "--no-compensate"], "--no-compensate: --no-compensate goes with a budget"),  # as typed
         (["--rank-ratio", "2"], "--rank-ratio: expected a fraction of full rank in (0, 1], got 2.0"),
         (["--latency-ratio", "0.5", "--cores", "3", "--calib", "IMGS"], "--cores: a latency budget times low-rank"),

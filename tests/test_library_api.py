@@ -50,6 +50,8 @@ def test_numpy_scalars_and_arrays_as_options_give_a_plain_json_report(tmp_path):
         ({"rank": 2, "lower": 5}, "lower: expected True, False or pass names"),
         ({"rank": 2, "verify_feeds": 5}, "verify_feeds: expected a list of feed dicts, got int"),
         ({"macs_ratio": 0.5, "calibration": [], "latency_threads": 0}, "latency_threads: expected ≥ 1, got 0"),
+        ({"macs_ratio": 0.5, "calibration": [], "latency_threads": 2}, "latency_threads: times a latency budget"),
+        ({"macs_ratio": 0.5, "compensate": False, "compensate_samples": 8}, "set with compensate=False"),
         ({"macs_ratio": 0.5, "calibration": "READER"}, "get_next.. returned int, expected a dict"),
         ({"macs_ratio": 0.5, "calibration": [], "holdout": None}, "holdout: expected a count"),
         ({"rank": 2, "plan_cost": None}, "plan_cost: unknown cost model None"),

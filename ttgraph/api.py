@@ -494,6 +494,10 @@ def compress(
         )
     if compensate_samples is not None and compensate_samples < 1:
         raise TTGraphError("compensate_samples", f"expected ≥ 1 (or None: automatic), got {compensate_samples}")
+    if compensate_samples is not None and not compensate:  # either would be dropped without a word
+        raise TTGraphError("compensate_samples", "set with compensate=False: drop one of them")
+    if latency_threads != 1 and latency_ratio is None:
+        raise TTGraphError("latency_threads", f"times a latency budget: {latency_threads} without latency_ratio")
     if holdout is None:
         raise TTGraphError("holdout", "expected a count (8) or a fraction (0.1) of the calibration samples, got None")
     holdout = _integer("holdout", holdout) if isinstance(holdout, numbers.Integral) else _real("holdout", holdout)

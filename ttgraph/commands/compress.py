@@ -50,8 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--plan-cost",
         choices=("flops", "roofline", "measured"),
-        default="flops",
-        help="cost model the DP planner orders each TT layer's contractions by (as `ttgraph plan --cost`)",
+        default=None,
+        help="cost model the DP planner orders each TT layer's contractions by (as `ttgraph plan --cost`; "
+        "default flops; needs --cores ≥ 2: a low-rank pair has one order)",
     )
     budget = p.add_argument_group("budget from calibration data (instead of a rank rule)")
     budget.add_argument(
@@ -281,9 +282,20 @@ def run(args: argparse.Namespace) -> int:
     given = [_flag(args, key) for key in for_data if getattr(args, key) not in (None, 0)]
     if budgeted and args.calib is None and given:
         raise TTGraphError(given[0], f"{_go_with(given)} calibration data (--calib DIR_OR_FILE)")
+    # each of these shapes one step only, which the other options given leave out
+    if args.latency_threads is not None and args.latency_ratio is None:
+        raise TTGraphError("--latency-threads", "--latency-threads goes with --latency-ratio (it sets its timings)")
+    if args.compensate_samples and args.compensate is False:
+        raise TTGraphError("--compensate-samples", "--compensate-samples and --no-compensate contradict each other")
+    if args.plan_cost is not None and args.cores == 1:
+        raise TTGraphError(
+            "--plan-cost",
+            "--plan-cost orders TT cores' contractions: it goes with --cores 2 or more (a low-rank pair has one order)",
+        )
     defaults = {
         "holdout": "0.1",
         "latency_threads": 1,
+        "plan_cost": "flops",
         "method": "data",
         "rank_multiple": 1,
         "compensate": True,
