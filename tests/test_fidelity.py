@@ -3,14 +3,20 @@ outputs kept by the first, within a memory bound."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
+import onnx
 import pytest
 from onnx import numpy_helper
 
 import ttgraph
 from tests.conftest import conv_model
+from tests.test_cli import assert_clean_error, ttgraph_cli
 from tests.test_compensate import feeds, stacked_convs
 from ttgraph.fidelity import OriginalOutputs, heldout_fidelity
+from ttgraph.report_html import render_html
 
 
 def changed(model, scale: float):
@@ -112,3 +118,85 @@ def test_a_held_out_loss_far_beyond_the_input_noise_yardstick_is_a_warning():
     warning = "rel L2 0.593, against 0.0572 for the original under input noise; the model may be broken for its task"
     assert f"  warning: {warning}: check it there before deploying" in render(report).splitlines()
     assert f"Warning, output 387: {warning}" in render_html(report)
+
+
+def test_judge_replaces_the_guess_an_outputs_shape_makes():
+    """DeepFilterNet's gain mask (N×1×T×F in [0, 1]) was judged by a text map's IoU at 0.3, and a model's map of
+    logits (outside [0, 1]) or a segmentation's class scores (N×K×H×W) by rel L2 alone: the user says instead."""
+    from ttgraph.fidelity import FidelityTally, judged_metric
+
+    rng = np.random.default_rng(0)
+    gain = rng.uniform(0, 1, (2, 1, 4, 6)).astype(np.float32)
+    logits = rng.standard_normal((2, 1, 4, 6)).astype(np.float32)
+    classes = rng.standard_normal((2, 3, 4, 6)).astype(np.float32)
+    flipped = classes.copy()
+    flipped[0, :, 0, 0] = -flipped[0, :, 0, 0] * 10  # one pixel of 48 changes its arg-max class
+    names = ["gain", "logits", "classes"]
+    guessed, chosen = (
+        FidelityTally(names),
+        FidelityTally(names, judge={"gain": "rel-l2", "logits": "iou@0", "classes": "top1"}),
+    )
+    for tally in (guessed, chosen):
+        tally.add([gain, logits, classes], [gain * 0.9, logits + 0.1, flipped])
+    by_shape, by_user = guessed.result()["outputs"], chosen.result()["outputs"]
+    assert [judged_metric(o) for o in by_shape] == ["binary_iou", "rel_l2", "rel_l2"]
+    assert [judged_metric(o) for o in by_user] == ["rel_l2", "binary_iou", "top1_agreement"]
+    inter, union = np.sum((logits > 0) & (logits + 0.1 > 0)), np.sum((logits > 0) | (logits + 0.1 > 0))
+    assert by_user[1]["binary_iou"] == inter / union and by_user[1]["iou_threshold"] == 0
+    assert by_user[2]["top1_agreement"] == 47 / 48 and by_user[2]["judged_by"] == "top1"
+    assert "binary_iou" not in by_user[0] and by_user[0]["rel_l2"] == by_shape[0]["rel_l2"]
+
+
+@pytest.mark.parametrize(
+    ("judge", "needle"),
+    [
+        (["nope=iou"], "judge: the model has no output 'nope' (its outputs: y)"),
+        (["y=accuracy"], "judge: y: unknown metric 'accuracy' (known: iou, iou@THRESHOLD, top1, rel-l2)"),
+        (["y"], "judge: expected OUTPUT=METRIC"),
+        (["y=iou@high"], "judge: y: expected a number after iou@"),
+        ("y=iou", "judge: expected {output: metric} or ['OUTPUT=METRIC', ...]"),
+    ],
+)
+def test_a_judge_that_names_no_output_or_metric_is_an_error_before_any_work(judge, needle):
+    with pytest.raises(ttgraph.TTGraphError, match=re.escape(needle)):
+        ttgraph.compress(conv_model(8, 8), calibration=np.zeros((4, 8, 9, 10), np.float32), macs_ratio=0.5, judge=judge)
+
+
+def test_top1_on_an_output_without_a_class_axis_is_refused_from_its_declared_rank():
+    from onnx import TensorProto, helper
+
+    from ttgraph.fidelity import parse_judge
+
+    vector = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5])],
+        )
+    )
+    with pytest.raises(
+        ttgraph.TTGraphError, match="judge: y: top1 needs N × K scores along axis 1, the output has rank 1"
+    ):
+        parse_judge({"y": "top1"}, vector)
+
+
+def test_the_judge_a_user_gives_decides_the_reports_metric_and_is_recorded(tmp_path):
+    """y (Conv → Relu, unbounded) is judged by rel L2 by its shape; judged ``iou@0.5`` the held-out verification,
+    the summary's before → after and the report's options say IoU."""
+    model = tmp_path / "m.onnx"
+    onnx.save(conv_model(16, 16, hw=(6, 6)), model)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((12, 16, 6, 6)).astype(np.float32))
+    report = tmp_path / "r.json"
+    common = ["compress", model, "--calib", tmp_path / "x.npy", "--holdout", "4", "--macs-ratio", "0.5"]
+    proc = ttgraph_cli(*common, "-o", tmp_path / "o.onnx", "--report", report, "--judge", "y=iou@0.5")
+    assert proc.returncode == 0, proc.stderr
+    written = json.loads(report.read_text())
+    assert written["options"]["judge"] == {"y": "iou@0.5"}
+    (out,) = written["verification"]["outputs"]
+    assert out["judged_by"] == "iou@0.5" and out["iou_threshold"] == 0.5 and 0 <= out["binary_iou"] <= 1
+    assert ", IoU(>0.5) " in proc.stdout and "y IoU " in proc.stdout
+    assert "Judged as the options say (judge), not by shape: y by iou@0.5." in render_html(written)
+    bad = ttgraph_cli(*common, "-o", tmp_path / "p.onnx", "--judge", "z=iou")
+    assert_clean_error(bad, "--judge: the model has no output 'z' (its outputs: y)")
+    assert not (tmp_path / "p.onnx").exists()

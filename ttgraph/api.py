@@ -420,6 +420,7 @@ def compress(
     distill_lr: Real = 1e-3,
     distill_batch: Integer = 16,
     distill_train: str = "factors",
+    judge: Mapping[str, str] | Sequence[str] | None = None,
 ) -> CompressionResult:
     """Rewrite the model's 1×1 convs as TT cores of order ``cores`` (1 = low-rank, 2..8 = TT-matrix).
 
@@ -462,6 +463,10 @@ def compress(
     end (:mod:`ttgraph.distill`; steps of ``distill_batch`` samples, Adam at ``distill_lr``; ``distill_train="all"``
     also frees the other weights); the held-out loss after each epoch picks the epoch kept (none, if no epoch
     lowers it) and an epoch that raises it cuts the step size tenfold (the report's ``distillation``).
+
+    ``judge`` (``{"mask": "rel-l2"}``; metrics ``iou``, ``iou@T``, ``top1``, ``rel-l2``) says how a held-out output
+    is judged where its shape would mislead (:mod:`ttgraph.fidelity`): the compensation's keep decision, the
+    report's before → after and its warning read that metric.
 
     ``lower`` runs the exact fast-lowering passes of :mod:`passes.lower` on the rewritten model (all by
     default; a list names them; False runs none); the report's ``lowering`` says what each changed.
@@ -555,6 +560,7 @@ def compress(
                 lower=lower,
                 sensitivity=sensitivity,
                 distill=(distill, distill_lr, distill_batch, distill_train),
+                judge=judge,
             )
         return result
     if calibration is not None:
@@ -563,6 +569,8 @@ def compress(
         raise TTGraphError("options", "sensitivity weights a budget's allocation: give macs_ratio, params_ratio, ...")
     if distill:
         raise TTGraphError("options", "distillation fits to calibration data: give a budget and calibration")
+    if judge:
+        raise TTGraphError("judge", "judges a budget's held-out verification: give a budget and calibration")
     if rank_multiple != 1 or method != "data":  # a budget's candidates: a rank rule would drop them without a word
         raise TTGraphError("options", "rank_multiple and method shape a budget's candidates, not a rank rule's ranks")
     if rank is not None and rank < 1:
@@ -703,11 +711,12 @@ def _compress_to_budget(
     lower: bool | Sequence[str] = True,
     sensitivity: int = 0,
     distill: tuple[int, float, int, str] = (0, 1e-3, 16, "factors"),
+    judge: Mapping[str, str] | Sequence[str] | None = None,
 ) -> CompressionResult:
     """compress() with a global budget: calibrate → decompose → (sensitivity) → allocate → compensate → rewrite →
     (distill) → lower → verify. A model with dynamic input dims is fixed to the first calibration sample's shape
     to count MACs (``declared`` keeps the model as given, whose dims the written model gets back)."""
-    from ttgraph.fidelity import heldout_fidelity
+    from ttgraph.fidelity import heldout_fidelity, parse_judge
 
     if method not in ("data", "weight"):
         raise TTGraphError("options", f"method must be 'data' or 'weight', got {method!r}")
@@ -720,6 +729,7 @@ def _compress_to_budget(
         raise TTGraphError("sensitivity", "measuring sensitivity needs calibration data")
     name = source_name(model)
     original = load_model(model, input_shapes)
+    judged_by = parse_judge(judge, original)
     if input_shapes:
         _check_runs_at_its_input_shape(original, name)
     source = None
@@ -867,7 +877,9 @@ def _compress_to_budget(
                 progress=progress,
             )
             if check_feeds is not None:
-                judged = _judge_compensation(original, layer_cands, alloc, comp, check_feeds, name, progress, reference)
+                judged = _judge_compensation(
+                    original, layer_cands, alloc, comp, check_feeds, name, progress, reference, judged_by
+                )
     fits = comp.fits if comp is not None and (judged is None or judged.kept) else {}
     rewrites = []
     reports = []
@@ -942,6 +954,7 @@ def _compress_to_budget(
             "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
             # "calibration": read from the first sample to count MACs; the written model keeps its dynamic dims
             "input_shapes_from": None if not input_shapes else "given" if declared is None else "calibration",
+            "judge": judged_by or None,
         },
         layers=reports,
         skipped=found.skipped,
@@ -987,16 +1000,18 @@ def _compress_to_budget(
     if verify_feeds is not None:
         report.verification = {
             "inputs": "verify_feeds",
-            **heldout_fidelity(original, rewritten, check_feeds, source=name, reference=reference),
+            **heldout_fidelity(original, rewritten, check_feeds, source=name, reference=reference, judge=judged_by),
         }
     elif check_feeds is not None:
         report.verification = {
             "inputs": f"{held.length} held-out calibration sample{'s' * (held.length != 1)} (not used to fit)",
-            **heldout_fidelity(original, rewritten, held, source=name, progress=progress, reference=reference),
+            **heldout_fidelity(
+                original, rewritten, held, source=name, progress=progress, reference=reference, judge=judged_by
+            ),
         }
         if held.images is not None:
             report.verification["original_under_input_noise"] = _input_noise_yardstick(
-                original, held, name, progress, reference
+                original, held, name, progress, reference, judged_by
             )
     if epochs and distillation is None:
         report.distillation = {"applied": False, "reason": "no layer was compressed"}
@@ -1005,7 +1020,9 @@ def _compress_to_budget(
         if judged is not None:  # already measured: the distillation started from the model judged better
             before_distillation = {"outputs": judged.after if judged.kept else judged.before}
         elif check_feeds is not None:
-            before_distillation = heldout_fidelity(original, undistilled, check_feeds, source=name, reference=reference)
+            before_distillation = heldout_fidelity(
+                original, undistilled, check_feeds, source=name, reference=reference, judge=judged_by
+            )
         report.distillation = {
             **distillation.to_dict(),
             "end_to_end": {
@@ -1045,6 +1062,7 @@ def _judge_compensation(
     name: str,
     progress: bool,
     reference: OriginalOutputs | None = None,
+    judge: Mapping[str, str] | None = None,
 ) -> _JudgedCompensation:
     """Compensation is kept only where it does not leave more outputs worse than better on the held-out samples.
     It fits each layer to a few calibration samples and wins on the models measured, but on some third-party
@@ -1060,7 +1078,7 @@ def _judge_compensation(
     fitted = ({}, comp.fits)
     models = [rewrite_allocation(original, layers, alloc, fits, name, check=False) for fits in fitted]  # run only
     outputs = [o.name for o in original.graph.output]
-    tallies = [FidelityTally(outputs) for _ in models]
+    tallies = [FidelityTally(outputs, judge=judge) for _ in models]
     inputs = graph_inputs(original)
     count = 0
 
@@ -1085,7 +1103,12 @@ def _judge_compensation(
 
 
 def _input_noise_yardstick(
-    original: onnx.ModelProto, held: Any, name: str, progress: bool = False, reference: OriginalOutputs | None = None
+    original: onnx.ModelProto,
+    held: Any,
+    name: str,
+    progress: bool = False,
+    reference: OriginalOutputs | None = None,
+    judge: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The original against itself when its held-out images change by ±1 grey level: a scale to read the rewritten
     model's fidelity on (a binarized map's IoU, say, moves with every boundary pixel even then)."""
@@ -1094,7 +1117,15 @@ def _input_noise_yardstick(
     _, spec = held.images
     noise = spec.grey_level_noise(levels=1, seed=0)
     moved = heldout_fidelity(
-        original, original, held, source=name, perturb=noise, progress=progress, desc="±1 grey", reference=reference
+        original,
+        original,
+        held,
+        source=name,
+        perturb=noise,
+        progress=progress,
+        desc="±1 grey",
+        reference=reference,
+        judge=judge,
     )
     return {"noise": "±1 grey level, uniform integer noise on each held-out image (fixed seed)", **moved}
 

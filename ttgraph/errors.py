@@ -51,6 +51,7 @@ OPTION_FLAGS = {
     "sensitivity": "--sensitivity",
     "compensate_samples": "--compensate-samples",
     "rank_multiple": "--rank-multiple",
+    "judge": "--judge",
 }
 #: keywords named inside a message (``macs_ratio must be in (0, 1]``), written as the flag on the command line
 _KEYWORD = re.compile(

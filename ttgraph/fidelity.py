@@ -9,11 +9,15 @@ took no part in calibration and reports, per model output,
 - ``binary_iou`` for outputs shaped like probability maps (``N × 1 × H × W`` with values in [0, 1]): the
   pooled IoU of ``map > threshold`` (Σ intersections / Σ unions), as a text or segmentation map is judged;
   None when no pixel of either map is above the threshold (then ``rel_l2`` judges).
+
+Those are guesses from an output's shape and values. ``judge`` (CLI ``--judge OUTPUT=METRIC``) says instead how
+an output is judged: ``rel-l2`` alone (a gain mask in [0, 1] is no text map), ``iou`` or ``iou@T`` (any output,
+thresholded at T) or ``top1`` (the arg-max over axis 1 of any N × K × … output: per pixel for a class map).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +38,7 @@ __all__ = [
     "higher_is_better",
     "judged_change",
     "judged_metric",
+    "parse_judge",
     "worse_and_better",
 ]
 
@@ -50,15 +55,74 @@ def binary_iou(a: np.ndarray, b: np.ndarray, threshold: float = IOU_THRESHOLD) -
     return int(np.logical_and(ba, bb).sum()), int(np.logical_or(ba, bb).sum())
 
 
+JUDGE_METRICS = ("iou", "top1", "rel-l2")
+
+
+def parse_judge(judge: Mapping[str, str] | Sequence[str] | None, model: onnx.ModelProto) -> dict[str, str]:
+    """``{output: "iou@0.3" | "top1" | "rel-l2"}`` from a mapping or ``["OUTPUT=METRIC", …]`` (the CLI's
+    ``--judge``), checked against ``model``'s outputs before any work: a typo must not leave an output judged by
+    its guess without a word, nor a top-1 on a vector fail after the compression."""
+    if judge is None:
+        return {}
+    if isinstance(judge, Mapping):
+        items = list(judge.items())
+    elif isinstance(judge, str) or not isinstance(judge, Iterable):
+        raise TTGraphError("judge", f"expected {{output: metric}} or ['OUTPUT=METRIC', ...], got {judge!r}")
+    else:
+        items = []
+        for text in judge:
+            name, eq, metric = str(text).rpartition("=")
+            if not eq or not name:
+                raise TTGraphError("judge", f"expected OUTPUT=METRIC ({', '.join(JUDGE_METRICS)}), got {text!r}")
+            items.append((name, metric))
+    ranks = {o.name: _rank(o) for o in model.graph.output}
+    names = list(ranks)
+    out: dict[str, str] = {}
+    for name, metric in items:
+        if name not in names:
+            raise TTGraphError("judge", f"the model has no output {name!r} (its outputs: {', '.join(names)})")
+        kind, at, threshold = str(metric).strip().lower().replace("_", "-").partition("@")
+        if kind not in JUDGE_METRICS or (at and kind != "iou"):
+            raise TTGraphError("judge", f"{name}: unknown metric {metric!r} (known: iou, iou@THRESHOLD, top1, rel-l2)")
+        if at:
+            try:
+                value = float(threshold)
+            except ValueError:
+                value = float("nan")
+            if not np.isfinite(value):
+                raise TTGraphError("judge", f"{name}: expected a number after iou@, got {metric!r}")
+            kind = f"iou@{value:g}"
+        if kind == "top1" and ranks[name] is not None and ranks[name] < 2:
+            raise TTGraphError(
+                "judge", f"{name}: top1 needs N × K scores along axis 1, the output has rank {ranks[name]}"
+            )
+        out[name] = kind
+    return out
+
+
+def _rank(value: onnx.ValueInfoProto) -> int | None:
+    tensor = value.type.tensor_type
+    return len(tensor.shape.dim) if tensor.HasField("shape") else None
+
+
 class FidelityTally:
     """The per-output sums :func:`heldout_fidelity` reports, added one sample's outputs at a time: a caller that
-    runs the models itself (judging compensation runs several beside the original) tallies them alike."""
+    runs the models itself (judging compensation runs several beside the original) tallies them alike.
+    ``judge`` (:func:`parse_judge`'s result) replaces the shape-based guess for the outputs it names."""
 
-    def __init__(self, names: Sequence[str], iou_threshold: float = IOU_THRESHOLD) -> None:
+    def __init__(
+        self, names: Sequence[str], iou_threshold: float = IOU_THRESHOLD, judge: Mapping[str, str] | None = None
+    ) -> None:
         self.names, self.iou_threshold, self.samples = list(names), iou_threshold, 0
         zero = {"diff_sq": 0.0, "ref_sq": 0.0, "max_abs": 0.0, "peak": 0.0, "agree": 0, "count": 0, "inter": 0}
         self.acc: dict[str, dict[str, Any]] = {n: {**zero, "union": 0} for n in self.names}
         self.kinds: dict[str, set[str]] = {n: {"scores", "map"} for n in self.names}
+        self.thresholds = {n: iou_threshold for n in self.names}
+        self.judge = dict(judge or {})
+        for name, metric in self.judge.items():
+            kind, _, threshold = metric.partition("@")
+            self.kinds[name] = {"iou": {"map"}, "top1": {"scores"}}.get(kind, set())
+            self.thresholds[name] = float(threshold) if threshold else iou_threshold
 
     def add(self, refs: Sequence[Any], gots: Sequence[Any]) -> None:
         """One sample: the original's outputs and the other model's, in :attr:`names` order."""
@@ -71,15 +135,20 @@ class FidelityTally:
             s["ref_sq"] += float(np.sum(finite**2))
             s["max_abs"] = max(s["max_abs"], float(np.max(diff, initial=0.0)))
             s["peak"] = max(s["peak"], float(np.max(np.abs(finite), initial=0.0)))
-            if r.ndim != 2 or r.shape[1] < 2:
+            chosen = name in self.judge
+            if chosen and "scores" in self.kinds[name] and (r.ndim < 2 or r.shape[1] < 2):
+                raise TTGraphError(
+                    "judge", f"{name}: top1 needs N × K scores (K ≥ 2 along axis 1), the output has shape {r.shape}"
+                )
+            if not chosen and (r.ndim != 2 or r.shape[1] < 2):
                 self.kinds[name].discard("scores")
-            if r.ndim != 4 or r.shape[1] != 1 or r.min(initial=0) < 0 or r.max(initial=0) > 1:
+            if not chosen and (r.ndim != 4 or r.shape[1] != 1 or r.min(initial=0) < 0 or r.max(initial=0) > 1):
                 self.kinds[name].discard("map")
             if "scores" in self.kinds[name]:
                 s["agree"] += int(np.sum(r.argmax(axis=1) == g.argmax(axis=1)))
-                s["count"] += r.shape[0]
+                s["count"] += r.size // r.shape[1]
             if "map" in self.kinds[name]:
-                inter, union = binary_iou(r, g, self.iou_threshold)
+                inter, union = binary_iou(r, g, self.thresholds[name])
                 s["inter"] += inter
                 s["union"] += union
 
@@ -103,7 +172,9 @@ class FidelityTally:
             if "map" in self.kinds[name]:
                 # no pixel above the threshold in either map: undefined, not a perfect 1.0 (a map 86 % off read so)
                 entry["binary_iou"] = s["inter"] / s["union"] if s["union"] else None
-                entry["iou_threshold"] = self.iou_threshold
+                entry["iou_threshold"] = self.thresholds[name]
+            if name in self.judge:
+                entry["judged_by"] = self.judge[name]  # the user's choice, not the guess from its shape
             outputs.append(entry)
         return {"samples": self.samples, "outputs": outputs}
 
@@ -154,17 +225,19 @@ def heldout_fidelity(
     progress: bool = False,
     desc: str = "verify",
     reference: OriginalOutputs | None = None,
+    judge: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Compare both models on ``feeds``: ``{"samples": n, "outputs": [per-output dict]}`` (module docstring).
 
     With ``perturb`` the second model reads every input array changed by it: the original against itself under
     input noise is the yardstick :func:`ttgraph.api.compress` reports beside the rewritten model's fidelity.
     ``reference`` keeps (or, kept by an earlier pass over the same feeds, gives) the original's outputs.
-    ``progress`` shows a bar: on the detector's held-out images this is minutes of work."""
+    ``progress`` shows a bar: on the detector's held-out images this is minutes of work. ``judge``: which metric
+    judges the outputs it names (:func:`parse_judge`)."""
     b = session(rewritten, name=source if rewritten is original else f"{source} (rewritten)")
     a = b if rewritten is original else None  # the original's session: made only if its outputs are not kept
     names = [o.name for o in original.graph.output]
-    tally = FidelityTally(names, iou_threshold)
+    tally = FidelityTally(names, iou_threshold, judge)
     inputs = graph_inputs(original)
     total = feed_count(feeds)
     bar = progress_bar(feeds, total=total, desc=desc, unit="img", show=progress, leave=False, dynamic_ncols=True)

@@ -380,6 +380,9 @@ def render_html(report: Any) -> str:
                 f"<td>{_err(out.get('top1_agreement'))}</td><td>{_err(out.get('binary_iou'))}</td></tr>"
             )
         note = f" The last rows: the original against itself, {noisy['noise']}." if noisy else ""
+        chosen = [f"{out['name']} by {out['judged_by']}" for out in ver.get("outputs", []) if "judged_by" in out]
+        if chosen:
+            note += f" Judged as the options say (judge), not by shape: {', '.join(chosen)}."
         parts.append(f"</table><p>{e(str(ver.get('inputs', '')) + note)}</p>")
         moved = {out["name"]: out for out in (noisy or {}).get("outputs", [])}
         for out in ver.get("outputs", []):

@@ -146,6 +146,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="distill every conv/matmul weight and bias, not only the compressed layers' factors (costs stay)",
     )
     budget.add_argument(
+        "--judge",
+        action="append",
+        default=None,
+        metavar="OUTPUT=METRIC",
+        help="judge this model output's held-out fidelity by METRIC: iou, iou@THRESHOLD, top1 or rel-l2 "
+        "(repeatable; default: by its shape — an N×1×H×W map in [0, 1] by IoU at 0.3, N×K scores by top-1, "
+        "anything else by rel L2); the compensation's keep decision and the warnings read it",
+    )
+    budget.add_argument(
         "--html", help="with a budget: write an HTML report (table and plots of the calibrated choice) here"
     )
     p.add_argument("--layer", action="append", default=None, help="rewrite only this conv (repeatable)")
@@ -265,6 +274,7 @@ def run(args: argparse.Namespace) -> int:
         "rank_multiple",
         "compensate",
         "compensate_samples",
+        "judge",
     )
     given = [_flag(args, key) for key in for_budget if getattr(args, key) is not None]
     if ruled and given:
@@ -278,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
     given = [flag for flag, value in for_distill.items() if value not in (None, False)]
     if given and not args.distill:
         raise TTGraphError(given[0], f"{_go_with(given)} --distill EPOCHS")
-    for_data = ("preprocess", "holdout", "compensate", "compensate_samples", "sensitivity")
+    for_data = ("preprocess", "holdout", "compensate", "compensate_samples", "sensitivity", "judge")
     given = [_flag(args, key) for key in for_data if getattr(args, key) not in (None, 0)]
     if budgeted and args.calib is None and given:
         raise TTGraphError(given[0], f"{_go_with(given)} calibration data (--calib DIR_OR_FILE)")
@@ -353,6 +363,7 @@ def run(args: argparse.Namespace) -> int:
             distill_train="all" if args.distill_all else "factors",
             latency_ratio=args.latency_ratio,
             latency_threads=args.latency_threads,
+            judge=args.judge,
         )
     else:
         result = compress(
