@@ -155,11 +155,14 @@ def test_judge_replaces_the_guess_an_outputs_shape_makes():
         (["y"], "judge: expected OUTPUT=METRIC"),
         (["y=iou@high"], "judge: y: expected a number after iou@"),
         ("y=iou", "judge: expected {output: metric} or ['OUTPUT=METRIC', ...]"),
+        ({"y": "iou", "holdout": 0}, "judge: judges the held-out outputs, and no calibration sample is held out"),
     ],
 )
 def test_a_judge_that_names_no_output_or_metric_is_an_error_before_any_work(judge, needle):
+    options = {"holdout": judge.pop("holdout")} if isinstance(judge, dict) else {}
     with pytest.raises(ttgraph.TTGraphError, match=re.escape(needle)):
-        ttgraph.compress(conv_model(8, 8), calibration=np.zeros((4, 8, 9, 10), np.float32), macs_ratio=0.5, judge=judge)
+        calibration = np.zeros((4, 8, 9, 10), np.float32)
+        ttgraph.compress(conv_model(8, 8), calibration=calibration, macs_ratio=0.5, judge=judge, **options)
 
 
 def test_top1_on_an_output_without_a_class_axis_is_refused_from_its_declared_rank():

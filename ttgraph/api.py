@@ -768,6 +768,8 @@ def _compress_to_budget(
     held = comp_feeds = None
     if source is not None:
         calib, held = split_holdout(source, holdout)
+        if judged_by and verify_feeds is None and not held.length:  # it would be dropped without a word
+            raise TTGraphError("judge", "judges the held-out outputs, and no calibration sample is held out (holdout)")
         if epochs and not calib.reiterable:
             raise TTGraphError(
                 "distill",
