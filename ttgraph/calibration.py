@@ -1062,7 +1062,7 @@ def _split_stream(source: CalibrationSource, fraction: float) -> tuple[Calibrati
                 continue
             if kept_back is not None:
                 yield kept_back
-            kept_back = feed
+            kept_back = _own_copy(feed)  # held past the next read, which may refill the same arrays
         if kept_back is not None:
             if not held_feeds and fraction > 0 and count >= 2:
                 held_feeds.append(_own_copy(kept_back))
