@@ -73,6 +73,33 @@ def test_one_name_where_a_list_goes_is_that_name():
     assert [layer.name for layer in result.report.layers] == [conv]
 
 
+def test_layers_from_a_one_pass_iterable_are_the_ones_rewritten_and_the_rest_are_reported_as_left():
+    """A filter over inspect()'s names was read empty by the type check: nothing was rewritten, without a word,
+    even for a name the model lacks; the report listed the unselected convs nowhere."""
+    from tests.test_compensate import feeds, stacked_convs
+
+    model = stacked_convs()
+    first, second = (layer.name for layer in ttgraph.inspect(model).layers)
+    for options in ({"rank_ratio": 0.5}, {"calibration": feeds(12, seed=1), "params_ratio": 0.75}):
+        result = ttgraph.compress(model, layers=filter(lambda n: n != second, [first, second]), **options)
+        assert [layer.name for layer in result.report.layers] == [first]
+        assert result.report.options["layers"] == [first]
+        assert [(s.label, s.reason) for s in result.report.skipped] == [
+            (second, "not among the layers selected (layers=, --layer)")
+        ]
+        assert result.report.options["lower"] == list(ttgraph.api._pass_names(True))
+    with pytest.raises(ttgraph.TTGraphError, match="nonexistent .no conv of that name."):
+        ttgraph.compress(model, rank_ratio=0.5, layers=iter(["nonexistent"]))
+    none = ttgraph.compress(model, rank_ratio=0.5, layers=[])  # a filter that matched nothing: lowering alone
+    assert not none.report.layers and {s.reason for s in none.report.skipped} == {
+        "not among the layers selected (layers=, --layer)"
+    }
+    unlowered = ttgraph.compress(model, rank_ratio=0.5, lower=(n for n in ["fold-affine"]))
+    assert unlowered.report.options["lower"] == ["fold-affine"] and [
+        p["pass"] for p in unlowered.report.lowering["passes"]
+    ] == ["fold-affine"]
+
+
 def test_an_array_in_memory_calibrates_like_a_npy_file():
     model = conv_model(16, 16, hw=(6, 6))
     samples = np.random.default_rng(0).standard_normal((10, 16, 6, 6)).astype(np.float32)

@@ -508,9 +508,13 @@ def compress(
     holdout = _integer("holdout", holdout) if isinstance(holdout, numbers.Integral) else _real("holdout", holdout)
     input_shapes = checked_input_shapes(input_shapes)
     layers = [layers] if isinstance(layers, str) else layers
-    if layers is not None and (not isinstance(layers, Iterable) or not all(isinstance(n, str) for n in layers)):
+    if layers is not None and isinstance(layers, Iterable):
+        layers = list(layers)  # a generator checked here would be empty by the time the layers are picked
+    if layers is not None and (not isinstance(layers, list) or not all(isinstance(n, str) for n in layers)):
         raise TTGraphError("layers", f"expected conv names (a string or a list of strings), got {layers!r}")
     lower = [name.strip() for name in lower.split(",") if name.strip()] if isinstance(lower, str) else lower
+    if not isinstance(lower, bool) and isinstance(lower, Iterable):
+        lower = list(lower)  # read once, here, not found empty by the pass runner
     if not isinstance(lower, bool) and (not isinstance(lower, Iterable) or not all(isinstance(n, str) for n in lower)):
         raise TTGraphError("lower", f"expected True, False or pass names, got {lower!r}")
     if verify_feeds is not None and (isinstance(verify_feeds, Mapping) or not isinstance(verify_feeds, Iterable)):
@@ -608,6 +612,8 @@ def compress(
             "tolerance": tolerance,
             "plan_cost": plan_cost,
             "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
+            "layers": None if layers is None else list(layers),
+            "lower": list(_pass_names(lower)),
         },
         layers=reports,
         skipped=found.skipped,
@@ -645,17 +651,24 @@ def _lower(
     on the rewritten model, and what they changed (None when none ran)."""
     if lower is False:
         return model, None
-    from passes.lower import DEFAULT_PASSES
     from ttgraph.lowering import lower_model
 
-    names = DEFAULT_PASSES if lower is True else tuple(lower)
+    names = _pass_names(lower)
     if not names:
         return model, None
     return lower_model(model, names, feed=feed)
 
 
+def _pass_names(lower: bool | Sequence[str]) -> tuple[str, ...]:
+    """The lowering passes ``lower`` runs, by name."""
+    from passes.lower import DEFAULT_PASSES
+
+    return DEFAULT_PASSES if lower is True else () if lower is False else tuple(lower)
+
+
 def _select_layers(found: FoundConvs, layers: Sequence[str] | None, name: str) -> list[PointwiseConv]:
-    """The convs to rewrite: all candidates, or the named ones."""
+    """The convs to rewrite: all candidates, or the named ones (the others join ``found.skipped``: a report that
+    left them out of both lists read as if the model had no more)."""
     candidates = found.candidates
     if layers is not None:
         known = {c.label for c in candidates}
@@ -667,6 +680,8 @@ def _select_layers(found: FoundConvs, layers: Sequence[str] | None, name: str) -
                 for label in unknown
             ]
             raise TTGraphError(name, f"not a rewritable 1×1 conv: {'; '.join(why)}")
+        left = [c for c in candidates if c.label not in set(layers)]
+        found.skipped.extend(SkippedConv(c.label, "Conv", NOT_SELECTED) for c in left)
         candidates = [c for c in candidates if c.label in set(layers)]
     return candidates
 
@@ -956,6 +971,8 @@ def _compress_to_budget(
             "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
             # "calibration": read from the first sample to count MACs; the written model keeps its dynamic dims
             "input_shapes_from": None if not input_shapes else "given" if declared is None else "calibration",
+            "layers": None if layers is None else list(layers),
+            "lower": list(_pass_names(lower)),
             "judge": judged_by or None,
         },
         layers=reports,
@@ -1391,6 +1408,7 @@ def _skip_our_own_factors(found: FoundConvs, meta: dict[str, Any] | None) -> Non
 
 
 OUR_FACTOR = "already a TT factor written by ttgraph"  # the skip reason of a compressed model's factor convs
+NOT_SELECTED = "not among the layers selected (layers=, --layer)"
 
 
 def our_factors(skipped: Sequence[SkippedConv]) -> int:
