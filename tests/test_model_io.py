@@ -56,6 +56,29 @@ def test_external_data_model_loads_compresses_and_saves(tmp_path):
     assert {p.name: sha256(p) for p in src.parent.iterdir()} == before
 
 
+def test_a_model_in_memory_whose_external_data_was_not_loaded_is_refused(tmp_path, monkeypatch):
+    """Loaded with load_external_data=False, its tensors point at a file name: read from the current directory
+    they took another model's weights of the same layout there, silently (an exact rewrite 126 % off)."""
+    src = tmp_path / "a" / "m.onnx"
+    src.parent.mkdir()
+    onnx.save_model(conv_model(16, 16), src, save_as_external_data=True, location="m.weights", size_threshold=0)
+    other = tmp_path / "b"
+    other.mkdir()
+    onnx.save_model(conv_model(16, 16, seed=1), other / "m.onnx", save_as_external_data=True, location="m.weights",
+                    size_threshold=0)  # fmt: skip
+    monkeypatch.chdir(other)
+    proto = onnx.load(src, load_external_data=False)
+    needle = (
+        "<model>: tensor '.*' is stored in an external file .'m.weights'. that was not loaded: pass the model's path"
+    )
+    for source in (proto, proto.SerializeToString()):
+        with pytest.raises(TTGraphError, match=needle):
+            ttgraph.compress(source, rank_ratio=1.0)
+    # by its path, or loaded with its data, it is the model in a/
+    assert ttgraph.compress(src, rank_ratio=1.0).report.layers
+    assert ttgraph.compress(onnx.load(src), rank_ratio=1.0).report.layers
+
+
 def test_missing_external_data_file_is_a_clear_error(tmp_path):
     src = tmp_path / "ext.onnx"
     onnx.save_model(conv_model(16, 16), src, save_as_external_data=True, location="w.bin", size_threshold=0)

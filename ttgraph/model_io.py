@@ -11,7 +11,7 @@ import numbers
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +238,8 @@ def load_model(source: ModelSource, input_shapes: InputShapes | None = None, *, 
         model = _parse(bytes(source), name)
     else:
         model = _load_path(Path(source))
+    if not isinstance(source, str | os.PathLike):
+        _refuse_unloaded_external_data(model, name)
     if not model.graph.node or not model.graph.output:
         raise TTGraphError(name, "the graph has no nodes or no outputs: there is nothing to run or rewrite")
     _plain_tensors(model, name)
@@ -247,6 +249,36 @@ def load_model(source: ModelSource, input_shapes: InputShapes | None = None, *, 
     if input_shapes:
         set_input_shapes(model, input_shapes, name)
     return model
+
+
+def _refuse_unloaded_external_data(model: onnx.ModelProto, name: str) -> None:
+    """A model in memory whose tensors still point at external files would read them relative to the current
+    directory (any file of that name there: other weights, silently), or fail in onnx.checker with no hint."""
+    from onnx.external_data_helper import uses_external_data
+
+    for tensor in _all_tensors(model):
+        if uses_external_data(tensor):
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+            raise TTGraphError(
+                name,
+                f"tensor {tensor.name!r} is stored in an external file ({location!r}) that was not loaded: pass the "
+                "model's path, or load it with its data (onnx.load(path), load_external_data=True)",
+            )
+
+
+def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor the model holds: initializers and tensor attributes, subgraphs included."""
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                graphs += [attr.g] if attr.HasField("g") else []
+                graphs += list(attr.graphs)
 
 
 _SCALAR_CONSTANTS = {
