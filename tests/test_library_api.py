@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -443,3 +444,20 @@ def test_a_model_with_no_conv_to_rewrite_says_why_beside_what_it_did(tmp_path):
     assert first == "no 1×1 conv to rewrite: 1 skipped (kernel 3×3 is not 1×1; inspect lists each); only the " + (
         "lowering passes ran"
     )
+
+
+def test_a_feed_that_overrides_an_inputs_default_says_the_model_holds_it_fixed():
+    """onnxruntime accepts a feed for an input with an initializer (a weight exported as an input); ttgraph holds it
+    fixed and rewrites it, so it refuses the feed — saying why, not as if 'w' were no input of the model."""
+    model = conv_model(16, 16, hw=(6, 6))
+    weight = onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w"))
+    model.graph.input.append(onnx.helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, list(weight.shape)))
+    feeds = [{"x": np.ones((1, 16, 6, 6), np.float32), "w": weight} for _ in range(4)]
+    needle = "a feed needs the model inputs ['x'] ('w': a default the model holds fixed, leave it out), got 'x', 'w'"
+    for call in (
+        lambda: ttgraph.compress(model, calibration=feeds, macs_ratio=0.5),
+        lambda: ttgraph.compress(model, rank_ratio=0.5, verify_feeds=feeds[:1]),
+        lambda: ttgraph.compress(model, rank_ratio=0.5).verify(feeds[:1]),
+    ):
+        with pytest.raises(ttgraph.TTGraphError, match=re.escape(needle)):
+            call()

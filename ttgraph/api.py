@@ -52,6 +52,7 @@ from ttgraph.model_io import (
     checked_input_shapes,
     constant_tensors,
     declare_io_like,
+    default_inputs,
     fed_initializers,
     graph_inputs,
     input_dims,
@@ -640,7 +641,7 @@ def _checked_verify_feeds(original: onnx.ModelProto, feeds: Iterable[Feed] | Non
         raise TTGraphError(name, "no verification inputs: verify_feeds is empty, nothing would be compared")
     inputs = graph_inputs(original)
     for k in range(len(listed)):
-        check_feed(inputs, listed[k], f"{name}: verify_feeds[{k}]")
+        check_feed(inputs, listed[k], f"{name}: verify_feeds[{k}]", defaults=default_inputs(original))
     return listed
 
 

@@ -48,7 +48,7 @@ import numpy as np
 import onnx
 
 from ttgraph.errors import TTGraphError
-from ttgraph.model_io import graph_inputs, input_defaults, input_dims
+from ttgraph.model_io import default_inputs, graph_inputs, input_defaults, input_dims
 from ttgraph.process_state import quiet_warnings
 from ttgraph.progress import progress_bar
 from ttgraph.verify import check_feed
@@ -783,18 +783,18 @@ def _array_layouts(
 def _checked(source: CalibrationSource, model: onnx.ModelProto, shape_hint: str = "") -> CalibrationSource:
     """``source`` with every feed it yields checked against the model's inputs (:func:`check_feed`; ``shape_hint``
     says why the model's dims are what they are)."""
-    inputs = _model_inputs(model)
+    inputs, defaults = _model_inputs(model), default_inputs(model)
     opened, fetched = source.open, source.fetch
 
     def open_checked() -> Iterator[dict[str, np.ndarray]]:
         for i, feed in enumerate(opened()):
-            check_feed(inputs, feed, f"{source.description}, sample {i}", shape_hint)
+            check_feed(inputs, feed, f"{source.description}, sample {i}", shape_hint, defaults)
             yield feed
 
     def fetch_checked(i: int) -> dict[str, np.ndarray]:
         assert fetched is not None
         feed = fetched(i)
-        check_feed(inputs, feed, f"{source.description}, sample {i}", shape_hint)
+        check_feed(inputs, feed, f"{source.description}, sample {i}", shape_hint, defaults)
         return feed
 
     source.open = open_checked

@@ -472,6 +472,11 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in inits]
 
 
+def default_inputs(model: onnx.ModelProto) -> set[str]:
+    """The graph inputs with an initializer: a default a feed could override, a constant to ttgraph."""
+    return {i.name for i in model.graph.input} & {t.name for t in model.graph.initializer}
+
+
 def input_dims(value: onnx.ValueInfoProto) -> list[int | None]:
     """Dims of a tensor value: an int where static and positive, else None."""
     return [

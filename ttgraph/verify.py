@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -13,6 +13,7 @@ import onnx
 from ttgraph.errors import TTGraphError
 from ttgraph.model_io import (
     ModelSource,
+    default_inputs,
     fits_protobuf,
     graph_inputs,
     input_dims,
@@ -64,11 +65,16 @@ def session(model: onnx.ModelProto, threads: int | None = None, name: str = "<mo
 
 
 def check_feed(
-    inputs: Sequence[onnx.ValueInfoProto], feed: Mapping[str, Any], where: str, shape_hint: str = ""
+    inputs: Sequence[onnx.ValueInfoProto],
+    feed: Mapping[str, Any],
+    where: str,
+    shape_hint: str = "",
+    defaults: Collection[str] = (),
 ) -> None:
     """Raise a one-line :class:`TTGraphError` naming ``where`` unless ``feed`` has exactly the model's inputs,
     each a finite array of the input's element type and rank whose static dims match — before onnxruntime
-    fails with a traceback (or NaNs reach an eigensolver)."""
+    fails with a traceback (or NaNs reach an eigensolver). ``defaults``: the model's inputs with an initializer,
+    which a feed may not override (ttgraph treats them as the constants they are by default)."""
     names = [i.name for i in inputs]
     if not isinstance(feed, Mapping):
         raise TTGraphError(where, f"expected a feed dict {{input name: array}}, got {type(feed).__name__}")
@@ -76,7 +82,10 @@ def check_feed(
     missing = [n for n in names if n not in feed]
     if missing or extra:
         found = ", ".join(map(repr, feed)) or "nothing"
-        raise TTGraphError(where, f"a feed needs the model inputs {names}, got {found}")
+        # an input with a default (an initializer: a weight, say) is a constant to ttgraph, which may rewrite it
+        held = [k for k in extra if k in defaults]
+        fixed = f" ({', '.join(map(repr, held))}: a default the model holds fixed, leave it out)" if held else ""
+        raise TTGraphError(where, f"a feed needs the model inputs {names}{fixed}, got {found}")
     for value in inputs:
         dims = input_dims(value)
         shape = tuple(np.shape(feed[value.name]))
@@ -166,7 +175,7 @@ def compare_outputs(
         where = f"{source}: verification input {count - 1}"
         if not isinstance(feed, Mapping):
             raise TTGraphError(where, f"expected a feed dict {{input name: array}}, got {type(feed).__name__}")
-        check_feed(inputs, feed, where)
+        check_feed(inputs, feed, where, defaults=default_inputs(original))
         refs, gots = run_session(a, names, feed, source), run_session(b, names, feed, f"{source} (rewritten)")
         for name, ref, got in zip(names, refs, gots, strict=True):
             ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
