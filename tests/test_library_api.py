@@ -461,3 +461,18 @@ def test_a_feed_that_overrides_an_inputs_default_says_the_model_holds_it_fixed()
     ):
         with pytest.raises(ttgraph.TTGraphError, match=re.escape(needle)):
             call()
+
+
+def test_compare_outputs_refuses_outputs_of_other_shapes():
+    """1×1×6×6 against 1×16×6×6 broadcast into a relative error (1.24 or 8.5 by argument order); 8 against 16
+    channels was numpy's own ValueError."""
+    feed = [{"x": np.ones((1, 16, 6, 6), np.float32)}]
+    wide, narrow, thin = conv_model(16, 16, hw=(6, 6)), conv_model(16, 8, hw=(6, 6)), conv_model(16, 1, hw=(6, 6))
+    pairs = [
+        (wide, thin, "1×16×6×6 in the original, 1×1×6×6"),
+        (thin, wide, "1×1×6×6 in the original, 1×16×6×6"),
+        (wide, narrow, "1×16×6×6 in the original, 1×8×6×6"),
+    ]
+    for a, b, shapes in pairs:
+        with pytest.raises(ttgraph.TTGraphError, match=f"verification input 0: output 'y' has shape {shapes} in"):
+            ttgraph.compare_outputs(a, b, feed)

@@ -26,7 +26,7 @@ import onnx
 from ttgraph.errors import TTGraphError
 from ttgraph.model_io import graph_inputs
 from ttgraph.progress import progress_bar
-from ttgraph.verify import Feed, abs_difference, check_feed, feed_count, run_session, session
+from ttgraph.verify import Feed, abs_difference, check_feed, check_same_shape, feed_count, run_session, session
 
 __all__ = [
     "IOU_THRESHOLD",
@@ -129,6 +129,7 @@ class FidelityTally:
         self.samples += 1
         for name, ref, got in zip(self.names, refs, gots, strict=True):
             r, g = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+            check_same_shape(name, r, g, f"sample {self.samples - 1}")
             s = self.acc[name]
             diff, finite = abs_difference(r, g), np.where(np.isfinite(r), r, 0.0)
             s["diff_sq"] += float(np.sum(diff**2))
