@@ -882,3 +882,17 @@ def test_a_feed_of_rank_one_for_a_scalar_input_is_refused():
     feed = {"x": np.zeros((1, 16, 8, 8), np.float32), "s": np.ones(1, np.float32)}
     with pytest.raises(TTGraphError, match="input 's' has shape 1, the model expects a scalar"):
         ttgraph.compress(model, rank_ratio=1.0, verify_feeds=[feed])
+
+
+def test_a_calibration_source_given_as_is_is_checked_like_any_other_and_left_as_it_was():
+    """The README lists CalibrationSource among the forms calibration takes: its feeds skipped the checks
+    (a NaN sample read 'the activations overflow float64 statistics')."""
+    import ttgraph
+    from ttgraph.calibration import CalibrationSource
+
+    bad = [{"x": np.full((1, 6, 8, 10), np.nan, np.float32)}] * 4
+    mine = CalibrationSource(lambda: iter(bad), 4, True, "my source")
+    opened = mine.open
+    with pytest.raises(TTGraphError, match=r"my source, sample 0: input 'x' holds NaN or infinite values"):
+        ttgraph.compress(two_conv_model(), calibration=mine, macs_ratio=0.5)
+    assert mine.open is opened  # not rewired to the check

@@ -31,6 +31,7 @@ weight ``Ŵ`` on the calibration data is exact without re-running anything::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -824,8 +825,8 @@ def calibration_source(
     """Every supported calibration input as a :class:`CalibrationSource` whose feeds are checked against the
     model's inputs (names, element types, static dims, finite values: one clear error instead of onnxruntime's
     traceback or NaN statistics)."""
-    if isinstance(data, CalibrationSource):
-        return data
+    if isinstance(data, CalibrationSource):  # the caller's own: checked like any other, on a copy
+        return _checked(dataclasses.replace(data), model, shape_hint)
     return _checked(_calibration_source(data, model, preprocess), model, shape_hint)
 
 
