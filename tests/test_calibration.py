@@ -896,3 +896,35 @@ def test_a_calibration_source_given_as_is_is_checked_like_any_other_and_left_as_
     with pytest.raises(TTGraphError, match=r"my source, sample 0: input 'x' holds NaN or infinite values"):
         ttgraph.compress(two_conv_model(), calibration=mine, macs_ratio=0.5)
     assert mine.open is opened  # not rewired to the check
+
+
+def test_a_float16_model_whose_activations_overflow_names_the_sample_and_tensor():
+    """A loud sample took a float16 model's activation past 65504: the error blamed 'float64 statistics', named
+    neither the sample nor the tensor, and a numpy RuntimeWarning reached stderr beside it."""
+    import warnings
+
+    import ttgraph
+
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((8, 8, 1, 1)) * 300).astype(np.float16)
+    w2 = rng.standard_normal((8, 8, 1, 1)).astype(np.float16)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1"),
+            helper.make_node("Relu", ["a"], ["r"]),
+            helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2"),
+        ],
+        "fp16",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 8, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 8, 4, 4])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 17)])
+    data = [{"x": rng.standard_normal((1, 8, 4, 4)).astype(np.float16)} for _ in range(8)]
+    data[3]["x"] *= np.float16(60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        with pytest.raises(
+            TTGraphError, match=r"sample 3: the model's activation 'r' holds inf or NaN \(float16 ends at 65504\)"
+        ):
+            ttgraph.compress(model, calibration=data, params_ratio=0.5, holdout=0)

@@ -1159,8 +1159,9 @@ class LayerStatistics:
             a = a[(slice(None), slice(None), *(slice(None, None, s) for s in self.stride))]
         for sample in a:
             x = np.ascontiguousarray(sample.reshape(self.cin, -1), dtype=np.float64)
-            self.gram += x @ x.T
-            self.sum += x.sum(axis=1)
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is an error after the pass, not a warning
+                self.gram += x @ x.T
+                self.sum += x.sum(axis=1)
             self.rows += x.shape[1]
         self.samples += a.shape[0]
 
@@ -1351,8 +1352,19 @@ def collect_statistics(
     bar = progress_bar(total=total, desc=desc, unit="img", show=progress, leave=False, dynamic_ncols=True)
     start = time.perf_counter()
     samples = 0
+    readers = {tensor: next(s.label for s in specs if s.tensor == tensor) for tensor, _ in tensors}
     try:
         for _, values in stream_activations(model, tensors, feeds, threads=threads):
+            for tensor, reader in readers.items():  # the model's own overflow (float16 ends at 65504), named
+                if not np.isfinite(values[tensor]).all():
+                    dtype = np.asarray(values[tensor]).dtype
+                    limit = f" ({dtype} ends at {np.finfo(dtype).max:.5g})" if dtype.kind == "f" else ""
+                    raise TTGraphError(
+                        getattr(feeds, "description", "") or "calibration",
+                        f"sample {samples}: the model's activation {tensor!r} holds inf or NaN{limit}: are the "
+                        "samples scaled as the model expects?",
+                        reader,
+                    )
             for (tensor, _stride), st in shared.items():
                 st.update(values[tensor])
             samples += 1
