@@ -508,7 +508,7 @@ def test_a_short_stream_still_holds_out_its_last_sample():
     had no verification at all: like a known length (``holdout_indices(5, 0.1) == [4]``) its last one is."""
     data = feeds(5)
     calib, held = split_holdout(calibration_source(iter(data), two_conv_model()), 0.1)
-    assert [f["x"] is d["x"] for f, d in zip(calib, data[:4], strict=True)] == [True] * 4
+    assert [np.array_equal(f["x"], d["x"]) for f, d in zip(calib, data[:4], strict=True)] == [True] * 4
     assert held.length == 1 and np.array_equal(next(iter(held))["x"], data[4]["x"])
     calib, held = split_holdout(calibration_source(iter(data[:1]), two_conv_model()), 0.1)
     assert len(list(calib)) == 1 and held.length == 0  # one sample: it calibrates
