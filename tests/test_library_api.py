@@ -476,3 +476,15 @@ def test_compare_outputs_refuses_outputs_of_other_shapes():
     for a, b, shapes in pairs:
         with pytest.raises(ttgraph.TTGraphError, match=f"verification input 0: output 'y' has shape {shapes} in"):
             ttgraph.compare_outputs(a, b, feed)
+
+
+def test_a_results_repr_is_one_short_line():
+    """A notebook or a pipeline's log printed the whole model's text form and every layer's curve (125 kB for
+    the direction classifier)."""
+    from tests.test_compensate import feeds, stacked_convs
+
+    result = ttgraph.compress(stacked_convs(), calibration=feeds(12, seed=1), params_ratio=0.75)
+    text = repr(result)
+    assert "\n" not in text and len(text) < 300, text
+    assert text.startswith("CompressionResult(model=<ModelProto: ") and "CompressionReport(model='<model>', " in text
+    assert f"{result.report.totals['layers_rewritten']} of 2 layers rewritten" in text

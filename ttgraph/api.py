@@ -54,6 +54,7 @@ from ttgraph.model_io import (
     declare_io_like,
     default_inputs,
     fed_initializers,
+    fits_protobuf,
     graph_inputs,
     input_dims,
     load_model,
@@ -203,7 +204,7 @@ class LayerReport:
     sensitivity: float | None = None
 
 
-@dataclass
+@dataclass(repr=False)
 class CompressionReport:
     """Everything :func:`compress` did, JSON-ready via :meth:`to_dict` (stable keys)."""
 
@@ -222,6 +223,15 @@ class CompressionReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def __repr__(self) -> str:
+        """One line (the dataclass's own ran to 125 kB with every layer's curve: a log or notebook flooded)."""
+        t = self.totals
+        ratios = ", ".join(f"1×1 {k} {t[f'{k}_ratio']:.3f}×" for k in ("macs", "params") if t.get(f"{k}_ratio"))
+        return (
+            f"CompressionReport(model={self.model!r}, {t.get('layers_rewritten', 0)} of {len(self.layers)} layers "
+            f"rewritten, {len(self.skipped)} skipped{', ' + ratios if ratios else ''})"
+        )
 
     def to_json(self) -> str:
         """Strict JSON: numpy values as plain numbers, a NaN or infinite measurement as null."""
@@ -262,7 +272,7 @@ class Decomposition:
     compensation: Compensation | None = None
 
 
-@dataclass
+@dataclass(repr=False)
 class CompressionResult:
     """The rewritten model and its report; :meth:`save` writes both atomically."""
 
@@ -272,6 +282,13 @@ class CompressionResult:
     decomposition: Decomposition | None = field(default=None, repr=False)
     # the source file's (size, mtime, inode) when the result was made: verify() re-reads it, so it must be the same
     _stamp: tuple[int, int, int] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        """Short: a ModelProto's own repr is its whole text form, weights and all."""
+        size = f", {self.model.ByteSize() / 1e6:.3g} MB" if fits_protobuf(self.model) else ""
+        return (
+            f"CompressionResult(model=<ModelProto: {len(self.model.graph.node)} nodes{size}>, report={self.report!r})"
+        )
 
     def __post_init__(self) -> None:
         if isinstance(self.source, str | os.PathLike):  # save()'s guard and verify() must survive the caller's chdir
