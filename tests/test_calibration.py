@@ -928,3 +928,34 @@ def test_a_float16_model_whose_activations_overflow_names_the_sample_and_tensor(
             TTGraphError, match=r"sample 3: the model's activation 'r' holds inf or NaN \(float16 ends at 65504\)"
         ):
             ttgraph.compress(model, calibration=data, params_ratio=0.5, holdout=0)
+
+
+def test_a_lazy_dataset_is_read_once_per_pass_not_first_for_a_type_check():
+    """A Sequence that decodes on __getitem__ (a dataset class) was read in full once only to check its items
+    are dicts: every image decoded twice. A list in memory is still checked before any work."""
+    from collections.abc import Sequence
+
+    import ttgraph
+
+    data = feeds(12)
+
+    class Lazy(Sequence):
+        def __init__(self) -> None:
+            self.loads = 0
+
+        def __len__(self) -> int:
+            return len(data)
+
+        def __getitem__(self, i):  # type: ignore[override]
+            self.loads += 1
+            return data[i] if i != 7 or not broken else [data[i]["x"]]
+
+    broken = False
+    lazy = Lazy()
+    ttgraph.compress(two_conv_model(), calibration=lazy, params_ratio=0.75, holdout=0, compensate=False)
+    assert lazy.loads == 12
+    broken = True
+    with pytest.raises(TTGraphError, match="calibration: item 7 is a list, expected a feed dict"):
+        ttgraph.compress(two_conv_model(), calibration=Lazy(), params_ratio=0.75, holdout=0, compensate=False)
+    with pytest.raises(TTGraphError, match="calibration: item 2 is a int, expected a feed dict"):
+        calibration_source([data[0], data[1], 5], two_conv_model())

@@ -882,12 +882,21 @@ def _calibration_source(
         return _ndarray_source(data, model)
     if isinstance(data, Sequence) and not isinstance(data, str | bytes):
         items = data
-        odd = next((i for i, f in enumerate(items) if not isinstance(f, Mapping)), None)
-        if odd is not None:
-            got = type(items[odd]).__name__
-            raise TTGraphError("calibration", f"item {odd} is a {got}, expected a feed dict {{input name: array}}")
+
+        def item(i: int, f: Any) -> dict[str, np.ndarray]:
+            if not isinstance(f, Mapping):
+                raise TTGraphError(
+                    "calibration", f"item {i} is a {type(f).__name__}, expected a feed dict {{input name: array}}"
+                )
+            return dict(f)
+
+        if isinstance(items, list | tuple):  # in memory: checked now; a lazy dataset is checked as it is read
+            for i, f in enumerate(items):
+                item(i, f)
         label = f"{len(items)} feed dict" + ("" if len(items) == 1 else "s")
-        return CalibrationSource(lambda: (dict(f) for f in items), len(items), True, label, lambda i: dict(items[i]))
+        return CalibrationSource(
+            lambda: (item(i, f) for i, f in enumerate(items)), len(items), True, label, lambda i: item(i, items[i])
+        )
     if isinstance(data, Iterable):
         iterator = iter(data)
 
