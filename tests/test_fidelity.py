@@ -151,7 +151,7 @@ def test_judge_replaces_the_guess_an_outputs_shape_makes():
     ("judge", "needle"),
     [
         (["nope=iou"], "judge: the model has no output 'nope' (its outputs: y)"),
-        (["y=accuracy"], "judge: y: unknown metric 'accuracy' (known: iou, iou@THRESHOLD, top1, rel-l2)"),
+        (["y=accuracy"], "judge: y: unknown metric 'accuracy' (known: iou, iou@THRESHOLD, top1, match, rel-l2)"),
         (["y"], "judge: expected OUTPUT=METRIC"),
         (["y=iou@high"], "judge: y: expected a number after iou@"),
         ("y=iou", "judge: expected {output: metric} or ['OUTPUT=METRIC', ...]"),
@@ -203,3 +203,34 @@ def test_the_judge_a_user_gives_decides_the_reports_metric_and_is_recorded(tmp_p
     bad = ttgraph_cli(*common, "-o", tmp_path / "p.onnx", "--judge", "z=iou")
     assert_clean_error(bad, "--judge: the model has no output 'z' (its outputs: y)")
     assert not (tmp_path / "p.onnx").exists()
+
+
+def test_integer_outputs_are_judged_by_how_many_elements_match():
+    """An ArgMax's labels were judged by the rel L2 of their values (class 3 for class 2 a smaller error than 9
+    for 2) and a bool mask likewise; now by the share of elements equal, as ``match`` says for any output."""
+    from ttgraph.fidelity import FidelityTally, judged_metric
+
+    labels = np.array([[2, 2, 5, 9]], np.int64)
+    mask = np.array([[True, False, True, True]])
+    tally = FidelityTally(["labels", "mask", "scores"], judge={"scores": "match"})
+    scores = np.array([[0.1, 0.9]], np.float32)
+    tally.add([labels, mask, scores], [np.array([[2, 3, 5, 8]], np.int64), ~mask, scores])
+    outputs = tally.result()["outputs"]
+    assert [judged_metric(o) for o in outputs] == ["match", "match", "match"]
+    assert [o["match"] for o in outputs] == [0.5, 0.0, 1.0]
+    assert "top1_agreement" not in outputs[0]  # an integer N×K is no class-score table
+
+
+def test_an_argmax_models_labels_are_judged_by_exact_match_end_to_end():
+    from onnx import TensorProto, helper
+
+    model = conv_model(16, 16, hw=(6, 6))
+    model.graph.node.append(helper.make_node("ArgMax", ["y"], ["label"], axis=1, keepdims=0))
+    model.graph.output.append(helper.make_tensor_value_info("label", TensorProto.INT64, [1, 6, 6]))
+    data = np.random.default_rng(0).standard_normal((12, 16, 6, 6)).astype(np.float32)
+    result = ttgraph.compress(model, calibration=data, holdout=4, macs_ratio=0.5)
+    _, label = result.report.verification["outputs"]
+    assert 0 < label["match"] <= 1 and "binary_iou" not in label and "top1_agreement" not in label
+    from ttgraph.commands.compress import render
+
+    assert f"exact match {label['match']:.4f}" in render(result.report)

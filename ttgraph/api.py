@@ -482,9 +482,9 @@ def compress(
     also frees the other weights); the held-out loss after each epoch picks the epoch kept (none, if no epoch
     lowers it) and an epoch that raises it cuts the step size tenfold (the report's ``distillation``).
 
-    ``judge`` (``{"mask": "rel-l2"}``; metrics ``iou``, ``iou@T``, ``top1``, ``rel-l2``) says how a held-out output
-    is judged where its shape would mislead (:mod:`ttgraph.fidelity`): the compensation's keep decision, the
-    report's before → after and its warning read that metric.
+    ``judge`` (``{"mask": "rel-l2"}``; metrics ``iou``, ``iou@T``, ``top1``, ``match``, ``rel-l2``) says how a
+    held-out output is judged where its shape would mislead (:mod:`ttgraph.fidelity`): the compensation's keep
+    decision, the report's before → after and its warning read that metric.
 
     ``lower`` runs the exact fast-lowering passes of :mod:`passes.lower` on the rewritten model (all by
     default; a list names them; False runs none); the report's ``lowering`` says what each changed.

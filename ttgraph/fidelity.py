@@ -8,11 +8,14 @@ took no part in calibration and reports, per model output,
   arg-max class is unchanged;
 - ``binary_iou`` for outputs shaped like probability maps (``N × 1 × H × W`` with values in [0, 1]): the
   pooled IoU of ``map > threshold`` (Σ intersections / Σ unions), as a text or segmentation map is judged;
-  None when no pixel of either map is above the threshold (then ``rel_l2`` judges).
+  None when no pixel of either map is above the threshold (then ``rel_l2`` judges);
+- ``match`` for integer and boolean outputs (an ArgMax's labels, a mask): the share of elements that are equal —
+  a label off by one is as wrong as one off by ten, which ``rel_l2`` of the values would not say.
 
 Those are guesses from an output's shape and values. ``judge`` (CLI ``--judge OUTPUT=METRIC``) says instead how
 an output is judged: ``rel-l2`` alone (a gain mask in [0, 1] is no text map), ``iou`` or ``iou@T`` (any output,
-thresholded at T) or ``top1`` (the arg-max over axis 1 of any N × K × … output: per pixel for a class map).
+thresholded at T), ``top1`` (the arg-max over axis 1 of any N × K × … output: per pixel for a class map) or
+``match`` (equal elements, of any output).
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def binary_iou(a: np.ndarray, b: np.ndarray, threshold: float = IOU_THRESHOLD) -
     return int(np.logical_and(ba, bb).sum()), int(np.logical_or(ba, bb).sum())
 
 
-JUDGE_METRICS = ("iou", "top1", "rel-l2")
+JUDGE_METRICS = ("iou", "top1", "match", "rel-l2")
 
 
 def parse_judge(judge: Mapping[str, str] | Sequence[str] | None, model: onnx.ModelProto) -> dict[str, str]:
@@ -83,7 +86,9 @@ def parse_judge(judge: Mapping[str, str] | Sequence[str] | None, model: onnx.Mod
             raise TTGraphError("judge", f"the model has no output {name!r} (its outputs: {', '.join(names)})")
         kind, at, threshold = str(metric).strip().lower().replace("_", "-").partition("@")
         if kind not in JUDGE_METRICS or (at and kind != "iou"):
-            raise TTGraphError("judge", f"{name}: unknown metric {metric!r} (known: iou, iou@THRESHOLD, top1, rel-l2)")
+            raise TTGraphError(
+                "judge", f"{name}: unknown metric {metric!r} (known: iou, iou@THRESHOLD, top1, match, rel-l2)"
+            )
         if at:
             try:
                 value = float(threshold)
@@ -115,19 +120,21 @@ class FidelityTally:
     ) -> None:
         self.names, self.iou_threshold, self.samples = list(names), iou_threshold, 0
         zero = {"diff_sq": 0.0, "ref_sq": 0.0, "max_abs": 0.0, "peak": 0.0, "agree": 0, "count": 0, "inter": 0}
+        zero |= {"same": 0, "elements": 0}
         self.acc: dict[str, dict[str, Any]] = {n: {**zero, "union": 0} for n in self.names}
-        self.kinds: dict[str, set[str]] = {n: {"scores", "map"} for n in self.names}
+        self.kinds: dict[str, set[str]] = {n: {"scores", "map", "labels"} for n in self.names}
         self.thresholds = {n: iou_threshold for n in self.names}
         self.judge = dict(judge or {})
         for name, metric in self.judge.items():
             kind, _, threshold = metric.partition("@")
-            self.kinds[name] = {"iou": {"map"}, "top1": {"scores"}}.get(kind, set())
+            self.kinds[name] = {"iou": {"map"}, "top1": {"scores"}, "match": {"labels"}}.get(kind, set())
             self.thresholds[name] = float(threshold) if threshold else iou_threshold
 
     def add(self, refs: Sequence[Any], gots: Sequence[Any]) -> None:
         """One sample: the original's outputs and the other model's, in :attr:`names` order."""
         self.samples += 1
         for name, ref, got in zip(self.names, refs, gots, strict=True):
+            integer = np.asarray(ref).dtype.kind in "biu"
             r, g = np.asarray(ref, np.float64), np.asarray(got, np.float64)
             check_same_shape(name, r, g, f"sample {self.samples - 1}")
             s = self.acc[name]
@@ -137,6 +144,10 @@ class FidelityTally:
             s["max_abs"] = max(s["max_abs"], float(np.max(diff, initial=0.0)))
             s["peak"] = max(s["peak"], float(np.max(np.abs(finite), initial=0.0)))
             chosen = name in self.judge
+            if not chosen and integer:  # labels or a mask: their values are names, not magnitudes
+                self.kinds[name] &= {"labels"}
+            if not chosen and not integer:
+                self.kinds[name].discard("labels")
             if chosen and "scores" in self.kinds[name] and (r.ndim < 2 or r.shape[1] < 2):
                 raise TTGraphError(
                     "judge", f"{name}: top1 needs N × K scores (K ≥ 2 along axis 1), the output has shape {r.shape}"
@@ -148,6 +159,9 @@ class FidelityTally:
             if "scores" in self.kinds[name]:
                 s["agree"] += int(np.sum(r.argmax(axis=1) == g.argmax(axis=1)))
                 s["count"] += r.size // r.shape[1]
+            if "labels" in self.kinds[name]:
+                s["same"] += int(np.sum(r == g))
+                s["elements"] += r.size
             if "map" in self.kinds[name]:
                 inter, union = binary_iou(r, g, self.thresholds[name])
                 s["inter"] += inter
@@ -170,6 +184,8 @@ class FidelityTally:
             }
             if "scores" in self.kinds[name]:
                 entry["top1_agreement"] = s["agree"] / max(s["count"], 1)
+            if "labels" in self.kinds[name]:
+                entry["match"] = s["same"] / max(s["elements"], 1)
             if "map" in self.kinds[name]:
                 # no pixel above the threshold in either map: undefined, not a perfect 1.0 (a map 86 % off read so)
                 entry["binary_iou"] = s["inter"] / s["union"] if s["union"] else None
@@ -260,8 +276,8 @@ def heldout_fidelity(
 SAME = 1e-6  # relative difference below which a measure counts as unchanged (one pixel of a 640×640 map's IoU: ~1e-5)
 
 #: per-output measures a step is judged by, the first one an output has: task-shaped ones before the raw error
-_JUDGED_BY = {"binary_iou": True, "top1_agreement": True, "rel_l2": False}  # True: higher is better
-METRIC_LABELS = {"binary_iou": "IoU", "top1_agreement": "top-1 agreement", "rel_l2": "rel L2"}
+_JUDGED_BY = {"binary_iou": True, "top1_agreement": True, "match": True, "rel_l2": False}  # True: higher is better
+METRIC_LABELS = {"binary_iou": "IoU", "top1_agreement": "top-1 agreement", "match": "exact match", "rel_l2": "rel L2"}
 
 
 def judged_metric(*outputs: dict[str, Any]) -> str | None:

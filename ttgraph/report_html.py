@@ -90,7 +90,7 @@ def whole_model_text(totals: dict[str, Any]) -> str:
 FAR_LOSS, FAR_FACTOR = 0.1, 5.0  # a loss beyond both (absolute, and times the noise's) reads as a warning
 # a loss beyond this reads as a warning whatever the noise does (and where there is no noise yardstick: arrays):
 # IoU or top-1 agreement below 0.8; a rel L2 above 0.3 (ddddocr's CTC logits at 0.35 had changed 14 of 16 strings)
-FAR_ALWAYS = {"binary_iou": 0.2, "top1_agreement": 0.2, "rel_l2": 0.3}
+FAR_ALWAYS = {"binary_iou": 0.2, "top1_agreement": 0.2, "match": 0.2, "rel_l2": 0.3}
 
 
 def far_off(out: dict, noise: dict | None) -> str | None:
@@ -117,6 +117,11 @@ def held_out(report: Any) -> bool:
 
 def _count(n: Any, noun: str) -> str:
     return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def _agreement(out: dict) -> float | None:
+    """Top-1 agreement of class scores, or the exact match of labels (integer outputs): one column for both."""
+    return out.get("top1_agreement", out.get("match"))
 
 
 def _err(value: float | None) -> str:
@@ -241,6 +246,7 @@ def _endtoend_figure(verification: dict[str, Any] | None) -> str | None:
         short = out["name"].rsplit("/", 1)[-1][-24:]
         kinds = [("rel_l2", "rel L2 (lower: better)", "#cc6677")]
         kinds += [("top1_agreement", "top-1 agreement", "#228833"), ("binary_iou", "IoU (higher: better)", "#228833")]
+        kinds += [("match", "exact match", "#228833")]
         for key, text, color in kinds:
             if out.get(key) is not None:
                 labels.append(f"{short}\n{text}")
@@ -292,12 +298,12 @@ def _before_after(ends: dict[str, Any] | None) -> list[str]:
     e = html.escape
     rows = [
         "<table><tr><th class='l'>output (held out)</th><th>rel L2 before</th><th>rel L2 after</th>"
-        "<th>top-1 before</th><th>top-1 after</th><th>IoU before</th><th>IoU after</th></tr>"
+        "<th>top-1 / match before</th><th>top-1 / match after</th><th>IoU before</th><th>IoU after</th></tr>"
     ]
     for b, a in zip(ends["before"], ends["after"], strict=False):
         rows.append(
             f"<tr><td class='l'>{e(b['name'])}</td><td>{b['rel_l2']:.4g}</td><td>{a['rel_l2']:.4g}</td>"
-            f"<td>{_err(b.get('top1_agreement'))}</td><td>{_err(a.get('top1_agreement'))}</td>"
+            f"<td>{_err(_agreement(b))}</td><td>{_err(_agreement(a))}</td>"
             f"<td>{_err(b.get('binary_iou'))}</td><td>{_err(a.get('binary_iou'))}</td></tr>"
         )
     return [*rows, "</table>"]
@@ -366,7 +372,7 @@ def render_html(report: Any) -> str:
         parts.append(
             f"<h2>End-to-end fidelity</h2><p>on {e(ver.get('inputs', 'the verification inputs'))}</p>"
             "<table><tr><th class='l'>output</th>"
-            "<th>rel L2</th><th>max |Δ|</th><th>top-1 agreement</th><th>binary IoU</th></tr>"
+            "<th>rel L2</th><th>max |Δ|</th><th>top-1 agreement / exact match</th><th>binary IoU</th></tr>"
         )
         noisy = ver.get("original_under_input_noise")
         fidelity = [(out["name"], out) for out in ver.get("outputs", [])]
@@ -377,7 +383,7 @@ def render_html(report: Any) -> str:
         for label, out in fidelity:
             parts.append(
                 f"<tr><td class='l'>{e(label)}</td><td>{out['rel_l2']:.4g}</td><td>{out['max_abs']:.4g}</td>"
-                f"<td>{_err(out.get('top1_agreement'))}</td><td>{_err(out.get('binary_iou'))}</td></tr>"
+                f"<td>{_err(_agreement(out))}</td><td>{_err(out.get('binary_iou'))}</td></tr>"
             )
         note = f" The last rows: the original against itself, {noisy['noise']}." if noisy else ""
         chosen = [f"{out['name']} by {out['judged_by']}" for out in ver.get("outputs", []) if "judged_by" in out]

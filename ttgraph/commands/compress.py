@@ -150,9 +150,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=None,
         metavar="OUTPUT=METRIC",
-        help="judge this model output's held-out fidelity by METRIC: iou, iou@THRESHOLD, top1 or rel-l2 "
+        help="judge this model output's held-out fidelity by METRIC: iou, iou@THRESHOLD, top1, match or rel-l2 "
         "(repeatable; default: by its shape — an N×1×H×W map in [0, 1] by IoU at 0.3, N×K scores by top-1, "
-        "anything else by rel L2); the compensation's keep decision and the warnings read it",
+        "integer or bool outputs by exact match, anything else by rel L2); the compensation's keep decision and "
+        "the warnings read it",
     )
     budget.add_argument(
         "--html", help="with a budget: write an HTML report (table and plots of the calibrated choice) here"
@@ -226,6 +227,8 @@ def _fidelity(out: dict) -> str:
     text += f", rel L2 {out['rel_l2']:.3g}"
     if "top1_agreement" in out:
         text += f", top-1 agreement {out['top1_agreement']:.4f}"
+    if "match" in out:
+        text += f", exact match {out['match']:.4f}"
     if "binary_iou" in out:
         iou = out["binary_iou"]
         text += f", IoU(>{out['iou_threshold']:g}) " + (
