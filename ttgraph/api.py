@@ -1007,6 +1007,7 @@ def _compress_to_budget(
             "seconds": round(stats.seconds, 3),
             "method": method,
             "statistic": "Gram matrix of each 1×1 conv's input (float64), channel sums, row count",
+            "blank_inputs": stats.blank_inputs,
         },
         allocation={
             "metric": metric,

@@ -31,7 +31,6 @@ weight ``Ŵ`` on the calibration data is exact without re-running anything::
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import math
@@ -826,7 +825,7 @@ def calibration_source(
     model's inputs (names, element types, static dims, finite values: one clear error instead of onnxruntime's
     traceback or NaN statistics)."""
     if isinstance(data, CalibrationSource):  # the caller's own: checked like any other, on a copy
-        return _checked(dataclasses.replace(data), model, shape_hint)
+        return _checked(replace(data), model, shape_hint)
     return _checked(_calibration_source(data, model, preprocess), model, shape_hint)
 
 
@@ -1218,6 +1217,9 @@ class CalibrationStatistics:
     samples: int
     seconds: float
     source: str = ""
+    # model inputs whose every sample held one value throughout (black frames: a preprocessing slip): every layer
+    # then fits them exactly at rank 1, and the errors read as perfect
+    blank_inputs: list[str] = field(default_factory=list)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write to an ``.npz`` (reload with :meth:`load`; lets one calibration serve many budgets)."""
@@ -1335,6 +1337,16 @@ def conv_inputs(convs: Iterable[Any]) -> list[ConvInput]:
     return [ConvInput(c.label, c.node.inputs[0].name, tuple(c.strides), c.cin, np.dtype(c.weight_dtype)) for c in convs]
 
 
+def _blank(sample: np.ndarray) -> bool:
+    """A sample of one value throughout, or an image of one colour (one value per channel: varying along one of
+    three or more axes of size > 1, as a black or white frame does after per-channel normalization)."""
+    if sample.dtype.kind not in "biufc" or sample.size <= 1:
+        return False
+    axes = [k for k, n in enumerate(sample.shape) if n > 1]
+    varying = sum(bool(np.any(np.diff(sample, axis=k) != 0)) for k in axes)
+    return varying == 0 or (varying == 1 and len(axes) >= 3)
+
+
 def collect_statistics(
     model: onnx.ModelProto,
     convs: Sequence[Any],
@@ -1362,8 +1374,12 @@ def collect_statistics(
     start = time.perf_counter()
     samples = 0
     readers = {tensor: next(s.label for s in specs if s.tensor == tensor) for tensor, _ in tensors}
+    varied: dict[str, bool] = {}  # per model input of more than one value: did any sample vary within itself?
     try:
-        for _, values in stream_activations(model, tensors, feeds, threads=threads):
+        for feed, values in stream_activations(model, tensors, feeds, threads=threads):
+            for name, value in feed.items():
+                if not varied.get(name):
+                    varied[name] = not _blank(np.asarray(value))
             for tensor, reader in readers.items():  # the model's own overflow (float16 ends at 65504), named
                 if not np.isfinite(values[tensor]).all():
                     dtype = np.asarray(values[tensor]).dtype
@@ -1391,4 +1407,6 @@ def collect_statistics(
                 "the activations overflow float64 statistics: are the samples scaled as the model expects?",
                 label,
             )
-    return CalibrationStatistics(layers, samples, time.perf_counter() - start, getattr(feeds, "description", ""))
+    blank = [name for name, moved in varied.items() if not moved]
+    seconds = time.perf_counter() - start
+    return CalibrationStatistics(layers, samples, seconds, getattr(feeds, "description", ""), blank)

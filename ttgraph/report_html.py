@@ -109,6 +109,15 @@ def far_off(out: dict, noise: dict | None) -> str | None:
     return None
 
 
+def blank_text(inputs: list[str]) -> str:
+    """What a calibration of blank samples means, for the summary and the HTML report."""
+    names = ", ".join(repr(n) for n in inputs)
+    return (
+        f"every calibration sample of input {names} held a single value throughout (blank images? check the "
+        "preprocessing): each layer fitted it exactly, so the errors and fidelity reported say nothing of real inputs"
+    )
+
+
 def held_out(report: Any) -> bool:
     """Whether the verification ran on held-out calibration samples (not a random input's smoke test)."""
     cal = (report.get("calibration") if isinstance(report, dict) else report.calibration) or {}
@@ -367,6 +376,8 @@ def render_html(report: Any) -> str:
             summary.append(("held out", ", ".join(cal["heldout_names"])))
     rows = "".join(f"<tr><th class='l'>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in summary)
     parts.append(f"<table class='kv'>{rows}</table>")
+    if cal and cal.get("blank_inputs"):
+        parts.append(f"<p class='warn'>Warning: {e(blank_text(cal['blank_inputs']))}.</p>")
     ver = r.get("verification")
     if ver:
         parts.append(

@@ -25,6 +25,7 @@ from ttgraph.model_io import parse_input_shapes, source_files
 from ttgraph.report_html import (
     LAYER_ERRORS_BEFORE_COMPENSATION,
     as_written_text,
+    blank_text,
     far_off,
     held_out,
     whole_model_text,
@@ -552,6 +553,9 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
                 else ""
             )
         )
+    blank = (report.calibration or {}).get("blank_inputs")
+    if blank:
+        lines.append(f"warning: {blank_text(blank)}")
     comp = report.compensation
     if comp and not comp.get("applied"):
         lines.append(f"not compensated: {comp.get('reason')}")
