@@ -233,7 +233,7 @@ def test_bench_in_tvm_over_rpc_reports_device_side_times(pair, tmp_path, capsys)
 def test_dynamic_dims_are_shown_the_way_input_shape_takes_them():
     from ttgraph.bench import feed_for
 
-    with pytest.raises(TTGraphError, match=r"input 'x' has dynamic dims \[\?,16,\?,\?\]; fix them with --input-shape"):
+    with pytest.raises(TTGraphError, match=r"input 'x' has dynamic dims \[\?,16,\?,\?\]; fix them with input_shapes"):
         feed_for(conv_model(16, 16, batch="n", hw=("h", "w")))
 
 

@@ -266,7 +266,7 @@ def test_an_image_layout_the_input_plainly_is_not_is_named_as_a_layout_error(tmp
 
 def test_a_grey_model_read_with_a_colour_preset_says_to_add_channels_gray(tmp_path):
     folder = write_images(tmp_path / "imgs", 2)
-    with pytest.raises(TTGraphError, match="1 channel, preprocessing gives 3: add channels=gray to --preprocess"):
+    with pytest.raises(TTGraphError, match="1 channel, preprocessing gives 3: add channels=gray to preprocess"):
         calibration_source(folder, image_model(channels=1), "imagenet")
     grey = next(
         iter(calibration_source(folder, image_model(channels=1), "imagenet,channels=gray,mean=0.449,std=0.226"))

@@ -205,5 +205,5 @@ def test_a_latency_budget_over_layers_none_of_which_can_be_timed_says_so(tmp_pat
     feeds = rng.standard_normal((8, 1, 32, 8, 8)).astype(np.float32)
     from ttgraph import TTGraphError, compress
 
-    with pytest.raises(TTGraphError, match=r"one stride for every axis; none of these can be \(c\): use --macs-ratio"):
+    with pytest.raises(TTGraphError, match=r"one stride for every axis; none of these can be \(c\): use macs_ratio"):
         compress(model, calibration=feeds, latency_ratio=0.9)

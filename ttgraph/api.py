@@ -793,7 +793,7 @@ def _compress_to_budget(
         raise TTGraphError(
             name,
             "a MACs or time budget needs the input's spatial size and the model's input dims are dynamic: give "
-            "input_shapes (--input-shape), or calibration samples of one size that can be read twice (the first "
+            "input_shapes, or calibration samples of one size that can be read twice (the first "
             "fixes them)",
         )
     opset = int(graph.opset or 13)
@@ -857,7 +857,7 @@ def _compress_to_budget(
                 name,
                 "a latency budget times each 1×1 conv as a 2-D conv of static size with one stride for every axis; "
                 f"none of these can be ({', '.join(untimed[:5])}{', …' if len(untimed) > 5 else ''}): "
-                "use --macs-ratio",
+                "use macs_ratio",
             )
         layer_cands = attach_latencies(layer_cands, threads=latency_threads, progress=progress)
     weights = None

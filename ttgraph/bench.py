@@ -59,7 +59,7 @@ def feed_for(model: onnx.ModelProto, seed: int = 0, name: str | None = None) -> 
             raise TTGraphError(
                 name or value.name,
                 f"input {value.name!r} has dynamic dims [{','.join('?' if d is None else str(d) for d in dims)}]; "
-                "fix them with --input-shape",
+                "fix them with input_shapes",
             )
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
         feed[value.name] = rng.uniform(-1, 1, fixed).astype(dtype)

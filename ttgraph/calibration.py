@@ -470,11 +470,9 @@ def _check_layout(name: str, dims: Sequence[int | None], layout: str) -> None:
     image_channels = (1, 3, 4)
     shape = "×".join("?" if d is None else str(d) for d in dims)
     if layout == "NHWC" and first in image_channels and last not in image_channels:
-        raise TTGraphError(
-            MODEL, f"input {name!r} is {shape}, channels first (NCHW), but --preprocess says layout=nhwc"
-        )
+        raise TTGraphError(MODEL, f"input {name!r} is {shape}, channels first (NCHW), but preprocess says layout=nhwc")
     if layout == "NCHW" and last in image_channels and first not in image_channels:
-        raise TTGraphError(MODEL, f"input {name!r} is {shape}, channels last (NHWC): add layout=nhwc to --preprocess")
+        raise TTGraphError(MODEL, f"input {name!r} is {shape}, channels last (NHWC): add layout=nhwc to preprocess")
 
 
 def image_source(
@@ -503,7 +501,7 @@ def image_source(
             raise TTGraphError(
                 MODEL,
                 f"input {value.name!r} has dynamic height/width {dims}: give the image size "
-                "(--preprocess size=HxW) or fix the input shape (--input-shape)",
+                "(preprocess size=HxW) or fix the input shape (input_shapes)",
             )
         spec = spec.with_size((int(hw[0]), int(hw[1])))  # type: ignore[arg-type]
     fixed = dims[2:4] if spec.layout == "NCHW" else dims[1:3]
@@ -511,12 +509,12 @@ def image_source(
         raise TTGraphError(
             "preprocess",
             f"size={spec.size[0]}x{spec.size[1]}, but the model input {value.name!r} is "
-            f"{fixed[0]}x{fixed[1]}; leave size out or fix a dynamic input with --input-shape",
+            f"{fixed[0]}x{fixed[1]}; leave size out or fix a dynamic input with input_shapes",
         )
     channel_dim = dims[1] if spec.layout == "NCHW" else dims[3]
     want = 1 if spec.channels == "GRAY" else 3
     if channel_dim is not None and channel_dim != want:
-        hint = {1: ": add channels=gray to --preprocess", 3: ": add channels=rgb (or bgr) to --preprocess"}
+        hint = {1: ": add channels=gray to preprocess", 3: ": add channels=rgb (or bgr) to preprocess"}
         raise TTGraphError(
             MODEL,
             f"input {value.name!r} has {channel_dim} channel{'s' * (channel_dim != 1)}, preprocessing gives {want}"
@@ -532,7 +530,7 @@ def image_source(
             raise TTGraphError(
                 "preprocess",
                 f"the model input {value.name!r} is {dtype}: images feed it raw 0..255 pixels; give the raw preset "
-                f"(--preprocess raw{',layout=nhwc' if spec.layout == 'NHWC' else ''}), or keys without scale, mean "
+                f"(preprocess raw{',layout=nhwc' if spec.layout == 'NHWC' else ''}), or keys without scale, mean "
                 "or std",
             )
     paths = [Path(f) for f in files]
@@ -692,7 +690,7 @@ def array_source(path: str | os.PathLike[str], model: onnx.ModelProto) -> Calibr
             raise TTGraphError(
                 p,
                 f"array {n!r} is {array.dtype}, the model input is {dtypes[n]}: save preprocessed samples "
-                "of the input's type (or give a folder of images with --preprocess)",
+                "of the input's type (or give a folder of images with preprocess)",
             )
         del array
 

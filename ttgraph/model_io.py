@@ -512,13 +512,13 @@ def set_input_shapes(model: onnx.ModelProto, shapes: InputShapes, name: str = "<
         current = input_dims(value)
         if len(current) != len(dims):
             raise TTGraphError(
-                name, f"input {input_name!r} has rank {len(current)}, --input-shape gives {len(dims)} dims"
+                name, f"input {input_name!r} has rank {len(current)}, input_shapes gives {len(dims)} dims"
             )
         for axis, (have, want) in enumerate(zip(current, dims, strict=True)):
             if have is not None and have != want:
                 raise TTGraphError(
                     name,
-                    f"input {input_name!r} has fixed size {have} on axis {axis}, --input-shape gives {want}",
+                    f"input {input_name!r} has fixed size {have} on axis {axis}, input_shapes gives {want}",
                 )
         shape = value.type.tensor_type.shape
         for dim, want in zip(shape.dim, dims, strict=True):

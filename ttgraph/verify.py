@@ -116,7 +116,7 @@ def random_feed(
         if fixed is None and shapes and value.name in shapes:
             fixed = [int(d) for d in shapes[value.name]]
         if fixed is None:
-            raise TTGraphError("<model>", f"input {value.name!r} has dynamic dims {dims}; fix them with --input-shape")
+            raise TTGraphError("<model>", f"input {value.name!r} has dynamic dims {dims}; fix them with input_shapes")
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
         if dtype in (np.uint8, np.int8):
             info = np.iinfo(dtype)
