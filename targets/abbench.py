@@ -18,7 +18,7 @@ import onnx
 from ttgraph.bench import Runner
 from ttgraph.errors import TTGraphError
 
-from .compile import _import_tvm, cannot_run_here, compile_model
+from .compile import CompileResult, _import_tvm, cannot_run_here, compile_model
 from .presets import resolve_target
 from .run import ordered_inputs
 
@@ -66,26 +66,29 @@ def tvm_factory(
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="ttgraph-abbench-")
         workdir = tmp.name
-    built: dict[int, Path] = {}
+    built: dict[int, CompileResult] = {}
     device = "cuda" if preset.is_cuda else "cpu"
 
-    def library(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> Path:
+    def library(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> CompileResult:
         if id(model) not in built:
             out = Path(workdir, f"m{len(built)}.{preset.name}.so")
             db = None if tune_db is None else Path(tune_db, f"m{len(built)}")
-            compile_model(model, target, out, {k: list(v.shape) for k, v in feed.items()}, tune=tune, tune_db=db)
-            built[id(model)] = out
+            shapes = {k: list(np.shape(v)) for k, v in feed.items()}
+            built[id(model)] = compile_model(model, target, out, shapes, tune=tune, tune_db=db)
         return built[id(model)]
 
     def factory(model: onnx.ModelProto, feed: dict[str, np.ndarray], threads: int) -> Runner:
-        path = library(model, feed)
-        names = [i.name for i in model.graph.input if i.name in feed]
+        compiled = library(model, feed)
+        path = compiled.output
+        names = compiled.input_names  # the library's main: an input the model never reads is not among them
         if session is None:
             _configure_threadpool(threads)
             dev = tvm.device(device, 0)
             vm = relax.VirtualMachine(tvm.runtime.load_module(os.fspath(path)), dev)
             args = [tvm.runtime.tensor(x, dev) for x in ordered_inputs(feed, names)]
             fn = vm["main"]
+            if device == "cuda":  # kernels run asynchronously: a run is timed to its end, not to its last launch
+                return lambda: (fn(*args), dev.sync())
             return lambda: fn(*args)
         remote_name = f"ttgraph-{uuid.uuid4().hex[:12]}.so"
         session.upload(os.fspath(path), target=remote_name)

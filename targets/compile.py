@@ -113,7 +113,7 @@ class CompileResult:
             extra += f", nvcc fatbin check ok ({self.cuda_fatbin_bytes} bytes)"
         elif self.cuda_source is not None:
             extra += ", CUDA source not checked (no nvcc on PATH)"
-        shapes = " ".join(f"{k}={'x'.join(map(str, v))}" for k, v in self.input_shapes.items())
+        shapes = " ".join(f"{k}={'x'.join(map(str, v)) or 'scalar'}" for k, v in self.input_shapes.items())
         return (
             f"wrote {self.output} ({size / 1e6:.1f} MB, {self.target}) from {shapes}: "
             f"prepare {self.prepare_seconds:.1f}s, build {self.build_seconds:.1f}s, "

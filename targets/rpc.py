@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from ttgraph.errors import TTGraphError
-from ttgraph.model_io import ModelSource, graph_inputs, load_model
+from ttgraph.model_io import ModelSource, graph_inputs, input_dims, load_model
 from ttgraph.verify import check_feed
 
 from .compile import CompileResult, compile_model
@@ -181,6 +182,17 @@ def run_remote(
     return RemoteRun(outputs=outputs, times_ms=times, number=number, device=f"{device} via RPC")
 
 
+def _with_unread_inputs(model: ModelSource, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``feed`` and zeros for the graph inputs the model never reads: compiling dropped them from the library's
+    main, onnxruntime still wants a value for each."""
+    out = dict(feed)
+    for value in graph_inputs(load_model(model, check=False)):
+        if value.name not in out:
+            dims = [d if d else 1 for d in input_dims(value)]
+            out[value.name] = np.zeros(dims, onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
+    return out
+
+
 def random_inputs(compiled: CompileResult, seed: int = 0) -> dict[str, np.ndarray]:
     """Standard-normal floats (zeros for integer inputs), one per input of the compiled model."""
     rng = np.random.default_rng(seed)
@@ -229,7 +241,8 @@ def bench(
         compiled = compile_model(model, target, out, input_shapes)
         feed = inputs if inputs is not None else random_inputs(compiled)
         values = ordered_inputs(feed, compiled.input_names if isinstance(feed, Mapping) else None)
-        reference = onnxruntime_outputs(model, dict(zip(compiled.input_names, values, strict=True)))
+        given = dict(feed) if isinstance(feed, Mapping) else dict(zip(compiled.input_names, values, strict=True))
+        reference = onnxruntime_outputs(model, _with_unread_inputs(model, given))
         remote = run_remote(session, out, values, device=device, number=number, repeat=repeat)
     return BenchResult(
         compiled=compiled,

@@ -30,12 +30,17 @@ def ordered_inputs(inputs: Inputs, names: Sequence[str] | None = None) -> list[n
     """
     if isinstance(inputs, Mapping):
         if names is None:
-            return [np.ascontiguousarray(v) for v in inputs.values()]
+            return [_contiguous(v) for v in inputs.values()]
         missing = [n for n in names if n not in inputs]
         if missing:
             raise TTGraphError("inputs", f"no value for input {missing[0]!r} (given: {', '.join(inputs)})")
-        return [np.ascontiguousarray(inputs[n]) for n in names]
-    return [np.ascontiguousarray(v) for v in inputs]
+        return [_contiguous(inputs[n]) for n in names]
+    return [_contiguous(v) for v in inputs]
+
+
+def _contiguous(value: Any) -> np.ndarray:
+    """C-contiguous, a scalar kept 0-d (``np.ascontiguousarray`` makes it shape (1,), which the VM refuses)."""
+    return np.asarray(value, order="C")
 
 
 def to_numpy(value: Any) -> list[np.ndarray]:

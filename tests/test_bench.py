@@ -279,3 +279,44 @@ def test_a_model_whose_inputs_differ_from_a_dynamic_reference_is_the_one_named(t
     code = main(["bench", str(tmp_path / "det.onnx"), str(tmp_path / "layout.onnx"), "--runs", "2", "--no-memory"])
     assert code == 2
     assert "layout.onnx: inputs ['image'] differ from the reference det.onnx's ['x']" in capsys.readouterr().err
+
+
+@pytest.mark.tvm
+def test_a_scalar_input_and_one_nothing_reads_run_in_every_tvm_path(tmp_path, capsys):
+    """silero-vad's sample rate is a scalar: every TVM run made it shape (1,) ("expect Tensor with ndim 0"), a
+    traceback; an input the model never reads, which compile drops from the library's main, was still passed
+    ("main expects 1 arguments") or demanded ("no value for input 'unused'") even when given."""
+    import sys
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    from targets.qemu import free_port, serving_process
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4, 1, 1)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "s"], ["xs"]), helper.make_node("Conv", ["xs", "w"], ["y"])],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("unused", TensorProto.FLOAT, [1, 4]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [w],
+    )
+    model = tmp_path / "a.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    copy = tmp_path / "b.onnx"
+    copy.write_bytes(model.read_bytes())
+    assert main(["bench", str(model), str(copy), "--runtime", "tvm", "--threads", "1", "--runs", "3"]) == 0
+    np.savez(
+        tmp_path / "in.npz", x=np.ones((1, 4, 8, 8), np.float32), s=np.float32(2.0), unused=np.ones((1, 4), np.float32)
+    )
+    port = free_port()
+    cmd = [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port), "--port-end",
+           str(port + 1)]  # fmt: skip
+    with serving_process(cmd, "127.0.0.1", port, log_path=tmp_path / "rpc.log"):
+        capsys.readouterr()
+        for given in ([], ["--inputs", str(tmp_path / "in.npz")]):
+            assert main(["bench", str(model), "--target", "x86_64", "--rpc", f"127.0.0.1:{port}", *given]) == 0
+            assert "-> ok" in capsys.readouterr().out
