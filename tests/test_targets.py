@@ -351,3 +351,23 @@ def test_a_time_bound_beside_a_trial_count_is_kept_on_a_model_of_many_tasks(tmp_
     assert 1 <= result.tuned_tasks < 6  # stopped before every task had its batch of 600 / 6 = 100
     records = (db / "x86_64" / "database_tuning_record.json").read_text().splitlines()
     assert len(records) <= 2 * 16  # a time-bounded batch is at most 16 candidates
+
+
+def test_a_device_run_against_an_output_that_is_zero_on_these_inputs_is_inconclusive_not_a_mismatch(tmp_path):
+    """The detector's sigmoid map on bench's default random input peaks at 4e-7: float noise over it read
+    'MISMATCH' (0.19 relative) for a correct library, where a real page gives 4e-5."""
+    from targets.compile import CompileResult
+    from targets.rpc import BenchResult, RemoteRun
+
+    compiled = CompileResult(tmp_path / "m.so", "x86_64", {}, "so", {"x": [1]}, {"x": "float32"}, ["map", "n"], [],
+                             0, 0, 0)  # fmt: skip
+    run = RemoteRun(outputs=[], times_ms=[1.0], number=1, device="cpu via RPC")
+    noise = BenchResult(compiled, run, errors=[0.194, 0.0], tolerance=1e-3, output_names=["map", "n"],
+                        peaks=[4.1e-7, 3.0])  # fmt: skip
+    assert not noise.ok and noise.near_zero == ["map"]
+    assert "-> inconclusive: map is ≈0 everywhere (max |ref| 4.1e-07) on these inputs" in noise.summary()
+    assert "give real data with --inputs" in noise.summary() and "MISMATCH" not in noise.summary()
+    real = BenchResult(compiled, run, errors=[0.194, 0.2], tolerance=1e-3, output_names=["map", "n"],
+                       peaks=[4.1e-7, 3.0])  # fmt: skip
+    assert "MISMATCH (tolerance 0.001)" in real.summary()  # a real output off too: a mismatch it is
+    assert noise.to_dict()["near_zero"] == ["map"] and noise.to_dict()["peaks"] == {"map": 4.1e-7, "n": 3.0}
