@@ -58,11 +58,15 @@ def add_compile_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="measure tuning candidates on the device registered with this TVM RPC tracker (with --key)",
     )
     p.add_argument("--key", help="device key registered with the tracker")
-    p.add_argument(
+    db = p.add_mutually_exclusive_group()
+    db.add_argument(
         "--tune-db",
         metavar="DIR",
-        help="tuning database folder, reused across runs (default $TTGRAPH_CACHE_DIR/tune-db, "
-        "else ~/.cache/ttgraph/tune-db)",
+        help="tuning database folder, reused across runs: a build applies the records it has for the target, "
+        "tuning adds to them (default $TTGRAPH_CACHE_DIR/tune-db, else ~/.cache/ttgraph/tune-db)",
+    )
+    db.add_argument(
+        "--no-tune-db", action="store_true", help="build with TVM's default schedules, applying no tuning records"
     )
     p.add_argument("--list-targets", action="store_true", help="list the target presets and exit")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -147,7 +151,7 @@ def run_compile(args: argparse.Namespace) -> int:
         output,
         input_shapes=parse_input_shapes(args.input_shape) or None,
         tune=args.tune,
-        tune_db=args.tune_db,
+        tune_db=False if args.no_tune_db else args.tune_db,
         tune_minutes=args.tune_minutes,
         tune_tracker=args.tracker,
         tune_key=args.key,

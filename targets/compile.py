@@ -33,7 +33,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ttgraph.errors import TTGraphError
 from ttgraph.files import check_output_path, default_cache_dir, temp_prefix, usual_permissions
@@ -108,6 +108,8 @@ class CompileResult:
             extra += (
                 f", tuning records of {self.reused_tasks} of its {self.tune_tasks} tasks applied from {self.tune_db}"
             )
+        elif self.target_dict.get("kind") != "cuda":
+            extra += ", untuned: TVM's default CPU schedules run on one thread (tune with --tune N or --tune-minutes M)"
         extra += "".join(f"; {step}" for step in self.frontend_steps if step.startswith(UNUSED_INPUTS))
         if self.cuda_fatbin_bytes is not None:
             extra += f", nvcc fatbin check ok ({self.cuda_fatbin_bytes} bytes)"
@@ -134,7 +136,7 @@ def compile_model(
     output: str | os.PathLike[str],
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     tune: int = 0,
-    tune_db: str | os.PathLike[str] | None = None,
+    tune_db: str | os.PathLike[str] | Literal[False] | None = None,
     tune_minutes: float | None = None,
     tune_tracker: str | None = None,
     tune_key: str | None = None,
@@ -144,7 +146,9 @@ def compile_model(
     ``input_shapes`` fixes dynamic input dims (``{"x": [1, 3, 640, 640]}``). ``tune`` > 0 runs that many
     MetaSchedule trials first, with records kept in ``tune_db/<target>/`` (default ``tune-db`` in ttgraph's cache
     folder, :func:`ttgraph.files.default_cache_dir`); ``tune_minutes`` bounds the tuning time too (alone: time is
-    the only bound); ``tune=0`` without it but with a ``tune_db`` applies the records already there. Tuning measures
+    the only bound); ``tune=0`` without it applies the records already in ``tune_db`` (by default, those in the
+    default folder for this target, when it has any: hours of tuning are not lost to a later plain build; the
+    summary says how many tasks they cover); ``tune_db=False`` builds without any. Tuning measures
     candidates on this machine, or with ``tune_tracker`` ("HOST:PORT" of a TVM RPC tracker) and ``tune_key`` on
     the device registered there under that key — how a phone's own schedules are found.
     Raises :class:`TTGraphError` for anything the user can fix: unknown target, wrong output suffix,
@@ -179,10 +183,14 @@ def compile_model(
         from .rpc import check_tracker
 
         check_tracker(tracker)
-    db_root = Path(tune_db) if tune_db is not None else (_default_tune_db() if tuning else None)
+    if tune_db is False and tuning:
+        raise TTGraphError("--no-tune-db", "tuning keeps its records in a database: leave --no-tune-db out")
+    db_root = None if tune_db is False else Path(tune_db) if tune_db is not None else _default_tune_db()
     # MetaSchedule looks records up by workload only, not by target: a CPU schedule found for a CUDA
     # build would break it. So each target keeps its records in its own sub-folder.
     db_dir = db_root / _target_key(preset) if db_root is not None else None
+    if tune_db is None and not tuning and db_dir is not None and not (db_dir / "database_tuning_record.json").is_file():
+        db_dir = None  # the default folder holds nothing for this target: a plain build
     if db_dir is not None and not tuning and not db_dir.is_dir():
         raise TTGraphError(db_dir, "no tuning records for this target here (give --tune N to create them)")
 

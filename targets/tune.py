@@ -129,19 +129,23 @@ def load_tensor_intrinsics(target: Any) -> None:
         importlib.import_module(name)
 
 
-def open_database(db_dir: str | os.PathLike[str]) -> Any:
-    """The JSON database kept in ``db_dir`` (created if missing)."""
+def open_database(db_dir: str | os.PathLike[str], *, write: bool = True) -> Any:
+    """The JSON database kept in ``db_dir`` (created if missing). Only read (``write`` False: records applied,
+    none added), it may sit on a read-only mount or a shared cache another user owns."""
     from tvm.s_tir import meta_schedule as ms
 
     folder = Path(db_dir)
+    if write:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TTGraphError(folder, f"cannot create the tuning database folder: {err.strerror or err}") from err
+        if not os.access(folder, os.W_OK):
+            raise TTGraphError(folder, "tuning database folder is not writable")
+    elif not all((folder / name).is_file() for name in DATABASE_FILES):
+        raise TTGraphError(folder, "no tuning records for this target here (give --tune N to create them)")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise TTGraphError(folder, f"cannot create the tuning database folder: {err.strerror or err}") from err
-    if not os.access(folder, os.W_OK):
-        raise TTGraphError(folder, "tuning database folder is not writable")
-    try:
-        return ms.database.JSONDatabase(work_dir=str(folder))
+        return ms.database.JSONDatabase(work_dir=str(folder), allow_missing=write)
     except Exception as err:  # TVM's JSON reader: "parallel_for_dynamic error with Unexpected token …"
         raise TTGraphError(
             folder,
@@ -151,6 +155,7 @@ def open_database(db_dir: str | os.PathLike[str]) -> Any:
         ) from err
 
 
+DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")  # what JSONDatabase keeps in its folder
 FAILED_RUN_S = 1e9  # MetaSchedule records a candidate that failed to build or run as taking 1e10 s
 
 
@@ -461,7 +466,7 @@ def records_for(mod: Any, target: Any, db_dir: str | os.PathLike[str]) -> TuneSt
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    database = open_database(db_dir)
+    database = open_database(db_dir, write=False)
     with target:
         fused = tvm.transform.Sequential(fuse_passes(target))(mod)
     tasks = ms.relax_integration.extract_tasks(fused, target)
@@ -473,4 +478,4 @@ def build_with_database(mod: Any, target: Any, db_dir: str | os.PathLike[str]) -
     """``relax.build`` with the tuned schedules of ``db_dir`` applied (untuned functions stay default)."""
     from tvm.s_tir import meta_schedule as ms
 
-    return ms.relax_integration.compile_relax(open_database(db_dir), mod, target, params=None)
+    return ms.relax_integration.compile_relax(open_database(db_dir, write=False), mod, target, params=None)

@@ -4,6 +4,8 @@ and small synthetic models built with onnx.helper."""
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,10 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image, ImageDraw, ImageFont
 
 from ttgraph.examples import example_model
+
+# ttgraph's caches (latency timings, the planner's measured tables, TVM tuning records, which every build applies)
+# in a folder of this run: a developer's ~/.cache/ttgraph would make builds depend on what was tuned there before
+os.environ["TTGRAPH_CACHE_DIR"] = tempfile.mkdtemp(prefix="ttgraph-test-cache-")
 
 DET_SHAPE = [1, 3, 640, 640]
 CLS_SHAPE = [1, 3, 48, 192]

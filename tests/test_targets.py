@@ -180,6 +180,13 @@ def test_a_trial_budget_below_the_task_count_says_how_many_were_measured(tmp_pat
     assert ", 1 of 2 tasks measured (0 reused)" in result.summary()
     assert result.tune_db is not None and result.tune_db.is_relative_to(tmp_path / "cache" / "tune-db")
     assert list(result.tune_db.glob("*.json"))
+    # a later plain build applies them (it built untuned without a word: hours of tuning lost to a rebuild)
+    plain = compile_model(pointwise_model(), "x86_64", tmp_path / "plain.so")
+    assert f"tuning records of 1 of its 2 tasks applied from {result.tune_db}" in plain.summary()
+    bare = compile_model(pointwise_model(), "x86_64", tmp_path / "bare.so", tune_db=False)
+    assert bare.tune_db is None and "untuned: TVM's default CPU schedules run on one thread" in bare.summary()
+    with pytest.raises(TTGraphError, match="--no-tune-db: tuning keeps its records in a database"):
+        compile_model(pointwise_model(), "x86_64", tmp_path / "t.so", tune=1, tune_db=False)
 
 
 def test_a_damaged_tuning_database_is_named(tmp_path):
