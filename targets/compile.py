@@ -299,12 +299,20 @@ def _check_linker(preset: TargetPreset, out: Path) -> str | None:
         return None
     if preset.ndk:
         ndk_cc = os.environ.get("TVM_NDK_CC")
+        triple = str(preset.target.get("mtriple", "aarch64-linux-android"))
+        clang = f"{triple}28-clang++"  # the NDK names its drivers by triple and API level
         if not ndk_cc or not shutil.which(ndk_cc):
+            given = f"TVM_NDK_CC={ndk_cc!r} is not found" if ndk_cc else "TVM_NDK_CC is not set"
             raise TTGraphError(
                 out,
-                f"a .so for {preset.name} must be linked by the Android NDK: set TVM_NDK_CC to its clang++ "
-                "(e.g. .../toolchains/llvm/prebuilt/linux-x86_64/bin/aarch64-linux-android28-clang++), "
-                "or export a .tar",
+                f"a .so for {preset.name} must be linked by the Android NDK's clang++ and {given}: set it to "
+                f"e.g. .../toolchains/llvm/prebuilt/linux-x86_64/bin/{clang}, or export a .tar",
+            )
+        name = Path(ndk_cc).name
+        if "gnu" in name or name in ("g++", "c++", "gcc", "cc"):  # links for glibc (or the host): Android refuses it
+            raise TTGraphError(
+                "TVM_NDK_CC",
+                f"{ndk_cc!r} is a GNU/host compiler, not the Android NDK's: a .so for {preset.name} needs e.g. {clang}",
             )
         return ndk_cc
     if preset.cross_compiler:
@@ -317,6 +325,12 @@ def _check_linker(preset: TargetPreset, out: Path) -> str | None:
             )
         return preset.cross_compiler
     host = os.environ.get("CXX") or os.environ.get("CC") or "g++"
+    if len(host.split()) > 1:  # TVM runs it as one program name: the link would fail after the whole build
+        raise TTGraphError(
+            "CXX",
+            f"{host!r}: TVM runs $CXX as one program, without arguments; name the compiler alone (flags or "
+            "ccache in a wrapper script)",
+        )
     if not shutil.which(host.split()[0]):
         raise TTGraphError(
             preset.name, f"C++ compiler {host!r} not found on PATH to link the library (apt-get install g++)"
@@ -514,6 +528,8 @@ def _linker_reason(err: BaseException) -> str:
     collect2's closing "ld returned 1 exit status"."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     said = [line for line in lines if re.search(r"\bld(\.\w+)?: |undefined reference|cannot find -l", line)]
+    # the errors, not the notes beside them (binutils' "missing .note.GNU-stack" warning comes first in any link)
+    said = [line for line in said if not re.search(r"\b(warning|NOTE):", line)] or said
     said = [re.sub(r"\S*/(ld(\.\w+)?): ", r"\1: ", line) for line in said]  # the cross linker's long path
     if not said:
         return _first_line(err)

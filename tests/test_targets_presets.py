@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 
 import pytest
 from tvm_helpers import pointwise_model
@@ -156,3 +158,53 @@ def test_a_failed_link_says_what_the_linker_said():
     assert reason.startswith("ld: error: /tmp/x.so uses VFP register arguments, /tmp/w/lib0.o does not; ld: failed")
     assert reason.endswith('(an armv7 hard-float target needs "mfloat-abi": "hard")')
     assert "collect2" not in reason
+
+
+@pytest.mark.parametrize(
+    ("preset", "ndk_cc", "needle"),
+    [
+        (
+            "armv7-android",
+            None,
+            "TVM_NDK_CC is not set: set it to e.g. .../toolchains/llvm/prebuilt/linux-x86_64/bin/"
+            "armv7a-linux-androideabi28-clang++",
+        ),
+        ("arm64-android", "/missing/clang++", "TVM_NDK_CC='/missing/clang++' is not found"),
+        ("arm64-android", "g++", "'g++' is a GNU/host compiler, not the Android NDK's"),
+        ("arm64-android", "aarch64-linux-gnu-g++", "is a GNU/host compiler"),
+    ],
+)
+def test_an_android_link_needs_the_ndks_own_compiler_for_its_abi(tmp_path, monkeypatch, preset, ndk_cc, needle):
+    """armv7 was told to use aarch64-linux-android28-clang++; a TVM_NDK_CC that was not found was told to set it;
+    g++ failed deep in the link, and a glibc cross compiler wrote a .so that needs libc.so.6 (Android has none)."""
+    if ndk_cc is None:
+        monkeypatch.delenv("TVM_NDK_CC", raising=False)
+    else:
+        monkeypatch.setenv("TVM_NDK_CC", ndk_cc)
+    if ndk_cc and ndk_cc != "/missing/clang++" and not shutil.which(ndk_cc):
+        pytest.skip(f"{ndk_cc} is not installed here")
+    with pytest.raises(TTGraphError, match=re.escape(needle)):
+        compile_model(pointwise_model(), preset, tmp_path / "m.so")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cxx_with_arguments_is_refused_before_the_build(tmp_path, monkeypatch):
+    """TVM runs $CXX as one program name: 'g++ -O2' (or 'ccache g++') failed after the whole build with
+    'cannot write the library: No such file or directory'."""
+    monkeypatch.setenv("CXX", "g++ -O2")
+    with pytest.raises(TTGraphError, match=re.escape("CXX: 'g++ -O2': TVM runs $CXX as one program")):
+        compile_model(pointwise_model(), "x86_64", tmp_path / "m.so")
+
+
+def test_a_failed_link_reports_the_linkers_errors_not_its_warnings():
+    from targets.compile import _linker_reason
+
+    err = RuntimeError(
+        "Compilation error:\n/usr/bin/ld: warning: lib0.o: missing .note.GNU-stack section implies executable stack\n"
+        "/usr/bin/ld: NOTE: This behaviour is deprecated and will be removed in a future version of the linker\n"
+        "/usr/bin/ld: lib0.o: in function `main':\nlib0.c:(.text+0x1a): undefined reference to `__chkstk'\n"
+        "collect2: error: ld returned 1 exit status"
+    )
+    assert (
+        _linker_reason(err) == "ld: lib0.o: in function `main':; lib0.c:(.text+0x1a): undefined reference to `__chkstk'"
+    )
