@@ -320,3 +320,23 @@ def test_a_scalar_input_and_one_nothing_reads_run_in_every_tvm_path(tmp_path, ca
         for given in ([], ["--inputs", str(tmp_path / "in.npz")]):
             assert main(["bench", str(model), "--target", "x86_64", "--rpc", f"127.0.0.1:{port}", *given]) == 0
             assert "-> ok" in capsys.readouterr().out
+
+
+def test_a_table_says_when_its_speedups_span_one_or_rest_on_too_few_rounds():
+    """Two copies of one model at 20 rounds read 0.13–9.02 with no flag; --runs 1 printed '1.35× 1.35–1.35'."""
+    from ttgraph.bench import BenchReport
+
+    def row(p10: float, median: float, p90: float) -> dict:
+        times = {"median_ms": 1.0, "p10_ms": 0.9, "p90_ms": 1.1}
+        return {
+            "threads": 1,
+            "times": {"a": times, "b": times},
+            "speedup": {"a": {"median": 1.0, "p10": 1.0, "p90": 1.0}, "b": {"median": median, "p10": p10, "p90": p90}},
+        }
+
+    same = BenchReport({"a": "a.onnx", "b": "b.onnx"}, "onnxruntime", 3, 20, [row(0.13, 1.02, 9.02)]).table()
+    assert "0.13–9.02 *" in same and "* the pairs' speedups span 1: no faster or slower on this run" in same
+    faster = BenchReport({"a": "a.onnx", "b": "b.onnx"}, "onnxruntime", 3, 20, [row(1.4, 1.6, 1.9)]).table()
+    assert "*" not in faster and "rounds" in faster.splitlines()[0] and "only" not in faster
+    once = BenchReport({"a": "a.onnx", "b": "b.onnx"}, "onnxruntime", 0, 1, [row(1.35, 1.35, 1.35)]).table()
+    assert "only 1 round: the p10–p90 spans rest on too few pairs to read (--runs 10 or more)" in once

@@ -104,6 +104,9 @@ def time_stats(values: Sequence[float]) -> dict[str, float]:
     return {"median_ms": statistics.median(ms), "p10_ms": _percentile(ms, 10), "p90_ms": _percentile(ms, 90)}
 
 
+MIN_RUNS = 10  # rounds below which a p10–p90 span is two or three pairs' extremes
+
+
 @dataclass
 class BenchReport:
     """Per (runtime, threads): each model's time stats and its speedup over the first (reference) model."""
@@ -135,10 +138,12 @@ class BenchReport:
 
         labels = list(self.models)
         header = ["threads", "model", "median ms", "p10–p90 ms", "speedup", "speedup p10–p90"]
-        body = []
+        body, undecided = [], False
         for row in self.rows:
             for label in labels:
                 t, r = row["times"][label], row["speedup"][label]
+                spans = label != labels[0] and r["p10"] < 1 < r["p90"]  # faster in some pairs, slower in others
+                undecided |= spans
                 body.append(
                     [
                         str(row["threads"]),
@@ -146,7 +151,7 @@ class BenchReport:
                         f"{t['median_ms']:.2f}",
                         f"{t['p10_ms']:.2f}–{t['p90_ms']:.2f}",
                         f"{r['median']:.2f}×",
-                        f"{r['p10']:.2f}–{r['p90']:.2f}",
+                        f"{r['p10']:.2f}–{r['p90']:.2f}" + (" *" if spans else ""),
                     ]
                 )
         lines = [
@@ -154,6 +159,15 @@ class BenchReport:
             f"speedup = time({labels[0]}) / time(model), pair by pair",
             format_table(header, body),
         ]
+        if undecided:
+            lines.append(
+                "* the pairs' speedups span 1: no faster or slower on this run (more --runs, a quieter machine)"
+            )
+        if self.runs < MIN_RUNS:
+            lines.append(
+                f"only {self.runs} round{'s' * (self.runs != 1)}: the p10–p90 spans rest on too few pairs to read "
+                f"(--runs {MIN_RUNS} or more)"
+            )
         if any(v is not None for v in self.peak_rss_mb.values()):
             rss = ", ".join(f"{k} {v:.0f} MB" for k, v in self.peak_rss_mb.items() if v is not None)
             lines.append(f"peak RSS (one process per model, load + one run): {rss}")
