@@ -88,6 +88,7 @@ class CompileResult:
     tune_db: Path | None = None
     cuda_source: str | None = field(default=None, repr=False)
     cuda_fatbin_bytes: int | None = None  # size of the offline nvcc check's fatbin; None: not checked
+    tune_num_cores: int | None = None  # the cores a CPU target's tuned schedules parallelize over
 
     @property
     def input_names(self) -> list[str]:
@@ -104,6 +105,7 @@ class CompileResult:
                 f"{self.tune_seconds:.0f}s"
                 f" (bound: {bound}{'; time ran out' if self.tune_timed_out else ''})"
             )
+            extra += f", schedules for {self.tune_num_cores} cores" if self.tune_num_cores else ""
         elif self.tune_db is not None:
             extra += (
                 f", tuning records of {self.reused_tasks} of its {self.tune_tasks} tasks applied from {self.tune_db}"
@@ -195,7 +197,8 @@ def compile_model(
         raise TTGraphError(db_dir, "no tuning records for this target here (give --tune N to create them)")
 
     tvm = _import_tvm()
-    tvm_target = make_target(preset, for_tuning=db_dir is not None)
+    cores = _device_cores(tune_tracker, tune_key) if tracker is not None else None
+    tvm_target = make_target(preset, for_tuning=db_dir is not None, num_cores=cores)
     if tuning and tracker is None and preset.is_cuda and not tvm.cuda(0).exist:
         raise TTGraphError("--tune", f"tuning for {preset.name} measures on a GPU, and this machine has none")
 
@@ -270,6 +273,7 @@ def compile_model(
         tune_db=db_dir,
         cuda_source=cuda_source,
         cuda_fatbin_bytes=fatbin,
+        tune_num_cores=int(tvm_target.attrs["num-cores"]) if "num-cores" in tvm_target.attrs else None,
     )
     log.debug("%s", result.summary())
     return result
@@ -347,16 +351,17 @@ def _import_tvm() -> Any:
     return tvm
 
 
-def make_target(preset: TargetPreset, *, for_tuning: bool = False) -> Any:
+def make_target(preset: TargetPreset, *, for_tuning: bool = False, num_cores: int | None = None) -> Any:
     """The ``tvm.target.Target`` of a preset; TVM's complaint about a bad JSON target as one line.
 
-    MetaSchedule needs a CPU target's ``num-cores``; tuning and building from a database use the
-    same target (records are keyed by it), with this machine's physical core count when unset.
+    MetaSchedule needs a CPU target's ``num-cores`` (what its schedules parallelize over); tuning and building
+    from a database use the same target: the target's own, else ``num_cores`` (the device's, when tuning on it
+    over a tracker), else this machine's physical core count.
     """
     tvm = _import_tvm()
     spec = dict(preset.target)
     if for_tuning and spec.get("kind") == "llvm" and "num-cores" not in spec:
-        spec["num-cores"] = _physical_cores()
+        spec["num-cores"] = num_cores or _physical_cores()
     try:
         target = tvm.target.Target(spec)
     except Exception as err:  # ValueError / TVMError from the target parser
@@ -500,6 +505,19 @@ def check_cuda_source(source: str, arch: str, where: str | os.PathLike[str] = "c
                 f"{detail[0] if detail else proc.returncode}",
             )
         return fatbin.stat().st_size
+
+
+def _device_cores(tracker: str | None, key: str | None) -> int | None:
+    """The worker threads the TVM runtime on the tracker's device starts (its cores), so schedules tuned on a
+    phone parallelize over the phone's cores, not the build machine's; None (this machine's) if it cannot say."""
+    from .rpc import connect
+
+    try:
+        session = connect(None, tracker, key)
+        return int(session.get_function("runtime.NumThreads")()) or None
+    except Exception as err:  # an old runtime without the function: the build machine's count, as before
+        log.warning("the device did not say how many cores it has (%s): tuning for this machine's", err)
+        return None
 
 
 def _physical_cores() -> int:

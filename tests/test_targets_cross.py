@@ -197,18 +197,26 @@ def test_served_process_is_stopped_even_when_the_body_fails(tmp_path):
         assert sock.connect_ex(("127.0.0.1", port)) != 0
 
 
-def test_tuning_measures_candidates_on_the_device_through_a_tracker(tmp_path):
+def test_tuning_measures_candidates_on_the_device_through_a_tracker(tmp_path, monkeypatch):
     """``--tune --tracker --key``: candidates are cross-built here, linked, and timed on the aarch64 server."""
     need_a64()
+    import targets.compile
+
+    monkeypatch.setattr(targets.compile, "_physical_cores", lambda: 61)  # a build machine unlike the device
     model = pointwise_model()
     feed = {"x": np.random.default_rng(2).standard_normal((1, 16, 16, 16)).astype(np.float32)}
     db = tmp_path / "db"
     with local_tracker(tmp_path) as tracker:
         with qemu_rpc_server(tracker=tracker, key="qemu-a64", log_path=tmp_path / "rpc_server.log"):
+            from targets.rpc import connect
+
+            device_threads = int(connect(None, tracker, "qemu-a64").get_function("runtime.NumThreads")())
             result = compile_model(
                 model, "arm64-linux", tmp_path / "pw.so", tune=4, tune_db=db, tune_tracker=tracker, tune_key="qemu-a64"
             )
     assert result.tuned_tasks == 2
+    # the device's cores (the TVM runtime's threads there), not the build machine's
+    assert result.tune_num_cores == device_threads and f"schedules for {device_threads} cores" in result.summary()
     lines = (db / "arm64-linux" / "database_tuning_record.json").read_text().splitlines()
     run_secs = [min(json.loads(line)[1][1]) for line in lines]
     assert any(s < 1.0 for s in run_secs), f"no candidate ran on the device: {run_secs}"  # failures record 1e10
