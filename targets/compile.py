@@ -435,9 +435,14 @@ def import_relax(prepared: PreparedModel, name: str) -> Any:
             )
     except Exception as err:  # the importer raises whatever its converters raise
         match = re.search(r"Error converting operator (\w+)", printed.getvalue())
-        raise TTGraphError(
-            name, f"TVM's ONNX importer failed: {_first_line(err)}", node=match.group(1) if match else None
-        ) from err
+        said = _first_line(err)
+        listed = re.search(r"not supported for frontend ONNX: ([\w, ]+)|Operator (\w+) not implemented", said)
+        if listed:  # which nodes: a model of a thousand nodes has a few of them, somewhere
+            ops = {op.strip() for op in (listed.group(1) or listed.group(2)).split(",")}
+            nodes = [n.name or n.op_type for n in prepared.model.graph.node if n.op_type in ops]
+            more = f", … ({len(nodes)} in all)" if len(nodes) > 3 else ""
+            said += f" (nodes {', '.join(nodes[:3])}{more}): this TVM cannot build them; run it in onnxruntime"
+        raise TTGraphError(name, f"TVM's ONNX importer failed: {said}", node=match.group(1) if match else None) from err
 
 
 # ---------------------------------------------------------------------------------------------- export

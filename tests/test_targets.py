@@ -378,3 +378,20 @@ def test_a_device_run_against_an_output_that_is_zero_on_these_inputs_is_inconclu
                        peaks=[4.1e-7, 3.0])  # fmt: skip
     assert "MISMATCH (tolerance 0.001)" in real.summary()  # a real output off too: a mismatch it is
     assert noise.to_dict()["near_zero"] == ["map"] and noise.to_dict()["peaks"] == {"map": 4.1e-7, "n": 3.0}
+
+
+def test_an_op_tvm_cannot_import_is_named_with_its_nodes(tmp_path):
+    """ddddocr's and DeepFilterNet's LSTM/GRU: TVM names op types only, in a model of hundreds of nodes."""
+    w = numpy_helper.from_array(np.ones((1, 8, 8), np.float32), "W")
+    r = numpy_helper.from_array(np.ones((1, 8, 2), np.float32), "R")
+    graph = helper.make_graph(
+        [helper.make_node("LSTM", ["x", "W", "R"], ["y"], name="enc_lstm", hidden_size=2)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [w, r],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(TTGraphError, match=r"LSTM \(nodes enc_lstm\): this TVM cannot build them; run it in onnx"):
+        compile_model(model, "x86_64", tmp_path / "l.so")
+    assert list(tmp_path.iterdir()) == []
