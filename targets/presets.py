@@ -192,8 +192,8 @@ def preset_from_dict(target: Mapping[str, Any]) -> TargetPreset:
             cross = "aarch64-linux-gnu-g++"
         elif arch.startswith(("arm", "thumb")) and "gnueabihf" in triple:
             cross = "arm-linux-gnueabihf-g++"
-        elif arch != platform.machine():
-            export_format = ".tar"  # no linker known for it: hand over the objects
+        elif arch != platform.machine() or "linux" not in triple:
+            export_format = ".tar"  # no linker known for it (another arch, or Windows/macOS): hand over the objects
     return TargetPreset(
         name="custom",
         description=f"user target {json.dumps(target, sort_keys=True)}",

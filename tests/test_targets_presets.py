@@ -208,3 +208,22 @@ def test_a_failed_link_reports_the_linkers_errors_not_its_warnings():
     assert (
         _linker_reason(err) == "ld: lib0.o: in function `main':; lib0.c:(.text+0x1a): undefined reference to `__chkstk'"
     )
+
+
+@pytest.mark.parametrize(
+    ("triple", "export"),
+    [
+        ("x86_64-pc-windows-msvc", ".tar"),
+        ("x86_64-apple-darwin", ".tar"),
+        ("x86_64-unknown-linux-gnu", ".so"),
+        ("aarch64-linux-android", ".tar"),
+    ],
+)
+def test_a_json_target_for_another_os_exports_objects_not_a_linux_link(triple, export):
+    """An x86-64 Windows or macOS triple was linked as a Linux .so with this machine's g++ (and failed with ld's
+    warnings), and its .tar refused."""
+    import platform
+
+    if triple.startswith("x86_64") and platform.machine() != "x86_64":
+        pytest.skip("the host-linked case is this machine's arch")
+    assert resolve_target(json.dumps({"kind": "llvm", "mtriple": triple})).export_format == export
