@@ -207,3 +207,24 @@ def test_a_latency_budget_over_layers_none_of_which_can_be_timed_says_so(tmp_pat
 
     with pytest.raises(TTGraphError, match=r"one stride for every axis; none of these can be \(c\): use macs_ratio"):
         compress(model, calibration=feeds, latency_ratio=0.9)
+
+
+def test_a_float16_models_layers_are_timed_in_float16(tmp_path, monkeypatch):
+    """Every layer was timed as a float32 conv, and cached under a key without the type: a float16 model's budget
+    read the speed of kernels it never runs."""
+    import json
+
+    from onnx import numpy_helper
+
+    monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path))
+    model = two_layer_model()
+    for init in model.graph.initializer:
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    layers = latency.attach_latencies(candidates(model), runs=3, points=2)
+    assert all(c.latency and c.latency > 0 for layer in layers for c in layer.candidates)
+    keys = [json.loads(k) for k in json.loads(latency.cache_path().read_text())]
+    assert keys and all(k[-1] == "float16" for k in keys)
+    dense, _ = latency.pointwise_models(8, 8, 4, 4, 2, dtype="float16")
+    assert dense.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16

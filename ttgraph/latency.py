@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from passes.find_pointwise import PointwiseConv
 from ttgraph.bench import cpu_model, time_alternated
@@ -47,17 +47,19 @@ def _conv(name: str, x: str, y: str, w: np.ndarray, b: np.ndarray | None, stride
 
 
 def pointwise_models(
-    cin: int, cout: int, h: int, w: int, rank: int, stride: int = 1, seed: int = 0
+    cin: int, cout: int, h: int, w: int, rank: int, stride: int = 1, seed: int = 0, dtype: str = "float32"
 ) -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    """(dense 1×1 conv, its rank-``rank`` form as two 1×1 convs) on a 1×Cin×H×W input, random weights."""
+    """(dense 1×1 conv, its rank-``rank`` form as two 1×1 convs) on a 1×Cin×H×W input of ``dtype`` (the
+    layer's own: onnxruntime's float16 convs run other kernels than its float32 ones), random weights."""
     rng = np.random.default_rng(seed)
     scale = 1.0 / np.sqrt(cin)
-    dense_w = (rng.standard_normal((cout, cin, 1, 1)) * scale).astype(np.float32)
-    bias = (0.1 * rng.standard_normal(cout)).astype(np.float32)
-    first = (rng.standard_normal((rank, cin, 1, 1)) * scale).astype(np.float32)
-    second = (rng.standard_normal((cout, rank, 1, 1)) / np.sqrt(rank)).astype(np.float32)
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, h, w])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    dense_w = (rng.standard_normal((cout, cin, 1, 1)) * scale).astype(dtype)
+    bias = (0.1 * rng.standard_normal(cout)).astype(dtype)
+    first = (rng.standard_normal((rank, cin, 1, 1)) * scale).astype(dtype)
+    second = (rng.standard_normal((cout, rank, 1, 1)) / np.sqrt(rank)).astype(dtype)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    x = helper.make_tensor_value_info("x", elem, [1, cin, h, w])
+    y = helper.make_tensor_value_info("y", elem, None)
 
     def model(nodes_inits: list[tuple]) -> onnx.ModelProto:
         nodes = [n for n, _ in nodes_inits]
@@ -72,12 +74,13 @@ def pointwise_models(
     return dense, lowrank
 
 
-def _key(runtime: str, threads: int, cin: int, cout: int, h: int, w: int, rank: int, stride: int) -> str:
+def _key(
+    runtime: str, threads: int, cin: int, cout: int, h: int, w: int, rank: int, stride: int, dtype: str = "float32"
+) -> str:
     import onnxruntime
 
-    return json.dumps(
-        [runtime, onnxruntime.__version__, threads, cpu_model(), cin, cout, h, w, stride, rank], separators=(",", ":")
-    )
+    fields: list = [runtime, onnxruntime.__version__, threads, cpu_model(), cin, cout, h, w, stride, rank]
+    return json.dumps(fields + ([dtype] if dtype != "float32" else []), separators=(",", ":"))  # float32: as before
 
 
 def _load_cache(path: Path) -> dict[str, float]:
@@ -101,6 +104,7 @@ def lowrank_speedup(
     warmup: int = 5,
     runs: int = 30,
     cache: bool = True,
+    dtype: str = "float32",
 ) -> float:
     """``time(dense) / time(low-rank at rank)`` of one 1×1 conv, timed A/B alternated: the median of the
     pair-by-pair ratios (load from other processes slows both sides of a pair alike; the fastest runs are no
@@ -112,13 +116,13 @@ def lowrank_speedup(
         raise ValueError(f"runtime {runtime!r}: only 'onnxruntime' is measured here")
     if min(cin, cout, h, w, rank, stride, threads) < 1:
         raise ValueError("channels, sizes, rank, stride and threads must be ≥ 1")
-    key = _key(runtime, threads, cin, cout, h, w, rank, stride)
+    key = _key(runtime, threads, cin, cout, h, w, rank, stride, dtype)
 
     def measure() -> float:
         from ttgraph.bench import onnxruntime_runner, ratio_stats
 
-        dense, lowrank = pointwise_models(cin, cout, h, w, rank, stride)
-        feed = {"x": np.random.default_rng(1).standard_normal((1, cin, h, w)).astype(np.float32)}
+        dense, lowrank = pointwise_models(cin, cout, h, w, rank, stride, dtype=dtype)
+        feed = {"x": np.random.default_rng(1).standard_normal((1, cin, h, w)).astype(dtype)}
         runners = {
             "dense": onnxruntime_runner(dense, feed, threads),
             "lowrank": onnxruntime_runner(lowrank, feed, threads),
@@ -132,14 +136,16 @@ def lowrank_speedup(
 Shape = tuple[int, int, int, int, int]  # cin, cout, h, w, stride
 
 
-def dense_times(shapes: Sequence[Shape], *, threads: int = 1, warmup: int = 5, runs: int = 30) -> dict[Shape, float]:
+def dense_times(
+    shapes: Sequence[Shape], *, threads: int = 1, warmup: int = 5, runs: int = 30, dtype: str = "float32"
+) -> dict[Shape, float]:
     """Median time of one dense 1×1 conv of each shape ``(cin, cout, h, w, stride)`` in onnxruntime, cached like
     :func:`lowrank_speedup`. Only weights between layers: the allocator needs how much of the 1×1 time each layer
     holds, not an absolute figure. So the shapes not cached yet are timed round-robin in one run
     (:func:`time_alternated`): load from other processes then slows them all alike. Timed one after another, a
     busy moment inflated one layer's share (the same shape measured 0.19 and 0.28 ms in two runs)."""
     wanted = list(dict.fromkeys(shapes))
-    keys = {shape: _key("onnxruntime", threads, *shape[:4], 0, shape[4]) for shape in wanted}
+    keys = {shape: _key("onnxruntime", threads, *shape[:4], 0, shape[4], dtype) for shape in wanted}
     cached = _load_cache(cache_path())
     missing = [shape for shape in wanted if keys[shape] not in cached]
     if missing:
@@ -147,8 +153,8 @@ def dense_times(shapes: Sequence[Shape], *, threads: int = 1, warmup: int = 5, r
 
         runners = {}
         for cin, cout, h, w, stride in missing:
-            dense, _ = pointwise_models(cin, cout, h, w, 1, stride)
-            feed = {"x": np.random.default_rng(1).standard_normal((1, cin, h, w)).astype(np.float32)}
+            dense, _ = pointwise_models(cin, cout, h, w, 1, stride, dtype=dtype)
+            feed = {"x": np.random.default_rng(1).standard_normal((1, cin, h, w)).astype(dtype)}
             runners[keys[(cin, cout, h, w, stride)]] = onnxruntime_runner(dense, feed, threads)
         times = time_alternated(runners, warmup=warmup, runs=runs)
         measured = {key: float(np.median(values)) for key, values in times.items()}
@@ -215,17 +221,21 @@ def attach_latencies(
     cached on disk, so a second run of the same shapes measures nothing.
     """
     shapes = [timing_shape(layer.conv) for layer in layers]
-    dense = dense_times([s for s in shapes if s is not None], threads=threads, runs=runs)
+    dtypes = [np.dtype(layer.conv.weight_dtype).name for layer in layers]  # each layer timed in its own type
+    dense: dict[tuple[str, Shape], float] = {}
+    for dtype in dict.fromkeys(dtypes):
+        timed = [s for s, d in zip(shapes, dtypes, strict=True) if s is not None and d == dtype]
+        dense |= {(dtype, s): t for s, t in dense_times(timed, threads=threads, runs=runs, dtype=dtype).items()}
     out = []
-    for layer, shape in progress_bar(
-        list(zip(layers, shapes, strict=True)), desc="latency", unit="layer", show=progress, leave=False
+    for layer, shape, dtype in progress_bar(
+        list(zip(layers, shapes, dtypes, strict=True)), desc="latency", unit="layer", show=progress, leave=False
     ):
         lowrank = [c for c in layer.candidates if c.kind == "lowrank"] if shape is not None else []
         dense_ns = 1
         times: dict[int, float] = {}
         if shape is not None:
             cin, cout, h, w, stride = shape
-            dense_ns = max(1, round(dense[shape] * 1e9))
+            dense_ns = max(1, round(dense[(dtype, shape)] * 1e9))
             ranks = sorted({c.ranks[1] for c in lowrank})
             picked = (
                 sorted({ranks[round(i * (len(ranks) - 1) / max(1, points - 1))] for i in range(points)})
@@ -233,7 +243,8 @@ def attach_latencies(
                 else []
             )
             measured = {
-                r: dense_ns / lowrank_speedup(cin, cout, h, w, r, stride=stride, threads=threads, runs=runs)
+                r: dense_ns
+                / lowrank_speedup(cin, cout, h, w, r, stride=stride, threads=threads, runs=runs, dtype=dtype)
                 for r in picked
             }
             for r in ranks:
