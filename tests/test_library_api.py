@@ -488,3 +488,19 @@ def test_a_results_repr_is_one_short_line():
     assert "\n" not in text and len(text) < 300, text
     assert text.startswith("CompressionResult(model=<ModelProto: ") and "CompressionReport(model='<model>', " in text
     assert f"{result.report.totals['layers_rewritten']} of 2 layers rewritten" in text
+
+
+def test_ttgraph_threads_caps_the_onnxruntime_sessions_it_opens(monkeypatch):
+    """A pipeline converting several models side by side had no way to keep each conversion's onnxruntime
+    sessions off every core."""
+    from ttgraph.verify import session
+
+    model = conv_model(16, 16, hw=(6, 6))
+    monkeypatch.setenv("TTGRAPH_THREADS", "1")
+    assert session(model).get_session_options().intra_op_num_threads == 1
+    assert session(model, threads=2).get_session_options().intra_op_num_threads == 2  # an explicit count wins
+    data = np.random.default_rng(0).standard_normal((6, 16, 6, 6)).astype(np.float32)
+    assert ttgraph.compress(model, calibration=data, holdout=2, macs_ratio=0.5).report.layers
+    monkeypatch.setenv("TTGRAPH_THREADS", "all")
+    with pytest.raises(ttgraph.TTGraphError, match="TTGRAPH_THREADS: expected a thread count ≥ 1, got 'all'"):
+        session(model)

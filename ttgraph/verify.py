@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -45,12 +46,28 @@ class OutputError:
         return asdict(self)
 
 
+THREADS_ENV = "TTGRAPH_THREADS"
+
+
+def default_threads() -> int | None:
+    """``$TTGRAPH_THREADS``: the onnxruntime threads of every session ttgraph opens (None: onnxruntime's default,
+    every core) — a pipeline running several conversions side by side caps each one with it."""
+    text = os.environ.get(THREADS_ENV, "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise TTGraphError(THREADS_ENV, f"expected a thread count ≥ 1, got {text!r}")
+    return int(text)
+
+
 def session(model: onnx.ModelProto, threads: int | None = None, name: str = "<model>"):  # -> ort.InferenceSession
-    """An onnxruntime CPU session for an in-memory model; a model it rejects is a one-line error."""
+    """An onnxruntime CPU session for an in-memory model; a model it rejects is a one-line error. ``threads``:
+    onnxruntime's intra-op threads (default ``$TTGRAPH_THREADS``, else onnxruntime's own)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 4  # errors reach the user as our one line, not as ORT log spam
+    threads = threads or default_threads()
     if threads:
         options.intra_op_num_threads = threads
     try:
