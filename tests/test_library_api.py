@@ -504,3 +504,10 @@ def test_ttgraph_threads_caps_the_onnxruntime_sessions_it_opens(monkeypatch):
     monkeypatch.setenv("TTGRAPH_THREADS", "all")
     with pytest.raises(ttgraph.TTGraphError, match="TTGRAPH_THREADS: expected a thread count ≥ 1, got 'all'"):
         session(model)
+
+
+def test_a_big_endian_feed_says_to_convert_its_byte_order():
+    """A '>f4' array read "input 'x' is >f4, the model expects float32": the same type to a reader."""
+    feeds = [{"x": np.ones((1, 16, 6, 6), ">f4")}] * 4
+    with pytest.raises(ttgraph.TTGraphError, match=re.escape("is float32 in the other byte order (>f4): convert it")):
+        ttgraph.compress(conv_model(16, 16, hw=(6, 6)), calibration=feeds, macs_ratio=0.5)

@@ -113,6 +113,12 @@ def check_feed(
             raise TTGraphError(where, f"input {value.name!r} has shape {got}, the model expects {expected}{shape_hint}")
         array = np.asarray(feed[value.name])
         dtype, want = array.dtype, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
+        if dtype != want and dtype.newbyteorder("=") == want:  # same type, other byte order: not readable as is
+            raise TTGraphError(
+                where,
+                f"input {value.name!r} is {want} in the other byte order ({dtype.str}): convert it with "
+                f".astype({want.name!r})",
+            )
         if dtype != want:
             raise TTGraphError(where, f"input {value.name!r} is {dtype}, the model expects {want}")
         if dtype.kind in "fc" and not np.isfinite(array).all():
