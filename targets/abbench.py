@@ -10,7 +10,7 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -72,7 +72,10 @@ def tvm_factory(
     def library(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> CompileResult:
         if id(model) not in built:
             out = Path(workdir, f"m{len(built)}.{preset.name}.so")
-            db = None if tune_db is None else Path(tune_db, f"m{len(built)}")
+            # each model its own database (a temporary one unless tune_db is given), and without tuning none at
+            # all: one model built on the records a shared database happens to hold for its workloads is no A/B
+            root = Path(tune_db) if tune_db is not None else Path(workdir, "tune-db")
+            db: Path | Literal[False] = Path(root, f"m{len(built)}") if tune else False
             shapes = {k: list(np.shape(v)) for k, v in feed.items()}
             built[id(model)] = compile_model(model, target, out, shapes, tune=tune, tune_db=db)
         return built[id(model)]

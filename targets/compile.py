@@ -106,12 +106,13 @@ class CompileResult:
                 f" (bound: {bound}{'; time ran out' if self.tune_timed_out else ''})"
             )
             extra += f", schedules for {self.tune_num_cores} cores" if self.tune_num_cores else ""
-        elif self.tune_db is not None:
+        elif self.tune_db is not None and self.reused_tasks:
             extra += (
                 f", tuning records of {self.reused_tasks} of its {self.tune_tasks} tasks applied from {self.tune_db}"
             )
         elif self.target_dict.get("kind") != "cuda":
             extra += ", untuned: TVM's default CPU schedules run on one thread (tune with --tune N or --tune-minutes M)"
+            extra += f"; {self.tune_db} holds no records for its tasks" if self.tune_db is not None else ""
         extra += "".join(f"; {step}" for step in self.frontend_steps if step.startswith(UNUSED_INPUTS))
         if self.cuda_fatbin_bytes is not None:
             extra += f", nvcc fatbin check ok ({self.cuda_fatbin_bytes} bytes)"
@@ -197,6 +198,14 @@ def compile_model(
         raise TTGraphError(db_dir, "no tuning records for this target here (give --tune N to create them)")
 
     tvm = _import_tvm()
+    if tune_db is None and not tuning and db_dir is not None:  # records nobody asked for: a plain build if unreadable
+        from .tune import open_database
+
+        try:
+            open_database(db_dir, write=False)
+        except TTGraphError as err:
+            log.warning("not applying the default tuning database: %s", err.one_line())
+            db_dir = None
     cores = _device_cores(tune_tracker, tune_key) if tracker is not None else None
     tvm_target = make_target(preset, for_tuning=db_dir is not None, num_cores=cores)
     if tuning and tracker is None and preset.is_cuda and not tvm.cuda(0).exist:

@@ -85,8 +85,10 @@ class BenchResult:
                 f"inconclusive: {', '.join(f'{n} is ≈0 everywhere (max |ref| {peaks[n]:.2g})' for n in self.near_zero)}"
                 " on these inputs, so the relative error compares float noise; give real data with --inputs"
             )
+        c = self.compiled
+        tuning = f"tuning records of {c.reused_tasks} of its {c.tune_tasks} tasks" if c.reused_tasks else "untuned"
         return (
-            f"{self.compiled.target} on {self.run.device}: median {self.run.median_ms:.2f} ms "
+            f"{self.compiled.target} ({tuning}) on {self.run.device}: median {self.run.median_ms:.2f} ms "
             f"(per-repeat means of {self.run.number} runs: {times} ms); "
             f"max rel. error vs onnxruntime: {errs} -> {verdict}"
         )

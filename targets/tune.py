@@ -151,7 +151,7 @@ def open_database(db_dir: str | os.PathLike[str], *, write: bool = True) -> Any:
             folder,
             "tuning database is damaged (a record file cut short by an interrupted run?): "
             f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}; "
-            "remove its .json files or give another --tune-db",
+            "remove its .json files, or give another --tune-db (or --no-tune-db)",
         ) from err
 
 

@@ -187,6 +187,19 @@ def test_a_trial_budget_below_the_task_count_says_how_many_were_measured(tmp_pat
     assert bare.tune_db is None and "untuned: TVM's default CPU schedules run on one thread" in bare.summary()
     with pytest.raises(TTGraphError, match="--no-tune-db: tuning keeps its records in a database"):
         compile_model(pointwise_model(), "x86_64", tmp_path / "t.so", tune=1, tune_db=False)
+    # another model, whose tasks the records do not cover, is untuned and says so (it read "0 of its 1 tasks")
+    other = compile_model(conv_model(8, 4, hw=(6, 6)), "x86_64", tmp_path / "other.so")
+    assert (
+        "untuned: TVM's default CPU schedules" in other.summary()
+        and "holds no records for its tasks" in other.summary()
+    )
+    # a damaged default database, which nobody asked for, is a plain build with a warning, not an error
+    records = result.tune_db / "database_tuning_record.json"
+    records.write_bytes(records.read_bytes()[:-20])
+    damaged = compile_model(pointwise_model(), "x86_64", tmp_path / "damaged.so")
+    assert damaged.tune_db is None and "untuned" in damaged.summary()
+    with pytest.raises(TTGraphError, match=r"damaged .* \(or --no-tune-db\)"):  # given explicitly, it is an error
+        compile_model(pointwise_model(), "x86_64", tmp_path / "e.so", tune_db=tmp_path / "cache" / "tune-db")
 
 
 def test_a_damaged_tuning_database_is_named(tmp_path):
