@@ -234,3 +234,13 @@ def test_an_argmax_models_labels_are_judged_by_exact_match_end_to_end():
     from ttgraph.commands.compress import render
 
     assert f"exact match {label['match']:.4f}" in render(result.report)
+
+
+def test_a_judge_works_with_a_generator_at_the_default_holdout():
+    """A stream holding out a fraction knows its held-out samples only as they pass: the judge was refused as if
+    none were held out."""
+    data = np.random.default_rng(0).standard_normal((12, 16, 6, 6)).astype(np.float32)
+    stream = ({"x": sample[None]} for sample in data)
+    result = ttgraph.compress(conv_model(16, 16, hw=(6, 6)), calibration=stream, macs_ratio=0.5, judge=["y=iou@0"])
+    (out,) = result.report.verification["outputs"]
+    assert out["judged_by"] == "iou@0" and out["binary_iou"] is not None

@@ -801,7 +801,9 @@ def _compress_to_budget(
     held = comp_feeds = None
     if source is not None:
         calib, held = split_holdout(source, holdout)
-        if judged_by and verify_feeds is None and not held.length:  # it would be dropped without a word
+        # it would be dropped without a word (a stream holding out a fraction fills its held-out part as it goes)
+        streamed = source.length is None and not isinstance(holdout, numbers.Integral) and holdout > 0
+        if judged_by and verify_feeds is None and not held.length and not streamed:
             raise TTGraphError("judge", "judges the held-out outputs, and no calibration sample is held out (holdout)")
         if epochs and not calib.reiterable:
             raise TTGraphError(
