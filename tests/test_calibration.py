@@ -978,6 +978,44 @@ def test_blank_calibration_samples_are_a_warning_not_a_perfect_score(tmp_path):
     )
     assert white.report.calibration["blank_inputs"] == ["x"] == black.report.calibration["blank_inputs"]
     assert real.report.calibration["blank_inputs"] == []
+    # one colour per channel, not one axis of change: a grey gradient or stripes are real images (they were flagged)
+    for k in range(6):
+        ramp = np.tile(np.linspace(0, 255, 16, dtype=np.uint8)[None, :, None], (16, 1, 3))
+        Image.fromarray(ramp if k % 2 else ramp.transpose(1, 0, 2).copy()).save(tmp_path / f"white{k}.png")
+    ramps = ttgraph.compress(model, calibration=tmp_path, preprocess="imagenet", params_ratio=0.75, holdout=2)
+    assert ramps.report.calibration["blank_inputs"] == []
+    rows = np.broadcast_to(np.arange(16, dtype=np.float32)[None, None, :, None], (6, 3, 16, 16)).copy()
+    assert (
+        ttgraph.compress(model, calibration=rows, params_ratio=0.75, holdout=2).report.calibration["blank_inputs"] == []
+    )
     warning = "warning: every calibration sample of input 'x' held a single value throughout (blank images?"
     assert warning in render(white.report) and warning not in render(real.report)
     assert "Warning: every calibration sample of input &#x27;x&#x27; held a single value" in render_html(black.report)
+
+
+def test_a_constant_second_input_beside_real_samples_is_no_blank_calibration():
+    """PaddleDetection's scale_factor, an RNN's zero state: the same value in every sample of one input while the
+    images vary. It was a warning that the figures 'say nothing of real inputs'."""
+    import ttgraph
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 16, 1, 1)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "s"], ["xs"]), helper.make_node("Conv", ["xs", "w"], ["y"], name="conv")],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 6, 6]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 16, 1, 1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 6, 6])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 17)])
+    rng = np.random.default_rng(1)
+    ones = np.ones((1, 16, 1, 1), np.float32)
+    real = [{"x": rng.standard_normal((1, 16, 6, 6)).astype(np.float32), "s": ones} for _ in range(8)]
+    blank = [{"x": np.zeros((1, 16, 6, 6), np.float32), "s": ones} for _ in range(8)]
+    assert ttgraph.compress(model, calibration=real, params_ratio=0.75).report.calibration["blank_inputs"] == []
+    assert ttgraph.compress(model, calibration=blank, params_ratio=0.75).report.calibration["blank_inputs"] == [
+        "x",
+        "s",
+    ]

@@ -1335,14 +1335,13 @@ def conv_inputs(convs: Iterable[Any]) -> list[ConvInput]:
     return [ConvInput(c.label, c.node.inputs[0].name, tuple(c.strides), c.cin, np.dtype(c.weight_dtype)) for c in convs]
 
 
-def _blank(sample: np.ndarray) -> bool:
-    """A sample of one value throughout, or an image of one colour (one value per channel: varying along one of
-    three or more axes of size > 1, as a black or white frame does after per-channel normalization)."""
-    if sample.dtype.kind not in "biufc" or sample.size <= 1:
+def _one_colour(sample: np.ndarray, layout: str) -> bool:
+    """Whether an image batch (``N×C×H×W``, or ``N×H×W×C``) holds one value per channel: a black or white frame
+    after per-channel normalization."""
+    if sample.ndim != 4:
         return False
-    axes = [k for k, n in enumerate(sample.shape) if n > 1]
-    varying = sum(bool(np.any(np.diff(sample, axis=k) != 0)) for k in axes)
-    return varying == 0 or (varying == 1 and len(axes) >= 3)
+    corner = sample[:, :, :1, :1] if layout == "NCHW" else sample[:, :1, :1, :]
+    return bool(np.all(sample == corner))
 
 
 def collect_statistics(
@@ -1372,12 +1371,19 @@ def collect_statistics(
     start = time.perf_counter()
     samples = 0
     readers = {tensor: next(s.label for s in specs if s.tensor == tensor) for tensor, _ in tensors}
-    varied: dict[str, bool] = {}  # per model input of more than one value: did any sample vary within itself?
+    # blank samples: the images one colour each, or every input one value throughout (a constant second input,
+    # a scale factor or an RNN's zero state, is no sign of anything by itself)
+    images = getattr(feeds, "images", None)
+    flat: dict[str, bool] = {}  # per input of several numbers: has every sample so far been one value throughout?
+    coloured = images is not None  # have all the image samples so far been one colour per channel?
     try:
         for feed, values in stream_activations(model, tensors, feeds, threads=threads):
             for name, value in feed.items():
-                if not varied.get(name):
-                    varied[name] = not _blank(np.asarray(value))
+                array = np.asarray(value)
+                if array.size > 1 and array.dtype.kind in "biufc" and flat.get(name, True):
+                    flat[name] = bool(array.min() == array.max())
+                if images is not None and name == images[0] and coloured:
+                    coloured = _one_colour(array, images[1].layout)
             for tensor, reader in readers.items():  # the model's own overflow (float16 ends at 65504), named
                 if not np.isfinite(values[tensor]).all():
                     dtype = np.asarray(values[tensor]).dtype
@@ -1405,6 +1411,6 @@ def collect_statistics(
                 "the activations overflow float64 statistics: are the samples scaled as the model expects?",
                 label,
             )
-    blank = [name for name, moved in varied.items() if not moved]
+    blank = list(flat) if flat and all(flat.values()) else [images[0]] if images is not None and coloured else []
     seconds = time.perf_counter() - start
     return CalibrationStatistics(layers, samples, seconds, getattr(feeds, "description", ""), blank)
