@@ -385,6 +385,9 @@ def test_library_errors_name_the_keyword_and_the_command_line_its_flag(tmp_path)
         text=True,
     )
     assert done.returncode == 2 and done.stderr.startswith("ttgraph: error: --lower: unknown pass 'bogus'")
+    # the command line's flags replace keywords in the text, not inside a quoted name: an input named 'preprocess'
+    named = ttgraph.TTGraphError("m.onnx", "the model's input 'preprocess' has rank 4, input_shapes gives 3 dims")
+    assert named.one_line(flags=True) == "m.onnx: the model's input 'preprocess' has rank 4, --input-shape gives 3 dims"
 
 
 def test_a_budgets_options_beside_a_rank_rule_are_refused_not_dropped(tmp_path):

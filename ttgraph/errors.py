@@ -28,7 +28,7 @@ class TTGraphError(Exception):
     def one_line(self, flags: bool = False) -> str:
         """``source: what (node)`` on one line; ``flags``: an option named as the library's keyword
         (``preprocess``) is named as the command line's flag (``--preprocess``) instead."""
-        text = _KEYWORD.sub(lambda m: _flag(m.group(1)), self.what) if flags else self.what
+        text = _flags_outside_quotes(self.what) if flags else self.what
         if self.source:
             text = f"{OPTION_FLAGS.get(self.source, self.source) if flags else self.source}: {text}"
         if self.node:
@@ -56,8 +56,14 @@ OPTION_FLAGS = {
 #: keywords named inside a message (``macs_ratio must be in (0, 1]``), written as the flag on the command line
 _KEYWORD = re.compile(
     r"\b(macs_ratio|params_ratio|latency_ratio|max_error|rank_ratio|rank_multiple|compensate_samples|distill_lr"
-    r"|distill_batch|latency_threads|plan_cost|input_shapes|preprocess)\b"
+    r"|distill_batch|latency_threads|plan_cost|input_shapes|preprocess|holdout)\b"
 )
+
+
+def _flags_outside_quotes(text: str) -> str:
+    """Keywords as flags, except inside quotes: an input named 'preprocess' is still 'preprocess'."""
+    parts = re.split(r"((?<!\w)'[^']*'(?!\w))", text)  # a quoted name, not a possessive's apostrophe
+    return "".join(part if part.startswith("'") else _KEYWORD.sub(lambda m: _flag(m.group(1)), part) for part in parts)
 
 
 def _flag(keyword: str) -> str:
