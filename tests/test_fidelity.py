@@ -178,10 +178,20 @@ def test_top1_on_an_output_without_a_class_axis_is_refused_from_its_declared_ran
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5])],
         )
     )
-    with pytest.raises(
-        ttgraph.TTGraphError, match="judge: y: top1 needs N × K scores along axis 1, the output has rank 1"
-    ):
+    with pytest.raises(ttgraph.TTGraphError, match=re.escape("judge: y: top1 needs N × K scores along axis 1 (K ≥ 2)")):
         parse_judge({"y": "top1"}, vector)
+    # a map of one channel (N×1×H×W) has no class axis either: refused before the work, not after it
+    vector.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4]))
+    with pytest.raises(ttgraph.TTGraphError, match="the output is 1×1×4×4"):
+        parse_judge({"y": "top1"}, vector)
+    with pytest.raises(ttgraph.TTGraphError, match="judge: y: judged twice, by match and by rel-l2: give one"):
+        parse_judge(["y=match", "y=rel_l2"], vector)
+    assert parse_judge(["y=iou@0.123456789"], vector) == {"y": "iou@0.123456789"}
+    vector.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3]))
+    assert parse_judge({"y": "top-1"}, vector) == {"y": "top1"}
+    assert parse_judge({"y": "IoU@0.5"}, vector) == {"y": "iou@0.5"} and parse_judge({"y": "iou@0"}, vector) == {
+        "y": "iou@0"
+    }
 
 
 def test_the_judge_a_user_gives_decides_the_reports_metric_and_is_recorded(tmp_path):

@@ -78,13 +78,14 @@ def parse_judge(judge: Mapping[str, str] | Sequence[str] | None, model: onnx.Mod
             if not eq or not name:
                 raise TTGraphError("judge", f"expected OUTPUT=METRIC ({', '.join(JUDGE_METRICS)}), got {text!r}")
             items.append((name, metric))
-    ranks = {o.name: _rank(o) for o in model.graph.output}
-    names = list(ranks)
+    dims = {o.name: _dims(o) for o in model.graph.output}
+    names = list(dims)
     out: dict[str, str] = {}
     for name, metric in items:
         if name not in names:
             raise TTGraphError("judge", f"the model has no output {name!r} (its outputs: {', '.join(names)})")
         kind, at, threshold = str(metric).strip().lower().replace("_", "-").partition("@")
+        kind = {"top-1": "top1"}.get(kind, kind)
         if kind not in JUDGE_METRICS or (at and kind != "iou"):
             raise TTGraphError(
                 "judge", f"{name}: unknown metric {metric!r} (known: iou, iou@THRESHOLD, top1, match, rel-l2)"
@@ -96,18 +97,26 @@ def parse_judge(judge: Mapping[str, str] | Sequence[str] | None, model: onnx.Mod
                 value = float("nan")
             if not np.isfinite(value):
                 raise TTGraphError("judge", f"{name}: expected a number after iou@, got {metric!r}")
-            kind = f"iou@{value:g}"
-        if kind == "top1" and ranks[name] is not None and ranks[name] < 2:
+            kind = f"iou@{repr(value).removesuffix('.0')}"  # as given: 0.123456789 is not 0.123457
+        shape = dims[name]
+        if kind == "top1" and shape is not None and (len(shape) < 2 or shape[1] == 1):
             raise TTGraphError(
-                "judge", f"{name}: top1 needs N × K scores along axis 1, the output has rank {ranks[name]}"
+                "judge",
+                f"{name}: top1 needs N × K scores along axis 1 (K ≥ 2), the output is "
+                f"{'×'.join('?' if d is None else str(d) for d in shape) or 'a scalar'}",
             )
+        if out.get(name, kind) != kind:  # the last one winning would drop the other without a word
+            raise TTGraphError("judge", f"{name}: judged twice, by {out[name]} and by {kind}: give one")
         out[name] = kind
     return out
 
 
-def _rank(value: onnx.ValueInfoProto) -> int | None:
+def _dims(value: onnx.ValueInfoProto) -> list[int | None] | None:
+    """An output's declared dims (None where dynamic), or None when its shape is not declared."""
     tensor = value.type.tensor_type
-    return len(tensor.shape.dim) if tensor.HasField("shape") else None
+    if not tensor.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
 
 
 class FidelityTally:
