@@ -52,6 +52,7 @@ def test_numpy_scalars_and_arrays_as_options_give_a_plain_json_report(tmp_path):
         ({"rank": 2, "verify_feeds": 5}, "verify_feeds: expected a list of feed dicts, got int"),
         ({"macs_ratio": 0.5, "calibration": [], "latency_threads": 0}, "latency_threads: expected ≥ 1, got 0"),
         ({"macs_ratio": 0.5, "calibration": [], "latency_threads": 2}, "latency_threads: times a latency budget"),
+        ({"rank": 2, "plan_cost": "measured"}, "plan_cost: orders TT cores' contractions: 'measured' goes with cores"),
         ({"macs_ratio": 0.5, "compensate": False, "compensate_samples": 8}, "set with compensate=False"),
         ({"macs_ratio": 0.5, "calibration": "READER"}, "get_next.. returned int, expected a dict"),
         ({"macs_ratio": 0.5, "calibration": [], "holdout": None}, "holdout: expected a count"),
@@ -388,6 +389,8 @@ def test_library_errors_name_the_keyword_and_the_command_line_its_flag(tmp_path)
     # the command line's flags replace keywords in the text, not inside a quoted name: an input named 'preprocess'
     named = ttgraph.TTGraphError("m.onnx", "the model's input 'preprocess' has rank 4, input_shapes gives 3 dims")
     assert named.one_line(flags=True) == "m.onnx: the model's input 'preprocess' has rank 4, --input-shape gives 3 dims"
+    typed = ttgraph.TTGraphError("--holdout", "--holdout and --preprocess go with calibration data")
+    assert typed.one_line(flags=True) == "--holdout: --holdout and --preprocess go with calibration data"  # not ----
 
 
 def test_a_budgets_options_beside_a_rank_rule_are_refused_not_dropped(tmp_path):

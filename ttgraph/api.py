@@ -552,6 +552,8 @@ def compress(
         )
     if not 1 <= cores <= MAX_CORES:
         raise TTGraphError("cores", f"expected 1 to {MAX_CORES}, got {cores}")
+    if plan_cost != "flops" and cores == 1:  # as the command line: it would be recorded and never used
+        raise TTGraphError("plan_cost", f"orders TT cores' contractions: {plan_cost!r} goes with cores ≥ 2")
     if latency_ratio is not None and cores != 1:  # TT candidates would be dropped without a word
         raise TTGraphError(
             "cores", f"a latency budget times low-rank factor pairs (d = 1) only: cores must be 1, got {cores}"

@@ -55,7 +55,7 @@ OPTION_FLAGS = {
 }
 #: keywords named inside a message (``macs_ratio must be in (0, 1]``), written as the flag on the command line
 _KEYWORD = re.compile(
-    r"\b(macs_ratio|params_ratio|latency_ratio|max_error|rank_ratio|rank_multiple|compensate_samples|distill_lr"
+    r"(?<![\w-])(macs_ratio|params_ratio|latency_ratio|max_error|rank_ratio|rank_multiple|compensate_samples|distill_lr"
     r"|distill_batch|latency_threads|plan_cost|input_shapes|preprocess|holdout)\b"
 )
 

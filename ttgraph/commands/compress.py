@@ -297,11 +297,12 @@ def run(args: argparse.Namespace) -> int:
     if budgeted and args.calib is None and given:
         raise TTGraphError(given[0], f"{_go_with(given)} calibration data (--calib DIR_OR_FILE)")
     # each of these shapes one step only, which the other options given leave out
-    if args.latency_threads is not None and args.latency_ratio is None:
+    # (the default value given explicitly changes nothing: a script passing it always is not refused)
+    if args.latency_threads not in (None, 1) and args.latency_ratio is None:
         raise TTGraphError("--latency-threads", "--latency-threads goes with --latency-ratio (it sets its timings)")
     if args.compensate_samples and args.compensate is False:
         raise TTGraphError("--compensate-samples", "--compensate-samples and --no-compensate contradict each other")
-    if args.plan_cost is not None and args.cores == 1:
+    if args.plan_cost not in (None, "flops") and args.cores == 1:
         raise TTGraphError(
             "--plan-cost",
             "--plan-cost orders TT cores' contractions: it goes with --cores 2 or more (a low-rank pair has one order)",
