@@ -337,11 +337,12 @@ def _check_linker(preset: TargetPreset, out: Path) -> str | None:
                 f"install the Debian package {package} (apt-get install {package})",
             )
         return preset.cross_compiler
-    host = os.environ.get("CXX") or os.environ.get("CC") or "g++"
+    variable = "CXX" if os.environ.get("CXX") else "CC" if os.environ.get("CC") else None
+    host = os.environ.get(variable, "") if variable else "g++"
     if len(host.split()) > 1:  # TVM runs it as one program name: the link would fail after the whole build
         raise TTGraphError(
-            "CXX",
-            f"{host!r}: TVM runs $CXX as one program, without arguments; name the compiler alone (flags or "
+            variable,
+            f"{host!r}: TVM runs ${variable} as one program, without arguments; name the compiler alone (flags or "
             "ccache in a wrapper script)",
         )
     if not shutil.which(host.split()[0]):

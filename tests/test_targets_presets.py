@@ -194,6 +194,10 @@ def test_a_cxx_with_arguments_is_refused_before_the_build(tmp_path, monkeypatch)
     monkeypatch.setenv("CXX", "g++ -O2")
     with pytest.raises(TTGraphError, match=re.escape("CXX: 'g++ -O2': TVM runs $CXX as one program")):
         compile_model(pointwise_model(), "x86_64", tmp_path / "m.so")
+    monkeypatch.delenv("CXX")
+    monkeypatch.setenv("CC", "ccache gcc")  # the variable the user set is the one named
+    with pytest.raises(TTGraphError, match=re.escape("CC: 'ccache gcc': TVM runs $CC as one program")):
+        compile_model(pointwise_model(), "x86_64", tmp_path / "m.so")
 
 
 def test_a_failed_link_reports_the_linkers_errors_not_its_warnings():
