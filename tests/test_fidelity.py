@@ -208,7 +208,7 @@ def test_the_judge_a_user_gives_decides_the_reports_metric_and_is_recorded(tmp_p
     assert written["options"]["judge"] == {"y": "iou@0.5"}
     (out,) = written["verification"]["outputs"]
     assert out["judged_by"] == "iou@0.5" and out["iou_threshold"] == 0.5 and 0 <= out["binary_iou"] <= 1
-    assert ", IoU(>0.5) " in proc.stdout and "y IoU " in proc.stdout
+    assert ", IoU(>0.5) " in proc.stdout and "y IoU " in proc.stdout and "; judged by --judge iou@0.5)" in proc.stdout
     assert "Judged as the options say (judge), not by shape: y by iou@0.5." in render_html(written)
     bad = ttgraph_cli(*common, "-o", tmp_path / "p.onnx", "--judge", "z=iou")
     assert_clean_error(bad, "--judge: the model has no output 'z' (its outputs: y)")

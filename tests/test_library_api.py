@@ -494,6 +494,7 @@ def test_a_results_repr_is_one_short_line():
     assert "\n" not in text and len(text) < 300, text
     assert text.startswith("CompressionResult(model=<ModelProto: ") and "CompressionReport(model='<model>', " in text
     assert f"{result.report.totals['layers_rewritten']} of 2 layers rewritten" in text
+    assert repr(ttgraph.inspect(stacked_convs())) == "InspectReport(model='<model>', 2 candidates, 0 skipped)"
 
 
 def test_ttgraph_threads_caps_the_onnxruntime_sessions_it_opens(monkeypatch):

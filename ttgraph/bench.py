@@ -161,7 +161,8 @@ class BenchReport:
         ]
         if undecided:
             lines.append(
-                "* the pairs' speedups span 1: no faster or slower on this run (more --runs, a quieter machine)"
+                "* the pairs' speedups span 1: not reliably faster or slower on this run (more --runs, a quieter "
+                "machine)"
             )
         if self.runs < MIN_RUNS:
             lines.append(

@@ -597,7 +597,8 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
         noisy = report.verification.get("original_under_input_noise") or {}
         moved = {out["name"]: out for out in noisy.get("outputs", [])}
         for out in report.verification["outputs"]:
-            lines.append(f"output {out['name']}: {_fidelity(out)} ({report.verification['inputs']})")
+            judged = f"; judged by --judge {out['judged_by']}" if out.get("judged_by") else ""
+            lines.append(f"output {out['name']}: {_fidelity(out)} ({report.verification['inputs']}{judged})")
             if out["name"] in moved:
                 lines.append(f"  for scale, the original under {noisy['noise']}: {_fidelity(moved[out['name']])}")
             far = far_off(out, moved.get(out["name"])) if held_out(report) else None  # not on a random smoke test
