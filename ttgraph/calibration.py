@@ -879,38 +879,35 @@ def _calibration_source(
         return _ndarray_source(data, model)
     if isinstance(data, Sequence) and not isinstance(data, str | bytes):
         items = data
-
-        def item(i: int, f: Any) -> dict[str, np.ndarray]:
-            if not isinstance(f, Mapping):
-                raise TTGraphError(
-                    "calibration", f"item {i} is a {type(f).__name__}, expected a feed dict {{input name: array}}"
-                )
-            return dict(f)
-
         if isinstance(items, list | tuple):  # in memory: checked now; a lazy dataset is checked as it is read
             for i, f in enumerate(items):
-                item(i, f)
+                _feed_item(i, f)
         label = f"{len(items)} feed dict" + ("" if len(items) == 1 else "s")
         return CalibrationSource(
-            lambda: (item(i, f) for i, f in enumerate(items)), len(items), True, label, lambda i: item(i, items[i])
+            lambda: (_feed_item(i, f) for i, f in enumerate(items)),
+            len(items),
+            True,
+            label,
+            lambda i: _feed_item(i, items[i]),
         )
     if isinstance(data, Iterable):
         iterator = iter(data)
-
-        def feeds() -> Iterator[dict[str, np.ndarray]]:
-            for i, f in enumerate(iterator):
-                if not isinstance(f, Mapping):
-                    got = type(f).__name__
-                    raise TTGraphError(
-                        "calibration", f"item {i} is a {got}, expected a feed dict {{input name: array}}"
-                    )
-                yield dict(f)
-
-        return CalibrationSource(feeds, None, False, "an iterable of feed dicts")
+        return CalibrationSource(
+            lambda: (_feed_item(i, f) for i, f in enumerate(iterator)), None, False, "an iterable of feed dicts"
+        )
     raise TTGraphError(
         "calibration",
         f"expected a path, an iterable of feed dicts or a CalibrationDataReader, got {type(data).__name__}",
     )
+
+
+def _feed_item(index: int, item: Any) -> dict[str, np.ndarray]:
+    """Item ``index`` of a list or iterable of feeds, as a dict; anything else is an error naming it."""
+    if not isinstance(item, Mapping):
+        raise TTGraphError(
+            "calibration", f"item {index} is a {type(item).__name__}, expected a feed dict {{input name: array}}"
+        )
+    return dict(item)
 
 
 def _batched(rows: int, feeds: int) -> str:
@@ -1072,7 +1069,7 @@ def _split_stream(source: CalibrationSource, fraction: float) -> tuple[Calibrati
             kept_back = _own_copy(feed)  # held past the next read, which may refill the same arrays
         if kept_back is not None:
             if not held_feeds and fraction > 0 and count >= 2:
-                held_feeds.append(_own_copy(kept_back))
+                held_feeds.append(kept_back)  # a copy already
             else:
                 yield kept_back
         heldout.length = len(held_feeds)
