@@ -704,9 +704,9 @@ def _select_layers(found: FoundConvs, layers: Sequence[str] | None, name: str) -
                 for label in unknown
             ]
             raise TTGraphError(name, f"not a rewritable 1×1 conv: {'; '.join(why)}")
-        left = [c for c in candidates if c.label not in set(layers)]
-        found.skipped.extend(SkippedConv(c.label, "Conv", NOT_SELECTED) for c in left)
-        candidates = [c for c in candidates if c.label in set(layers)]
+        wanted = set(layers)
+        found.skipped.extend(SkippedConv(c.label, "Conv", NOT_SELECTED) for c in candidates if c.label not in wanted)
+        candidates = [c for c in candidates if c.label in wanted]
     return candidates
 
 
