@@ -254,3 +254,12 @@ def test_a_judge_works_with_a_generator_at_the_default_holdout():
     result = ttgraph.compress(conv_model(16, 16, hw=(6, 6)), calibration=stream, macs_ratio=0.5, judge=["y=iou@0"])
     (out,) = result.report.verification["outputs"]
     assert out["judged_by"] == "iou@0" and out["binary_iou"] is not None
+
+
+def test_the_end_to_end_figure_shows_the_reference_marks_above_the_bars():
+    """Bars at most 0.87 set the axis top to exactly 1.0, and the original's agreement of 1.0 was drawn on the
+    frame line and clipped: the comparison the warning is about had no visible reference."""
+    from ttgraph.report_html import bar_top
+
+    assert bar_top([0.6667, 0.87], [1.0, 0.99]) > 1.0
+    assert bar_top([1.3], [1.0]) > 1.3

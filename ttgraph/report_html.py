@@ -275,8 +275,14 @@ def _endtoend_figure(verification: dict[str, Any] | None) -> str | None:
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35))
     ax.set_xticks(range(len(labels)), labels, fontsize=7)
     ax.set_title(f"end to end on {verification.get('inputs', 'the verification inputs')}", fontsize=9)
-    ax.set_ylim(0, max(1.0, max(values) * 1.15))
+    ax.set_ylim(0, bar_top(values, [s for _, s in marked]))
     return _png(fig)
+
+
+def bar_top(values: list[float], marks: list[float]) -> float:
+    """The top of the end-to-end figure's axis: above every bar and every reference mark (an agreement of 1.0 for
+    the original, on the frame line at a top of exactly 1, was clipped out of sight)."""
+    return max(1.0, *values, *marks) * 1.15
 
 
 def _loss_figure(curve: list[float], heldout: list[float], start: float | None = None) -> str | None:
