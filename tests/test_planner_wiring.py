@@ -143,6 +143,12 @@ def test_plan_cli_rejects_inconsistent_modes():
             ["--modes-in", ",".join(["2"] * 24), "--modes-out", ",".join(["2"] * 24), "--ranks", "2"],
             "--modes-in: at most 8",
         ),
+        # a rank past exactness was planned (64 at a bond of 4: 48× the dense MACs); compress caps it there
+        (
+            ["--modes-in", "2,4", "--modes-out", "2,4", "--ranks", "64"],
+            "--ranks: bond 1 has rank 64, above the 4 at which the TT is exact",
+        ),
+        (["--modes-in", "8,48", "--modes-out", "48,8,1", "--ranks", "8"], "--modes-in: 2 modes, --modes-out 3: give"),
     ],
 )
 def test_plan_cli_names_the_option_at_fault(tmp_path, args, needle):

@@ -982,6 +982,10 @@ def plan_to_dict(plan: ContractionPlan) -> dict[str, Any]:
     }
 
 
+#: what each cost model's numbers count, for the tables that print them
+COST_UNITS = {"flops": "MACs", "roofline": "MAC-equivalents: MACs + 8 per byte moved", "measured": "seconds"}
+
+
 def format_cost(value: float) -> str:
     """A cost as the plan table prints it: MACs whole with thousands separators, seconds to 4 digits."""
     if isinstance(value, int) or float(value).is_integer():
@@ -1034,7 +1038,8 @@ def format_plan(plan: ContractionPlan) -> str:
         )
     ratio = plan.runtime_macs / plan.dense_cost
     lines.append(
-        f"total cost ({plan.cost_model}): {format_cost(plan.total_cost)}   "
+        f"total cost ({plan.cost_model}, {COST_UNITS.get(plan.cost_model, 'cost units')}): "
+        f"{format_cost(plan.total_cost)}   "
         f"runtime MACs: {format_cost(plan.runtime_macs)}"
         f"   dense MACs: {format_cost(plan.dense_cost)} (runtime/dense {ratio:.3g})"
     )
@@ -1042,7 +1047,7 @@ def format_plan(plan: ContractionPlan) -> str:
         lines.append(f"offline merge MACs ({plan.offline_merge_cost}): {format_cost(plan.offline_macs)}")
     lines.append(
         f"runtime params: {format_cost(plan.runtime_params)}   TT params: {format_cost(plan.tt_params)}   "
-        f"graph: {plan.graph_nodes} nodes, {plan.graph_edges} edges"
+        f"DP cost graph searched: {plan.graph_nodes} nodes, {plan.graph_edges} edges"
     )
     if plan.transpose_free:
         lines.append(f"transpose-free: groups {[list(g) for g in plan.groups or ()]}, order {list(plan.order or ())}")

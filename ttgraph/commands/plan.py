@@ -12,12 +12,14 @@ from ttgraph.errors import TTGraphError
 from ttgraph.model_io import load_model
 from ttgraph.planner import (
     ContractionPlan,
+    expand_ranks,
     format_cost,
     format_plan,
     left_to_right_plan,
     plan_layer,
     plan_to_dict,
 )
+from ttgraph.tt import TTFormat
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -94,12 +96,15 @@ def run(args: argparse.Namespace) -> int:
     if args.cout is not None and args.cout != _prod(args.modes_out):
         raise TTGraphError("--modes-out", f"multiply to {_prod(args.modes_out)}, but --cout is {args.cout}")
     if len(args.modes_in) != len(args.modes_out):
-        raise TTGraphError("--modes-in", "--modes-in and --modes-out need the same number of modes")
+        raise TTGraphError(
+            "--modes-in", f"{len(args.modes_in)} modes, --modes-out {len(args.modes_out)}: give as many on each side"
+        )
     if len(args.modes_in) > MAX_CORES:  # the DP is exponential in the modes: 24 ran for minutes
         raise TTGraphError("--modes-in", f"at most {MAX_CORES} modes (TT cores), got {len(args.modes_in)}")
     if len(args.modes_in) == 1 and args.ranks not in ([1], [1, 1]):  # one core has no bond: a rank would be dropped
         raise TTGraphError("--ranks", "one mode each side is one core, the dense matrix, with no bond rank to give")
     ranks = args.ranks[0] if len(args.ranks) == 1 else args.ranks
+    _check_ranks(args.modes_in, args.modes_out, ranks)
     plan, naive = _plan(args, args.modes_in, args.modes_out, ranks, _pixels(args))
     if args.json:
         data = plan_to_dict(plan)
@@ -110,6 +115,19 @@ def run(args: argparse.Namespace) -> int:
         cost = format_cost(naive.total_cost)  # as the plan's table prints costs: MACs whole, seconds not rounded to 0
         print(f"left-to-right order: {cost} ({naive.total_cost / plan.total_cost:.2f}× the plan)")
     return 0
+
+
+def _check_ranks(modes_in: list[int], modes_out: list[int], ranks: int | list[int]) -> None:
+    """A bond rank above the largest useful one (where the TT is already exact) only adds cost: ``compress --rank``
+    caps it there, and a plan of it (64 at a bond of 4: 48× the dense MACs) answers a question nobody asks."""
+    full = TTFormat(tuple(modes_out), tuple(modes_in), (1,) * (len(modes_in) + 1)).max_ranks()
+    given = expand_ranks(ranks, len(modes_in))
+    over = [(k, r, m) for k, (r, m) in enumerate(zip(given[1:-1], full[1:-1], strict=True), 1) if r > m]
+    if over:
+        k, r, m = over[0]
+        raise TTGraphError(
+            "--ranks", f"bond {k} has rank {r}, above the {m} at which the TT is exact (the mode sizes on either side)"
+        )
 
 
 def _run_model(args: argparse.Namespace) -> int:
