@@ -151,7 +151,8 @@ def test_inspect_at_a_shape_the_model_cannot_take_does_not_ask_for_the_shape_giv
     assert odd.returncode == 0 and "could not follow 1 compute node at x=1×4×9×8" in odd.stdout
     assert "--input-shape" not in odd.stdout
     dynamic = ttgraph_cli("inspect", tmp_path / "m.onnx")
-    assert "fix them with --input-shape" in dynamic.stdout
+    # the model's own input and its dynamic dims, not an image's NAME=1,3,H,W (silero-vad's audio read that)
+    assert "fix them with --input-shape x=1,4,?,? (a size for each ?)" in dynamic.stdout
     onnx.save(conv_model(16, 16, batch="n"), tmp_path / "batch.onnx")
     batch = ttgraph_cli("inspect", tmp_path / "batch.onnx")
     assert batch.stdout.splitlines()[-1] == "MACs are per sample: a dynamic batch dim counts as 1"

@@ -80,13 +80,24 @@ def render(report: InspectReport) -> str:
             "are unknown there: can the model run at these shapes?"
         )
     elif report.pointwise_macs is None:
-        lines.append("MACs unknown where input dims (batch or spatial) are dynamic: fix them with --input-shape")
+        lines.append(f"MACs unknown where input dims are dynamic: fix them with {_shape_hint(report)}")
     elif report.unknown_macs_nodes:
         lines.append(
             f"note: {report.unknown_macs_nodes} compute node{'s have' if report.unknown_macs_nodes != 1 else ' has'} "
-            "unknown shapes, so the model's total MACs are "
-            "unknown: fix dynamic dims with --input-shape NAME=1,3,H,W"
+            f"unknown shapes, so the model's total MACs are unknown: fix dynamic dims with {_shape_hint(report)}"
         )
     elif any(dims and dims[0] is None for dims in report.input_shapes.values()):  # costs.py's rule, said aloud
         lines.append("MACs are per sample: a dynamic batch dim counts as 1")
     return "\n".join(lines)
+
+
+def _shape_hint(report: InspectReport) -> str:
+    """``--input-shape feat=1,1,?,96`` for the inputs with dynamic dims, each ``?`` to be given: the model's own
+    inputs, not an image's NAME=1,3,H,W for an audio model."""
+    dynamic = {k: v for k, v in report.input_shapes.items() if any(d is None for d in v)}
+    if not dynamic:
+        return "--input-shape NAME=DIMS"
+    given = " ".join(
+        f"--input-shape {k}={','.join('?' if d is None else str(d) for d in v)}" for k, v in dynamic.items()
+    )
+    return f"{given} (a size for each ?)"
