@@ -62,7 +62,7 @@ def render(report: InspectReport) -> str:
         ),
         "",
     ]
-    lines.append(format_table(["layer", "Cin", "Cout", "stride", "spatial", "params", "MACs", "of model"], rows))
+    lines.append(format_table(["layer", "Cin", "Cout", "stride", "input size", "params", "MACs", "of model"], rows))
     if report.skipped:
         lines += ["", "skipped:"]
         lines.append(format_table(["conv", "op", "reason"], [[s.label, s.op, s.reason] for s in report.skipped]))
