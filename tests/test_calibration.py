@@ -305,6 +305,12 @@ def test_dynamic_image_input_needs_a_size_and_says_so(tmp_path):
         calibration_source(folder, model, "unit")
     x = list(calibration_source(folder, model, "unit,size=16x24"))[0]["x"]
     assert x.shape == (1, 3, 16, 24) and 0 <= x.min() and x.max() <= 1
+    # a text-line preset knows what rapidocr feeds a dynamic model (it was refused: "give the image size"),
+    # for the dims the model leaves free only
+    assert list(calibration_source(folder, model, "paddleocr-cls"))[0]["x"].shape == (1, 3, 48, 192)
+    tall = conv_model(3, 4, hw=(32, "w"))
+    assert list(calibration_source(folder, tall, "paddleocr-rec"))[0]["x"].shape == (1, 3, 32, 320)
+    assert list(calibration_source(folder, model, "paddleocr-rec,size=48x100"))[0]["x"].shape == (1, 3, 48, 100)
 
 
 def test_preprocess_spec_parses_presets_and_overrides_and_rejects_nonsense():

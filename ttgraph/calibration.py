@@ -109,7 +109,9 @@ class Preprocess:
     (``"RGB"``, ``"BGR"`` or ``"GRAY"``). ``mean``/``std`` are per channel in that order (one value is
     broadcast). ``layout`` is ``"NCHW"`` or ``"NHWC"``. Transparent pixels are composited onto white, as
     rapidocr's image loader does (dropping the alpha channel would leave what the transparent pixels hold, often
-    black: black text on a transparent page became a black page).
+    black: black text on a transparent page became a black page). ``usual_size`` is what the convention feeds a
+    model whose height or width is dynamic (rapidocr: 48×192 to its classifier, 48×320 to its recognizer), used
+    for those dims only when ``size`` is not given.
 
     >>> spec = PRESETS["imagenet"]
     >>> spec.channels, spec.scale, spec.mean
@@ -123,6 +125,7 @@ class Preprocess:
     std: tuple[float, ...] = (1.0,)
     layout: Literal["NCHW", "NHWC"] = "NCHW"
     resize: Literal["stretch", "pad"] = "stretch"
+    usual_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.channels not in ("RGB", "BGR", "GRAY"):
@@ -238,8 +241,12 @@ PRESETS: dict[str, Preprocess] = {
     "paddleocr-det": Preprocess(channels="BGR", scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD),
     # PaddleOCR recognizer and direction classifier: (x/255 − 0.5)/0.5 on BGR, a line's aspect ratio kept and
     # the input padded on the right (rapidocr's TextClassifier/TextRecognizer.resize_norm_img)
-    "paddleocr-cls": Preprocess(channels="BGR", scale=1 / 255, mean=(0.5,), std=(0.5,), resize="pad"),
-    "paddleocr-rec": Preprocess(channels="BGR", scale=1 / 255, mean=(0.5,), std=(0.5,), resize="pad"),
+    "paddleocr-cls": Preprocess(
+        channels="BGR", scale=1 / 255, mean=(0.5,), std=(0.5,), resize="pad", usual_size=(48, 192)
+    ),
+    "paddleocr-rec": Preprocess(
+        channels="BGR", scale=1 / 255, mean=(0.5,), std=(0.5,), resize="pad", usual_size=(48, 320)
+    ),
     # simple ranges
     "unit": Preprocess(channels="RGB", scale=1 / 255),  # [0, 1]
     "symmetric": Preprocess(channels="RGB", scale=1 / 127.5, mean=(1.0,)),  # [−1, 1] (TF/Keras "tf")
@@ -497,6 +504,8 @@ def image_source(
     _check_layout(value.name, dims, spec.layout)
     if spec.size is None:
         hw = dims[2:4] if spec.layout == "NCHW" else dims[1:3]
+        if any(d is None for d in hw) and spec.usual_size is not None:  # the convention's size, where dims are free
+            hw = [d if d is not None else u for d, u in zip(hw, spec.usual_size, strict=True)]
         if any(d is None for d in hw):
             raise TTGraphError(
                 MODEL,
