@@ -42,7 +42,7 @@ from ttgraph.process_state import quiet_warnings, stdout_into
 
 from .frontend import UNUSED_INPUTS, PreparedModel, prepare_for_tvm
 from .presets import TargetPreset, resolve_target
-from .tune import check_minutes, describe_bound
+from .tune import DATABASE_FILES, check_minutes, describe_bound
 
 log = logging.getLogger("ttgraph.targets")
 
@@ -192,8 +192,13 @@ def compile_model(
     # MetaSchedule looks records up by workload only, not by target: a CPU schedule found for a CUDA
     # build would break it. So each target keeps its records in its own sub-folder.
     db_dir = db_root / _target_key(preset) if db_root is not None else None
-    if tune_db is None and not tuning and db_dir is not None and not (db_dir / "database_tuning_record.json").is_file():
-        db_dir = None  # the default folder holds nothing for this target: a plain build
+    if (
+        tune_db is None
+        and not tuning
+        and db_dir is not None
+        and not all((db_dir / f).is_file() for f in DATABASE_FILES)
+    ):
+        db_dir = None  # the default folder holds nothing for this target: a plain build, without a warning
     if db_dir is not None and not tuning and not db_dir.is_dir():
         raise TTGraphError(db_dir, "no tuning records for this target here (give --tune N to create them)")
 

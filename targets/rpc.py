@@ -27,7 +27,7 @@ import onnx
 
 from ttgraph.errors import TTGraphError
 from ttgraph.model_io import ModelSource, graph_inputs, input_dims, load_model
-from ttgraph.verify import check_feed
+from ttgraph.verify import check_feed, finite_peak
 
 from .compile import CompileResult, compile_model
 from .presets import resolve_target
@@ -274,7 +274,7 @@ def bench(
         errors=relative_errors(reference, remote.outputs),
         tolerance=tolerance,
         output_names=compiled.output_names,
-        peaks=[float(np.abs(np.where(np.isfinite(r), r, 0)).max(initial=0.0)) for r in reference],
+        peaks=[finite_peak(r) for r in reference],
     )
 
 

@@ -242,6 +242,12 @@ def abs_difference(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
     return np.where(same, 0.0, np.where(np.isnan(diff), np.inf, diff))  # np.where keeps a scalar an array
 
 
+def finite_peak(reference: np.ndarray) -> float:
+    """``max |reference|`` over its finite values: the scale a relative error is taken against."""
+    ref = np.asarray(reference, np.float64)
+    return float(np.abs(np.where(np.isfinite(ref), ref, 0.0)).max(initial=0.0))
+
+
 def relative_errors(reference: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> list[float]:
     """Per output, ``max|got − ref| / max|ref|`` (plain max-abs where the reference is all zero): a compiled
     library against onnxruntime, or a model against itself on a nudged input."""
@@ -253,6 +259,6 @@ def relative_errors(reference: Sequence[np.ndarray], got: Sequence[np.ndarray]) 
         if ref64.shape != val64.shape:
             raise TTGraphError("outputs", f"output shape {val64.shape} differs from onnxruntime's {ref64.shape}")
         diff = float(abs_difference(ref64, val64).max(initial=0.0))
-        peak = float(np.abs(np.where(np.isfinite(ref64), ref64, 0.0)).max(initial=0.0))
+        peak = finite_peak(ref64)
         errors.append(diff / peak if peak > 0 else diff)
     return errors
