@@ -162,7 +162,7 @@ def compile_model(
     make_target(preset)  # what the user wrote (a CPU name, a feature) is checked before this machine's toolchain
     linker = _check_linker(preset, out)
     if isinstance(tune, bool) or not isinstance(tune, numbers.Integral) or not 0 <= tune <= MAX_TRIALS:
-        raise TTGraphError("--tune", f"expected a number of trials from 0 to {MAX_TRIALS}, got {tune!r}")
+        raise TTGraphError("tune", f"expected a number of trials from 0 to {MAX_TRIALS}, got {tune!r}")
     tune = int(tune)
     check_minutes(tune_minutes)
     tuning = bool(tune) or tune_minutes is not None
@@ -171,23 +171,23 @@ def compile_model(
         from .rpc import parse_address
 
         if not tuning:
-            raise TTGraphError("--tracker", "measures tuning candidates on a device: give --tune N or --tune-minutes M")
+            raise TTGraphError("tune_tracker", "measures tuning candidates on a device: give tune=N or tune_minutes=M")
         if not tune_key:
-            raise TTGraphError("--tracker", "needs --key KEY (the device key the RPC servers registered)")
-        tracker = parse_address(tune_tracker, "--tracker")
+            raise TTGraphError("tune_tracker", "needs tune_key=KEY (the device key the RPC servers registered)")
+        tracker = parse_address(tune_tracker, "tune_tracker")
     why = cannot_run_here(preset) if tuning and tracker is None else None
     if why:
         raise TTGraphError(
-            "--tune",
+            "tune",
             f"tuning measures candidates on this machine, which cannot run {preset.name} code ({why}); "
-            "measure them on the device (--tracker HOST:PORT --key KEY) or apply existing records with --tune-db",
+            "measure them on the device (tune_tracker=HOST:PORT tune_key=KEY) or apply existing records with tune_db",
         )
     if tracker is not None:
         from .rpc import check_tracker
 
         check_tracker(tracker)
     if tune_db is False and tuning:
-        raise TTGraphError("--no-tune-db", "tuning keeps its records in a database: leave --no-tune-db out")
+        raise TTGraphError("tune_db=False", "tuning keeps its records in a database: leave it out")
     db_root = None if tune_db is False else Path(tune_db) if tune_db is not None else _default_tune_db()
     # MetaSchedule looks records up by workload only, not by target: a CPU schedule found for a CUDA
     # build would break it. So each target keeps its records in its own sub-folder.
@@ -200,7 +200,7 @@ def compile_model(
     ):
         db_dir = None  # the default folder holds nothing for this target: a plain build, without a warning
     if db_dir is not None and not tuning and not db_dir.is_dir():
-        raise TTGraphError(db_dir, "no tuning records for this target here (give --tune N to create them)")
+        raise TTGraphError(db_dir, "no tuning records for this target here (give tune=N to create them)")
 
     tvm = _import_tvm()
     if tune_db is None and not tuning and db_dir is not None:  # records nobody asked for: a plain build if unreadable
@@ -214,7 +214,7 @@ def compile_model(
     cores = _device_cores(tune_tracker, tune_key) if tracker is not None else None
     tvm_target = make_target(preset, for_tuning=db_dir is not None, num_cores=cores)
     if tuning and tracker is None and preset.is_cuda and not tvm.cuda(0).exist:
-        raise TTGraphError("--tune", f"tuning for {preset.name} measures on a GPU, and this machine has none")
+        raise TTGraphError("tune", f"tuning for {preset.name} measures on a GPU, and this machine has none")
 
     log.info("preparing %s for %s", source_name(model), preset.name)
     start = time.perf_counter()
@@ -380,7 +380,7 @@ def make_target(preset: TargetPreset, *, for_tuning: bool = False, num_cores: in
     try:
         target = tvm.target.Target(spec)
     except Exception as err:  # ValueError / TVMError from the target parser
-        raise TTGraphError("--target", f"TVM rejects the target {preset.target_json()}: {_first_line(err)}") from err
+        raise TTGraphError("target", f"TVM rejects the target {preset.target_json()}: {_first_line(err)}") from err
     _check_cpu(tvm, spec)
     _check_features(tvm, target, spec)
     return target
@@ -396,7 +396,7 @@ def _check_cpu(tvm: Any, spec: dict[str, Any]) -> None:
     triple = str(spec.get("mtriple") or codegen.llvm_get_system_triple())
     if not codegen.llvm_is_valid_cpu(str(cpu), triple):
         raise TTGraphError(
-            "--target", f"LLVM knows no CPU {cpu!r} for {triple} (TVM would build generic code); check the name"
+            "target", f"LLVM knows no CPU {cpu!r} for {triple} (TVM would build generic code); check the name"
         )
 
 
@@ -409,7 +409,7 @@ def _check_features(tvm: Any, target: Any, spec: dict[str, Any]) -> None:
     known = set(tvm.target.codegen.llvm_get_cpu_features(target))
     unknown = [f for f in (str(a) for a in wanted) if f.startswith("+") and f[1:] not in known]
     if unknown:
-        raise TTGraphError("--target", f"LLVM knows no CPU feature {', '.join(unknown)} here; check the name")
+        raise TTGraphError("target", f"LLVM knows no CPU feature {', '.join(unknown)} here; check the name")
 
 
 #: CPU features whose instructions a library uses (not LLVM's tuning hints): one this machine lacks kills the

@@ -76,7 +76,7 @@ def prepare_for_tvm(
     name = source_name(source)
     model = load_model(source, check=False)
     steps: list[str] = []
-    shapes = _static_shapes(model, checked_input_shapes(input_shapes, "--input-shape") or {}, name, steps)
+    shapes = _static_shapes(model, checked_input_shapes(input_shapes) or {}, name, steps)
     set_input_shapes(model, shapes, name)
 
     opset = _default_opset(model)
@@ -118,7 +118,7 @@ def _static_shapes(
     unknown = [k for k in given if k not in inputs]
     if unknown:
         raise TTGraphError(
-            name, f"--input-shape names unknown input {unknown[0]!r} (inputs: {', '.join(inputs) or 'none'})"
+            name, f"input_shapes names unknown input {unknown[0]!r} (inputs: {', '.join(inputs) or 'none'})"
         )
     shapes: dict[str, list[int]] = {}
     for input_name, value in inputs.items():
@@ -138,7 +138,7 @@ def _static_shapes(
             raise TTGraphError(
                 name,
                 f"input {input_name!r} has dynamic dims [{shown}]; give a fixed shape, "
-                f"e.g. --input-shape {input_name}={example}",
+                f"e.g. input_shapes={{{input_name!r}: ({example.replace(',', ', ')})}}",
             )
         shapes[input_name] = fixed
     return shapes

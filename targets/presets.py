@@ -157,7 +157,7 @@ def resolve_target(spec: str | Mapping[str, Any]) -> TargetPreset:
     if isinstance(spec, Mapping):
         return preset_from_dict(spec)
     if not isinstance(spec, str):
-        raise TTGraphError("--target", f"expected a preset name or a JSON object, got {type(spec).__name__}")
+        raise TTGraphError("target", f"expected a preset name or a JSON object, got {type(spec).__name__}")
     text = spec.strip()
     name = _ALIASES.get(text, text)
     if name in PRESETS:
@@ -167,20 +167,20 @@ def resolve_target(spec: str | Mapping[str, Any]) -> TargetPreset:
             value = json.loads(text)
         except json.JSONDecodeError as err:
             raise TTGraphError(
-                "--target", f"malformed JSON target: {err.msg} at line {err.lineno} column {err.colno}"
+                "target", f"malformed JSON target: {err.msg} at line {err.lineno} column {err.colno}"
             ) from err
         if not isinstance(value, dict):
-            raise TTGraphError("--target", f'a JSON target must be an object like {{"kind": "llvm"}}, got {text!r}')
+            raise TTGraphError("target", f'a JSON target must be an object like {{"kind": "llvm"}}, got {text!r}')
         return preset_from_dict(value)
     known = ", ".join(PRESETS)
-    raise TTGraphError("--target", f"unknown target preset {text!r}; expected one of {known}, or a JSON target dict")
+    raise TTGraphError("target", f"unknown target preset {text!r}; expected one of {known}, or a JSON target dict")
 
 
 def preset_from_dict(target: Mapping[str, Any]) -> TargetPreset:
     """A custom preset for a user's TVM target dict; linker and format follow from kind and mtriple."""
     kind = target.get("kind")
     if not isinstance(kind, str) or not kind:
-        raise TTGraphError("--target", f'JSON target needs a string "kind" (e.g. "llvm"), got {dict(target)}')
+        raise TTGraphError("target", f'JSON target needs a string "kind" (e.g. "llvm"), got {dict(target)}')
     target = json.loads(json.dumps(dict(target)))  # a plain, detached copy; fails early on odd values
     triple = str(target.get("mtriple", "")) if kind == "llvm" else ""
     arch = triple.split("-")[0]

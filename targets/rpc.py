@@ -111,7 +111,7 @@ class BenchResult:
         }
 
 
-def parse_address(text: str, option: str = "--rpc") -> tuple[str, int]:
+def parse_address(text: str, option: str = "rpc") -> tuple[str, int]:
     """``"HOST:PORT"`` → ``(host, port)``; a clear error otherwise."""
     host, sep, port = str(text).strip().rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -146,16 +146,16 @@ def connect(
     from tvm import rpc as tvm_rpc
 
     if bool(rpc) == bool(tracker):
-        raise TTGraphError("--rpc", "give exactly one of --rpc HOST:PORT or --tracker HOST:PORT --key KEY")
+        raise TTGraphError("rpc", "give exactly one of rpc=HOST:PORT or tracker=HOST:PORT key=KEY")
     if rpc:
-        host, port = parse_address(rpc, "--rpc")
+        host, port = parse_address(rpc, "rpc")
         try:
             return tvm_rpc.connect(host, port, session_timeout=session_timeout)
         except Exception as err:  # TVMError / OSError / RuntimeError depending on where it fails
             raise TTGraphError(f"{host}:{port}", f"cannot open a TVM RPC session: {_last_line(err)}") from err
     if not key:
-        raise TTGraphError("--key", "--tracker needs --key KEY (the device key the servers registered)")
-    host, port = parse_address(tracker or "", "--tracker")
+        raise TTGraphError("key", "a tracker needs key=KEY (the device key the servers registered)")
+    host, port = parse_address(tracker or "", "tracker")
     try:
         client = tvm_rpc.connect_tracker(host, port)
     except Exception as err:
@@ -251,11 +251,11 @@ def bench(
     """
     preset = resolve_target(target)
     if bool(rpc) == bool(tracker):
-        raise TTGraphError("--rpc", "give exactly one of --rpc HOST:PORT or --tracker HOST:PORT --key KEY")
+        raise TTGraphError("rpc", "give exactly one of rpc=HOST:PORT or tracker=HOST:PORT key=KEY")
     if not tolerance >= 0:  # also NaN: every comparison would fail
-        raise TTGraphError("--tolerance", f"expected a relative error ≥ 0, got {tolerance}")
+        raise TTGraphError("tolerance", f"expected a relative error ≥ 0, got {tolerance}")
     if isinstance(inputs, Mapping):  # names, types, static dims, NaN: one line here, not after the build
-        check_feed(graph_inputs(load_model(model, check=False)), inputs, "--inputs")
+        check_feed(graph_inputs(load_model(model, check=False)), inputs, "inputs")
     device = "cuda" if preset.is_cuda else "cpu"
     if input_shapes is None and isinstance(inputs, Mapping):
         input_shapes = {name: list(np.shape(value)) for name, value in inputs.items()}

@@ -143,7 +143,7 @@ def open_database(db_dir: str | os.PathLike[str], *, write: bool = True) -> Any:
         if not os.access(folder, os.W_OK):
             raise TTGraphError(folder, "tuning database folder is not writable")
     elif not all((folder / name).is_file() for name in DATABASE_FILES):
-        raise TTGraphError(folder, "no tuning records for this target here (give --tune N to create them)")
+        raise TTGraphError(folder, "no tuning records for this target here (give tune=N to create them)")
     try:
         return ms.database.JSONDatabase(work_dir=str(folder), allow_missing=write)
     except Exception as err:  # TVM's JSON reader: "parallel_for_dynamic error with Unexpected token …"
@@ -151,7 +151,7 @@ def open_database(db_dir: str | os.PathLike[str], *, write: bool = True) -> Any:
             folder,
             "tuning database is damaged (a record file cut short by an interrupted run?): "
             f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}; "
-            "remove its .json files, or give another --tune-db (or --no-tune-db)",
+            "remove its .json files, or give another tune_db (or tune_db=False)",
         ) from err
 
 
@@ -177,7 +177,7 @@ LEARNED_MIN_MINUTES = 30.0
 def check_minutes(minutes: float | None) -> None:
     """A time bound must be a positive, finite number of minutes (or None: no time bound)."""
     if minutes is not None and not (minutes > 0 and math.isfinite(minutes)):
-        raise TTGraphError("--tune-minutes", f"expected a positive number of minutes, got {minutes}")
+        raise TTGraphError("tune_minutes", f"expected a positive number of minutes, got {minutes}")
 
 
 def describe_bound(trials: int, minutes: float | None) -> str:
@@ -254,10 +254,10 @@ def tune(
     from tvm.s_tir import meta_schedule as ms
 
     if trials == 0 and minutes is None:
-        raise TTGraphError("--tune", f"expected a positive number of trials, got {trials}")
+        raise TTGraphError("tune", f"expected a positive number of trials, got {trials}")
     check_minutes(minutes)
     if trials < 0:
-        raise TTGraphError("--tune", f"expected a number of trials >= 0, got {trials}")
+        raise TTGraphError("tune", f"expected a number of trials >= 0, got {trials}")
     start = time.monotonic()
     database = open_database(db_dir)
     with target:
@@ -322,7 +322,7 @@ def tune(
         measured = sum(_has_record(database, t.dispatched[0]) for t in todo)
         if not measured:  # every candidate failed to build or run: what would be built is untuned
             raise TTGraphError(
-                "--tune",
+                "tune",
                 f"no candidate of the {len(todo)} tasks built and ran {'on the device' if tracker else 'here'} "
                 f"(a CPU feature the target names and this machine lacks?); see {Path(db_dir) / 'logs'}",
             )

@@ -8,7 +8,7 @@ import re
 import shutil
 
 import pytest
-from tvm_helpers import pointwise_model
+from tvm_helpers import pointwise_model, resize_model
 
 from targets.cli import add_parser
 from targets.compile import compile_model
@@ -72,7 +72,7 @@ def test_bad_target_is_a_one_line_error(spec, message):
     with pytest.raises(TTGraphError) as info:
         resolve_target(spec)
     assert message in str(info.value)
-    assert info.value.source == "--target"
+    assert info.value.source == "target"  # the keyword; the command line names --target
     assert "\n" not in info.value.one_line()
 
 
@@ -133,10 +133,10 @@ def test_bench_needs_one_remote_and_a_key_with_a_tracker(capsys):
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
-        ({"input_shapes": {"x": [1, 16, 16.5, 16]}}, r"--input-shape\['x'\]: expected an integer, got 16.5"),
-        ({"input_shapes": {"x": [True, 16, 16, 16]}}, r"--input-shape\['x'\]: expected an integer, got True"),
+        ({"input_shapes": {"x": [1, 16, 16.5, 16]}}, r"input_shapes\['x'\]: expected an integer, got 16.5"),
+        ({"input_shapes": {"x": [True, 16, 16, 16]}}, r"input_shapes\['x'\]: expected an integer, got True"),
         ({"input_shapes": {"x": "1,16,16,16"}}, "expected a list of integer dims"),
-        ({"tune": "2"}, "--tune: expected a number of trials"),
+        ({"tune": "2"}, "^tune: expected a number of trials"),
     ],
 )
 def test_library_options_are_checked_not_truncated(tmp_path, kwargs, needle):
@@ -231,3 +231,52 @@ def test_a_json_target_for_another_os_exports_objects_not_a_linux_link(triple, e
     if triple.startswith("x86_64") and platform.machine() != "x86_64":
         pytest.skip("the host-linked case is this machine's arch")
     assert resolve_target(json.dumps({"kind": "llvm", "mtriple": triple})).export_format == export
+
+
+def test_errors_name_keywords_in_the_library_and_flags_on_the_command_line(tmp_path, capsys):
+    """``ttgraph.compile`` told a library caller to "give --tune N or --tune-minutes M" and blamed "--tracker" for
+    its ``tune_tracker=`` keyword; the command line must still name its own flags for the same mistakes."""
+    import onnx
+
+    from ttgraph.cli import main
+
+    model = tmp_path / "m.onnx"
+    onnx.save(pointwise_model(), model)
+    with pytest.raises(TTGraphError) as info:
+        compile_model(model, "x86_64", tmp_path / "a.so", tune_tracker="127.0.0.1:9190", tune_key="k")
+    assert (
+        info.value.one_line() == "tune_tracker: measures tuning candidates on a device: give tune=N or tune_minutes=M"
+    )
+    with pytest.raises(TTGraphError, match="^tune_db=False: tuning keeps its records in a database: leave it out$"):
+        compile_model(model, "x86_64", tmp_path / "a.so", tune=1, tune_db=False)
+
+    cases = [
+        (
+            ["--tracker", "127.0.0.1:9190", "--key", "k"],
+            "--tracker: measures tuning candidates on a device: give --tune N or --tune-minutes M",
+        ),
+        (["--tune", "1", "--no-tune-db"], "--no-tune-db: tuning keeps its records in a database: leave it out"),
+        (["--target", "x86"], "--target: unknown target preset 'x86'"),
+    ]
+    for flags, message in cases:
+        assert main(["compile", str(model), "-o", str(tmp_path / "a.so"), *flags]) == 2
+        assert f"ttgraph: error: {message}" in capsys.readouterr().err
+    dynamic = tmp_path / "dynamic.onnx"
+    onnx.save(resize_model(), dynamic)
+    assert main(["compile", str(dynamic), "-o", str(tmp_path / "d.so")]) == 2
+    assert "give a fixed shape, e.g. --input-shape x=1,2,H,W" in capsys.readouterr().err
+    with pytest.raises(TTGraphError, match=r"e\.g\. input_shapes=\{'x': \(1, 2, H, W\)\}$"):
+        compile_model(dynamic, "x86_64", tmp_path / "d.so")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dynamic.onnx", "m.onnx"]
+
+
+def test_keywords_given_values_become_flags_only_in_that_form():
+    """Plain words ("tune", "target", "key") stay prose; ``tune=N`` is ``--tune N``, ``tune_db=False``
+    ``--no-tune-db``, and a quoted input name is left alone."""
+    err = TTGraphError(
+        "tune", "tune the target with tune=N, tune_minutes=M or tune_db=False; the key 'tune=3' stays; rpc=H:P key=K"
+    )
+    assert err.one_line(flags=True) == (
+        "--tune: tune the target with --tune N, --tune-minutes M or --no-tune-db; the key 'tune=3' stays; "
+        "--rpc H:P --key K"
+    )

@@ -52,18 +52,43 @@ OPTION_FLAGS = {
     "compensate_samples": "--compensate-samples",
     "rank_multiple": "--rank-multiple",
     "judge": "--judge",
+    "target": "--target",
+    "tune": "--tune",
+    "tune_minutes": "--tune-minutes",
+    "tune_db": "--tune-db",
+    "tune_db=False": "--no-tune-db",
+    "tune_tracker": "--tracker",
+    "tune_key": "--key",
+    "rpc": "--rpc",
+    "tracker": "--tracker",
+    "key": "--key",
+    "inputs": "--inputs",
 }
 #: keywords named inside a message (``macs_ratio must be in (0, 1]``), written as the flag on the command line
 _KEYWORD = re.compile(
     r"(?<![\w-])(macs_ratio|params_ratio|latency_ratio|max_error|rank_ratio|rank_multiple|compensate_samples|distill_lr"
-    r"|distill_batch|latency_threads|plan_cost|input_shapes|preprocess|holdout)\b"
+    r"|distill_batch|latency_threads|plan_cost|input_shapes|preprocess|holdout|tune_minutes|tune_db|tune_tracker"
+    r"|tune_key)\b"
 )
+#: a keyword given a value in a message (``give tune=N or tune_minutes=M``), written ``--tune N`` on the command
+#: line; plain words such as "tune" or "target" are only rewritten in this form, never in prose
+_ASSIGNED = re.compile(
+    r"(?<![\w-])(tune_db=False|(?:tune|tune_minutes|tune_db|tune_tracker|tune_key|rpc|tracker|key|target|inputs)=)"
+)
+#: a library example of a shape, ``input_shapes={'x': (1, 3, H, W)}``, is ``--input-shape x=1,3,H,W`` on the CLI
+_SHAPE_EXAMPLE = re.compile(r"input_shapes=\{'([^']*)': \(([^)]*)\)\}")
 
 
 def _flags_outside_quotes(text: str) -> str:
     """Keywords as flags, except inside quotes: an input named 'preprocess' is still 'preprocess'."""
+    text = _SHAPE_EXAMPLE.sub(lambda m: f"--input-shape {m.group(1)}={m.group(2).replace(' ', '')}", text)
     parts = re.split(r"((?<!\w)'[^']*'(?!\w))", text)  # a quoted name, not a possessive's apostrophe
-    return "".join(part if part.startswith("'") else _KEYWORD.sub(lambda m: _flag(m.group(1)), part) for part in parts)
+    return "".join(part if part.startswith("'") else _flags_in(part) for part in parts)
+
+
+def _flags_in(text: str) -> str:
+    text = _ASSIGNED.sub(lambda m: _flag(m.group(1).rstrip("=")) + ("" if m.group(1) == "tune_db=False" else " "), text)
+    return _KEYWORD.sub(lambda m: _flag(m.group(1)), text)
 
 
 def _flag(keyword: str) -> str:
