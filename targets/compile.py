@@ -530,14 +530,18 @@ def check_cuda_source(source: str, arch: str, where: str | os.PathLike[str] = "c
 def _device_cores(tracker: str | None, key: str | None) -> int | None:
     """The worker threads the TVM runtime on the tracker's device starts (its cores), so schedules tuned on a
     phone parallelize over the phone's cores, not the build machine's; None (this machine's) if it cannot say."""
-    from .rpc import connect
+    from .rpc import collect_sessions, connect
 
+    session = None
     try:
         session = connect(None, tracker, key)
         return int(session.get_function("runtime.NumThreads")()) or None
     except Exception as err:  # an old runtime without the function: the build machine's count, as before
         log.warning("the device did not say how many cores it has (%s): tuning for this machine's", err)
         return None
+    finally:  # the tuning that follows asks the tracker for this same device
+        del session
+        collect_sessions()
 
 
 def _physical_cores() -> int:

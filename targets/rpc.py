@@ -166,6 +166,16 @@ def connect(
         raise TTGraphError(f"{host}:{port}", f"tracker gave no device for key {key!r}: {_last_line(err)}") from err
 
 
+def collect_sessions() -> None:
+    """Call after dropping the last reference to a session: the device's RPC server is then free for the next
+    client. A session closes when it is freed, and the remote VirtualMachine's objects hold it in a reference
+    cycle: until Python's collector happened to run, a second ``bench`` against the same server waited in
+    ``connect`` for ever (the server serves one client at a time)."""
+    import gc
+
+    gc.collect()
+
+
 def run_remote(
     session: Any,
     library: str | os.PathLike[str],
@@ -260,14 +270,18 @@ def bench(
     if input_shapes is None and isinstance(inputs, Mapping):
         input_shapes = {name: list(np.shape(value)) for name, value in inputs.items()}
     session = connect(rpc, tracker, key)  # first: an unreachable device fails before a long build
-    with tempfile.TemporaryDirectory(prefix="ttgraph-bench-") as tmp:
-        out = Path(library) if library else Path(tmp, f"model.{preset.name}.so")
-        compiled = compile_model(model, target, out, input_shapes)
-        feed = inputs if inputs is not None else random_inputs(compiled)
-        values = ordered_inputs(feed, compiled.input_names if isinstance(feed, Mapping) else None)
-        given = dict(feed) if isinstance(feed, Mapping) else dict(zip(compiled.input_names, values, strict=True))
-        reference = onnxruntime_outputs(model, _with_unread_inputs(model, given))
-        remote = run_remote(session, out, values, device=device, number=number, repeat=repeat)
+    try:
+        with tempfile.TemporaryDirectory(prefix="ttgraph-bench-") as tmp:
+            out = Path(library) if library else Path(tmp, f"model.{preset.name}.so")
+            compiled = compile_model(model, target, out, input_shapes)
+            feed = inputs if inputs is not None else random_inputs(compiled)
+            values = ordered_inputs(feed, compiled.input_names if isinstance(feed, Mapping) else None)
+            given = dict(feed) if isinstance(feed, Mapping) else dict(zip(compiled.input_names, values, strict=True))
+            reference = onnxruntime_outputs(model, _with_unread_inputs(model, given))
+            remote = run_remote(session, out, values, device=device, number=number, repeat=repeat)
+    finally:
+        del session
+        collect_sessions()
     return BenchResult(
         compiled=compiled,
         run=remote,
