@@ -48,7 +48,7 @@ import numpy as np
 import onnx
 
 from ttgraph.errors import TTGraphError
-from ttgraph.model_io import default_inputs, graph_inputs, input_defaults, input_dims
+from ttgraph.model_io import default_inputs, graph_inputs, input_defaults, input_dims, static_dims
 from ttgraph.process_state import quiet_warnings
 from ttgraph.progress import progress_bar
 from ttgraph.verify import check_feed
@@ -178,13 +178,14 @@ class Preprocess:
         if self.resize == "pad":  # PaddleOCR's resize_norm_img: ceil(height · aspect ratio), at most width
             fitted = min(width, math.ceil(height * image.size[0] / max(image.size[1], 1)))
         if image.size != (fitted, height):
-            image = image.resize((fitted, height), Image.BILINEAR)
+            image = image.resize((fitted, height), Image.Resampling.BILINEAR)
         x = np.asarray(image, dtype=np.float32)
         if x.ndim == 2:
             x = x[:, :, None]
         if self.channels == "BGR":
             x = x[:, :, ::-1]
-        x = (x * np.float32(self.scale) - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        x = (x * np.float32(self.scale) - mean) / std
         if fitted < width:
             x = np.concatenate([x, np.zeros((height, width - fitted, x.shape[2]), np.float32)], axis=1)
         if self.layout == "NCHW":
@@ -493,31 +494,34 @@ def image_source(
     spec = parse_preprocess(preprocess)
     inputs = _model_inputs(model)
     if len(inputs) != 1:
-        names = ", ".join(i.name for i in inputs)
+        input_names = ", ".join(i.name for i in inputs)
         raise TTGraphError(
-            "calibration", f"images can feed a model with one input; this model has {len(inputs)}: {names}"
+            "calibration", f"images can feed a model with one input; this model has {len(inputs)}: {input_names}"
         )
     value = inputs[0]
     dims = input_dims(value)
     if len(dims) != 4:
         raise TTGraphError(MODEL, f"images need a 4-D image input; input {value.name!r} has dims {dims}")
     _check_layout(value.name, dims, spec.layout)
-    if spec.size is None:
+    size = spec.size
+    if size is None:
         hw = dims[2:4] if spec.layout == "NCHW" else dims[1:3]
         if any(d is None for d in hw) and spec.usual_size is not None:  # the convention's size, where dims are free
             hw = [d if d is not None else u for d, u in zip(hw, spec.usual_size, strict=True)]
-        if any(d is None for d in hw):
+        known = static_dims(hw)
+        if known is None:
             raise TTGraphError(
                 MODEL,
                 f"input {value.name!r} has dynamic height/width {dims}: give the image size "
                 "(preprocess size=HxW) or fix the input shape (input_shapes)",
             )
-        spec = spec.with_size((int(hw[0]), int(hw[1])))  # type: ignore[arg-type]
+        size = (known[0], known[1])
+        spec = spec.with_size(size)
     fixed = dims[2:4] if spec.layout == "NCHW" else dims[1:3]
-    if None not in fixed and tuple(fixed) != spec.size:  # before any image is resized to a size that cannot run
+    if None not in fixed and tuple(fixed) != size:  # before any image is resized to a size that cannot run
         raise TTGraphError(
             "preprocess",
-            f"size={spec.size[0]}x{spec.size[1]}, but the model input {value.name!r} is "
+            f"size={size[0]}x{size[1]}, but the model input {value.name!r} is "
             f"{fixed[0]}x{fixed[1]}; leave size out or fix a dynamic input with input_shapes",
         )
     channel_dim = dims[1] if spec.layout == "NCHW" else dims[3]
@@ -1111,7 +1115,9 @@ def remember_sample(
 
     def stream() -> Iterator[dict[str, np.ndarray]]:
         rng = np.random.default_rng(seed)
-        wanted, size, sizes = None, 0, {}
+        wanted: int | None = None
+        size = 0
+        sizes: dict[int, int] = {}  # stream index → bytes of the feed kept
         for index, feed in enumerate(source):
             if wanted is None:
                 wanted = count(feed)
@@ -1119,7 +1125,7 @@ def remember_sample(
             if slot < wanted:
                 nbytes = sum(int(np.asarray(v).nbytes) for v in feed.values())
                 evicted = sorted(kept)[slot] if len(kept) >= wanted else None
-                freed = sizes.get(evicted, 0)
+                freed = sizes.get(evicted, 0) if evicted is not None else 0
                 if size - freed + nbytes <= max_bytes:
                     if evicted is not None:
                         del kept[evicted], sizes[evicted]
@@ -1228,7 +1234,7 @@ class CalibrationStatistics:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write to an ``.npz`` (reload with :meth:`load`; lets one calibration serve many budgets)."""
         arrays: dict[str, np.ndarray] = {}
-        meta = {"samples": self.samples, "seconds": self.seconds, "source": self.source, "layers": {}}
+        meta: dict[str, Any] = {"samples": self.samples, "seconds": self.seconds, "source": self.source, "layers": {}}
         for k, (label, st) in enumerate(self.layers.items()):
             arrays[f"gram{k}"] = st.gram
             arrays[f"sum{k}"] = st.sum
@@ -1243,7 +1249,7 @@ class CalibrationStatistics:
 
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         tmp = Path(f"{os.fspath(path)}.tmp.npz")
-        np.savez(tmp, **arrays)
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub: **arrays might name allow_pickle; no key does
         os.replace(tmp, path)
 
     @classmethod

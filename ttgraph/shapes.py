@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 import onnx
 
-from ttgraph.model_io import fits_protobuf, graph_inputs, inferred_from_inputs, input_dims
+from ttgraph.model_io import fits_protobuf, graph_inputs, inferred_from_inputs, input_dims, static_dims
 
 Shape = tuple[int | None, ...]
 
@@ -69,8 +69,9 @@ def _probe_with_onnxruntime(model: onnx.ModelProto, tensors: list[str]) -> dict[
     import onnxruntime as ort
 
     inputs = graph_inputs(model)
-    dims = {i.name: input_dims(i) for i in inputs}
-    if not all(is_static(tuple(d)) for d in dims.values()) or not fits_protobuf(model):
+    known = {i.name: static_dims(input_dims(i)) for i in inputs}
+    dims = {name: d for name, d in known.items() if d is not None}
+    if len(dims) < len(known) or not fits_protobuf(model):
         return {}
     probe = copy.deepcopy(model)
     have = {o.name for o in probe.graph.output}
