@@ -124,7 +124,10 @@ class FindPointwiseConvs:
                 found.skipped.append(SkippedConv(label, node.op, f"quantized convolution ({node.op}) is not rewritten"))
             elif node.op == "Conv" and (node.domain or "") in ("", "ai.onnx"):
                 result = self._classify(node, label)
-                (found.candidates if isinstance(result, PointwiseConv) else found.skipped).append(result)
+                if isinstance(result, PointwiseConv):
+                    found.candidates.append(result)
+                else:
+                    found.skipped.append(result)
             elif node.op == "ConvTranspose" and (node.domain or "") in ("", "ai.onnx"):
                 found.skipped.append(SkippedConv(label, node.op, "transposed convolution: only Conv is rewritten"))
             elif node.op.endswith("Conv"):  # com.microsoft.FusedConv, NhwcConv, … (saved optimized models)

@@ -311,12 +311,12 @@ class LayerCandidates:
             return self.conv.bias
         key = ("bias", candidate.index)
         if key not in self._made:
-            self._made[key] = self._make_bias(candidate)
+            self._made[key] = self._make_bias(candidate, self.stats)
         return self._made[key].copy()
 
-    def _make_bias(self, candidate: Candidate) -> np.ndarray:
+    def _make_bias(self, candidate: Candidate, stats: LayerStatistics) -> np.ndarray:
         base = np.zeros(self.conv.cout) if self.conv.bias is None else np.asarray(self.conv.bias, np.float64)
-        shift = (np.asarray(self.conv.weight, np.float64) - self.approx(candidate)) @ self.stats.mean
+        shift = (np.asarray(self.conv.weight, np.float64) - self.approx(candidate)) @ stats.mean
         dtype = self.conv.bias.dtype if self.conv.bias is not None else self.conv.weight_dtype
         return (base + shift).astype(dtype)
 

@@ -490,10 +490,13 @@ class GraphModule(torch.nn.Module if torch is not None else object):  # type: ig
                 args.pop()
             try:
                 if node.op_type == "Reshape" and node.input[0] in batched:
-                    dims = [int(d) for d in args[1].tolist()]
-                    if dims and dims[0] > 0 and args[0].shape[0] == dims[0] * batch:
+                    data, shape = args[0], args[1]
+                    if data is None or shape is None:  # both inputs are required
+                        raise ValueError("Reshape needs its data and shape inputs")
+                    dims = [int(d) for d in shape.tolist()]
+                    if dims and dims[0] > 0 and data.shape[0] == dims[0] * batch:
                         dims[0] *= batch
-                    result = _reshape(attrs, args[0], torch.tensor(dims))
+                    result = _reshape(attrs, data, torch.tensor(dims))
                 elif node.op_type == "Split":
                     result = _split(attrs, *args, outputs=len(node.output))
                 else:
