@@ -161,6 +161,8 @@ class _Best:
 
     def offer(self, loss: float, epoch: int) -> bool:
         """Remember the current factors if ``loss`` beats the best so far; say whether it did."""
+        if self.loss is None:
+            raise ValueError("no held-out loss to start from: there is nothing to compare epochs with")
         if not loss < self.loss:  # NaN is never better
             return False
         self.loss, self.epoch = loss, epoch
@@ -229,7 +231,7 @@ class _Student:
         total = 0.0
         for i in range(0, len(feeds), self.batch):
             part, wanted = feeds[i : i + self.batch], teacher[i : i + self.batch]
-            loss = 0
+            loss: Any = 0  # a tensor once the first output's term is added
             for k, (y, s) in enumerate(zip(self.outputs(part), self.scale, strict=True)):
                 diff = y - torch.from_numpy(np.concatenate([t[k] for t in wanted]))
                 loss = loss + (diff * diff).sum() / s
@@ -330,12 +332,12 @@ def distill(
         raise TTGraphError("distill", "no calibration samples to distill on")
     wanted = [teacher(f) for f in probe]
     # per output: the teacher's spread Σ(t − t̄)² over one sample, averaged over the first samples
-    scale = [
+    spread = [
         max(float(np.mean([np.sum((w[k] - w[k].mean()) ** 2) for w in wanted])), 1e-12) for k in range(len(targets))
     ]
     check_agrees(compressed, probe[0], "<compressed model>")
     module = GraphModule(compressed, names)
-    student = _Student(module, targets, scale, probe, batch)
+    student = _Student(module, targets, spread, probe, batch)
     train_before, samples = _mean_loss(student, teacher, calibration)
     held_before, held_count = _mean_loss(student, teacher, heldout) if heldout is not None else (None, 0)
     if held_count == 0:
@@ -369,9 +371,9 @@ def distill(
                 optimizer.step()
                 bar.update()
                 bar.set_postfix(loss=f"{history[-1]:.4g}")
-            if held_before is None:
+            if held_before is None or heldout is None:
                 continue
-            held_curve.append(_mean_loss(student, teacher, heldout)[0])  # type: ignore[arg-type]
+            held_curve.append(_mean_loss(student, teacher, heldout)[0])
             if not best.offer(held_curve[-1], len(held_curve)):
                 # worse than the best epoch so far (a step size too large for this model, or overfitting): go
                 # back to the best factors, forget Adam's moments and continue with a smaller step

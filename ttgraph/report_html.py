@@ -469,10 +469,10 @@ def render_html(report: Any) -> str:
         if img:
             parts.append(f"<img src='{img}' alt='distillation loss'>")
     weighted = any(layer.get("sensitivity") is not None for layer in layers)
-    kept = (r.get("compensation") or {}).get("kept")
+    compensated = (r.get("compensation") or {}).get("kept")
     parts.append(
         "<h2>Layers</h2>"
-        + (f"<p>{e(LAYER_ERRORS_BEFORE_COMPENSATION)}.</p>" if kept else "")
+        + (f"<p>{e(LAYER_ERRORS_BEFORE_COMPENSATION)}.</p>" if compensated else "")
         + "<table><tr><th class='l'>layer</th><th>Cout×Cin</th><th>stride</th>"
         "<th class='l'>format</th><th>ranks</th><th>params</th><th>MACs</th><th>calib err</th>"
         "<th>held-out err</th><th>weight err</th>"
