@@ -300,7 +300,8 @@ def peak_rss_mb(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> float | 
     with tempfile.TemporaryDirectory(prefix="ttgraph-rss-") as tmp:
         path, data = os.path.join(tmp, "m.onnx"), os.path.join(tmp, "feed.npz")
         onnx.save_model(model, path, save_as_external_data=model.ByteSize() > 1_900_000_000)
-        np.savez(data, **feed)
+        # numpy's stub: **feed might name allow_pickle (or file, a TypeError): an input so named is not measured
+        np.savez(data, **feed)  # type: ignore[arg-type]
         try:
             out = subprocess.run(
                 [sys.executable, "-c", _RSS_SCRIPT, path, data], capture_output=True, text=True, timeout=300
