@@ -164,6 +164,7 @@ def allocate(
         curves.append(curve)
     before = sum(layer.dense.cost(metric) for layer in layers)
     ratio = budget.ratio
+    chosen: list[Candidate] | None
     if ratio is None:  # max_error alone: the cheapest candidate within the cap, per layer
         chosen = [min(curve, key=lambda c: (c.cost(metric), c.error, c.index)) for curve in curves]
     else:

@@ -26,6 +26,7 @@ from passes.find_pointwise import PointwiseConv
 from ttgraph.bench import cpu_model, time_alternated
 from ttgraph.decompose import LayerCandidates
 from ttgraph.files import default_cache_dir, write_cache
+from ttgraph.model_io import static_dims
 from ttgraph.progress import progress_bar
 
 CACHE_ENV = "TTGRAPH_CACHE_DIR"
@@ -193,9 +194,9 @@ def timing_shape(conv: PointwiseConv) -> Shape | None:
     """The 2-D ``(cin, cout, h, w, stride)`` a pointwise conv is timed as, None where none fits: a 1-D conv over
     L positions is a 1 × L one, a 3-D conv at stride 1 a (D·H) × W one (a 1×1 conv's cost is its positions);
     dynamic sizes, and strides that differ per axis, are not timed."""
-    spatial = list(conv.input_shape[2:]) if conv.input_shape is not None else []
+    spatial = static_dims(conv.input_shape[2:]) if conv.input_shape is not None else None
     strides = {int(s) for s in conv.strides} or {1}
-    if not spatial or None in spatial or len(strides) > 1:
+    if not spatial or len(strides) > 1:
         return None
     stride = strides.pop()
     if len(spatial) == 1:
