@@ -175,10 +175,13 @@ def _prefix_runs(
     runs = [_outputs(tensors, model) for model in (*compressed, original)]
     defaults = input_defaults(original, [name for name, _ in tensors])
     for feed in feeds:
-        given = {name: feed[name] if name in feed else defaults.get(name) for name, _ in tensors}
+        given = {**defaults, **{name: feed[name] for name, _ in tensors if name in feed}}  # the graph inputs
         values = []
         for sess, fetch in runs:
             got = dict(zip(fetch, sess.run(fetch, dict(feed)), strict=True)) if sess else {}
+            missing = [name for name, _ in tensors if name not in got and name not in given]
+            if missing:  # a graph input neither fed nor given a default: check_feed lets none through
+                raise TTGraphError("calibration", f"a feed has no value for the input(s) {', '.join(missing)}")
             values.append({name: got[name] if name in got else given[name] for name, _ in tensors})
         yield feed, values[:-1], values[-1]
 
