@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import onnx
@@ -62,6 +62,7 @@ from ttgraph.model_io import (
     set_input_shapes,
     source_files,
     source_name,
+    static_dims,
 )
 from ttgraph.planner import COST_MODELS
 from ttgraph.progress import progress_bar
@@ -381,7 +382,13 @@ def choose_format(
     return fmt, note
 
 
-def _integer(name: str, value: Any) -> Any:
+@overload
+def _integer(name: str, value: None) -> None: ...
+@overload
+def _integer(name: str, value: Integer) -> int: ...
+@overload
+def _integer(name: str, value: Integer | None) -> int | None: ...
+def _integer(name: str, value: Any) -> int | None:
     """``value`` as a plain int (numpy integers included); None stays None."""
     if value is None:
         return None
@@ -398,7 +405,13 @@ def _flag(name: str, value: Any) -> bool:
     return bool(value)
 
 
-def _real(name: str, value: Any) -> Any:
+@overload
+def _real(name: str, value: None) -> None: ...
+@overload
+def _real(name: str, value: Real | Integer) -> float: ...
+@overload
+def _real(name: str, value: Real | Integer | None) -> float | None: ...
+def _real(name: str, value: Any) -> float | None:
     """``value`` as a plain finite float (numpy floats and ints included); None stays None."""
     if value is None:
         return None
@@ -779,9 +792,9 @@ def _compress_to_budget(
         if fixed:
             declared, input_shapes = original, fixed
             original = load_model(model, input_shapes)
-            first = ", ".join(f"{k}: {'×'.join(map(str, v))}" for k, v in fixed.items())
+            listed = ", ".join(f"{k}: {'×'.join(map(str, v))}" for k, v in fixed.items())
             hint = (
-                f": the first calibration sample fixed the model's dynamic dims ({first}) to count MACs at one "
+                f": the first calibration sample fixed the model's dynamic dims ({listed}) to count MACs at one "
                 "input shape; give samples of one size (the written model keeps its dynamic dims)"
             )
             source = calibration_source(calibration, original, preprocess, shape_hint=hint)
@@ -930,13 +943,13 @@ def _compress_to_budget(
         chosen = alloc.choices[lc.label]
         fit = fits.get(lc.label)
         if chosen.kind == "dense" and fit is not None and fit.weight is not None:
-            _replace_dense(lc.conv, fit)
+            _replace_dense(lc.conv, fit.weight, fit.bias)
         if chosen.kind != "dense":
             # dims fixed from the data: the TT layers read their output shape at run time, like the model's
             shape = lc.conv.fixed_output_shape if declared is None else None
             if fit is not None:
                 dtype = lc.conv.bias.dtype if lc.conv.bias is not None else lc.conv.weight_dtype
-                conv = dataclasses.replace(lc.conv, bias=fit.bias.astype(dtype), fixed_output_shape=shape)
+                conv = dataclasses.replace(lc.conv, bias=_factored_bias(fit).astype(dtype), fixed_output_shape=shape)
                 rewrites.append(LayerRewrite(conv, [c.copy() for c in fit.cores], chosen.order))
             else:
                 conv = dataclasses.replace(lc.conv, bias=lc.bias(chosen), fixed_output_shape=shape)
@@ -1048,7 +1061,7 @@ def _compress_to_budget(
             "inputs": "verify_feeds",
             **heldout_fidelity(original, rewritten, check_feeds, source=name, reference=reference, judge=judged_by),
         }
-    elif check_feeds is not None:
+    elif check_feeds is not None and held is not None:  # check_feeds is held
         report.verification = {
             "inputs": f"{held.length} held-out calibration sample{'s' * (held.length != 1)} (not used to fit)",
             **heldout_fidelity(
@@ -1121,7 +1134,7 @@ def _judge_compensation(
     compressed = [lc for lc in layers if lc.label in comp.fits]
     fresh = {c.label: c for c in _analyse(original)[1].candidates}  # the candidates' nodes may be rewritten since
     convs = [fresh[lc.label] for lc in compressed]
-    fitted = ({}, comp.fits)
+    fitted: tuple[Mapping[str, LayerFit], Mapping[str, LayerFit]] = ({}, comp.fits)  # without, with compensation
     models = [rewrite_allocation(original, layers, alloc, fits, name, check=False) for fits in fitted]  # run only
     outputs = [o.name for o in original.graph.output]
     tallies = [FidelityTally(outputs, judge=judge) for _ in models]
@@ -1143,9 +1156,11 @@ def _judge_compensation(
         stats = side_by_side(original, models, convs, feeds, tally, also=outputs, bar=bar)
     if reference is not None:
         reference.done(count)
-    ends = [t.result(name)["outputs"] for t in tallies]
-    errors = [layer_errors(compressed, alloc.choices, fits, st) for fits, st in zip(fitted, stats, strict=True)]
-    return _JudgedCompensation(*ends, *errors, *worse_and_better(*ends))
+    before, after = [t.result(name)["outputs"] for t in tallies]
+    layers_before, layers_after = [
+        layer_errors(compressed, alloc.choices, fits, st) for fits, st in zip(fitted, stats, strict=True)
+    ]
+    return _JudgedCompensation(before, after, layers_before, layers_after, *worse_and_better(before, after))
 
 
 def _input_noise_yardstick(
@@ -1300,12 +1315,12 @@ def rewrite_allocation(
         fit = fits.get(lc.label)
         if chosen.kind == "dense":
             if fit is not None and fit.weight is not None:
-                _replace_dense(by_label[lc.label], fit)
+                _replace_dense(by_label[lc.label], fit.weight, fit.bias)
             continue
         if fit is not None:
             conv = by_label[lc.label]
             dtype = conv.bias.dtype if conv.bias is not None else conv.weight_dtype
-            conv = dataclasses.replace(conv, bias=fit.bias.astype(dtype))
+            conv = dataclasses.replace(conv, bias=_factored_bias(fit).astype(dtype))
             rewrites.append(LayerRewrite(conv, [c.copy() for c in fit.cores], chosen.order))
             continue
         conv = dataclasses.replace(by_label[lc.label], bias=lc.bias(chosen))
@@ -1317,14 +1332,21 @@ def rewrite_allocation(
     return rewritten
 
 
-def _replace_dense(conv: PointwiseConv, fit: LayerFit) -> None:
+def _replace_dense(conv: PointwiseConv, weight: np.ndarray, bias: np.ndarray | None) -> None:
     """Give a kept-dense conv the refitted weight (and bias) of a compensation, as fresh constants."""
     node = conv.node
     shape = (conv.cout, conv.cin, *[1] * conv.spatial_rank)
-    node.inputs[1] = gs.Constant(f"{conv.label}/compensated/w", fit.weight.reshape(shape).astype(conv.weight_dtype))
-    if fit.bias is not None and len(node.inputs) > 2:
+    node.inputs[1] = gs.Constant(f"{conv.label}/compensated/w", weight.reshape(shape).astype(conv.weight_dtype))
+    if bias is not None and len(node.inputs) > 2:
         dtype = conv.bias.dtype if conv.bias is not None else conv.weight_dtype
-        node.inputs[2] = gs.Constant(f"{conv.label}/compensated/b", fit.bias.astype(dtype))
+        node.inputs[2] = gs.Constant(f"{conv.label}/compensated/b", bias.astype(dtype))
+
+
+def _factored_bias(fit: LayerFit) -> np.ndarray:
+    """The bias of a factored layer's compensation: such a fit always has one (only a dense refit may have none)."""
+    if fit.bias is None:
+        raise TTGraphError(fit.label, "the compensation of a factored layer came without a bias")
+    return fit.bias
 
 
 def _few_rows_note(conv: PointwiseConv, stats: CalibrationStatistics | None) -> str | None:
@@ -1514,7 +1536,7 @@ def whole_model_totals(original: onnx.ModelProto, written: onnx.ModelProto) -> d
         if model is written and any(input_dims(i) != shapes.get(i.name) for i in graph_inputs(model)):
             model = onnx.ModelProto()  # the written model kept dynamic dims: count it where the original was
             model.CopyFrom(written)
-            set_input_shapes(model, {k: v for k, v in shapes.items() if None not in v})
+            set_input_shapes(model, {k: d for k, v in shapes.items() if (d := static_dims(v)) is not None})
         total, unknown = model_macs(model, infer_shapes(model, wanted=_compute_tensors(model)))
         out[f"macs_{when}"] = None if unknown else total
     for key in ("params", "macs"):

@@ -8,7 +8,7 @@ and, when the inputs are static, the measured output error against the model bef
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ def lower_model(
     passes: Sequence[str] = DEFAULT_PASSES,
     *,
     check_error: bool = True,
-    feed: dict[str, Any] | None = None,
+    feed: Mapping[str, Any] | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """A lowered copy of ``model`` and the report: per pass what it changed, node counts, and (inputs static,
     ``check_error``) the max relative output error vs ``model`` in onnxruntime on ``feed`` — give a real input:
@@ -84,7 +84,7 @@ def lower_model(
     return lowered, report
 
 
-def rounding_scale(model: onnx.ModelProto, feed: dict[str, Any]) -> dict[str, float]:
+def rounding_scale(model: onnx.ModelProto, feed: Mapping[str, Any]) -> dict[str, float]:
     """Per output, how far ``model``'s own output moves (``max|Δ| / max|y|``) when its float inputs change by
     :data:`ROUNDING_NUDGE` (relative, seeded): the size of float rounding there. Near a saturated sigmoid — an
     input far smaller than the model was trained at, or random — that is percents of the output's largest value
