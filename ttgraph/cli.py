@@ -102,16 +102,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             handler = _raise_interrupted if signum == signal.SIGINT else _raise_terminated
             previous[signum] = signal.signal(signum, handler)
     out = sys.stdout
-    strict = isinstance(out, io.TextIOWrapper) and out.errors == "strict"
-    if strict:  # a console that cannot show "→" or "×" (cp1252) gets \u2192, not a traceback after the work
-        out.reconfigure(errors="backslashreplace")
+    strict = out if isinstance(out, io.TextIOWrapper) and out.errors == "strict" else None
+    if strict is not None:  # a console that cannot show "→" or "×" (cp1252) gets \u2192, not a traceback after the work
+        strict.reconfigure(errors="backslashreplace")
     try:
         return _run(argv)
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if strict:
-            out.reconfigure(errors="strict")
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+        if strict is not None:
+            strict.reconfigure(errors="strict")
 
 
 def _run(argv: Sequence[str] | None) -> int:
