@@ -281,10 +281,10 @@ def compare(
 # The child's own high-water mark: VmHWM counts this process image only, while ru_maxrss also keeps the mark
 # of the image it was forked from (the bench process, with both models and TVM loaded) across the exec.
 _RSS_SCRIPT = """
-import resource, sys, numpy as np, onnxruntime as ort
+import json, resource, sys, numpy as np, onnxruntime as ort
 o = ort.SessionOptions(); o.log_severity_level = 4; o.intra_op_num_threads = 1
 s = ort.InferenceSession(sys.argv[1], o, providers=["CPUExecutionProvider"])
-d = np.load(sys.argv[2]); s.run(None, {k: d[k] for k in d.files})
+d = np.load(sys.argv[2]); s.run(None, {n: d[f"arr_{i}"] for i, n in enumerate(json.loads(sys.argv[3]))})
 try:
     hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
     print(int(hwm.split()[1]) / 1024.0)
@@ -300,11 +300,14 @@ def peak_rss_mb(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> float | 
     with tempfile.TemporaryDirectory(prefix="ttgraph-rss-") as tmp:
         path, data = os.path.join(tmp, "m.onnx"), os.path.join(tmp, "feed.npz")
         onnx.save_model(model, path, save_as_external_data=model.ByteSize() > 1_900_000_000)
-        # numpy's stub: **feed might name allow_pickle (or file, a TypeError): an input so named is not measured
-        np.savez(data, **feed)  # type: ignore[arg-type]
+        # by position, the names beside: as keywords, an input named "file" or "allow_pickle" broke np.savez
+        np.savez(data, *feed.values())
         try:
             out = subprocess.run(
-                [sys.executable, "-c", _RSS_SCRIPT, path, data], capture_output=True, text=True, timeout=300
+                [sys.executable, "-c", _RSS_SCRIPT, path, data, json.dumps(list(feed))],
+                capture_output=True,
+                text=True,
+                timeout=300,
             )
             return float(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else None
         except (subprocess.TimeoutExpired, ValueError, IndexError):
