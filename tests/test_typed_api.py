@@ -93,3 +93,12 @@ def test_every_public_hint_resolves_at_run_time():
     assert "compress" in checked and "CompressionResult.save" in checked
     hints = typing.get_type_hints(ttgraph.compress)
     assert hints["calibration"] == ttgraph.calibration.CalibrationData | None
+
+
+def test_the_package_itself_type_checks():
+    """The internals too: mypy's findings there (an input that could be None among the arrays, a numpy call
+    taking input names as its own keywords) were bugs; new ones should fail here, not pile up."""
+    pytest.importorskip("mypy")
+    cmd = [sys.executable, "-m", "mypy", "--no-incremental", "ttgraph", "passes", "targets"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-4000:]
