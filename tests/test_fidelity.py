@@ -71,6 +71,79 @@ def test_a_map_with_no_pixel_above_the_threshold_in_either_model_has_no_iou():
     assert some.result("m")["outputs"][0]["binary_iou"] == 0.0
 
 
+def test_a_threshold_below_the_whole_original_map_has_no_iou():
+    """``--judge y=iou@-1`` on a sigmoid: every pixel of both maps is above it, so a broken model scored IoU 1.0 and
+    no warning; like 0/0, that IoU says nothing, and the relative error judges (and warns)."""
+    from ttgraph.commands.compress import _fidelity
+    from ttgraph.fidelity import FidelityTally, judged_metric
+    from ttgraph.report_html import far_off
+
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(0.1, 0.9, (2, 1, 4, 4)).astype(np.float32)
+    tally = FidelityTally(["y"], judge={"y": "iou@-1"})
+    tally.add([ref], [np.full_like(ref, 0.5)])
+    out = tally.result()["outputs"][0]
+    assert out["binary_iou"] is None and out["binary_iou_undefined"] == "every pixel of the original's map is above it"
+    assert judged_metric(out) == "rel_l2" and far_off(out, None) is not None
+    assert "IoU(>-1) n/a (every pixel of the original's map is above it)" in _fidelity(out)
+    some = FidelityTally(["y"], judge={"y": "iou@0.5"})  # a threshold inside the map's range: an IoU as before
+    some.add([ref], [np.full_like(ref, 0.5)])
+    assert some.result()["outputs"][0]["binary_iou"] == 0.0
+
+
+def test_a_tie_of_the_judged_metric_is_decided_by_the_relative_error():
+    """Top-1 on 8 held-out lines tied at 0.75 while compensation took the logits' error from 0.57 to 0.69: it was
+    kept, and the summary showed only the tie."""
+    from ttgraph.commands.compress import _end_to_end
+    from ttgraph.fidelity import worse_and_better
+
+    before = [{"name": "y", "top1_agreement": 0.75, "rel_l2": 0.570}]
+    after = [{"name": "y", "top1_agreement": 0.75, "rel_l2": 0.693}]
+    assert worse_and_better(before, after) == (1, 0)
+    assert _end_to_end({"before": before, "after": after}) == (
+        "; y top-1 agreement 0.7500 → 0.7500, rel L2 0.5700 → 0.6930 held out (worse)"
+    )
+    assert worse_and_better(after, before) == (0, 1)
+    same = [{"name": "y", "top1_agreement": 0.75, "rel_l2": 0.570 * (1 + 1e-9)}]
+    assert worse_and_better(before, same) == (0, 0)
+
+
+def test_top1_takes_the_class_axis_a_user_names():
+    """A recognizer's N×T×C scores: ``top1`` (axis 1) took the arg-max over time steps; ``top1@-1`` compares each
+    step's character."""
+    from onnx import TensorProto, helper
+
+    from ttgraph.fidelity import FidelityTally, parse_judge
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((2, 5, 7)).astype(np.float32)
+    got = ref.copy()
+    got[0, 2] = -got[0, 2]  # one time step of ten gets another character
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 7])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5, 7])],
+        )
+    )
+    assert parse_judge(["y=top1@-1"], model) == {"y": "top1@-1"} and parse_judge(["y=top1@1"], model) == {"y": "top1"}
+    tally = FidelityTally(["y"], judge=parse_judge(["y=top1@-1"], model))
+    tally.add([ref], [got])
+    out = tally.result()["outputs"][0]
+    assert out["top1_agreement"] == 9 / 10 and out["top1_axis"] == -1
+    for metric, needle in [
+        ("top1@3", "judge: y: top1@3 is past the output's 3 axes"),
+        ("top1@last", "judge: y: expected an axis (an integer) after top1@, got 'top1@last'"),
+        ("rel-l2@1", "judge: y: unknown metric 'rel-l2@1'"),
+    ]:
+        with pytest.raises(ttgraph.TTGraphError, match=re.escape(needle)):
+            parse_judge([f"y={metric}"], model)
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 1]))
+    with pytest.raises(ttgraph.TTGraphError, match=re.escape("top1 needs N × K scores along axis -1 (K ≥ 2)")):
+        parse_judge(["y=top1@-1"], model)
+
+
 def test_the_summary_marks_an_output_a_kept_step_made_worse():
     """Compensation is kept when no more outputs got worse than better: on a model of two outputs one may get
     worse, and the summary line must not bury that among the numbers."""
@@ -151,7 +224,7 @@ def test_judge_replaces_the_guess_an_outputs_shape_makes():
     ("judge", "needle"),
     [
         (["nope=iou"], "judge: the model has no output 'nope' (its outputs: y)"),
-        (["y=accuracy"], "judge: y: unknown metric 'accuracy' (known: iou, iou@THRESHOLD, top1, match, rel-l2)"),
+        (["y=accuracy"], "judge: y: unknown metric 'accuracy' (known: iou, iou@THRESHOLD, top1, top1@AXIS, match, "),
         (["y"], "judge: expected OUTPUT=METRIC"),
         (["y=iou@high"], "judge: y: expected a number after iou@"),
         ("y=iou", "judge: expected {output: metric} or ['OUTPUT=METRIC', ...]"),

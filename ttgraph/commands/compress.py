@@ -19,7 +19,7 @@ from ttgraph.api import CompressionReport, compress, our_factors
 from ttgraph.commands.common import add_input_shape_option, format_table, help_text, log_to_stderr
 from ttgraph.costs import human
 from ttgraph.errors import TTGraphError
-from ttgraph.fidelity import METRIC_LABELS, judged_change
+from ttgraph.fidelity import IOU_UNDEFINED, METRIC_LABELS, judged_change, judged_metric
 from ttgraph.files import check_output_path, distinct_outputs
 from ttgraph.model_io import parse_input_shapes, source_files
 from ttgraph.report_html import (
@@ -151,10 +151,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=None,
         metavar="OUTPUT=METRIC",
-        help="judge this model output's held-out fidelity by METRIC: iou, iou@THRESHOLD, top1, match or rel-l2 "
-        "(repeatable; default: by its shape — an N×1×H×W map in [0, 1] by IoU at 0.3, N×K scores by top-1, "
-        "integer or bool outputs by exact match, anything else by rel L2); the compensation's keep decision and "
-        "the warnings read it",
+        help="judge this model output's held-out fidelity by METRIC: iou, iou@THRESHOLD, top1 (classes on axis 1), "
+        "top1@AXIS (top1@-1: a recognizer's N×T×C), match or rel-l2 (repeatable; default: by its shape — an "
+        "N×1×H×W map in [0, 1] by IoU at 0.3, N×K scores by top-1, integer or bool outputs by exact match, anything "
+        "else by rel L2); the compensation's keep decision (a tie: the rel L2 decides) and the warnings read it",
     )
     budget.add_argument(
         "--html", help="with a budget: write an HTML report (table and plots of the calibrated choice) here"
@@ -213,8 +213,11 @@ def _end_to_end(ends: dict | None) -> str:
         judged = judged_change(before, after)
         if judged is not None:
             key, sign = judged
-            text += f"; {before['name']} {METRIC_LABELS[key]} {before[key]:.4f} → {after[key]:.4f} held out"
-            text += " (worse)" if sign < 0 else ""
+            shown = dict.fromkeys([judged_metric(before, after) or key, key])  # a tie, and the error that decided
+            text += f"; {before['name']} " + ", ".join(
+                f"{METRIC_LABELS[k]} {before[k]:.4f} → {after[k]:.4f}" for k in shown
+            )
+            text += " held out" + (" (worse)" if sign < 0 else "")
     return text
 
 
@@ -227,13 +230,14 @@ def _fidelity(out: dict) -> str:
         text += f", max rel {out['max_rel']:.3g}"
     text += f", rel L2 {out['rel_l2']:.3g}"
     if "top1_agreement" in out:
-        text += f", top-1 agreement {out['top1_agreement']:.4f}"
+        axis = f" over axis {out['top1_axis']}" if "top1_axis" in out else ""
+        text += f", top-1 agreement{axis} {out['top1_agreement']:.4f}"
     if "match" in out:
         text += f", exact match {out['match']:.4f}"
     if "binary_iou" in out:
         iou = out["binary_iou"]
         text += f", IoU(>{out['iou_threshold']:g}) " + (
-            "n/a (no pixel above it in either map)" if iou is None else f"{iou:.4f}"
+            f"n/a ({out.get('binary_iou_undefined', IOU_UNDEFINED[0])})" if iou is None else f"{iou:.4f}"
         )
     return text
 
