@@ -181,6 +181,21 @@ def test_a_model_onnxruntime_cannot_run_is_named_by_its_file(tmp_path):
         (["--macs-ratio", "0.5", "--calib", "IMGS", "--preprocess", "nosuch"], "unknown preset"),
         (["--macs-ratio", "0.5", "--calib", "IMGS", "--holdout", "-1"], "--holdout"),
         (["--macs-ratio", "0.5", "--calib", "nothere"], "no such file"),
+        # each was run and then dropped: the same model, a report saying it was used, or nothing kept
+        (
+            ["--max-error", "0.1", "--calib", "IMGS", "--sensitivity", "2"],
+            "--sensitivity: weights the layers' errors against each other in a ratio budget; --max-error alone",
+        ),
+        (
+            ["--macs-ratio", "0.5", "--calib", "IMGS", "--holdout", "0", "--distill", "1"],
+            "--distill: keeps the epoch that does best on held-out samples, and none is held out (--holdout)",
+        ),
+        (["--macs-ratio", "0.5", "--calib", "IMGS", "--method", "weight", "--compensate"], "--compensate goes with"),
+        (
+            ["--macs-ratio", "0.5", "--calib", "IMGS", "--method", "weight", "--compensate-samples", "8"],
+            "--compensate-samples goes with --method data",
+        ),
+        (["--macs-ratio", "0.5", "--calib", "IMGS", "--holdout", "1.0"], "a fraction in [0, 1) (0.1), got '1.0'"),
     ],
 )
 def test_bad_budget_options_are_one_line_errors(setup, tmp_path, args, needle):

@@ -48,6 +48,9 @@ def test_numpy_scalars_and_arrays_as_options_give_a_plain_json_report(tmp_path):
         ({"rank": 2, "input_shapes": {"x": 3}}, "input_shapes: expected a list of integer dims per input"),
         ({"rank": 2, "layers": 5}, "layers: expected conv names"),
         ({"rank": 2, "layers": [5]}, "layers: expected conv names"),
+        ({"rank": 2, "layers": []}, "layers: names no conv"),  # every conv was skipped without a word
+        ({"max_error": 0.1, "calibration": [], "sensitivity": 2}, "sensitivity: weights the layers' errors"),
+        ({"macs_ratio": 0.5, "method": "weight", "compensate_samples": 8}, "compensate_samples: goes with method"),
         ({"rank": 2, "lower": 5}, "lower: expected True, False or pass names"),
         ({"rank": 2, "verify_feeds": 5}, "verify_feeds: expected a list of feed dicts, got int"),
         ({"macs_ratio": 0.5, "calibration": [], "latency_threads": 0}, "latency_threads: expected ≥ 1, got 0"),

@@ -547,6 +547,8 @@ def compress(
         layers = list(dict.fromkeys(layers))  # read once (a generator checked here would be empty later), no repeats
     if layers is not None and (not isinstance(layers, list) or not all(isinstance(n, str) for n in layers)):
         raise TTGraphError("layers", f"expected conv names (a string or a list of strings), got {layers!r}")
+    if layers == []:  # every conv was skipped as "not among the layers selected", without an error
+        raise TTGraphError("layers", "names no conv: give at least one, or leave it out (None) for every conv")
     lower = [name.strip() for name in lower.split(",") if name.strip()] if isinstance(lower, str) else lower
     if not isinstance(lower, bool) and isinstance(lower, Iterable):
         lower = list(lower)  # read once, here, not found empty by the pass runner
@@ -577,6 +579,14 @@ def compress(
         )
     if sensitivity < 0:
         raise TTGraphError("sensitivity", f"expected a sample count ≥ 0 (0: off), got {sensitivity}")
+    if sensitivity and max_error is not None and all(x is None for x in (macs_ratio, params_ratio, latency_ratio)):
+        raise TTGraphError(  # the same model came out, after the runs, with the report saying it was weighted
+            "sensitivity",
+            "weights the layers' errors against each other in a ratio budget; max_error alone caps each layer by "
+            "itself: give macs_ratio, params_ratio or latency_ratio too, or leave sensitivity out",
+        )
+    if method == "weight" and compensate_samples is not None:
+        raise TTGraphError("compensate_samples", "goes with method='data': compensation refits data-aware factors")
     if budgeted:
         with naming(source_name(model)):
             result = _compress_to_budget(
@@ -824,6 +834,10 @@ def _compress_to_budget(
         streamed = source.length is None and not isinstance(holdout, numbers.Integral) and holdout > 0
         if judged_by and verify_feeds is None and not held.length and not streamed:
             raise TTGraphError("judge", "judges the held-out outputs, and no calibration sample is held out (holdout)")
+        if epochs and not held.length:  # it trained, then threw every epoch away: "no better on held-out samples"
+            raise TTGraphError(
+                "distill", "keeps the epoch that does best on held-out samples, and none is held out (holdout)"
+            )
         if epochs and not calib.reiterable:
             raise TTGraphError(
                 "distill",

@@ -52,6 +52,7 @@ OPTION_FLAGS = {
     "compensate_samples": "--compensate-samples",
     "rank_multiple": "--rank-multiple",
     "judge": "--judge",
+    "distill": "--distill",
     "target": "--target",
     "tune": "--tune",
     "tune_minutes": "--tune-minutes",

@@ -90,7 +90,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--latency-threads", type=int, default=None, help="onnxruntime threads for --latency-ratio timings (default 1)"
     )
     budget.add_argument(
-        "--max-error", type=float, help="every layer's calibration output error ≤ E (alone or with a ratio)"
+        "--max-error",
+        type=float,
+        help="every layer's calibration output error ≤ E (alone or with a ratio), as allocated: compensation then "
+        "refits the factors to the network's outputs, which can take a layer's own error past E",
     )
     budget.add_argument(
         "--method",
@@ -114,7 +117,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="calibration samples the compensation reads (N spread over them; default 0 = as many as hold 2^25 "
+        help="calibration samples the compensation reads (N spread over them; default: as many as hold 2^25 "
         "input values, at least 8: 28 images at 640×640)",
     )
     budget.add_argument(
@@ -243,13 +246,17 @@ def _fidelity(out: dict) -> str:
 
 
 def _holdout(text: str) -> int | float:
+    """A count written as an integer (8), else a fraction in [0, 1) (0.1), as the library reads an int or a
+    float: "1.0" was taken for a count of 1 here and refused as a fraction there."""
+    if text.strip().isdigit():
+        return int(text)
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if value < 0 or (value >= 1 and not value.is_integer()):
+    if not 0 <= value < 1:
         raise TTGraphError("--holdout", f"expected a count (8) or a fraction in [0, 1) (0.1), got {text!r}")
-    return int(value) if value >= 1 else value
+    return value
 
 
 def _flag(args: argparse.Namespace, key: str) -> str:
@@ -306,6 +313,9 @@ def run(args: argparse.Namespace) -> int:
         raise TTGraphError("--latency-threads", "--latency-threads goes with --latency-ratio (it sets its timings)")
     if args.compensate_samples and args.compensate is False:
         raise TTGraphError("--compensate-samples", "--compensate-samples and --no-compensate contradict each other")
+    given = [_flag(args, key) for key in ("compensate", "compensate_samples") if getattr(args, key)]
+    if args.method == "weight" and given:  # it printed "not compensated" and exited 0
+        raise TTGraphError(given[0], f"{_go_with(given)} --method data: compensation refits data-aware factors")
     if args.plan_cost not in (None, "flops") and args.cores == 1:
         raise TTGraphError(
             "--plan-cost",
