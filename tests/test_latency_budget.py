@@ -84,6 +84,26 @@ def test_latencies_are_measured_once_and_then_read_from_the_cache(tmp_path, monk
     assert (tmp_path / latency.CACHE_FILE).read_text() == entries
 
 
+@pytest.mark.parametrize("bad", ["fast", -5.0, None])
+def test_a_cached_timing_that_is_no_positive_number_is_timed_again_with_a_warning(tmp_path, monkeypatch, caplog, bad):
+    """An edited cache's "fast" was a 35-line ValueError traceback; its -5.0 a time the allocation believed."""
+    import json
+
+    monkeypatch.setenv(latency.CACHE_ENV, str(tmp_path))
+    model_layers = candidates(two_layer_model())
+    first = latency.attach_latencies(model_layers, runs=3, points=2)
+    path = tmp_path / latency.CACHE_FILE
+    entries = json.loads(path.read_text())
+    damaged = dict.fromkeys(entries, bad)
+    path.write_text(json.dumps(damaged))
+    with caplog.at_level("WARNING", logger="ttgraph.compress"):
+        again = latency.attach_latencies(model_layers, runs=3, points=2)
+    assert f"{len(entries)} cached timing(s) are not positive numbers" in caplog.text
+    assert all(c.latency and c.latency > 0 for layer in again for c in layer.candidates)
+    assert set(json.loads(path.read_text())) == set(entries) and len(first) == len(again)
+    assert all(v > 0 for v in json.loads(path.read_text()).values())  # timed again and stored over the damage
+
+
 def test_a_busy_spell_while_the_dense_convs_are_timed_slows_every_layer_alike(tmp_path, monkeypatch):
     """The allocator weighs each layer's share of the 1×1 time. Two layers of equal MACs, timed while another
     process takes the CPU for the first half of the measuring and leaves it for the second (each run reports its

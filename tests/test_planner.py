@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import random
+import re
 import time
 
 import networkx as nx
@@ -482,6 +483,10 @@ def test_measured_cost_times_each_shape_once_and_round_trips_the_disk_cache(tmp_
     (tmp_path / "measured-broken.json").write_text("{not json")
     with pytest.raises(TTGraphError, match="measured cost table"):
         plan_layer(*args, cost=MeasuredCost(cache_dir=tmp_path, target="broken", timer=fake_timer))
+    key = next(iter(table["entries"]))  # an edited table's negative time would be the cheapest order of all
+    (tmp_path / "measured-edited.json").write_text(json.dumps({"target": "edited", "entries": {key: -5.0}}))
+    with pytest.raises(TTGraphError, match=f"measured-edited.json: .*entry '{re.escape(key)}' is -5.0, not a positive"):
+        plan_layer(*args, cost=MeasuredCost(cache_dir=tmp_path, target="edited", timer=fake_timer))
 
 
 def test_measured_cost_plans_on_when_its_table_cannot_be_written(tmp_path, caplog):

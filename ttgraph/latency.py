@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from ttgraph.progress import progress_bar
 
 CACHE_ENV = "TTGRAPH_CACHE_DIR"
 CACHE_FILE = "latency.json"
+log = logging.getLogger("ttgraph.compress")  # as write_cache warns: the command line shows it
 
 
 def cache_path() -> Path:
@@ -85,11 +88,28 @@ def _key(
 
 
 def _load_cache(path: Path) -> dict[str, float]:
+    """The cached timings; an entry that is no positive number (an edited or damaged file: "fast", -5) is
+    dropped with a warning and timed again — it was a traceback, or a negative time the allocation believed."""
     try:
         data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
+    data = data if isinstance(data, dict) else {}
+    good = {k: float(v) for k, v in data.items() if _is_time(v)}
+    if len(good) < len(data):
+        bad = next(k for k in data if k not in good)
+        log.warning(
+            "%s: %d cached timing(s) are not positive numbers (%s: %r); timing them again",
+            path,
+            len(data) - len(good),
+            bad,
+            data[bad],
+        )
+    return good
+
+
+def _is_time(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def lowrank_speedup(

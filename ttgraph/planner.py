@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -279,6 +280,9 @@ class MeasuredCost:
                 try:
                     data = json.loads(path.read_text())
                     self._table = {str(k): float(v) for k, v in data["entries"].items()}
+                    bad = next((k for k, v in self._table.items() if not (math.isfinite(v) and v > 0)), None)
+                    if bad is not None:  # a negative time would be the cheapest order there is
+                        raise ValueError(f"entry {bad!r} is {self._table[bad]}, not a positive time")
                 except (ValueError, KeyError, TypeError, AttributeError) as err:
                     raise TTGraphError(
                         path,
