@@ -407,3 +407,25 @@ def test_a_check_on_an_output_that_is_zero_everywhere_says_it_proves_nothing(tmp
     out = capsys.readouterr().out
     assert "check not informative: every output of the model is 0" in out and "max rel. change" not in out
     assert "(the original's output is 0 everywhere on these inputs: this compares nothing)" in out
+
+
+def test_a_lowering_of_a_model_with_dynamic_dims_says_it_went_unchecked(tmp_path, capsys):
+    """Its report gave ``max_rel_error: null`` beside ``error_input: "one standard-normal input"`` and the summary
+    line just left the change out: the safety net had not run, and nothing said so."""
+    w, b = _weights(6, 4)
+    rng = np.random.default_rng(1)
+    bn = {"s": rng.uniform(0.5, 2, 6), "t": rng.standard_normal(6), "mu": rng.standard_normal(6)}
+    nodes = [
+        _conv("c", "x", "h", w, b),
+        helper.make_node("BatchNormalization", ["h", "s", "t", "mu", "v"], ["z"]),
+        helper.make_node("Relu", ["z"], ["y"]),
+    ]
+    model = _model(nodes, {"c_w": w, "c_b": b, **bn, "v": rng.uniform(0.5, 2, 6)}, hw=("h", "w"))
+    lowered, report = lower_model(model, ["fold-affine"])
+    assert _ops(lowered) == ["Conv", "Relu"] and report["max_rel_error"] is None
+    assert report["error_check"] == "not measured: the model's input dims are dynamic"
+    assert report["error_input"] is None
+    src = tmp_path / "dynamic.onnx"
+    onnx.save(model, src)
+    assert main(["compress", str(src), "-o", str(tmp_path / "d.onnx"), "--rank-ratio", "1"]) == 0
+    assert "check not measured: the model's input dims are dynamic" in capsys.readouterr().out
