@@ -107,6 +107,30 @@ def test_save_replaces_atomically_and_leaves_no_temporary_files(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
 
 
+def test_outputs_named_by_a_symbolic_link_are_written_through_it(tmp_path):
+    """A link "latest.onnx → v3.onnx": the rename replaced the link by a plain file and left v3.onnx as it was."""
+    from ttgraph.cli import main
+
+    (tmp_path / "v3").mkdir()
+    real, report = tmp_path / "v3" / "m.onnx", tmp_path / "v3" / "r.json"
+    real.write_bytes(b"old")
+    report.write_text("{}")
+    (tmp_path / "latest.onnx").symlink_to(real)
+    (tmp_path / "latest.json").symlink_to(report)
+    src = tmp_path / "src.onnx"
+    onnx.save(conv_model(8, 8), src)
+    out, json_out = tmp_path / "latest.onnx", tmp_path / "latest.json"
+    assert main(["compress", str(src), "-o", str(out), "--rank", "2", "--report", str(json_out), "--quiet"]) == 0
+    assert out.is_symlink() and json_out.is_symlink()
+    assert onnx.load(real).graph.node and '"layers"' in report.read_text()
+    assert sorted(p.name for p in (tmp_path / "v3").iterdir()) == ["m.onnx", "r.json"]
+    model_io.save_model(conv_model(4, 4), out)  # the library too
+    assert out.is_symlink() and onnx.load(real) == conv_model(4, 4)
+    (tmp_path / "src-link.onnx").symlink_to(src)  # a link to the input is still the input
+    with pytest.raises(TTGraphError, match="output path is the input file"):
+        model_io.save_model(conv_model(4, 4), tmp_path / "src-link.onnx", source=src)
+
+
 def test_input_shapes_fix_dynamic_dims_and_reject_conflicts():
     model = conv_model(8, 8, hw=("h", "w"), batch="n")
     fixed = model_io.load_model(model, {"x": [2, 8, 5, 7]})
@@ -200,15 +224,17 @@ def test_doc_strings_and_metadata_of_nodes_inputs_outputs_and_graph_are_kept(tmp
 
 
 def test_training_info_that_trains_a_replaced_weight_is_dropped():
-    model = conv_model(16, 24, hw=(8, 8))
+    from tests.test_compensate import stacked_convs
+
+    model = stacked_convs()
     info = onnx.TrainingInfoProto()
-    new_w = helper.make_tensor_value_info("w_new", TensorProto.FLOAT, [24, 16, 1, 1])
-    info.algorithm.CopyFrom(helper.make_graph([helper.make_node("Identity", ["w"], ["w_new"])], "step", [], [new_w]))
-    info.update_binding.add(key="w", value="w_new")
+    new_w = helper.make_tensor_value_info("w_new", TensorProto.FLOAT, [12, 12, 1, 1])
+    info.algorithm.CopyFrom(helper.make_graph([helper.make_node("Identity", ["w1"], ["w_new"])], "step", [], [new_w]))
+    info.update_binding.add(key="w1", value="w_new")
     model.training_info.append(info)
     onnx.checker.check_model(model)
-    assert len(ttgraph.compress(model, rank=4, lower=False).model.training_info) == 0  # 'w' is gone
-    assert len(ttgraph.compress(model, rank=4, layers=[]).model.training_info) == 1  # nothing replaced
+    assert len(ttgraph.compress(model, rank=4, lower=False).model.training_info) == 0  # 'w1' is gone
+    assert len(ttgraph.compress(model, rank=4, layers=["conv2"]).model.training_info) == 1  # 'w1' is kept
 
 
 def test_a_graph_output_declared_without_a_shape_gets_the_inferred_one():

@@ -17,8 +17,12 @@ from ttgraph.errors import TTGraphError
 
 
 def check_output_path(path: str | os.PathLike[str], inputs: tuple[str | os.PathLike[str], ...] = ()) -> Path:
-    """Fail early, before any work, if ``path`` cannot be written or would overwrite one of ``inputs``."""
+    """Fail early, before any work, if ``path`` cannot be written or would overwrite one of ``inputs``. The path to
+    write: a symbolic link's target, as ``open()`` would write (a rename over the link replaced "latest.onnx →
+    v3.onnx" by a plain file and left v3.onnx old)."""
     target = Path(path)
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
     for source in inputs:
         if _same_file(Path(source), target):
             raise TTGraphError(target, f"output path is the input file {source}; choose another output file")
