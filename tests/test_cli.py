@@ -83,6 +83,11 @@ def test_compress_writes_model_and_report_and_leaves_the_input_alone(small_model
     assert data["verification"]["outputs"][0]["name"] == "y"
     assert sha256(small_model) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx", "report.json", "small.onnx"]
+    # the HTML report too (the command line refused it for a rank rule, which the library wrote)
+    page = tmp_path / "r.html"
+    proc = ttgraph_cli("compress", small_model, "-o", out, "--rank", "4", "--html", page, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "<table" in page.read_text() and ">conv<" in page.read_text()
 
 
 def test_full_rank_compress_from_the_cli_is_exact(small_model, tmp_path):

@@ -160,7 +160,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "else by rel L2); the compensation's keep decision (a tie: the rel L2 decides) and the warnings read it",
     )
     budget.add_argument(
-        "--html", help="with a budget: write an HTML report (table and plots of the calibrated choice) here"
+        "--html", help="write an HTML report here (the table; with a budget, plots of the calibrated choice too)"
     )
     p.add_argument("--layer", action="append", default=None, help="rewrite only this conv (repeatable)")
     p.add_argument("--report", help="write the JSON report here")
@@ -336,10 +336,10 @@ def run(args: argparse.Namespace) -> int:
             setattr(args, key, value)
     if budgeted and args.calib is None and args.method == "data":
         raise TTGraphError("options", "a budget needs calibration data: --calib DIR_OR_FILE")
-    if not budgeted and (args.calib or args.html or args.sensitivity or args.distill):
+    if not budgeted and (args.calib or args.sensitivity or args.distill):
         raise TTGraphError(
             "options",
-            "--calib, --html, --sensitivity and --distill go with a budget "
+            "--calib, --sensitivity and --distill go with a budget "
             "(--macs-ratio, --params-ratio, --latency-ratio, --max-error)",
         )
     # Check every output path before any work, so a bad path fails in a second, not after decomposition.
