@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -128,9 +129,12 @@ def _add_shape_option(p: argparse.ArgumentParser) -> None:
 
 
 def _default_output(model: str, target: str) -> Path:
+    """``<model>.<target><suffix>``: an Android target's ``.so`` when ``$TVM_NDK_CC`` is set to link it (and
+    checked like one given with ``-o``), else its ``.tar`` of objects — a set TVM_NDK_CC was ignored for it."""
     preset = resolve_target(target)
     label = preset.name if preset.name != "custom" else "custom"
-    return Path(f"{Path(model).stem}.{label}{preset.export_format}")
+    suffix = ".so" if preset.ndk and os.environ.get("TVM_NDK_CC") else preset.export_format
+    return Path(f"{Path(model).stem}.{label}{suffix}")
 
 
 def run_compile(args: argparse.Namespace) -> int:

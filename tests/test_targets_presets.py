@@ -6,6 +6,7 @@ import argparse
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 from tvm_helpers import pointwise_model, resize_model
@@ -186,6 +187,28 @@ def test_an_android_link_needs_the_ndks_own_compiler_for_its_abi(tmp_path, monke
     with pytest.raises(TTGraphError, match=re.escape(needle)):
         compile_model(pointwise_model(), preset, tmp_path / "m.so")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_android_default_output_is_the_so_that_tvm_ndk_cc_links(tmp_path, monkeypatch, capsys):
+    """With $TVM_NDK_CC set (even to a path that is not there) a compile without -o wrote the .tar anyway and
+    never looked at it; the README promises a .so then."""
+    import onnx
+
+    from ttgraph.cli import main
+
+    model = tmp_path / "m.onnx"
+    onnx.save(pointwise_model(), model)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TVM_NDK_CC", "/missing/clang++")
+    assert main(["compile", str(model), "-t", "arm64-android"]) == 2
+    assert (
+        "m.arm64-android.so: a .so for arm64-android must be linked by the Android NDK's clang++ and "
+        "TVM_NDK_CC='/missing/clang++' is not found" in capsys.readouterr().err
+    )
+    monkeypatch.delenv("TVM_NDK_CC")
+    from targets.cli import _default_output
+
+    assert _default_output("m.onnx", "arm64-android") == Path("m.arm64-android.tar")
 
 
 def test_a_cxx_with_arguments_is_refused_before_the_build(tmp_path, monkeypatch):
