@@ -91,7 +91,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=("onnxruntime", "tvm"),
         help="runtime of an A/B comparison (default: onnxruntime; tvm with --rpc/--tracker)",
     )
-    p.add_argument("--threads", default=None, help="comma-separated thread counts (default: 1 and all cores)")
+    p.add_argument(
+        "--threads", default=None, help="comma-separated thread counts (default: 1 and all cores, or $TTGRAPH_THREADS)"
+    )
     p.add_argument("--warmup", type=int, default=3, help="warm-up rounds, not timed (default 3)")
     p.add_argument("--runs", type=int, default=20, help="timed rounds (default 20)")
     p.add_argument("--plot", metavar="PNG", help="write a bar chart of the speedups (matplotlib)")
@@ -210,10 +212,12 @@ MAX_THREADS = 1024  # beyond any machine's cores; 100000 made onnxruntime hang c
 
 
 def _parse_threads(text: str | None) -> list[int]:
-    import os
+    """``--threads``; by default 1 and all cores — or $TTGRAPH_THREADS, the cap a pipeline sets on every
+    onnxruntime session ttgraph opens, which bench ignored."""
+    from ttgraph.verify import default_threads
 
     if text is None:
-        cores = os.cpu_count() or 1
+        cores = default_threads() or os.cpu_count() or 1
         return [1] if cores == 1 else [1, cores]
     try:
         values = [int(t) for t in text.split(",") if t.strip()]

@@ -369,3 +369,13 @@ def test_a_table_says_when_its_speedups_span_one_or_rest_on_too_few_rounds():
     assert "*" not in faster and "rounds" in faster.splitlines()[0] and "only" not in faster
     once = BenchReport({"a": "a.onnx", "b": "b.onnx"}, "onnxruntime", 0, 1, [row(1.35, 1.35, 1.35)]).table()
     assert "only 1 round: the p10–p90 spans rest on too few pairs to read (--runs 10 or more)" in once
+
+
+def test_the_default_thread_counts_follow_ttgraph_threads(monkeypatch):
+    """$TTGRAPH_THREADS caps every onnxruntime session ttgraph opens; bench still timed at every core."""
+    from targets.cli import _parse_threads
+
+    monkeypatch.setenv("TTGRAPH_THREADS", "3")
+    assert _parse_threads(None) == [1, 3] and _parse_threads("2") == [2]  # given explicitly: as given
+    monkeypatch.setenv("TTGRAPH_THREADS", "1")
+    assert _parse_threads(None) == [1]
