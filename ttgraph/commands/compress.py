@@ -46,7 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--cores",
         type=int,
         default=1,
-        help="TT order d: 1 = low-rank (two 1×1 convs), 2..8 = TT; with a budget, try every d from 1 to this",
+        help="TT order d: 1 = low-rank (two 1×1 convs, the default), 2..8 = TT; with a budget, try every d from 1 "
+        "to this",
     )
     p.add_argument(
         "--plan-cost",
@@ -69,7 +70,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="how images become inputs: a preset (imagenet, imagenet-bgr, paddleocr-det, paddleocr-cls, "
         "paddleocr-rec, unit, symmetric, raw, caffe) then key=value items, e.g. paddleocr-det,size=640x640 "
         "(keys: size=HxW, channels=rgb|bgr|gray, scale=1/255, mean=a:b:c, std=a:b:c, layout=nchw|nhwc, "
-        "resize=stretch|pad; paddleocr-cls/-rec pad, keeping a line's aspect ratio)",
+        "resize=stretch|pad; paddleocr-cls/-rec pad, keeping a line's aspect ratio). Without it, images are fed "
+        "as RGB pixels / 255 (uint8 inputs: the pixels) with no mean or std: rarely what a third-party model expects",
     )
     budget.add_argument(
         "--holdout",
@@ -102,7 +104,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="data: fit to calibration statistics (default); weight: data-free SVD baseline",
     )
     budget.add_argument(
-        "--rank-multiple", type=int, default=None, help="low-rank ranks are multiples of this (16 suits AVX-512)"
+        "--rank-multiple",
+        type=int,
+        default=None,
+        help="low-rank ranks are multiples of this (default 1; 16 suits AVX-512)",
     )
     budget.add_argument(
         "--compensate",

@@ -32,7 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ranks", type=_ints, help="one inner rank for all bonds, the d−1 inner ranks, or all d+1")
     p.add_argument("--hw", help="spatial size HxW of the layer's output (default 1x1)")
     p.add_argument("--batch", type=int, default=None, help="images per run (default 1; one layer only)")
-    p.add_argument("--cost", default="flops", choices=["flops", "roofline", "measured"], help="cost model")
+    p.add_argument(
+        "--cost", default="flops", choices=["flops", "roofline", "measured"], help="cost model (default flops)"
+    )
     p.add_argument("--merges", action="store_true", help="allow offline core-core merges (changes params)")
     p.add_argument("--any-layout", action="store_true", help="allow orders that need a Transpose on NCHW data")
     p.add_argument("--json", action="store_true", help="print JSON (total_cost in MACs under --cost flops)")
