@@ -21,8 +21,6 @@ def check_output_path(path: str | os.PathLike[str], inputs: tuple[str | os.PathL
     write: a symbolic link's target, as ``open()`` would write (a rename over the link replaced "latest.onnx →
     v3.onnx" by a plain file and left v3.onnx old)."""
     target = Path(path)
-    if target.is_symlink():
-        target = Path(os.path.realpath(target))
     for source in inputs:
         if _same_file(Path(source), target):
             raise TTGraphError(target, f"output path is the input file {source}; choose another output file")
@@ -33,6 +31,11 @@ def check_output_path(path: str | os.PathLike[str], inputs: tuple[str | os.PathL
     if len(os.fsencode(target.name)) > limit:  # else OSError "File name too long" from the first stat
         size = len(os.fsencode(target.name))
         raise TTGraphError(target, f"the file name is {size} bytes; this file system allows {limit}")
+    if target.is_symlink():  # after the length check: an over-long name's lstat fails
+        real = Path(os.path.realpath(target))
+        if real.is_symlink():
+            raise TTGraphError(target, "output path is a symbolic link that loops; choose a file to write")
+        return check_output_path(real, inputs)
     if target.is_dir():
         raise TTGraphError(target, "output path is a directory")
     if target.exists() and not target.is_file():  # the rename would replace a device or FIFO (as root: /dev/null)
