@@ -994,9 +994,9 @@ def test_blank_calibration_samples_are_a_warning_not_a_perfect_score(tmp_path):
     assert (
         ttgraph.compress(model, calibration=rows, params_ratio=0.75, holdout=2).report.calibration["blank_inputs"] == []
     )
-    warning = "warning: every calibration sample of input 'x' held a single value throughout (blank images?"
+    warning = "warning: every calibration sample of input 'x' was blank, one colour per channel or one value"
     assert warning in render(white.report) and warning not in render(real.report)
-    assert "Warning: every calibration sample of input &#x27;x&#x27; held a single value" in render_html(black.report)
+    assert "Warning: every calibration sample of input &#x27;x&#x27; was blank" in render_html(black.report)
 
 
 def test_a_constant_second_input_beside_real_samples_is_no_blank_calibration():

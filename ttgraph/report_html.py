@@ -113,8 +113,9 @@ def blank_text(inputs: list[str]) -> str:
     """What a calibration of blank samples means, for the summary and the HTML report."""
     names = ", ".join(repr(n) for n in inputs)
     return (
-        f"every calibration sample of input {names} held a single value throughout (blank images? check the "
-        "preprocessing): each layer fitted it exactly, so the errors and fidelity reported say nothing of real inputs"
+        f"every calibration sample of input {names} was blank, one colour per channel or one value throughout "
+        "(check the preprocessing): each layer fitted it exactly, so the errors and fidelity reported say nothing of "
+        "real inputs"
     )
 
 
