@@ -156,6 +156,9 @@ def test_the_summary_marks_an_output_a_kept_step_made_worse():
     assert _end_to_end(ends) == "; maps IoU 0.9000 → 0.9500 held out; boxes rel L2 0.1000 → 0.1200 held out (worse)"
     same = {"before": [{"name": "y", "rel_l2": 0.1}], "after": [{"name": "y", "rel_l2": 0.1 * (1 + 1e-9)}]}
     assert _end_to_end(same) == "; y rel L2 0.1000 → 0.1000 held out"
+    # a change below the fourth decimal that decided: shown with the digits that tell the two apart
+    small = {"before": [{"name": "y", "rel_l2": 0.000656}], "after": [{"name": "y", "rel_l2": 0.000689}]}
+    assert _end_to_end(small) == "; y rel L2 0.000656 → 0.000689 held out (worse)"
 
 
 def test_a_held_out_loss_far_beyond_the_input_noise_yardstick_is_a_warning():

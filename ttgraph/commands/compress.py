@@ -223,10 +223,19 @@ def _end_to_end(ends: dict | None) -> str:
             key, sign = judged
             shown = dict.fromkeys([judged_metric(before, after) or key, key])  # a tie, and the error that decided
             text += f"; {before['name']} " + ", ".join(
-                f"{METRIC_LABELS[k]} {before[k]:.4f} → {after[k]:.4f}" for k in shown
+                f"{METRIC_LABELS[k]} {' → '.join(_apart(before[k], after[k]))}" for k in shown
             )
             text += " held out" + (" (worse)" if sign < 0 else "")
     return text
+
+
+def _apart(a: float, b: float) -> tuple[str, str]:
+    """``a`` and ``b`` to 4 decimals, or to as many significant digits as tell them apart (up to 8): "rel L2
+    0.0007 → 0.0007 held out (worse)" hid the change that decided."""
+    x, y = f"{a:.4f}", f"{b:.4f}"
+    if x == y:
+        x, y = next(((f"{a:.{d}g}", f"{b:.{d}g}") for d in range(3, 9) if f"{a:.{d}g}" != f"{b:.{d}g}"), (x, y))
+    return x, y
 
 
 def _fidelity(out: dict) -> str:
