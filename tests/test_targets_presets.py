@@ -303,3 +303,15 @@ def test_keywords_given_values_become_flags_only_in_that_form():
         "--tune: tune the target with --tune N, --tune-minutes M or --no-tune-db; the key 'tune=3' stays; "
         "--rpc H:P --key K"
     )
+    # prose, paths and what the user typed stay as they are (they read "expected --key value", "--tune-db/m.onnx")
+    for source, what in [
+        ("--preprocess", "expected key=value, got 'foo' (a preset goes first)"),
+        ("m.onnx", "output path is the input file tune_db/m.onnx; see /tmp/holdout/logs"),
+        ("m.onnx", "output path is the input file key=v1/m.onnx"),
+        ("--target", "LLVM knows no CPU feature +key=1 here"),
+    ]:
+        assert TTGraphError(source, what).one_line(flags=True) == f"{source}: {what}"
+    # a shape example's input name is not a keyword, and is quoted for a shell where it must be
+    for name, flag in [("tune", "tune=1,3,H,W"), ("holdout", "holdout=1,3,H,W"), ("a b", "'a b=1,3,H,W'")]:
+        err = TTGraphError("m.onnx", f"give a fixed shape, e.g. input_shapes={{{name!r}: (1, 3, H, W)}}")
+        assert err.one_line(flags=True) == f"m.onnx: give a fixed shape, e.g. --input-shape {flag}"

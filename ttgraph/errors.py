@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -65,26 +66,38 @@ OPTION_FLAGS = {
     "key": "--key",
     "inputs": "--inputs",
 }
-#: keywords named inside a message (``macs_ratio must be in (0, 1]``), written as the flag on the command line
+#: keywords named inside a message (``macs_ratio must be in (0, 1]``), written as the flag on the command line; not
+#: inside a path (a folder named tune_db, or holdout, stays as it is)
 _KEYWORD = re.compile(
-    r"(?<![\w-])(macs_ratio|params_ratio|latency_ratio|max_error|rank_ratio|rank_multiple|compensate_samples|distill_lr"
-    r"|distill_batch|latency_threads|plan_cost|input_shapes|preprocess|holdout|tune_minutes|tune_db|tune_tracker"
-    r"|tune_key)\b"
+    r"(?<![\w/.-])(macs_ratio|params_ratio|latency_ratio|max_error|rank_ratio|rank_multiple|compensate_samples"
+    r"|distill_lr|distill_batch|latency_threads|plan_cost|input_shapes|preprocess|holdout|tune_minutes|tune_db"
+    r"|tune_tracker|tune_key)(?![\w/.-])"
 )
-#: a keyword given a value in a message (``give tune=N or tune_minutes=M``), written ``--tune N`` on the command
-#: line; plain words such as "tune" or "target" are only rewritten in this form, never in prose
+#: a keyword given a placeholder in a message (``give tune=N or tune_key=KEY``), written ``--tune N`` on the command
+#: line; only before a capital placeholder or False, so prose ("key=value") and values ("+key=1") stay as they are
 _ASSIGNED = re.compile(
-    r"(?<![\w-])(tune_db=False|(?:tune|tune_minutes|tune_db|tune_tracker|tune_key|rpc|tracker|key|target|inputs)=)"
+    r"(?<![\w/.-])(tune_db=False|(?:tune|tune_minutes|tune_db|tune_tracker|tune_key|rpc|tracker|key|target|inputs)="
+    r"(?=[A-Z]))"
 )
-#: a library example of a shape, ``input_shapes={'x': (1, 3, H, W)}``, is ``--input-shape x=1,3,H,W`` on the CLI
-_SHAPE_EXAMPLE = re.compile(r"input_shapes=\{'([^']*)': \(([^)]*)\)\}")
+#: a quoted name (not a possessive's apostrophe), or a library example of a shape, ``input_shapes={'x': (1, 3, H,
+#: W)}``, which is ``--input-shape x=1,3,H,W`` on the command line: both are left to :func:`_protected`
+_PROTECTED = re.compile(r"""(input_shapes=\{(?:'[^']*'|"[^"]*"): \([^)]*\)\}|(?<!\w)'[^']*'(?!\w))""")
+_SHAPE_EXAMPLE = re.compile(r"""input_shapes=\{(['"])(.*?)\1: \(([^)]*)\)\}""")
 
 
 def _flags_outside_quotes(text: str) -> str:
     """Keywords as flags, except inside quotes: an input named 'preprocess' is still 'preprocess'."""
-    text = _SHAPE_EXAMPLE.sub(lambda m: f"--input-shape {m.group(1)}={m.group(2).replace(' ', '')}", text)
-    parts = re.split(r"((?<!\w)'[^']*'(?!\w))", text)  # a quoted name, not a possessive's apostrophe
-    return "".join(part if part.startswith("'") else _flags_in(part) for part in parts)
+    return "".join(
+        _protected(part) if _PROTECTED.fullmatch(part) else _flags_in(part) for part in _PROTECTED.split(text) if part
+    )
+
+
+def _protected(part: str) -> str:
+    """A quoted name as it is; a shape example as the flag, the name quoted for a shell if it needs it."""
+    example = _SHAPE_EXAMPLE.fullmatch(part)
+    if example is None:
+        return part
+    return f"--input-shape {shlex.quote(example.group(2) + '=' + example.group(3).replace(' ', ''))}"
 
 
 def _flags_in(text: str) -> str:
