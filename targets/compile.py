@@ -297,7 +297,7 @@ def compile_model(
 
 
 def _check_output(preset: TargetPreset, output: str | os.PathLike[str], model: ModelSource) -> Path:
-    out = Path(output)
+    out = check_output_path(output, source_files(model))  # a link's target: TVM exports by its suffix
     allowed = {preset.export_format}
     if preset.ndk:
         allowed.add(".so")  # linked by the NDK compiler in $TVM_NDK_CC
@@ -308,7 +308,7 @@ def _check_output(preset: TargetPreset, output: str | os.PathLike[str], model: M
             else f"a {preset.export_format} library"
         )
         raise TTGraphError(out, f"target {preset.name} exports {hint}; name the output *{preset.export_format}")
-    return check_output_path(out, source_files(model))
+    return out
 
 
 def _check_linker(preset: TargetPreset, out: Path) -> str | None:
@@ -324,13 +324,15 @@ def _check_linker(preset: TargetPreset, out: Path) -> str | None:
             raise TTGraphError(
                 out,
                 f"a .so for {preset.name} must be linked by the Android NDK's clang++ and {given}: set it to "
-                f"e.g. .../toolchains/llvm/prebuilt/linux-x86_64/bin/{clang}, or export a .tar",
+                f"e.g. .../toolchains/llvm/prebuilt/linux-x86_64/bin/{clang}, or name the output *.tar for a .tar "
+                "of objects",
             )
         name = Path(ndk_cc).name
         if "gnu" in name or name in ("g++", "c++", "gcc", "cc"):  # links for glibc (or the host): Android refuses it
             raise TTGraphError(
                 "TVM_NDK_CC",
-                f"{ndk_cc!r} is a GNU/host compiler, not the Android NDK's: a .so for {preset.name} needs e.g. {clang}",
+                f"{ndk_cc!r} is a GNU/host compiler, not the Android NDK's: a .so for {preset.name} needs e.g. {clang} "
+                "(or name the output *.tar for a .tar of objects)",
             )
         return ndk_cc
     if preset.cross_compiler:

@@ -211,6 +211,15 @@ def test_an_android_default_output_is_the_so_that_tvm_ndk_cc_links(tmp_path, mon
     assert _default_output("m.onnx", "arm64-android") == Path("m.arm64-android.tar")
 
 
+def test_a_compile_output_named_by_a_link_is_checked_by_the_file_it_writes(tmp_path):
+    """-o tarlink.so → lib.tar: the suffix was checked on the link and TVM exported by the target's, a .tar of
+    objects written where a .so was asked for, exit 0."""
+    (tmp_path / "tarlink.so").symlink_to(tmp_path / "lib.tar")
+    with pytest.raises(TTGraphError, match=re.escape("lib.tar: target x86_64 exports a .so library")):
+        compile_model(pointwise_model(), "x86_64", tmp_path / "tarlink.so")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tarlink.so"]
+
+
 def test_a_cxx_with_arguments_is_refused_before_the_build(tmp_path, monkeypatch):
     """TVM runs $CXX as one program name: 'g++ -O2' (or 'ccache g++') failed after the whole build with
     'cannot write the library: No such file or directory'."""
