@@ -218,6 +218,8 @@ def _parse_threads(text: str | None) -> list[int]:
 
     if text is None:
         cores = default_threads() or os.cpu_count() or 1
+        if cores > MAX_THREADS:
+            raise TTGraphError("TTGRAPH_THREADS", f"bench times at most {MAX_THREADS} threads, got {cores}")
         return [1] if cores == 1 else [1, cores]
     try:
         values = [int(t) for t in text.split(",") if t.strip()]

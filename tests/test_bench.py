@@ -379,3 +379,6 @@ def test_the_default_thread_counts_follow_ttgraph_threads(monkeypatch):
     assert _parse_threads(None) == [1, 3] and _parse_threads("2") == [2]  # given explicitly: as given
     monkeypatch.setenv("TTGRAPH_THREADS", "1")
     assert _parse_threads(None) == [1]
+    monkeypatch.setenv("TTGRAPH_THREADS", "100000")  # past the cap --threads has (onnxruntime hung there)
+    with pytest.raises(TTGraphError, match="TTGRAPH_THREADS: bench times at most 1024 threads, got 100000"):
+        _parse_threads(None)

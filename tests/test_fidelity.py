@@ -83,9 +83,13 @@ def test_a_threshold_below_the_whole_original_map_has_no_iou():
     tally = FidelityTally(["y"], judge={"y": "iou@-1"})
     tally.add([ref], [np.full_like(ref, 0.5)])
     out = tally.result()["outputs"][0]
-    assert out["binary_iou"] is None and out["binary_iou_undefined"] == "every pixel of the original's map is above it"
+    assert out["binary_iou"] is None and out["binary_iou_undefined"] == "every pixel of both maps is above it"
     assert judged_metric(out) == "rel_l2" and far_off(out, None) is not None
-    assert "IoU(>-1) n/a (every pixel of the original's map is above it)" in _fidelity(out)
+    assert "IoU(>-1) n/a (every pixel of both maps is above it)" in _fidelity(out)
+    half = FidelityTally(["y"], judge={"y": "iou@-1"})  # half the map lost below it: that IoU says something
+    lost = np.where(np.arange(ref.size).reshape(ref.shape) % 2 == 0, ref, -2.0).astype(np.float32)
+    half.add([ref], [lost])
+    assert half.result()["outputs"][0]["binary_iou"] == 0.5
     some = FidelityTally(["y"], judge={"y": "iou@0.5"})  # a threshold inside the map's range: an IoU as before
     some.add([ref], [np.full_like(ref, 0.5)])
     assert some.result()["outputs"][0]["binary_iou"] == 0.0
@@ -106,6 +110,8 @@ def test_a_tie_of_the_judged_metric_is_decided_by_the_relative_error():
     assert worse_and_better(after, before) == (0, 1)
     same = [{"name": "y", "top1_agreement": 0.75, "rel_l2": 0.570 * (1 + 1e-9)}]
     assert worse_and_better(before, same) == (0, 0)
+    labels = [{"name": "y", "match": 0.75, "rel_l2": 0.570}], [{"name": "y", "match": 0.75, "rel_l2": 0.693}]
+    assert worse_and_better(*labels) == (0, 0)  # the distance between two class numbers decides nothing
 
 
 def test_top1_takes_the_class_axis_a_user_names():
@@ -127,11 +133,12 @@ def test_top1_takes_the_class_axis_a_user_names():
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5, 7])],
         )
     )
-    assert parse_judge(["y=top1@-1"], model) == {"y": "top1@-1"} and parse_judge(["y=top1@1"], model) == {"y": "top1"}
+    assert parse_judge(["y=top1@-1"], model) == {"y": "top1@2"} and parse_judge(["y=top1@1"], model) == {"y": "top1"}
+    assert parse_judge(["y=top1@-2", "y=top1"], model) == {"y": "top1"}  # one axis, two spellings: not twice
     tally = FidelityTally(["y"], judge=parse_judge(["y=top1@-1"], model))
     tally.add([ref], [got])
     out = tally.result()["outputs"][0]
-    assert out["top1_agreement"] == 9 / 10 and out["top1_axis"] == -1
+    assert out["top1_agreement"] == 9 / 10 and out["top1_axis"] == 2
     for metric, needle in [
         ("top1@3", "judge: y: top1@3 is past the output's 3 axes"),
         ("top1@last", "judge: y: expected an axis (an integer) after top1@, got 'top1@last'"),

@@ -51,6 +51,14 @@ def test_numpy_scalars_and_arrays_as_options_give_a_plain_json_report(tmp_path):
         ({"rank": 2, "layers": []}, "layers: names no conv"),  # every conv was skipped without a word
         ({"max_error": 0.1, "calibration": [], "sensitivity": 2}, "sensitivity: weights the layers' errors"),
         ({"macs_ratio": 0.5, "method": "weight", "compensate_samples": 8}, "compensate_samples: goes with method"),
+        (  # a one-pass stream is refused for what it is, not as "none is held out"
+            {
+                "macs_ratio": 0.5,
+                "calibration": (f for f in [{"x": np.ones((1, 16, 6, 6), np.float32)}] * 4),
+                "distill": 1,
+            },
+            "distill: distillation reads the calibration samples once per epoch",
+        ),
         ({"rank": 2, "lower": 5}, "lower: expected True, False or pass names"),
         ({"rank": 2, "verify_feeds": 5}, "verify_feeds: expected a list of feed dicts, got int"),
         ({"macs_ratio": 0.5, "calibration": [], "latency_threads": 0}, "latency_threads: expected ≥ 1, got 0"),

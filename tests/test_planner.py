@@ -485,8 +485,15 @@ def test_measured_cost_times_each_shape_once_and_round_trips_the_disk_cache(tmp_
         plan_layer(*args, cost=MeasuredCost(cache_dir=tmp_path, target="broken", timer=fake_timer))
     key = next(iter(table["entries"]))  # an edited table's negative time would be the cheapest order of all
     (tmp_path / "measured-edited.json").write_text(json.dumps({"target": "edited", "entries": {key: -5.0}}))
-    with pytest.raises(TTGraphError, match=f"measured-edited.json: .*entry '{re.escape(key)}' is -5.0, not a positive"):
+    with pytest.raises(TTGraphError, match=f"measured-edited.json: .*entry '{re.escape(key)}' is -5.0, not a time"):
         plan_layer(*args, cost=MeasuredCost(cache_dir=tmp_path, target="edited", timer=fake_timer))
+    # a timer's bad value is refused before it is stored: stored, the table was refused by every later plan
+    with pytest.raises(TTGraphError, match="timer: timed .* as nan, not a time"):
+        plan_layer(*args, cost=MeasuredCost(cache_dir=tmp_path, target="nan", timer=lambda op: float("nan")))
+    assert not (tmp_path / "measured-nan.json").exists()
+    zero = MeasuredCost(cache_dir=tmp_path, target="zero", timer=lambda op: 0.0)  # a coarse clock: 0 is a time
+    plan_layer(*args, cost=zero)
+    plan_layer(*args, cost=MeasuredCost(cache_dir=tmp_path, target="zero", timer=no_timer))
 
 
 def test_measured_cost_plans_on_when_its_table_cannot_be_written(tmp_path, caplog):

@@ -583,7 +583,7 @@ def compress(
         raise TTGraphError(  # the same model came out, after the runs, with the report saying it was weighted
             "sensitivity",
             "weights the layers' errors against each other in a ratio budget; max_error alone caps each layer by "
-            "itself: give macs_ratio, params_ratio or latency_ratio too, or leave sensitivity out",
+            "itself: give macs_ratio, params_ratio or latency_ratio too, or drop it",
         )
     if method == "weight" and compensate_samples is not None:
         raise TTGraphError("compensate_samples", "goes with method='data': compensation refits data-aware factors")
@@ -834,15 +834,15 @@ def _compress_to_budget(
         streamed = source.length is None and not isinstance(holdout, numbers.Integral) and holdout > 0
         if judged_by and verify_feeds is None and not held.length and not streamed:
             raise TTGraphError("judge", "judges the held-out outputs, and no calibration sample is held out (holdout)")
-        if epochs and not held.length:  # it trained, then threw every epoch away: "no better on held-out samples"
-            raise TTGraphError(
-                "distill", "keeps the epoch that does best on held-out samples, and none is held out (holdout)"
-            )
         if epochs and not calib.reiterable:
             raise TTGraphError(
                 "distill",
                 "distillation reads the calibration samples once per epoch: give a folder, a file or a list of "
                 "feeds, not a one-pass iterable",
+            )
+        if epochs and not held.length and not streamed:  # it trained, then threw every epoch away
+            raise TTGraphError(
+                "distill", "keeps the epoch that does best on held-out samples, and none is held out (holdout)"
             )
         if epochs:  # a translation PyTorch runs otherwise would be fitted and kept: check before any work
             from ttgraph.torch_graph import check_agrees

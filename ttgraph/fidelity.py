@@ -124,6 +124,8 @@ def _top1(name: str, metric: str, axis_text: str, shape: list[int | None] | None
             f"{name}: top1 needs N × K scores along axis {axis} (K ≥ 2), the output is "
             f"{'×'.join('?' if d is None else str(d) for d in shape or []) or 'a scalar'}",
         )
+    if rank is not None and rank >= 2:
+        axis %= rank  # top1@-1 on N×K is top1: not "judged twice" beside it
     return "top1" if axis == 1 else f"top1@{axis}"
 
 
@@ -145,7 +147,7 @@ class FidelityTally:
     ) -> None:
         self.names, self.iou_threshold, self.samples = list(names), iou_threshold, 0
         zero = {"diff_sq": 0.0, "ref_sq": 0.0, "max_abs": 0.0, "peak": 0.0, "agree": 0, "count": 0, "inter": 0}
-        zero |= {"same": 0, "elements": 0, "pixels": 0, "ref_above": 0}
+        zero |= {"same": 0, "elements": 0, "pixels": 0}
         self.acc: dict[str, dict[str, Any]] = {n: {**zero, "union": 0} for n in self.names}
         self.kinds: dict[str, set[str]] = {n: {"scores", "map", "labels"} for n in self.names}
         self.thresholds = {n: iou_threshold for n in self.names}
@@ -200,7 +202,6 @@ class FidelityTally:
                 s["inter"] += inter
                 s["union"] += union
                 s["pixels"] += r.size
-                s["ref_above"] += int(np.sum(r > self.thresholds[name]))
 
     def result(self, source: str = "<model>") -> dict[str, Any]:
         """``{"samples": n, "outputs": [per-output dict]}``; no samples is an error, not a perfect score."""
@@ -224,9 +225,9 @@ class FidelityTally:
             if "map" in self.kinds[name]:
                 entry["binary_iou"] = s["inter"] / s["union"] if s["union"] else None
                 entry["iou_threshold"] = self.thresholds[name]
-                # 0/0 (no pixel above the threshold in either map; a map 86 % off read 1.0), or the original's map
-                # above it everywhere (iou@-1 on a sigmoid scored a broken model 1.0): the IoU says nothing
-                undefined = None if s["union"] and s["ref_above"] < s["pixels"] else IOU_UNDEFINED[bool(s["union"])]
+                # 0/0 (no pixel above the threshold in either map; a map 86 % off read 1.0), or both maps above it
+                # everywhere (iou@-1 on a sigmoid scored a broken model 1.0): the IoU says nothing
+                undefined = None if s["union"] and s["inter"] < s["pixels"] else IOU_UNDEFINED[bool(s["union"])]
                 if undefined:
                     entry["binary_iou"], entry["binary_iou_undefined"] = None, undefined
             if self.axes[name] != 1:
@@ -314,7 +315,7 @@ def heldout_fidelity(
     return tally.result(source)
 
 
-IOU_UNDEFINED = ("no pixel above it in either map", "every pixel of the original's map is above it")
+IOU_UNDEFINED = ("no pixel above it in either map", "every pixel of both maps is above it")
 SAME = 1e-6  # relative difference below which a measure counts as unchanged (one pixel of a 640×640 map's IoU: ~1e-5)
 
 #: per-output measures a step is judged by, the first one an output has: task-shaped ones before the raw error
@@ -344,12 +345,9 @@ def judged_change(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, int] |
     if key is None:
         return None
     if _same(old[key], new[key]):  # rounding, not a change (an unchanged model may differ in the last bits)
-        if (
-            key == "rel_l2"
-            or old.get("rel_l2") is None
-            or new.get("rel_l2") is None
-            or _same(old["rel_l2"], new["rel_l2"])
-        ):
+        if key in ("rel_l2", "match") or None in (old.get("rel_l2"), new.get("rel_l2")):
+            return key, 0  # labels (match): the distance between two class numbers means nothing
+        if _same(old["rel_l2"], new["rel_l2"]):
             return key, 0
         key = "rel_l2"  # a coarse measure's tie (top-1 on 8 samples) hid a raw error 0.57 → 0.69: that decides
     return key, 1 if (new[key] > old[key]) == _JUDGED_BY[key] else -1

@@ -96,7 +96,8 @@ def _load_cache(path: Path) -> dict[str, float]:
         return {}
     data = data if isinstance(data, dict) else {}
     good = {k: float(v) for k, v in data.items() if _is_time(v)}
-    if len(good) < len(data):
+    if len(good) < len(data) and (path, len(data) - len(good)) not in _WARNED:  # once, not at each re-read
+        _WARNED.add((path, len(data) - len(good)))
         bad = next(k for k in data if k not in good)
         log.warning(
             "%s: %d cached timing(s) are not positive numbers (%s: %r); timing them again",
@@ -106,6 +107,9 @@ def _load_cache(path: Path) -> dict[str, float]:
             data[bad],
         )
     return good
+
+
+_WARNED: set[tuple[Path, int]] = set()
 
 
 def _is_time(value: object) -> bool:

@@ -279,10 +279,11 @@ class MeasuredCost:
             if path.exists():
                 try:
                     data = json.loads(path.read_text())
-                    self._table = {str(k): float(v) for k, v in data["entries"].items()}
-                    bad = next((k for k, v in self._table.items() if not (math.isfinite(v) and v > 0)), None)
+                    entries = data["entries"]
+                    bad = next((k for k, v in entries.items() if not _is_seconds(v)), None)
                     if bad is not None:  # a negative time would be the cheapest order there is
-                        raise ValueError(f"entry {bad!r} is {self._table[bad]}, not a positive time")
+                        raise ValueError(f"entry {bad!r} is {entries[bad]!r}, not a time ≥ 0 in seconds")
+                    self._table = {str(k): float(v) for k, v in entries.items()}
                 except (ValueError, KeyError, TypeError, AttributeError) as err:
                     raise TTGraphError(
                         path,
@@ -300,13 +301,20 @@ class MeasuredCost:
         table = self._load()
         key = op.key()
         if key not in table:
-            table[key] = float(self.timer(op))
+            seconds = self.timer(op)
+            if not _is_seconds(seconds):  # stored, it would make the table unreadable for every later plan
+                raise TTGraphError("timer", f"timed {key} as {seconds!r}, not a time ≥ 0 in seconds")
+            table[key] = float(seconds)
             self.measured += 1
             self._save()
         return table[key]
 
     def __repr__(self) -> str:
         return f"MeasuredCost(target={self.target!r}, cache_path={str(self.cache_path)!r})"
+
+
+def _is_seconds(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 COST_MODELS: dict[str, CostModel] = {
