@@ -288,6 +288,11 @@ def _run_ab(args: argparse.Namespace) -> int:
         device=device,
         memory=not args.no_memory,
     )
+    if runtime == "tvm":  # a speedup past the MACs ratio's bound read as the compression's (both untuned)
+        report.notes.append(
+            "TVM builds untuned: TVM's default schedules, not what tuning (ttgraph compile --tune) would run; "
+            "read the speedups as untuned code's"
+        )
     if args.plot:
         report.plot(args.plot)
     if args.json:

@@ -166,6 +166,7 @@ def test_bench_in_tvm_runs_both_libraries_alternated(pair, capsys):
     assert main(["bench", str(a), str(b), "--runtime", "tvm", "--threads", "1", "--runs", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["runtime"] == "tvm" and out["results"][0]["speedup"]["small.onnx"]["median"] > 0
+    assert any(note.startswith("TVM builds untuned") for note in out["notes"])  # speedups past the MACs bound
     # TVM's thread pool pins the thread that configures it; what runs next in the process keeps every core
     assert os.sched_getaffinity(0) == allowed
 
@@ -382,3 +383,12 @@ def test_the_default_thread_counts_follow_ttgraph_threads(monkeypatch):
     monkeypatch.setenv("TTGRAPH_THREADS", "100000")  # past the cap --threads has (onnxruntime hung there)
     with pytest.raises(TTGraphError, match="TTGRAPH_THREADS: bench times at most 1024 threads, got 100000"):
         _parse_threads(None)
+
+
+def test_a_model_whose_batch_alone_is_dynamic_is_timed_at_batch_1_and_says_so(tmp_path, capsys):
+    """PyTorch's usual export (dynamic batch, fixed image size) was refused: "fix them with --input-shape"."""
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(conv_model(16, 16, batch="n", hw=(6, 6)), a)
+    onnx.save(conv_model(16, 16, batch="n", hw=(6, 6)), b)
+    assert main(["bench", str(a), str(b), "--threads", "1", "--runs", "2", "--warmup", "0", "--no-memory"]) == 0
+    assert "dynamic batch dim set to 1 (x 1×16×6×6; --input-shape to time another)" in capsys.readouterr().out

@@ -429,3 +429,25 @@ def test_a_lowering_of_a_model_with_dynamic_dims_says_it_went_unchecked(tmp_path
     onnx.save(model, src)
     assert main(["compress", str(src), "-o", str(tmp_path / "d.onnx"), "--rank-ratio", "1"]) == 0
     assert "check not measured: the model's input dims are dynamic" in capsys.readouterr().out
+
+
+def test_a_model_whose_batch_alone_is_dynamic_is_checked_and_verified_at_batch_1(tmp_path, capsys):
+    """PyTorch's usual export: the lowering's safety net and the smoke test were skipped as for any dynamic model."""
+    w, b = _weights(6, 4)
+    rng = np.random.default_rng(1)
+    bn = {"s": rng.uniform(0.5, 2, 6), "t": rng.standard_normal(6), "mu": rng.standard_normal(6)}
+    nodes = [
+        _conv("c", "x", "h", w, b),
+        helper.make_node("BatchNormalization", ["h", "s", "t", "mu", "v"], ["z"]),
+        helper.make_node("Relu", ["z"], ["y"]),
+    ]
+    model = _model(nodes, {"c_w": w, "c_b": b, **bn, "v": rng.uniform(0.5, 2, 6)})
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    _, report = lower_model(model, ["fold-affine"])
+    assert report["max_rel_error"] is not None and report["error_input"] == "one standard-normal input at batch 1"
+    src = tmp_path / "batch.onnx"
+    onnx.save(model, src)
+    assert main(["compress", str(src), "-o", str(tmp_path / "d.onnx"), "--rank-ratio", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "(one random input at batch 1, seed 0 (a smoke test" in out and "not verified" not in out
+    assert "max rel. change" in out and "at batch 1" in out

@@ -30,7 +30,16 @@ import onnx
 
 from ttgraph.errors import TTGraphError
 from ttgraph.files import write_atomic
-from ttgraph.model_io import InputShapes, ModelSource, graph_inputs, input_dims, load_model, source_name, static_dims
+from ttgraph.model_io import (
+    InputShapes,
+    ModelSource,
+    batch_one,
+    graph_inputs,
+    input_dims,
+    load_model,
+    source_name,
+    static_dims,
+)
 from ttgraph.verify import check_feed
 
 Runner = Callable[[], Any]
@@ -55,6 +64,7 @@ def feed_for(model: onnx.ModelProto, seed: int = 0, name: str | None = None) -> 
     for value in graph_inputs(model):
         dims = input_dims(value)
         fixed = static_dims(dims)
+        fixed = batch_one(dims) if fixed is None else fixed  # a scalar's [] is static
         if fixed is None:
             raise TTGraphError(
                 name or value.name,
@@ -118,6 +128,7 @@ class BenchReport:
     rows: list[dict[str, Any]] = field(default_factory=list)
     peak_rss_mb: dict[str, float | None] = field(default_factory=dict)
     device: str = ""
+    notes: list[str] = field(default_factory=list)  # what the numbers rest on that the table cannot show
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -128,6 +139,7 @@ class BenchReport:
             "runs": self.runs,
             "results": self.rows,
             "peak_rss_mb": self.peak_rss_mb,
+            "notes": self.notes,
         }
 
     def to_json(self) -> str:
@@ -169,6 +181,7 @@ class BenchReport:
                 f"only {self.runs} round{'s' * (self.runs != 1)}: the p10–p90 spans rest on too few pairs to read "
                 f"(--runs {MIN_RUNS} or more)"
             )
+        lines += self.notes
         if any(v is not None for v in self.peak_rss_mb.values()):
             rss = ", ".join(f"{k} {v:.0f} MB" for k, v in self.peak_rss_mb.items() if v is not None)
             lines.append(f"peak RSS (one process per model, load + one run): {rss}")
@@ -247,9 +260,12 @@ def compare(
             raise TTGraphError(
                 label, f"inputs {sorted(names)} differ from the reference {reference}'s {sorted(wanted)}"
             )
+    notes = []
     if feed is None:  # the first model with static inputs sets the shape: a dynamic original beside its fixed rewrite
         static = [p for p in protos.values() if all(None not in input_dims(v) for v in graph_inputs(p))]
         feed = feed_for(static[0] if static else first, name=reference)
+        if not static:
+            notes.append(f"dynamic batch dim set to 1 ({_shapes(feed)}; --input-shape to time another)")
     elif set(feed) != wanted:
         raise TTGraphError(
             feed_source or reference, f"the given inputs {sorted(feed)} differ from the models' {sorted(wanted)}"
@@ -259,7 +275,12 @@ def compare(
         check_feed(graph_inputs(proto), feed, f"{feed_source}, fed to {label}" if feed_source else label)
     factory = factory or onnxruntime_runner
     report = BenchReport(
-        {label: source_name(m) for label, m in models.items()}, runtime, warmup, runs, device=device or cpu_model()
+        {label: source_name(m) for label, m in models.items()},
+        runtime,
+        warmup,
+        runs,
+        device=device or cpu_model(),
+        notes=notes,
     )
     ref = next(iter(protos))
     for n in threads:
@@ -276,6 +297,10 @@ def compare(
     if memory and runtime == "onnxruntime":
         report.peak_rss_mb = {label: peak_rss_mb(proto, feed) for label, proto in protos.items()}
     return report
+
+
+def _shapes(feed: Mapping[str, np.ndarray]) -> str:
+    return ", ".join(f"{k} {'×'.join(map(str, np.shape(v)))}" for k, v in feed.items())
 
 
 # The child's own high-water mark: VmHWM counts this process image only, while ru_maxrss also keeps the mark

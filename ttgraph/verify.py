@@ -14,6 +14,7 @@ import onnx
 from ttgraph.errors import TTGraphError
 from ttgraph.model_io import (
     ModelSource,
+    batch_one,
     default_inputs,
     fits_protobuf,
     graph_inputs,
@@ -138,6 +139,7 @@ def random_feed(
         fixed = static_dims(dims)
         if fixed is None and shapes and value.name in shapes:
             fixed = [int(d) for d in shapes[value.name]]
+        fixed = batch_one(dims) if fixed is None else fixed  # a scalar's [] is static
         if fixed is None:
             raise TTGraphError("<model>", f"input {value.name!r} has dynamic dims {dims}; fix them with input_shapes")
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)

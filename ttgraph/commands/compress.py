@@ -21,7 +21,7 @@ from ttgraph.costs import human
 from ttgraph.errors import TTGraphError
 from ttgraph.fidelity import IOU_UNDEFINED, METRIC_LABELS, judged_change, judged_metric
 from ttgraph.files import check_output_path, distinct_outputs
-from ttgraph.model_io import parse_input_shapes, source_files
+from ttgraph.model_io import graph_inputs, input_dims, parse_input_shapes, source_files, static_dims
 from ttgraph.report_html import (
     LAYER_ERRORS_BEFORE_COMPENSATION,
     as_written_text,
@@ -419,6 +419,8 @@ def run(args: argparse.Namespace) -> int:
             feed = None
         if feed is not None:
             at = " at the calibration samples' shape" if options.get("input_shapes_from") == "calibration" else ""
+            dims = [input_dims(v) for v in graph_inputs(result.model)]
+            at = at or (" at batch 1" if any(static_dims(d) is None for d in dims) else "")  # a dynamic batch
             result.report.verification = {
                 "inputs": f"one random input{at}, seed 0 (a smoke test, not an accuracy measure)",
                 "outputs": [e.to_dict() for e in result.verify([feed])],
