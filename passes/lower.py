@@ -190,12 +190,16 @@ def _conv_parts(conv: gs.Node) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _set_conv_parts(conv: gs.Node, w: np.ndarray, b: np.ndarray, names: FreshNames) -> None:
+    """The folded weight and bias in place of the conv's own; no bias where it had none and the fold left it 0 (a
+    Mul folded before a factor conv added r zeros, counted as params "folded in")."""
     base = conv.name or conv.outputs[0].name
+    had_bias = len(conv.inputs) > 2 and bool(conv.inputs[2].name)
     weight = gs.Constant(names(f"{base}/folded_w"), np.ascontiguousarray(w.astype(np.float32)))
-    bias = gs.Constant(names(f"{base}/folded_b"), np.ascontiguousarray(b.astype(np.float32)))
     while len(conv.inputs) > 1:
         conv.inputs.pop()
-    conv.inputs.extend([weight, bias])
+    conv.inputs.append(weight)
+    if had_bias or np.any(b):
+        conv.inputs.append(gs.Constant(names(f"{base}/folded_b"), np.ascontiguousarray(b.astype(np.float32))))
 
 
 class FoldAffineIntoConv:

@@ -451,3 +451,14 @@ def test_a_model_whose_batch_alone_is_dynamic_is_checked_and_verified_at_batch_1
     out = capsys.readouterr().out
     assert "(one random input at batch 1, seed 0 (a smoke test" in out and "not verified" not in out
     assert "max rel. change" in out and "at batch 1" in out
+
+
+def test_a_mul_folded_before_a_conv_without_bias_adds_no_zero_bias():
+    """A per-channel Mul before a factor conv (no bias) gained a bias of r zeros, reported as params folded in."""
+    w, _ = _weights(5, 4)
+    nodes = [helper.make_node("Mul", ["x", "s"], ["m"]), _conv("c", "m", "y", w)]
+    model = _model(nodes, {"c_w": w, "s": np.random.default_rng(3).uniform(0.5, 2, (1, 4, 1, 1))})
+    lowered, _ = lower_model(model, ["fold-affine"])
+    _assert_same(model, lowered, _feed())
+    assert _ops(lowered) == ["Conv"] and len(lowered.graph.node[0].input) == 2
+    assert sum(numpy_helper.to_array(i).size for i in lowered.graph.initializer) == w.size
