@@ -95,6 +95,30 @@ def test_a_threshold_below_the_whole_original_map_has_no_iou():
     assert some.result()["outputs"][0]["binary_iou"] == 0.0
 
 
+def test_an_output_that_barely_changes_between_samples_is_judged_against_its_change_too():
+    """Logits near a constant (a random-weight export's, or box coordinates that are mostly their anchors): a model
+    that lost 96 % of what depends on the input read rel L2 0.0007 and no warning."""
+    from ttgraph.fidelity import FidelityTally, steady_output
+
+    rng = np.random.default_rng(0)
+    mean = rng.uniform(1, 2, (1, 10)).astype(np.float64)
+    refs = [mean + 1e-3 * rng.standard_normal((1, 10)) for _ in range(8)]
+    lost, kept = FidelityTally(["y"], judge={"y": "rel-l2"}), FidelityTally(["y"], judge={"y": "rel-l2"})
+    for ref in refs:
+        lost.add([ref], [mean])  # the input-dependent part gone
+        kept.add([ref], [ref + 1e-5])
+    out = lost.result()["outputs"][0]
+    spread = np.sqrt(sum(np.sum((r - np.mean(refs, axis=0)) ** 2) for r in refs) / sum(np.sum(r**2) for r in refs))
+    assert out["rel_l2"] < 1e-3 and out["spread"] == pytest.approx(spread, rel=1e-6)
+    centred = sum(np.sum((r - np.mean(refs, axis=0)) ** 2) for r in refs)
+    assert out["rel_l2_of_spread"] == pytest.approx(np.sqrt(sum(np.sum((r - mean) ** 2) for r in refs) / centred))
+    assert "y changes little between samples" in steady_output(out)
+    assert steady_output(kept.result()["outputs"][0]) is None
+    one = FidelityTally(["y"])
+    one.add([refs[0]], [mean])
+    assert "spread" not in one.result()["outputs"][0]  # one sample has no spread
+
+
 def test_a_tie_of_the_judged_metric_is_decided_by_the_relative_error():
     """Top-1 on 8 held-out lines tied at 0.75 while compensation took the logits' error from 0.57 to 0.69: it was
     kept, and the summary showed only the tie."""

@@ -20,6 +20,7 @@ thresholded at T), ``top1`` (the arg-max over axis 1 of any N × K × … output
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -148,7 +149,7 @@ class FidelityTally:
         self.names, self.iou_threshold, self.samples = list(names), iou_threshold, 0
         zero = {"diff_sq": 0.0, "ref_sq": 0.0, "max_abs": 0.0, "peak": 0.0, "agree": 0, "count": 0, "inter": 0}
         zero |= {"same": 0, "elements": 0, "pixels": 0}
-        self.acc: dict[str, dict[str, Any]] = {n: {**zero, "union": 0} for n in self.names}
+        self.acc: dict[str, dict[str, Any]] = {n: {**zero, "union": 0, "ref_sum": None} for n in self.names}
         self.kinds: dict[str, set[str]] = {n: {"scores", "map", "labels"} for n in self.names}
         self.thresholds = {n: iou_threshold for n in self.names}
         self.axes = {n: 1 for n in self.names}  # the class axis of top-1 agreement
@@ -172,6 +173,12 @@ class FidelityTally:
             s["ref_sq"] += float(np.sum(finite**2))
             s["max_abs"] = max(s["max_abs"], float(np.max(diff, initial=0.0)))
             s["peak"] = max(s["peak"], float(np.max(np.abs(finite), initial=0.0)))
+            if s["ref_sum"] is None:  # the original's mean output, for the part of it that varies between samples
+                s["ref_sum"] = finite.copy()
+            elif s["ref_sum"] is not False and s["ref_sum"].shape == finite.shape:
+                s["ref_sum"] += finite
+            else:
+                s["ref_sum"] = False  # outputs of several shapes: no mean to measure a spread from
             chosen = name in self.judge
             if not chosen and integer:  # labels or a mask: their values are names, not magnitudes
                 self.kinds[name] &= {"labels"}
@@ -232,10 +239,39 @@ class FidelityTally:
                     entry["binary_iou"], entry["binary_iou_undefined"] = None, undefined
             if self.axes[name] != 1:
                 entry["top1_axis"] = self.axes[name]
+            entry |= _against_spread(s, self.samples)
             if name in self.judge:
                 entry["judged_by"] = self.judge[name]  # the user's choice, not the guess from its shape
             outputs.append(entry)
         return {"samples": self.samples, "outputs": outputs}
+
+
+def _against_spread(s: dict[str, Any], samples: int) -> dict[str, float]:
+    """The error against the part of the original's output that changes between samples (``spread``: that part's
+    size over the output's): box coordinates that are mostly their anchors, or logits that barely move, read a
+    small rel L2 however wrong the part that depends on the input is."""
+    ref_sum = s["ref_sum"]
+    if samples < 2 or not isinstance(ref_sum, np.ndarray) or s["ref_sq"] <= 0:
+        return {}
+    spread_sq = s["ref_sq"] - float(np.sum(ref_sum**2)) / samples
+    if spread_sq <= 1e-12 * s["ref_sq"]:  # constant (to rounding): nothing varies to measure against
+        return {}
+    return {"spread": math.sqrt(spread_sq / s["ref_sq"]), "rel_l2_of_spread": math.sqrt(s["diff_sq"] / spread_sq)}
+
+
+STEADY_SPREAD, STEADY_ERROR = 0.1, 0.5  # an output that varies this little, wrong by this much of its variation
+
+
+def steady_output(out: dict[str, Any]) -> str | None:
+    """A warning where the rel L2 reads small only because the original's output barely changes between samples
+    (random-weight logits near their mean: rel L2 0.0007, 96 % of the part that depends on the input lost)."""
+    spread, error = out.get("spread"), out.get("rel_l2_of_spread")
+    if spread is None or error is None or spread >= STEADY_SPREAD or error <= STEADY_ERROR:
+        return None
+    return (
+        f"{out['name']} changes little between samples (by {spread:.2g} of its size), and the error is {error:.2g} "
+        f"of that change: the rel L2 of {out['rel_l2']:.2g} hides it; check the model on its task before deploying"
+    )
 
 
 REFERENCE_BYTES = 256 << 20  # the original's held-out outputs kept for the next pass over the same inputs

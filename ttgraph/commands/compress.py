@@ -19,7 +19,7 @@ from ttgraph.api import CompressionReport, compress, our_factors
 from ttgraph.commands.common import add_input_shape_option, format_table, help_text, log_to_stderr
 from ttgraph.costs import human
 from ttgraph.errors import TTGraphError
-from ttgraph.fidelity import IOU_UNDEFINED, METRIC_LABELS, judged_change, judged_metric
+from ttgraph.fidelity import IOU_UNDEFINED, METRIC_LABELS, judged_change, judged_metric, steady_output
 from ttgraph.files import check_output_path, distinct_outputs
 from ttgraph.model_io import graph_inputs, input_dims, parse_input_shapes, source_files, static_dims
 from ttgraph.report_html import (
@@ -634,6 +634,8 @@ def render(report: CompressionReport, *, verify_skipped: bool = False, table: bo
             far = far_off(out, moved.get(out["name"])) if held_out(report) else None  # not on a random smoke test
             if far:
                 lines.append(f"  warning: {far}; the model may be broken for its task: check it there before deploying")
+            elif held_out(report) and (steady := steady_output(out)):
+                lines.append(f"  warning: {steady}")
     elif verify_skipped:
         lines.append("not verified (--no-verify)")
     else:
