@@ -392,3 +392,27 @@ def test_a_model_whose_batch_alone_is_dynamic_is_timed_at_batch_1_and_says_so(tm
     onnx.save(conv_model(16, 16, batch="n", hw=(6, 6)), b)
     assert main(["bench", str(a), str(b), "--threads", "1", "--runs", "2", "--warmup", "0", "--no-memory"]) == 0
     assert "dynamic batch dim set to 1 (x 1×16×6×6; --input-shape to time another)" in capsys.readouterr().out
+
+
+def test_a_model_that_cannot_run_at_the_assumed_batch_is_named_not_a_traceback(tmp_path, capsys):
+    """A Reshape fixing batch 2 behind a dynamic batch: bench set the batch to 1 and printed onnxruntime's
+    traceback; compress's smoke test at batch 1 failed the whole command (it had written it, unverified)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w")
+    shape = numpy_helper.from_array(np.array([2, 4, 8, 8], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Reshape", ["c", "shape"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 8, 8])],
+        [w, shape],
+    )
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    out = tmp_path / "o.onnx"
+    assert main(["compress", str(model), "-o", str(out), "--rank", "2", "--quiet"]) == 0
+    assert "not verified: the model has dynamic input dims" in capsys.readouterr().out and out.exists()
+    assert main(["bench", str(model), str(out), "--runs", "2", "--warmup", "0", "--no-memory"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "cannot run on the feed x 1×4×8×8 (dynamic batch dim set to 1" in err

@@ -302,7 +302,7 @@ def test_errors_name_keywords_in_the_library_and_flags_on_the_command_line(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dynamic.onnx", "m.onnx"]
 
 
-def test_keywords_given_values_become_flags_only_in_that_form():
+def test_keywords_given_values_become_flags_only_in_that_form(tmp_path, monkeypatch):
     """Plain words ("tune", "target", "key") stay prose; ``tune=N`` is ``--tune N``, ``tune_db=False``
     ``--no-tune-db``, and a quoted input name is left alone."""
     err = TTGraphError(
@@ -320,6 +320,15 @@ def test_keywords_given_values_become_flags_only_in_that_form():
         ("--target", "LLVM knows no CPU feature +key=1 here"),
     ]:
         assert TTGraphError(source, what).one_line(flags=True) == f"{source}: {what}"
+    # a file named like a keyword is named as it is; a double-quoted value (JSON, a name holding ') is left alone
+    assert TTGraphError("holdout", "no such model file").one_line(flags=True) == "--holdout: no such model file"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "holdout").mkdir()
+    assert TTGraphError("holdout", "output path is a directory").one_line(flags=True) == (
+        "holdout: output path is a directory"
+    )
+    for what in ['unknown preset "holdout\'s"', 'TVM rejects the target {"kind": "llvm", "key=X": 1}']:
+        assert TTGraphError("--target", what).one_line(flags=True) == f"--target: {what}"
     # a shape example's input name is not a keyword, and is quoted for a shell where it must be
     for name, flag in [("tune", "tune=1,3,H,W"), ("holdout", "holdout=1,3,H,W"), ("a b", "'a b=1,3,H,W'")]:
         err = TTGraphError("m.onnx", f"give a fixed shape, e.g. input_shapes={{{name!r}: (1, 3, H, W)}}")

@@ -285,6 +285,14 @@ def compare(
     ref = next(iter(protos))
     for n in threads:
         runners = {label: factory(proto, feed, n) for label, proto in protos.items()}
+        for label, runner in runners.items():  # once each first: a model the feed cannot run is named, no traceback
+            try:
+                runner()
+            except TTGraphError:
+                raise
+            except Exception as err:
+                hint = f" ({notes[0]})" if notes else ""
+                raise TTGraphError(label, f"cannot run on the feed {_shapes(feed)}{hint}: {_first_line(err)}") from err
         times = time_alternated(runners, warmup=warmup, runs=runs)
         report.rows.append(
             {
@@ -300,7 +308,12 @@ def compare(
 
 
 def _shapes(feed: Mapping[str, np.ndarray]) -> str:
-    return ", ".join(f"{k} {'×'.join(map(str, np.shape(v)))}" for k, v in feed.items())
+    return ", ".join(f"{k} {'×'.join(map(str, np.shape(v))) or 'scalar'}" for k, v in feed.items())
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 # The child's own high-water mark: VmHWM counts this process image only, while ru_maxrss also keeps the mark

@@ -31,7 +31,9 @@ class TTGraphError(Exception):
         (``preprocess``) is named as the command line's flag (``--preprocess``) instead."""
         text = _flags_outside_quotes(self.what) if flags else self.what
         if self.source:
-            text = f"{OPTION_FLAGS.get(self.source, self.source) if flags else self.source}: {text}"
+            # a file or folder that happens to be called "holdout" is named as it is, not as the flag
+            option = flags and self.source in OPTION_FLAGS and not os.path.lexists(self.source)
+            text = f"{OPTION_FLAGS[self.source] if option else self.source}: {text}"
         if self.node:
             text = f"{text} ({self.node})"
         return " ".join(text.split())
@@ -79,9 +81,10 @@ _ASSIGNED = re.compile(
     r"(?<![\w/.-])(tune_db=False|(?:tune|tune_minutes|tune_db|tune_tracker|tune_key|rpc|tracker|key|target|inputs)="
     r"(?=[A-Z]))"
 )
-#: a quoted name (not a possessive's apostrophe), or a library example of a shape, ``input_shapes={'x': (1, 3, H,
-#: W)}``, which is ``--input-shape x=1,3,H,W`` on the command line: both are left to :func:`_protected`
-_PROTECTED = re.compile(r"""(input_shapes=\{(?:'[^']*'|"[^"]*"): \([^)]*\)\}|(?<!\w)'[^']*'(?!\w))""")
+#: a quoted name (not a possessive's apostrophe; "…" where it holds one, and JSON), or a library example of a
+#: shape, ``input_shapes={'x': (1, 3, H, W)}``, which is ``--input-shape x=1,3,H,W`` on the command line: both are
+#: left to :func:`_protected`
+_PROTECTED = re.compile(r"""(input_shapes=\{(?:'[^']*'|"[^"]*"): \([^)]*\)\}|(?<!\w)'[^']*'(?!\w)|"[^"]*")""")
 _SHAPE_EXAMPLE = re.compile(r"""input_shapes=\{(['"])(.*?)\1: \(([^)]*)\)\}""")
 
 

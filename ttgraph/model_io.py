@@ -492,7 +492,7 @@ def static_dims(dims: Sequence[int | None]) -> list[int] | None:
 def batch_one(dims: Sequence[int | None]) -> list[int] | None:
     """``dims`` with a lone dynamic leading dim — the batch a PyTorch export marks dynamic — set to 1, when the
     others are known: the shape a smoke test or a timing can run without asking (inspect counts at batch 1 too)."""
-    return static_dims([1, *dims[1:]]) if len(dims) and dims[0] is None else None
+    return static_dims([1, *dims[1:]]) if len(dims) >= 2 and dims[0] is None else None  # [K]: a length, not a batch
 
 
 _MAX_DIM = 2**31 - 1  # larger than any real tensor dim, and ONNX stores dims as int64
