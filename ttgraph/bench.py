@@ -40,7 +40,7 @@ from ttgraph.model_io import (
     source_name,
     static_dims,
 )
-from ttgraph.verify import check_feed
+from ttgraph.verify import check_feed, first_line
 
 Runner = Callable[[], Any]
 # (model, feed, threads) -> a zero-argument callable that runs the model once
@@ -292,7 +292,7 @@ def compare(
                 raise
             except Exception as err:
                 hint = f" ({notes[0]})" if notes else ""
-                raise TTGraphError(label, f"cannot run on the feed {_shapes(feed)}{hint}: {_first_line(err)}") from err
+                raise TTGraphError(label, f"cannot run on the feed {_shapes(feed)}{hint}: {first_line(err)}") from err
         times = time_alternated(runners, warmup=warmup, runs=runs)
         report.rows.append(
             {
@@ -309,11 +309,6 @@ def compare(
 
 def _shapes(feed: Mapping[str, np.ndarray]) -> str:
     return ", ".join(f"{k} {'×'.join(map(str, np.shape(v))) or 'scalar'}" for k, v in feed.items())
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
 
 
 # The child's own high-water mark: VmHWM counts this process image only, while ru_maxrss also keeps the mark

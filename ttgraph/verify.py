@@ -165,8 +165,13 @@ def run_session(sess, names: list[str], feed: Feed, source: str) -> list[np.ndar
     try:
         return sess.run(names, dict(feed))
     except Exception as err:  # onnxruntime's own error types; the message names the node
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise TTGraphError(source, f"onnxruntime failed to run the model: {first}") from err
+        raise TTGraphError(source, f"onnxruntime failed to run the model: {first_line(err)}") from err
+
+
+def first_line(err: BaseException) -> str:
+    """A runtime's error in one line: its first (onnxruntime's names the node), or the error's type."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def compare_outputs(
