@@ -51,6 +51,7 @@ def test_numpy_scalars_and_arrays_as_options_give_a_plain_json_report(tmp_path):
         ({"rank": 2, "layers": []}, "layers: names no conv"),  # every conv was skipped without a word
         ({"max_error": 0.1, "calibration": [], "sensitivity": 2}, "sensitivity: weights the layers' errors"),
         ({"macs_ratio": 0.5, "method": "weight", "compensate_samples": 8}, "compensate_samples: goes with method"),
+        ({"macs_ratio": 0.5, "method": "weight", "compensate": True}, "compensate: goes with method='data'"),
         (  # a one-pass stream is refused for what it is, not as "none is held out"
             {
                 "macs_ratio": 0.5,

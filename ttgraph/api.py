@@ -446,7 +446,7 @@ def compress(
     method: str = "data",
     rank_multiple: Integer = 1,
     lower: bool | Sequence[str] = True,
-    compensate: bool = True,
+    compensate: bool | None = None,
     compensate_samples: Integer | None = None,
     latency_ratio: Real | None = None,
     latency_threads: Integer = 1,
@@ -476,14 +476,13 @@ def compress(
     itself when those images change by ±1 grey level). Per layer, candidates of order 1..``cores`` are fitted to the
     calibration statistics (``method="data"``; ``"weight"`` is the data-free SVD baseline) and the allocation picks
     one per layer, or keeps it dense (:mod:`ttgraph.decompose`, :mod:`ttgraph.allocate`). Low-rank ranks are
-    multiples of ``rank_multiple`` (16 suits AVX-512 onnxruntime kernels). ``compensate`` (data-aware budgets with a
-    re-readable calibration source) then refits the compressed layers, in dependency order, to the original layers'
-    outputs given the compressed network's inputs on ``compensate_samples`` calibration samples, spread over them
-    (None: as many as hold :data:`COMPENSATE_ELEMENTS` input values, at least 8 — 28 images at 640×640, 1214 lines
-    at 48×192),
-    see :mod:`ttgraph.compensate`; the report's ``compensation`` gives per-layer and end-to-end held-out errors
-    before and after, and ``kept``: false when it left more outputs worse than better on the held-out samples,
-    and the model was written without it.
+    multiples of ``rank_multiple`` (16 suits AVX-512 onnxruntime kernels). ``compensate`` (default None: on for
+    ``method="data"``, the only method it can refit) then refits the compressed layers, in dependency order, to the
+    original layers' outputs given the compressed network's inputs on ``compensate_samples`` calibration samples,
+    spread over them (None: as many as hold :data:`COMPENSATE_ELEMENTS` input values, at least 8 — 28 images at
+    640×640, 1214 lines at 48×192), see :mod:`ttgraph.compensate`; the report's ``compensation`` gives per-layer
+    and end-to-end held-out errors before and after, and ``kept``: false when it left more outputs worse than
+    better on the held-out samples, and the model was written without it.
 
     ``latency_ratio`` is a budget on the 1×1 layers' time measured in onnxruntime at ``latency_threads``
     (:func:`ttgraph.latency.attach_latencies`: each layer's dense and low-rank forms timed A/B, cached on disk)
@@ -523,7 +522,11 @@ def compress(
     compensate_samples = _integer("compensate_samples", compensate_samples)
     distill, distill_batch = _integer("distill", distill), _integer("distill_batch", distill_batch)
     distill_lr = _real("distill_lr", distill_lr)
-    compensate, progress = _flag("compensate", compensate), _flag("progress", progress)
+    asked_to_compensate = compensate is not None and _flag("compensate", compensate)
+    compensate = True if compensate is None else _flag("compensate", compensate)
+    progress = _flag("progress", progress)
+    if asked_to_compensate and method == "weight":  # it was reported "not applied" after the run
+        raise TTGraphError("compensate", "goes with method='data': compensation refits data-aware factors")
     if latency_threads < 1:
         raise TTGraphError("latency_threads", f"expected ≥ 1, got {latency_threads}")
     if distill < 0 or distill_batch < 1 or not distill_lr > 0 or distill_train not in ("factors", "all"):

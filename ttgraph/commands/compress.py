@@ -341,7 +341,6 @@ def run(args: argparse.Namespace) -> int:
         "plan_cost": "flops",
         "method": "data",
         "rank_multiple": 1,
-        "compensate": True,
         "distill_lr": 1e-3,
         "distill_batch": 16,
     }
