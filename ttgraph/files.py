@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeGuard
 
 from ttgraph.errors import TTGraphError
 
@@ -198,6 +200,12 @@ def default_cache_dir() -> Path:
 
 
 _UNWRITABLE_CACHES: set[Path] = set()
+
+
+def is_seconds(value: object) -> TypeGuard[int | float]:
+    """Whether a value read back from a timing cache is a time: a finite number ≥ 0 (not a bool, a string or NaN
+    from an edited or damaged file)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 def write_cache(path: Path, data: bytes) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from onnx import helper, numpy_helper
 from passes.find_pointwise import PointwiseConv
 from ttgraph.bench import cpu_model, time_alternated
 from ttgraph.decompose import LayerCandidates
-from ttgraph.files import default_cache_dir, write_cache
+from ttgraph.files import default_cache_dir, is_seconds, write_cache
 from ttgraph.model_io import static_dims
 from ttgraph.progress import progress_bar
 
@@ -95,7 +94,7 @@ def _load_cache(path: Path) -> dict[str, float]:
     except (OSError, ValueError):
         return {}
     data = data if isinstance(data, dict) else {}
-    good = {k: float(v) for k, v in data.items() if _is_time(v)}
+    good = {k: float(v) for k, v in data.items() if is_seconds(v) and v > 0}
     if len(good) < len(data) and (path, len(data) - len(good)) not in _WARNED:  # once, not at each re-read
         _WARNED.add((path, len(data) - len(good)))
         bad = next(k for k in data if k not in good)
@@ -110,10 +109,6 @@ def _load_cache(path: Path) -> dict[str, float]:
 
 
 _WARNED: set[tuple[Path, int]] = set()
-
-
-def _is_time(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def lowrank_speedup(

@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -70,7 +69,7 @@ from typing import Any, Literal, NamedTuple
 import networkx as nx
 
 from ttgraph.errors import TTGraphError
-from ttgraph.files import default_cache_dir, write_cache
+from ttgraph.files import default_cache_dir, is_seconds, write_cache
 
 __all__ = [
     "COST_MODELS",
@@ -280,7 +279,7 @@ class MeasuredCost:
                 try:
                     data = json.loads(path.read_text())
                     entries = data["entries"]
-                    bad = next((k for k, v in entries.items() if not _is_seconds(v)), None)
+                    bad = next((k for k, v in entries.items() if not is_seconds(v)), None)
                     if bad is not None:  # a negative time would be the cheapest order there is
                         raise ValueError(f"entry {bad!r} is {entries[bad]!r}, not a time ≥ 0 in seconds")
                     self._table = {str(k): float(v) for k, v in entries.items()}
@@ -302,7 +301,7 @@ class MeasuredCost:
         key = op.key()
         if key not in table:
             seconds = self.timer(op)
-            if not _is_seconds(seconds):  # stored, it would make the table unreadable for every later plan
+            if not is_seconds(seconds):  # stored, it would make the table unreadable for every later plan
                 raise TTGraphError("timer", f"timed {key} as {seconds!r}, not a time ≥ 0 in seconds")
             table[key] = float(seconds)
             self.measured += 1
@@ -311,10 +310,6 @@ class MeasuredCost:
 
     def __repr__(self) -> str:
         return f"MeasuredCost(target={self.target!r}, cache_path={str(self.cache_path)!r})"
-
-
-def _is_seconds(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 COST_MODELS: dict[str, CostModel] = {
